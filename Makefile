@@ -1,0 +1,8 @@
+# Convenience targets; each delegates to ./run, which bootstraps what it needs.
+.PHONY: demo test bench
+demo:
+	./run demo
+test:
+	./run test
+bench:
+	./run bench

@@ -1,0 +1,1 @@
+"""Sub-commands of ``satmon``: one module each (see :mod:`monitor.cli`)."""

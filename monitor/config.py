@@ -1,0 +1,227 @@
+"""One frozen, validated settings object, built from ``SATMON_*`` environment variables and CLI flags.
+
+Every setting is declared once in :data:`OPTIONS` with its env var, type, default and help; the CLI
+builds its flags from the same table. :func:`load` collects *every* problem and raises one
+:class:`~monitor.errors.ConfigError` listing them all, so an operator fixes a bad deployment in one go.
+
+>>> s = load({"SATMON_PARTITIONS": "8"})
+>>> s.partitions, s.broker
+(8, None)
+>>> try:
+...     load({"SATMON_PARTITIONS": "zero", "SATMON_BROKER": "http://x"})
+... except ConfigError as err:
+...     print(len(err.problems))
+2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from monitor.errors import ConfigError
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _parse_broker(text: str) -> str | None:
+    """``kafka://host:port[,host:port]`` -> ``kafka://...``; empty or ``embedded`` -> ``None``."""
+    text = text.strip()
+    if text in {"", "embedded"}:
+        return None
+    if not text.startswith("kafka://"):
+        raise ValueError(f"expected kafka://host:port[,host:port] or 'embedded', got {text!r}")
+    for hostport in text[len("kafka://"):].split(","):
+        host, sep, port = hostport.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port in broker URL, got {hostport!r}")
+    return text
+
+
+def _parse_url(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not text.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http(s):// URL, got {text!r}")
+    return text.rstrip("/")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 65536:
+        raise ValueError(f"expected a TCP port 0-65535, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _optional_str(text: str) -> str | None:
+    return text or None
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its attribute name, env var, parser, default (as text) and help."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "SATMON_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("broker", _parse_broker, "", "Kafka bootstrap as kafka://host:port[,host:port]; empty = start the embedded Tansu broker"),
+    Option("data_dir", Path, "var", "Directory for worker state (RocksDB), checkpoints, audit log and demo files"),
+    Option("partitions", _positive_int, "4", "Partitions of each input topic (and of the tables keyed like them)"),
+    Option("store", _choice("rocksdb://", "memory://"), "rocksdb://", "Faust table store for workers"),
+    Option("web_host", str, "127.0.0.1", "Address the worker's HTTP server (metrics, API) binds to"),
+    Option("web_port", _port, "6066", "Port of the worker's HTTP server (metrics, API); 0 picks a free port"),
+    Option("worker_id", _optional_str, "", "Name of this worker in logs, metrics and dead letters (default: host-pid)"),
+    Option("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level"),
+    Option("alertmanager_url", _parse_url, "", "Alertmanager base URL (http://host:9093); empty = do not push alerts"),
+    Option("at_risk_threshold", _probability, "0.5", "Score at or above which a subscriber is on the at-risk list"),
+    Option("label_horizon_hours", _positive_float, "72", "A complaint or detractor answer this soon after a snapshot labels it positive"),
+    Option("state_ttl_days", _positive_float, "30", "Forget a subscriber's state after this long without events"),
+    Option("checkpoint_interval_s", _positive_float, "30", "How often the risk model is checkpointed"),
+    Option("pseudonymise", _parse_bool, "true", "Replace subscriber ids by a keyed hash at ingest"),
+    Option("pseudonym_key_file", _optional_str, "", "File holding the secret key for pseudonymisation (else SATMON_PSEUDONYM_KEY)"),
+    Option("tokens_file", _optional_str, "", "JSON file of API tokens and roles (else SATMON_API_TOKENS)"),
+)
+
+_BY_NAME = {opt.name: opt for opt in OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """satmon's settings. Build with :func:`load`; every field is documented in :data:`OPTIONS`."""
+
+    broker: str | None
+    data_dir: Path
+    partitions: int
+    store: str
+    web_host: str
+    web_port: int
+    worker_id: str | None
+    log_level: str
+    alertmanager_url: str | None
+    at_risk_threshold: float
+    label_horizon_hours: float
+    state_ttl_days: float
+    checkpoint_interval_s: float
+    pseudonymise: bool
+    pseudonym_key_file: str | None
+    tokens_file: str | None
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when satmon must start its own local broker."""
+        return self.broker is None
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` list for Kafka clients (only meaningful with an external broker)."""
+        if self.broker is None:
+            raise ConfigError(["no external broker configured: start the embedded broker first"])
+        return self.broker[len("kafka://"):].split(",")
+
+    def with_broker(self, url: str) -> "Settings":
+        """The same settings pointing at ``url`` (used once the embedded broker is up)."""
+        return dataclasses.replace(self, broker=_parse_broker(url))
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``env`` (default ``os.environ``) with ``overrides`` (CLI flags, as text or
+    already typed; ``None`` means "not given"). Raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    unknown = sorted(k for k in overrides if k not in _BY_NAME)
+    if unknown:
+        problems.append(f"unknown settings: {', '.join(unknown)}")
+    for opt in OPTIONS:
+        given = overrides.get(opt.name)
+        if given is not None and not isinstance(given, str):
+            values[opt.name] = given
+            continue
+        source = opt.flag if given is not None else opt.env
+        text = given if given is not None else env.get(opt.env, opt.default)
+        try:
+            values[opt.name] = opt.parse(text)
+        except ValueError as err:
+            problems.append(f"{source}: {err}")
+    known_env = {opt.env for opt in OPTIONS} | _EXTRA_ENV
+    stray = sorted(k for k in env if k.startswith("SATMON_") and k not in known_env)
+    if stray:
+        problems.append(f"unknown environment variables (typo?): {', '.join(stray)}")
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**values)
+
+
+# Env vars read directly by the modules that own them (secrets are never CLI flags).
+_EXTRA_ENV = {"SATMON_PSEUDONYM_KEY", "SATMON_API_TOKENS", "SATMON_TANSU_BIN"}
+
+
+def add_flags(parser: Any, names: tuple[str, ...] | None = None) -> None:
+    """Add ``--flag`` arguments for the given settings (all when ``names`` is None) to an
+    argparse parser; their values go to :func:`load` via :func:`from_args`."""
+    for opt in OPTIONS:
+        if names is None or opt.name in names:
+            parser.add_argument(opt.flag, dest=f"setting_{opt.name}", default=None, metavar=opt.name.upper(),
+                                help=f"{opt.help} [env {opt.env}, default {opt.default!r}]")
+
+
+def from_args(args: Any, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from parsed argparse ``args`` (flags added by :func:`add_flags`) and the environment."""
+    overrides = {k[len("setting_"):]: v for k, v in vars(args).items() if k.startswith("setting_")}
+    return load(env, **overrides)
