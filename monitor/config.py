@@ -17,6 +17,7 @@ builds its flags from the same table. :func:`load` collects *every* problem and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -57,32 +58,51 @@ def _parse_url(text: str) -> str | None:
     return text.rstrip("/")
 
 
+def _number(text: str, kind: type, expected: str) -> Any:
+    try:
+        return kind(text.strip())
+    except ValueError:
+        raise ValueError(f"expected {expected}, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "a positive integer")
     if value <= 0:
         raise ValueError(f"expected a positive integer, got {text!r}")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _number(text, int, "a TCP port 0-65535")
     if not 0 <= value < 65536:
         raise ValueError(f"expected a TCP port 0-65535, got {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
+    value = _number(text, float, "a positive number")
+    if not 0 < value < math.inf:  # also refuses nan and inf: an interval of inf never fires
         raise ValueError(f"expected a positive number, got {text!r}")
     return value
 
 
 def _probability(text: str) -> float:
-    value = float(text)
+    value = _number(text, float, "a number in [0, 1]")
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"expected a number in [0, 1], got {text!r}")
     return value
+
+
+def _directory(text: str) -> Path:
+    if not text.strip():
+        raise ValueError("expected a directory path, got an empty string")
+    return Path(text)
+
+
+def _host(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a host name or address, got an empty string")
+    return text.strip()
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -118,10 +138,10 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("broker", _parse_broker, "", "Kafka bootstrap as kafka://host:port[,host:port]; empty = start the embedded Tansu broker"),
-    Option("data_dir", Path, "var", "Directory for worker state (RocksDB), checkpoints, audit log and demo files"),
+    Option("data_dir", _directory, "var", "Directory for worker state (RocksDB), checkpoints, audit log and demo files"),
     Option("partitions", _positive_int, "4", "Partitions of each input topic (and of the tables keyed like them)"),
     Option("store", _choice("rocksdb://", "memory://"), "rocksdb://", "Faust table store for workers"),
-    Option("web_host", str, "127.0.0.1", "Address the worker's HTTP server (metrics, API) binds to"),
+    Option("web_host", _host, "127.0.0.1", "Address the worker's HTTP server (metrics, API) binds to"),
     Option("web_port", _port, "6066", "Port of the worker's HTTP server (metrics, API); 0 picks a free port"),
     Option("worker_id", _optional_str, "", "Name of this worker in logs, metrics and dead letters (default: host-pid)"),
     Option("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level"),
@@ -133,6 +153,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("pseudonymise", _parse_bool, "true", "Replace subscriber ids by a keyed hash at ingest"),
     Option("pseudonym_key_file", _optional_str, "", "File holding the secret key for pseudonymisation (else SATMON_PSEUDONYM_KEY)"),
     Option("tokens_file", _optional_str, "", "JSON file of API tokens and roles (else SATMON_API_TOKENS)"),
+    Option("holdout_share", _probability, "0.1", "Share of at-risk subscribers withheld from outreach lists as a control group"),
+    Option("contact_fatigue_days", _positive_float, "14", "Suppress a contacted subscriber from lists for this long"),
+    Option("rate_per_s", _positive_float, "5", "API requests per second allowed per token (sustained)"),
+    Option("rate_burst", _positive_int, "60", "API request burst allowed per token"),
+    Option("effect_horizon_days", _positive_float, "30", "Window after contact in which outreach outcomes are counted"),
 )
 
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
@@ -158,6 +183,11 @@ class Settings:
     pseudonymise: bool
     pseudonym_key_file: str | None
     tokens_file: str | None
+    holdout_share: float
+    contact_fatigue_days: float
+    rate_per_s: float
+    rate_burst: int
+    effect_horizon_days: float
 
     @property
     def embedded_broker(self) -> bool:
@@ -191,6 +221,11 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     for opt in OPTIONS:
         given = overrides.get(opt.name)
         if given is not None and not isinstance(given, str):
+            # already typed (from code, not a command line): check it as its text, keep the value
+            try:
+                opt.parse(str(given))
+            except ValueError as err:
+                problems.append(f"{opt.name}: {err}")
             values[opt.name] = given
             continue
         source = opt.flag if given is not None else opt.env
@@ -209,7 +244,7 @@ def load(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
 
 
 # Env vars read directly by the modules that own them (secrets are never CLI flags).
-_EXTRA_ENV = {"SATMON_PSEUDONYM_KEY", "SATMON_API_TOKENS", "SATMON_TANSU_BIN"}
+_EXTRA_ENV = {"SATMON_PSEUDONYM_KEY", "SATMON_API_TOKENS", "SATMON_TANSU_BIN", "SATMON_TOKEN"}
 
 
 def add_flags(parser: Any, names: tuple[str, ...] | None = None) -> None:

@@ -19,12 +19,14 @@ class InvalidEventError(MonitorError):
     """An input record failed decoding or validation.
 
     ``reason`` is human-readable (field, what was expected, what was found); ``field`` is the
-    JSON path of the offending field when there is one (``$.rsrp_dbm``), else ``None``.
+    JSON path of the offending field when there is one (``$.rsrp_dbm``), else ``None``;
+    ``kind`` is a bounded reason class (``monitor.events.REASON_KINDS``), usable as a metric label.
     """
 
-    def __init__(self, reason: str, field: str | None = None):
+    def __init__(self, reason: str, field: str | None = None, kind: str | None = None):
         self.reason = reason
         self.field = field
+        self.kind = kind
         super().__init__(reason)
 
 

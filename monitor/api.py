@@ -1,0 +1,699 @@
+"""The HTTP API and web page every worker serves: at-risk lists, subscriber detail, hot spots,
+outreach recording and its measured effect, the audit log.
+
+:func:`build_api` returns an :class:`aiohttp.web.Application`; the worker shell uses it as its root
+app (adding ``/metrics`` and health routes onto it) or mounts it with ``add_subapp``. It reads from
+the worker's :class:`~monitor.riskview.RiskView` and :class:`~monitor.riskview.HotspotBoard` (fed from
+``risk-scores`` and ``alerts``, all partitions) and :class:`~monitor.outreach.OutreachStore` (fed
+from ``satmon-outreach``), so every worker answers every request completely. See ``docs/API.md``.
+
+Every ``/api/`` request needs ``Authorization: Bearer <token>``; the token's role decides what it
+may see (:class:`~monitor.privacy.Role`). Reads of subscriber rows and every write are appended to
+the audit log -- and fsync'd -- *before* the response leaves. Errors are JSON
+``{"error": code, "detail": text}`` with a 4xx/5xx status; each token has a token bucket (429 with
+``Retry-After`` when empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import dataclasses
+import hashlib
+import io
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+from aiohttp import web
+
+from monitor.outreach import CHANNELS, OUTCOMES, OutreachPolicy, OutreachRecord, OutreachStore, effect_report, new_record_id
+from monitor.privacy import AuditLog, Principal, Role, TokenStore, load_key, load_tokens
+from monitor.riskview import CursorExpired, HotspotBoard, RiskView, Version
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).parent / "web"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("satmon_principal", Principal)
+AUDIT_INFO: web.RequestKey[dict] = web.RequestKey("satmon_audit", dict)
+API = "/api/v1"
+DAY_MS = 86_400_000
+_SUBSCRIBER_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_LABEL = re.compile(r"^[A-Za-z0-9_.:\- ]{1,64}$")
+# Unauthenticated failures allowed per client address before 429 (slows down token guessing).
+AUTH_FAILURE_BURST = 20
+AUTH_FAILURE_RATE_PER_S = 0.2
+# Request latency buckets: an at-risk page is ~1 ms; an fsync'd audit write 1-20 ms on disk.
+LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ApiConfig:
+    """Tunables of the API. :meth:`from_settings` reads the same names from the settings object
+    when it has them (``SATMON_HOLDOUT_SHARE``, ...), else keeps these defaults."""
+
+    holdout_share: float = 0.1
+    contact_fatigue_days: float = 14.0
+    rate_per_s: float = 5.0
+    rate_burst: int = 60
+    default_limit: int = 50
+    max_limit: int = 500
+    effect_horizon_days: float = 30.0
+    cursor_wait_s: float = 2.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "ApiConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(settings, n) for n in names if getattr(settings, n, None) is not None})
+
+
+class ApiError(Exception):
+    """An error answered as JSON ``{"error": code, "detail": detail}``."""
+
+    def __init__(self, status: int, error: str, detail: str, headers: Mapping[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.headers = status, error, detail, dict(headers or {})
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": self.error, "detail": self.detail}, status=self.status,
+                                 headers=self.headers, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``. :meth:`take` returns 0 when a token was taken,
+    else the seconds until one will be there."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, float(burst), now
+
+    def take(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class ApiMetrics:
+    """The API's Prometheus metrics (labels: route *pattern* and status code -- never a path,
+    which may hold a subscriber id)."""
+
+    def __init__(self, registry: Any):
+        from prometheus_client import Counter, Histogram
+
+        self.requests = Counter("satmon_api_requests_total", "API requests by route and status code",
+                                ["route", "code"], registry=registry)
+        self.latency = Histogram("satmon_api_request_duration_seconds", "API request latency by route",
+                                 ["route"], buckets=LATENCY_BUCKETS_SECONDS, registry=registry)
+        self.rate_limited = Counter("satmon_api_rate_limited_total", "API requests refused with 429",
+                                    registry=registry)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _query(request: web.Request, allowed: set[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name not in allowed:
+            raise ApiError(400, "invalid_parameter", f"unknown parameter {name!r}; known: {', '.join(sorted(allowed))}")
+        if name in params:
+            raise ApiError(400, "invalid_parameter", f"parameter {name!r} given twice")
+        params[name] = value
+    return params
+
+
+def _int(params: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
+    text = params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"{name}: expected an integer, got {text!r}") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, "invalid_parameter", f"{name}: expected {lo}..{hi}, got {value}")
+    return value
+
+
+def _score(params: Mapping[str, str], name: str) -> float | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ApiError(400, "invalid_parameter", f"{name}: expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ApiError(400, "invalid_parameter", f"{name}: expected a number in [0, 1], got {text!r}")
+    return value
+
+
+def _label(params: Mapping[str, str], name: str) -> str | None:
+    text = params.get(name)
+    if text is not None and not _LABEL.match(text):
+        raise ApiError(400, "invalid_parameter", f"{name}: expected 1-64 letters, digits, '_.:- ', got {text[:70]!r}")
+    return text
+
+
+def _time_ms(params: Mapping[str, str], name: str) -> int | None:
+    """Epoch milliseconds, or an ISO 8601 date/time (``2026-05-01``, ``2026-05-01T10:00:00Z``; UTC if no zone)."""
+    text = params.get(name)
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "invalid_parameter",
+                       f"{name}: expected epoch milliseconds or an ISO 8601 date/time, got {text[:40]!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def _format(request: web.Request, params: Mapping[str, str]) -> str:
+    fmt = params.get("format")
+    if fmt is None:
+        return "csv" if "text/csv" in request.headers.get("Accept", "") else "json"
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "invalid_parameter", f"format: expected json or csv, got {fmt[:20]!r}")
+    return fmt
+
+
+def _subscriber_id(text: Any) -> str:
+    if not isinstance(text, str) or not _SUBSCRIBER_ID.match(text):
+        raise ApiError(400, "invalid_parameter", "subscriber id: expected 1-64 letters, digits or '_.:-'")
+    return text
+
+
+# --------------------------------------------------------------------------- cursors
+
+
+def _filter_hash(filters: Mapping[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(filters, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+def encode_cursor(key: tuple[float, str], position: tuple[int, ...], fhash: str) -> str:
+    """Opaque cursor: the ``(score, id)`` of the last row, the snapshot's view position, the filters' hash."""
+    raw = orjson.dumps({"s": -key[0], "i": key[1], "p": list(position), "f": fhash})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str, fhash: str) -> tuple[tuple[float, str], tuple[int, ...]]:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        score, sid, position, got = float(data["s"]), str(data["i"]), tuple(int(p) for p in data["p"]), data["f"]
+        if not (0 <= score <= 1 and all(p >= 0 for p in position) and len(position) <= 10_000):
+            raise ValueError
+    except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+        raise ApiError(400, "invalid_cursor", "cursor is malformed; use next_cursor from the previous page") from None
+    if got != fhash:
+        raise ApiError(400, "invalid_cursor", "cursor belongs to a walk with other filters; start again without cursor")
+    return (-score, sid), position
+
+
+# --------------------------------------------------------------------------- rows and CSV
+
+CSV_COLUMNS = ("subscriber_id", "score", "current_score", "at_risk_since", "region", "segment", "cell_id",
+               "reasons", "reason_texts", "last_contact")
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    # Spreadsheet formula injection: a cell starting with = + - @ (or tab/CR) would be executed.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def csv_text(rows: list[dict[str, Any]], header: bool = True) -> str:
+    """CSV of at-risk rows (:data:`CSV_COLUMNS`), safe to open in a spreadsheet."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        writer.writerow([_cell(v) for v in (
+            r["subscriber_id"], f"{r['score']:.4f}", f"{r['current_score']:.4f}", _iso(r.get("at_risk_since_ms")),
+            r.get("region"), r.get("segment"), r.get("cell_id"), ";".join(x["code"] for x in r["reasons"]),
+            "; ".join(x["text"] for x in r["reasons"]), _iso(r.get("last_contact_ms")))])
+    return out.getvalue()
+
+
+def _reasons(entry: Any) -> list[dict[str, Any]]:
+    return [msgspec.structs.asdict(r) for r in entry.latest.reasons]
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+class ContactBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    subscriber_id: str
+    channel: str
+    outcome: str
+    ts_ms: int | None = None
+
+
+class ConsentBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    subscriber_id: str
+    do_not_contact: bool
+
+
+async def _body(request: web.Request, kind: type[msgspec.Struct]) -> Any:
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    raw = await request.read()
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.DecodeError as err:
+        raise ApiError(400, "invalid_body", str(err)) from None
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def _roles(*roles: Role, audited: bool = False) -> Callable[[Callable], Callable]:
+    """Mark a handler with the roles that may call it and whether each call is audited."""
+
+    def mark(handler: Callable) -> Callable:
+        handler._roles = frozenset(roles)  # type: ignore[attr-defined]
+        handler._audited = audited  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+ALL = (Role.NOC, Role.OUTREACH, Role.ADMIN)
+ROWS = (Role.OUTREACH, Role.ADMIN)
+
+
+class _Api:
+    def __init__(self, settings: Any, view: RiskView, store: OutreachStore, audit: AuditLog, *,
+                 hotspots: HotspotBoard, tokens: TokenStore, policy: OutreachPolicy, config: ApiConfig,
+                 metrics: ApiMetrics | None, ready: Callable[[], bool] | None, clock: Callable[[], float]):
+        self.settings, self.view, self.store, self.audit = settings, view, store, audit
+        self.hotspots, self.tokens, self.policy, self.config = hotspots, tokens, policy, config
+        self.metrics, self.ready, self.clock = metrics, ready, clock
+        self.buckets: dict[str, TokenBucket] = {}
+        self.failures: dict[str, TokenBucket] = {}
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    # ------------------------------------------------------------------ middleware
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        started = time.perf_counter()
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        try:
+            if request.path.startswith(API + "/") or request.path == API:
+                response = await self._api(request, handler)
+                response.headers["Cache-Control"] = "no-store"
+            else:
+                response = await handler(request)
+        except ApiError as err:
+            response = err.response()
+            response.headers["Cache-Control"] = "no-store"
+        except web.HTTPException as exc:
+            if not request.path.startswith(API):
+                raise
+            detail = "no such endpoint; see docs/API.md" if exc.status == 404 else exc.reason
+            response = ApiError(exc.status, exc.reason.lower().replace(" ", "_"), detail).response()
+        except Exception:
+            log.exception("internal error on %s %s", request.method, route)
+            response = ApiError(500, "internal", "internal error; see the worker log").response()
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if self.metrics is not None:
+            self.metrics.requests.labels(route, str(response.status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    def _authenticate(self, request: web.Request) -> Principal:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        principal = self.tokens.authenticate(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        if principal is None:
+            peer = request.remote or "?"
+            bucket = self.failures.setdefault(peer, TokenBucket(AUTH_FAILURE_RATE_PER_S, AUTH_FAILURE_BURST, self.clock()))
+            wait = bucket.take(self.clock())
+            if wait:
+                self._count_limited()
+                raise ApiError(429, "too_many_requests", "too many failed authentications from this address",
+                               {"Retry-After": str(math.ceil(wait))})
+            detail = "missing bearer token" if not header else "invalid token"
+            raise ApiError(401, "unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="satmon"'})
+        return principal
+
+    def _count_limited(self) -> None:
+        if self.metrics is not None:
+            self.metrics.rate_limited.inc()
+
+    async def _api(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        principal = self._authenticate(request)
+        bucket = self.buckets.setdefault(principal.name, TokenBucket(self.config.rate_per_s, self.config.rate_burst, self.clock()))
+        wait = bucket.take(self.clock())
+        if wait:
+            self._count_limited()
+            raise ApiError(429, "too_many_requests", f"rate limit of {self.config.rate_per_s:g}/s for this token",
+                           {"Retry-After": str(math.ceil(wait))})
+        request[PRINCIPAL] = principal
+        target = request.match_info.handler
+        roles = getattr(target, "_roles", None)
+        audited = getattr(target, "_audited", False)
+        endpoint = f"{request.method} {request.match_info.route.resource.canonical}" if request.match_info.route.resource else request.path
+        try:
+            if roles is not None and principal.role not in roles:
+                allowed = ", ".join(sorted(r.value for r in roles))
+                raise ApiError(403, "forbidden", f"role {principal.role.value} may not use {endpoint} (needs {allowed})")
+            if self.ready is not None and not self.ready():
+                raise ApiError(503, "not_ready", "the view is still reading risk scores; answers would be incomplete",
+                               {"Retry-After": "2"})
+            response = await handler(request)
+            status = response.status
+        except ApiError as err:
+            status, response = err.status, None
+            if audited:
+                await self._audit(request, principal, endpoint, status)
+            raise
+        if audited:
+            await self._audit(request, principal, endpoint, status)
+        return response
+
+    async def _audit(self, request: web.Request, principal: Principal, endpoint: str, status: int) -> None:
+        info = request.get(AUDIT_INFO, {})
+        entry = {"who": principal.name, "role": principal.role.value, "endpoint": endpoint, "status": status,
+                 "filter": info.get("filter", {k: v for k, v in request.query.items() if k != "cursor"}),
+                 "rows": info.get("rows", 0)}
+        if "subject" in info:
+            entry["subject"] = info["subject"]
+        if "cursor" in request.query:
+            entry["page"] = "next"
+        try:
+            await self.audit.write(entry)
+        except OSError as err:
+            log.error("audit log write failed (%s): refusing to serve customer data", err.strerror)
+            raise ApiError(503, "audit_unavailable", "the audit log cannot be written; no data is served") from None
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _covered(self, position: tuple[int, ...]) -> None:
+        """Wait (briefly) until this worker's view has read as far as a cursor from another worker."""
+        deadline = time.monotonic() + self.config.cursor_wait_s
+        while not self.view.covers(position):
+            if time.monotonic() > deadline:
+                raise ApiError(503, "view_behind", "this worker has not yet read as far as the cursor; retry",
+                               {"Retry-After": "1"})
+            await asyncio.sleep(0.05)
+
+    def _row(self, sid: str, v: Version) -> dict[str, Any]:
+        entry = self.view.get(sid)
+        return {"subscriber_id": sid, "score": v.score, "current_score": entry.latest.score,
+                "at_risk_since_ms": v.at_risk_since_ms, "region": v.region, "segment": v.segment,
+                "cell_id": entry.latest.cell_id, "reasons": _reasons(entry), "group": self.policy.group(sid),
+                "last_contact_ms": self.store.last_contact_ms(sid)}
+
+    def _respond_rows(self, request: web.Request, fmt: str, body: dict[str, Any], next_cursor: str | None) -> web.Response:
+        if fmt == "csv":
+            headers = {"Content-Disposition": 'attachment; filename="at-risk.csv"'}
+            if next_cursor:
+                headers["X-Next-Cursor"] = next_cursor
+            return web.Response(text=csv_text(body["rows"]), content_type="text/csv", charset="utf-8", headers=headers)
+        return _json(body)
+
+    # ------------------------------------------------------------------ handlers
+
+    @_roles(*ALL)
+    async def whoami(self, request: web.Request) -> web.Response:
+        p: Principal = request[PRINCIPAL]
+        return _json({"name": p.name, "role": p.role.value})
+
+    @_roles(*ALL)
+    async def summary(self, request: web.Request) -> web.Response:
+        _query(request, set())
+        subs = self.view.subscribers_by_region()
+        risk = self.view.at_risk_by_region()
+        regions = sorted(set(subs) | set(risk), key=lambda r: (r is None, r or ""))
+        return _json({
+            "subscribers": len(self.view), "at_risk": self.view.at_risk_count,
+            "by_region": [{"region": r, "subscribers": subs.get(r, 0), "at_risk": risk.get(r, 0)} for r in regions],
+            "active_hotspots": len(self.hotspots.active()), "view_position": list(self.view.position()),
+        })
+
+    @_roles(*ROWS, audited=True)
+    async def at_risk(self, request: web.Request) -> web.Response:
+        params = _query(request, {"region", "segment", "min_score", "reason", "not_contacted_since", "limit", "cursor", "format"})
+        filters = {"region": _label(params, "region"), "segment": _label(params, "segment"),
+                   "min_score": _score(params, "min_score"), "reason": _label(params, "reason"),
+                   "not_contacted_since": _time_ms(params, "not_contacted_since")}
+        limit = _int(params, "limit", self.config.default_limit, 1, self.config.max_limit)
+        fmt = _format(request, params)
+        fhash = _filter_hash(filters)
+        after, position = (decode_cursor(params["cursor"], fhash) if "cursor" in params else (None, None))
+        if position is not None:
+            await self._covered(position)
+        now = self.now_ms()
+        segment, min_score, reason, since = (filters["segment"], filters["min_score"], filters["reason"],
+                                             filters["not_contacted_since"])
+        policy, store = self.policy, self.store
+
+        def eligible(sid: str, v: Version) -> bool:
+            return ((segment is None or v.segment == segment) and (min_score is None or v.score >= min_score)
+                    and (reason is None or reason in v.reasons)
+                    and policy.suppression(sid, store, now_ms=now, not_contacted_since_ms=since) is None)
+
+        try:
+            page = self.view.page(limit=limit, after=after, region=filters["region"], predicate=eligible, position=position)
+        except CursorExpired as err:
+            raise ApiError(410, "cursor_expired", f"{err}; start the walk again without cursor") from None
+        rows = [self._row(sid, v) for sid, v in page.rows]
+        next_cursor = encode_cursor(page.next_key, page.position, fhash) if page.next_key else None
+        request[AUDIT_INFO] = {"rows": len(rows), "filter": {**{k: v for k, v in filters.items() if v is not None},
+                                                           "limit": limit, "format": fmt}}
+        body = {"rows": rows, "next_cursor": next_cursor, "as_of": list(page.position), "limit": limit}
+        return self._respond_rows(request, fmt, body, next_cursor)
+
+    @_roles(*ROWS, audited=True)
+    async def subscriber(self, request: web.Request) -> web.Response:
+        _query(request, set())
+        sid = _subscriber_id(request.match_info["sid"])
+        request[AUDIT_INFO] = {"subject": sid, "rows": 0, "filter": {}}
+        if self.store.is_dnc(sid):
+            raise ApiError(403, "do_not_contact", "this subscriber asked not to be contacted; no data is shown")
+        entry = self.view.get(sid)
+        if entry is None:
+            raise ApiError(404, "not_found", "no risk score for this subscriber")
+        latest = entry.latest
+        request[AUDIT_INFO]["rows"] = 1
+        suppressed = self.policy.suppression(sid, self.store, now_ms=self.now_ms())
+        return _json({
+            "subscriber_id": sid, "score": latest.score, "at_risk": latest.at_risk,
+            "at_risk_since_ms": entry.current.at_risk_since_ms, "ts_ms": latest.ts_ms, "scored_at_ms": latest.scored_at_ms,
+            "region": latest.region, "segment": latest.segment, "cell_id": latest.cell_id, "reasons": _reasons(entry),
+            "model_version": latest.model_version, "group": self.policy.group(sid), "suppressed": suppressed,
+            "history": [{"ts_ms": v.ts_ms, "scored_at_ms": v.scored_at_ms, "score": v.score, "at_risk": v.at_risk}
+                        for v in entry.history],
+            "contacts": [{"ts_ms": c.ts_ms, "channel": c.channel, "outcome": c.outcome, "by": c.by}
+                         for c in self.store.contacts(sid)],
+        })
+
+    @_roles(*ALL)
+    async def hotspot_list(self, request: web.Request) -> web.Response:
+        _query(request, set())
+        out = []
+        for a in self.hotspots.active():
+            cell = a.labels["cell"]
+            out.append({"alert_id": a.alert_id, "cell": cell, "region": a.labels.get("region"), "severity": a.severity,
+                        "summary": a.summary, "starts_at_ms": a.starts_at_ms, "updated_at_ms": a.updated_at_ms,
+                        "affected": len(self.view.on_cell(cell, since_ms=a.starts_at_ms))})
+        return _json({"hotspots": out})
+
+    @_roles(*ROWS, audited=True)
+    async def affected(self, request: web.Request) -> web.Response:
+        params = _query(request, {"limit", "format"})
+        limit = _int(params, "limit", self.config.default_limit, 1, self.config.max_limit)
+        fmt = _format(request, params)
+        cell = request.match_info["cell"]
+        if not _LABEL.match(cell):
+            raise ApiError(400, "invalid_parameter", "cell: expected 1-64 letters, digits, '_.:- '")
+        request[AUDIT_INFO] = {"rows": 0, "filter": {"cell": cell}}
+        alert = self.hotspots.for_cell(cell)
+        if alert is None:
+            raise ApiError(404, "not_found", f"no active hot spot on cell {cell!r}")
+        now = self.now_ms()
+        everyone = self.view.on_cell(cell, since_ms=alert.starts_at_ms)
+        eligible = [(sid, v) for sid, v in everyone if self.policy.suppression(sid, self.store, now_ms=now) is None]
+        rows = [self._row(sid, v) for sid, v in eligible[:limit]]
+        request[AUDIT_INFO]["rows"] = len(rows)
+        body = {"cell": cell, "alert_id": alert.alert_id, "starts_at_ms": alert.starts_at_ms, "affected": len(everyone),
+                "eligible": len(eligible), "rows": rows, "truncated": len(eligible) > limit}
+        return self._respond_rows(request, fmt, body, None)
+
+    @_roles(*ROWS, audited=True)
+    async def contact(self, request: web.Request) -> web.Response:
+        _query(request, set())
+        body: ContactBody = await _body(request, ContactBody)
+        sid = _subscriber_id(body.subscriber_id)
+        request[AUDIT_INFO] = {"subject": sid, "rows": 0, "filter": {"channel": body.channel, "outcome": body.outcome}}
+        if body.channel not in CHANNELS:
+            raise ApiError(400, "invalid_body", f"channel: expected one of {', '.join(CHANNELS)}")
+        if body.outcome not in OUTCOMES:
+            raise ApiError(400, "invalid_body", f"outcome: expected one of {', '.join(OUTCOMES)}")
+        if self.store.is_dnc(sid):
+            raise ApiError(409, "do_not_contact", "this subscriber asked not to be contacted")
+        if self.view.get(sid) is None:
+            raise ApiError(404, "not_found", "no risk score for this subscriber")
+        now = self.now_ms()
+        if body.ts_ms is not None and not now - 30 * DAY_MS <= body.ts_ms <= now + 60_000:
+            raise ApiError(400, "invalid_body", "ts_ms: must be within the last 30 days and not in the future")
+        record = OutreachRecord(record_id=new_record_id(), kind="contact", subscriber_id=sid,
+                                ts_ms=body.ts_ms if body.ts_ms is not None else now, by=request[PRINCIPAL].name,
+                                channel=body.channel, outcome=body.outcome)  # type: ignore[arg-type]
+        await self.store.record(record)
+        request[AUDIT_INFO]["rows"] = 1
+        return _json(msgspec.structs.asdict(record), status=201)
+
+    @_roles(*ROWS, audited=True)
+    async def consent(self, request: web.Request) -> web.Response:
+        _query(request, set())
+        body: ConsentBody = await _body(request, ConsentBody)
+        sid = _subscriber_id(body.subscriber_id)
+        request[AUDIT_INFO] = {"subject": sid, "rows": 1, "filter": {"do_not_contact": body.do_not_contact}}
+        record = OutreachRecord(record_id=new_record_id(), kind="consent", subscriber_id=sid, ts_ms=self.now_ms(),
+                                by=request[PRINCIPAL].name, do_not_contact=body.do_not_contact)
+        await self.store.record(record)
+        return _json(msgspec.structs.asdict(record), status=201)
+
+    @_roles(*ALL)
+    async def effect(self, request: web.Request) -> web.Response:
+        _query(request, set())
+        report = effect_report(self.view.cohort(), self.store, self.policy,
+                               horizon_ms=int(self.config.effect_horizon_days * DAY_MS))
+        return _json(report)
+
+    @_roles(Role.ADMIN, audited=True)
+    async def audit_log(self, request: web.Request) -> web.Response:
+        params = _query(request, {"since", "limit"})
+        since = _time_ms(params, "since") or 0
+        limit = _int(params, "limit", 100, 1, 1000)
+        entries = await asyncio.to_thread(self.audit.read, since_ms=since, limit=limit)
+        request[AUDIT_INFO] = {"rows": len(entries), "filter": {k: v for k, v in params.items()}}
+        return _json({"entries": entries})
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(WEB_DIR / "index.html", headers=_PAGE_HEADERS)
+
+
+_PAGE_HEADERS = {
+    # Only our own script and style; no inline code, no framing, no third-party anything.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+    "Cache-Control": "no-cache",
+}
+
+
+async def _to_ui(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound(request.app.router["ui"].url_for() if "ui" in request.app.router else "/ui/")
+
+
+API_KEY: web.AppKey[_Api] = web.AppKey("satmon_api", _Api)
+
+
+def build_api(settings: Any, view: RiskView, outreach_store: OutreachStore, audit: AuditLog,
+              metrics: ApiMetrics | Any | None = None, *, hotspots: HotspotBoard | None = None,
+              tokens: TokenStore | None = None, policy: OutreachPolicy | None = None,
+              config: ApiConfig | None = None, ready: Callable[[], bool] | None = None,
+              clock: Callable[[], float] = time.time) -> web.Application:
+    """The API and web page as an aiohttp application.
+
+    Parameters
+    ----------
+    settings
+        :class:`~monitor.config.Settings` (tokens, pseudonym key for the hold-out hash, tunables).
+    view, outreach_store, hotspots
+        The worker's views, fed by :func:`monitor.riskview.feeder_for`.
+    audit
+        The audit log (``AuditLog(settings.data_dir / "audit" / "audit.jsonl")``).
+    metrics
+        :class:`ApiMetrics`, or a ``prometheus_client`` registry to create them on, or ``None``.
+    tokens, policy, config
+        Override what is otherwise built from ``settings`` (tests).
+    ready
+        Returns false while the view is still catching up (``lambda: feeder.caught_up``): the API
+        answers 503 rather than an incomplete list.
+    clock
+        Seconds since the epoch (tests move time).
+    """
+    config = config or ApiConfig.from_settings(settings)
+    tokens = tokens if tokens is not None else load_tokens(settings)
+    if policy is None:
+        key = load_key(settings)  # the hold-out hash reuses the pseudonym key (domain-separated)
+        policy = OutreachPolicy(holdout_share=config.holdout_share, fatigue_ms=int(config.contact_fatigue_days * DAY_MS),
+                                **({"holdout_key": key} if key else {}))
+    if hotspots is None:
+        log.warning("build_api: no hot spot board given; /api/v1/hotspots will stay empty")
+        hotspots = HotspotBoard()
+    if metrics is not None and not isinstance(metrics, ApiMetrics):
+        metrics = ApiMetrics(metrics)
+    api = _Api(settings, view, outreach_store, audit, hotspots=hotspots, tokens=tokens, policy=policy, config=config,
+               metrics=metrics, ready=ready, clock=clock)
+    app = web.Application(middlewares=[api.middleware], client_max_size=64 * 1024)
+    app[API_KEY] = api
+    _register(app.router, api)
+    return app
+
+
+def _register(r: web.UrlDispatcher, api: _Api, *, root_redirect: bool = True) -> None:
+    r.add_get(f"{API}/whoami", api.whoami)
+    r.add_get(f"{API}/summary", api.summary)
+    r.add_get(f"{API}/at-risk", api.at_risk)
+    r.add_get(f"{API}/subscribers/{{sid}}", api.subscriber)
+    r.add_get(f"{API}/hotspots", api.hotspot_list)
+    r.add_get(f"{API}/hotspots/{{cell}}/affected", api.affected)
+    r.add_post(f"{API}/outreach", api.contact)
+    r.add_post(f"{API}/consent", api.consent)
+    r.add_get(f"{API}/outreach/effect", api.effect)
+    r.add_get(f"{API}/audit", api.audit_log)
+    r.add_get("/ui/", api.index, name="ui")
+    r.add_get("/ui", _to_ui)
+    if root_redirect:
+        r.add_get("/", _to_ui)
+    r.add_static("/ui/assets", WEB_DIR / "assets", append_version=False)
+
+
+def mount_api(root: web.Application, api_app: web.Application) -> None:
+    """Serve the API built by :func:`build_api` from an existing aiohttp app (e.g. Faust's
+    ``app.web.web_app``) at the same paths (``/api/v1/...``, ``/ui/``). Call before the server
+    starts. The API's middleware only authenticates ``/api/`` paths; other routes (``/metrics``,
+    ``/healthz``) pass through it untouched apart from security headers."""
+    api = api_app[API_KEY]
+    root.middlewares.append(api.middleware)
+    # "/" is left to the host app (Faust registers its own index page there at start-up).
+    _register(root.router, api, root_redirect=False)

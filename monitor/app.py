@@ -1,0 +1,242 @@
+"""The Faust app of a satmon worker: settings that work on Kafka and Tansu, topics, tables, web views.
+
+:func:`build_worker` returns a :class:`Worker` holding the app (whose consumer is
+:class:`monitor.fastpath.FastConsumer`), the :class:`monitor.agents.RiskPipeline` it hands the
+input topics to, and a fresh Prometheus registry served on ``/metrics``.
+
+Tables (both changelogged, partitioned like the inputs, bytes in and out):
+
+* ``subscriber-state`` -- key: subscriber id; value: the core's serialized per-subscriber state;
+* ``risk-model`` -- key: the partition number; value: that partition's model checkpoint.
+
+Broker settings follow ``docs/WORKER.md`` (and the workspace's BROKER.md): a 6 s session with a
+1 s heartbeat so groups form in seconds on Tansu, at-least-once processing (Tansu has no idempotent
+producer), changelog high-waters checked against a Fetch so recovery is exact on Tansu, and the
+recovery consistency check left on (it holds once high-waters are right).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from monitor.agents import DEAD_LETTER_TOPIC, RISK_SCORES_TOPIC, BatchObserver, RiskPipeline, TableStore
+from monitor.config import Settings
+from monitor.events import INPUT_TOPICS
+from monitor.fastpath import FastTransport
+
+log = logging.getLogger(__name__)
+
+APP_ID = "satmon"
+STATE_TABLE = "subscriber-state"
+MODEL_TABLE = "risk-model"
+
+# Consumer/producer settings measured to work on Tansu and valid on Kafka (see docs/WORKER.md).
+BROKER_SETTINGS: dict[str, Any] = {
+    "broker_session_timeout": 6,       # Kafka's minimum; Tansu holds JoinGroup for session/2
+    "broker_heartbeat_interval": 1,
+    "broker_rebalance_timeout": 3,
+    "processing_guarantee": "at_least_once",  # Tansu fails InitProducerId: no idempotence
+    "broker_commit_interval": 1.0,     # bounds the at-least-once replay window
+    "broker_max_poll_records": 2000,   # records per getmany = per fast-path batch
+    "producer_max_batch_size": 256 * 1024,
+    "producer_linger": 0.0,
+    "table_standby_replicas": 1,
+    "recovery_consistency_check": True,
+    "consumer_auto_offset_reset": "earliest",
+    "stream_wait_empty": True,
+}
+
+
+class SatmonApp(faust.App):
+    """A Faust app whose consumer batches satmon's input topics (see :mod:`monitor.fastpath`)."""
+
+    #: the :class:`monitor.fastpath.BatchHandler` for the fast topics (set by :func:`build_worker`)
+    satmon_batch_handler: Any = None
+    #: correct changelog high-waters with a Fetch (needed on Tansu, a no-op on Kafka)
+    satmon_fetch_highwaters: bool = True
+
+    def _new_transport(self) -> Any:
+        return FastTransport(self.conf.broker_consumer, self)
+
+
+@dataclasses.dataclass
+class Worker:
+    """One worker process's parts."""
+
+    app: SatmonApp
+    pipeline: RiskPipeline
+    registry: CollectorRegistry
+    settings: Settings
+    worker_id: str
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness without I/O: partitions recovered, not rebalancing (broker checked by /readyz)."""
+        app = self.app
+        if not app.consumer_generation_id and not app.consumer.assignment():
+            return False, "not yet in the consumer group"
+        if app.rebalancing:
+            return False, "rebalancing"
+        recovery = app.tables.recovery
+        if not recovery.completed.is_set():
+            return False, "recovering table state"
+        return True, "ok"
+
+
+class _PipelineCollector:
+    """Exports the pipeline's own counters at scrape time (no per-event metric calls)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def collect(self) -> Iterable[Any]:
+        p = self.worker.pipeline
+        events = CounterMetricFamily("satmon_worker_events", "Input events decoded and processed", labels=["stream"])
+        for stream, n in sorted(p.processed.items()):
+            events.add_metric([stream], n)
+        yield events
+        dead = CounterMetricFamily("satmon_worker_dead_letters", "Invalid input records sent to satmon-dead-letter",
+                                   labels=["stream", "reason"])
+        for (stream, reason), n in sorted(p.dead_lettered.items()):
+            dead.add_metric([stream, reason], n)
+        yield dead
+        yield CounterMetricFamily("satmon_worker_scores", "risk_score.v1 records emitted", value=p.scores_emitted)
+        yield CounterMetricFamily("satmon_worker_batches", "Input batches processed", value=p.batches)
+        yield GaugeMetricFamily("satmon_worker_partitions", "Input partitions with a live risk core",
+                                value=len(p.cores))
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_worker(settings: Settings, *, app_id: str = APP_ID,
+                 make_core: Callable[..., Any] | None = None,
+                 observers: Iterable[BatchObserver] = (),
+                 registry: CollectorRegistry | None = None,
+                 **faust_overrides: Any) -> Worker:
+    """Build a worker's Faust app and pipeline from ``settings`` (which must name a broker).
+
+    ``app_id`` is the consumer group and the prefix of the changelog topics; ``faust_overrides``
+    replace entries of :data:`BROKER_SETTINGS` (tests use them for short intervals).
+    """
+    from aiokafka.partitioner import murmur2
+    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+
+    from monitor.agents import default_core_factory
+
+    if settings.broker is None:
+        from monitor.errors import ConfigError
+
+        raise ConfigError(["the worker needs a broker: set SATMON_BROKER or start the embedded one"])
+    worker_id = settings.worker_id or _default_worker_id()
+    datadir = Path(settings.data_dir) / "worker" / worker_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    options = {**BROKER_SETTINGS, **faust_overrides}
+    app = SatmonApp(
+        app_id,
+        broker=settings.broker,
+        store=settings.store,
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        **options,
+    )
+    n = settings.partitions
+    # Declared with internal=True so Faust creates them (with our partition counts) if missing.
+    input_topics = [app.topic(name, partitions=n, internal=True, value_serializer="raw",
+                              key_serializer="raw") for name in INPUT_TOPICS]
+    outputs = [app.topic(RISK_SCORES_TOPIC, partitions=n, internal=True),
+               app.topic(DEAD_LETTER_TOPIC, partitions=1, internal=True)]
+    # bytes key/value types make Faust use the "raw" codec: the core owns serialization.
+    state_table = app.Table(STATE_TABLE, partitions=n, key_type=bytes, value_type=bytes)
+    model_table = app.Table(MODEL_TABLE, partitions=n, key_type=bytes, value_type=bytes)
+    for topic in input_topics:
+        app.topics.add(topic)   # subscribe without a per-message agent: the fast path consumes them
+
+    score_partition_cache: dict[bytes, int] = {}
+
+    def score_partition(key: bytes) -> int:
+        # Kafka's default partitioner (murmur2), cached: risk-scores is keyed by subscriber id.
+        p = score_partition_cache.get(key)
+        if p is None:
+            if len(score_partition_cache) > 1_000_000:
+                score_partition_cache.clear()
+            p = score_partition_cache[key] = (murmur2(key) & 0x7FFFFFFF) % n
+        return p
+
+    pipeline = RiskPipeline(
+        state_table=TableStore(state_table),
+        model_table=TableStore(model_table),
+        make_core=make_core or default_core_factory(settings),
+        checkpoint_interval_s=settings.checkpoint_interval_s,
+        worker_id=worker_id,
+        observers=observers,
+        score_partitioner=score_partition,
+    )
+    app.satmon_batch_handler = pipeline
+    registry = registry if registry is not None else CollectorRegistry()
+    worker = Worker(app=app, pipeline=pipeline, registry=registry, settings=settings, worker_id=worker_id)
+    registry.register(_PipelineCollector(worker))
+    app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "satmon_faust"))
+
+    async def declare_outputs() -> None:
+        # Before the first batch: a producer writing to a missing topic would let Tansu
+        # auto-create it with its default partition count.
+        for topic in outputs:
+            await topic.maybe_declare()
+
+    pipeline.prepare = declare_outputs
+
+    _add_web_views(worker)
+    return worker
+
+
+def _add_web_views(worker: Worker) -> None:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    app = worker.app
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        from aiohttp.web import Response
+
+        # Built directly: Faust's web.bytes() rejects a content type that carries a charset.
+        return Response(body=generate_latest(worker.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok", "worker": worker.worker_id})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        ok, why = worker.ready()
+        if ok:
+            why = await _broker_reachable(app)
+            ok = why == "ok"
+        body = {"ready": ok, "reason": why, "partitions": sorted(worker.pipeline.cores),
+                "worker": worker.worker_id}
+        return web.json(body, status=200 if ok else 503)
+
+
+async def _broker_reachable(app: Any, timeout_s: float = 2.0) -> str:
+    """Ask the broker for cluster metadata through the producer's client: a real round trip."""
+    try:
+        client = app.producer._producer.client
+        ok = await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)
+    except Exception as exc:  # any failure means "not ready", with the reason shown
+        return f"broker unreachable: {exc!r}"
+    return "ok" if ok is not None else "broker unreachable: no metadata"

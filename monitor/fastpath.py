@@ -1,0 +1,388 @@
+"""The batched consumer path: Faust's consumer, transport and recovery kept, its per-message path skipped.
+
+Faust delivers every record through ``Consumer._drain_messages``, which runs
+``wait_first(callback(message), suspend_flow.wait())`` for each one (two asyncio tasks per message),
+then the conductor, a channel queue, a stream, an event and an ack: about 200 µs per record here.
+satmon's input topics do not need any of that per record. :class:`FastConsumer` replaces the drain
+loop: each ``getmany`` batch is split by topic; records of the *fast topics* (satmon's three inputs)
+go to one synchronous :class:`BatchHandler` call for the whole batch, and everything else (table
+changelogs during recovery and standby, any ordinary agent) keeps Faust's normal path.
+
+What stays Faust's: the consumer group (rebalance, the table-aware partition assignor, standbys),
+table recovery from changelogs, commits, the producer, web views and sensors. What changes:
+
+* flow control is checked once per batch; a batch that started always finishes (it has no await
+  points except handing records to the producer), and revocation waits for it;
+* offsets are acknowledged per partition as "next offset" after the batch's outputs and state
+  changes were handed to the producer; :meth:`FastConsumer._commit` then refuses to commit while
+  any of those sends failed, and waits for sends still in flight (Faust's own commit also flushes
+  the producer first) -- so a committed offset never runs ahead of its effects (at-least-once);
+* outputs are produced with :class:`Outputs`: one aiokafka ``BatchBuilder`` per topic-partition
+  instead of one ``send`` coroutine per record;
+* :meth:`FastConsumerThread._highwaters` takes changelog high-waters from a *Fetch* response (see
+  :func:`fetch_highwaters`): the embedded broker (Tansu) answers ListOffsets with the first offset of
+  a partition's last batch + 1, which would end table recovery early and lose state.
+
+>>> out = Outputs()
+>>> out.add("risk-scores", 0, b"s1", b"{}")
+>>> out.record_count
+1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+# Kafka's fetch-wait: how long the broker may hold a Fetch while it has no data. Faust's driver
+# hard-codes 1.5 s, which is also the latency floor of a quiet partition; 100 ms keeps an idle
+# worker cheap and its end-to-end latency low.
+FETCH_MAX_WAIT_MS = 100
+
+
+class BatchHandler(Protocol):
+    """What :class:`FastConsumer` hands fast-topic batches to (``monitor.agents.RiskPipeline``)."""
+
+    #: topic names whose records come to :meth:`handle` instead of Faust's per-message path
+    topics: frozenset[str]
+
+    def handle(self, batch: Mapping[TP, list[Any]], out: "Outputs") -> None:
+        """Process every record (aiokafka ``ConsumerRecord``) of ``batch`` synchronously and add all
+        resulting records (outputs and state changes) to ``out``. Must not raise on bad input."""
+
+    async def on_revoked(self, revoked: set[TP], out: "Outputs") -> None:
+        """Flush and drop everything kept for ``revoked`` partitions, adding records to ``out``."""
+
+    def flush_all(self, out: "Outputs") -> None:
+        """Flush everything kept in memory (at shutdown), adding records to ``out``."""
+
+
+class Outputs:
+    """Records to produce, grouped per topic-partition, sent as whole batches.
+
+    ``on_sent`` callbacks (per topic-partition) get the offset of the *last* record sent to that
+    partition once the broker acknowledged it (used to record RocksDB's persisted changelog offset).
+    """
+
+    __slots__ = ("_by_tp", "_on_sent", "record_count")
+
+    def __init__(self) -> None:
+        self._by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        self._on_sent: dict[tuple[str, int], Callable[[int], None]] = {}
+        self.record_count = 0
+
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """Queue one record for ``topic``/``partition``."""
+        try:
+            self._by_tp[(topic, partition)].append((key, value))
+        except KeyError:
+            self._by_tp[(topic, partition)] = [(key, value)]
+        self.record_count += 1
+
+    def add_many(self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        """Queue several ``(key, value)`` records for one topic-partition."""
+        bucket = self._by_tp.setdefault((topic, partition), [])
+        before = len(bucket)
+        bucket.extend(records)
+        self.record_count += len(bucket) - before
+
+    def on_sent(self, topic: str, partition: int, callback: Callable[[int], None]) -> None:
+        """Call ``callback(last_offset)`` once this batch's records to the partition are acknowledged."""
+        self._on_sent[(topic, partition)] = callback
+
+    def __bool__(self) -> bool:
+        return self.record_count > 0
+
+    async def send(self, producer: Any) -> list[asyncio.Future]:
+        """Hand every record to the aiokafka ``producer``; returns the delivery futures.
+
+        Records of one partition keep their order. Returns once everything is in the producer's
+        accumulator (delivery itself is awaited by the commit)."""
+        futures: list[asyncio.Future] = []
+        for (topic, partition), records in self._by_tp.items():
+            batch = producer.create_batch()
+            last: asyncio.Future | None = None
+            count = 0
+            for key, value in records:
+                if batch.append(timestamp=None, key=key, value=value) is None:
+                    last = await producer.send_batch(batch, topic, partition=partition)
+                    futures.append(last)
+                    batch = producer.create_batch()
+                    if batch.append(timestamp=None, key=key, value=value) is None:
+                        raise ValueError(f"record too large for one producer batch ({topic}/{partition})")
+                    count = 0
+                count += 1
+            if count:
+                last = await producer.send_batch(batch, topic, partition=partition)
+                futures.append(last)
+            callback = self._on_sent.get((topic, partition))
+            if callback is not None and last is not None:
+                n_last = count
+
+                def _done(fut: asyncio.Future, _cb: Callable[[int], None] = callback, _n: int = n_last) -> None:
+                    if not fut.cancelled() and fut.exception() is None:
+                        _cb(fut.result().offset + _n - 1)
+
+                last.add_done_callback(_done)
+        self._by_tp.clear()
+        self._on_sent.clear()
+        self.record_count = 0
+        return futures
+
+
+async def fetch_highwaters(bootstrap_servers: list[str] | str, listed: Mapping[TP, int],
+                           *, timeout_s: float = 5.0) -> dict[TP, int]:
+    """High-waters of ``listed`` partitions read from Fetch responses, never below ``listed``.
+
+    ``listed`` holds what ListOffsets (``end_offsets``) answered. On Kafka that is the high-water and
+    this function only confirms it. Tansu answers the first offset of the partition's last batch
+    + 1 instead; a Fetch starting at ``listed - 1`` returns that batch, and every Fetch response
+    carries the correct high-water.
+    """
+    result = {tp: int(offset) for tp, offset in listed.items()}
+    wanted = {tp: offset for tp, offset in result.items() if offset > 0}
+    if not wanted:
+        return result
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False,
+                                group_id=None, fetch_max_wait_ms=50, max_partition_fetch_bytes=1,
+                                request_timeout_ms=int(timeout_s * 1000))
+    await consumer.start()
+    try:
+        tps = {tp: TopicPartition(tp.topic, tp.partition) for tp in wanted}
+        consumer.assign(list(tps.values()))
+        for tp, atp in tps.items():
+            consumer.seek(atp, wanted[tp] - 1)
+        pending = set(tps)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            await consumer.getmany(*[tps[tp] for tp in pending], timeout_ms=200)
+            for tp in list(pending):
+                hw = consumer.highwater(tps[tp])
+                if hw is not None:
+                    result[tp] = max(result[tp], hw)
+                    pending.discard(tp)
+        if pending:
+            log.warning("no Fetch high-water within %.1fs for %s; kept ListOffsets values", timeout_s,
+                        sorted(f"{tp.topic}/{tp.partition}" for tp in pending))
+    finally:
+        await consumer.stop()
+    return result
+
+
+class FastConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread with a short fetch wait and Fetch-checked high-waters."""
+
+    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by aiokafka's Fetcher, which consumer.start() creates from this attribute.
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        listed = await super()._highwaters(partitions)
+        if self.consumer.in_transaction or not getattr(self.app, "satmon_fetch_highwaters", True):
+            return listed
+        servers = faust_aiokafka.server_list(self.transport.url, self.transport.default_port)
+        fixed = await fetch_highwaters(servers, listed)
+        raised = {tp: (listed[tp], hw) for tp, hw in fixed.items() if hw != listed[tp]}
+        if raised:
+            log.info("high-waters corrected from Fetch (ListOffsets was low): %s",
+                     {f"{tp.topic}/{tp.partition}": v for tp, v in raised.items()})
+        return fixed
+
+
+class FastConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer with a batched drain loop for the app's fast topics.
+
+    The batch handler is ``app.satmon_batch_handler`` (a :class:`BatchHandler`); without one the
+    consumer behaves exactly like Faust's.
+    """
+
+    _fast_next: dict[TP, int]
+    _fast_sends: list[asyncio.Future]
+    _batch_idle: asyncio.Event
+    _send_error: BaseException | None = None
+
+    def on_init(self) -> None:
+        super().on_init()
+        self._fast_next = {}
+        self._fast_sends = []
+        self._batch_idle = asyncio.Event()
+        self._batch_idle.set()
+        self.fast_batches = 0
+        self.fast_records = 0
+
+    def _new_consumer_thread(self) -> FastConsumerThread:
+        return FastConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    # -- acknowledgement and commit -------------------------------------------------------------
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterable[TP]:
+        seen = set()
+        for tp in super()._filter_tps_with_pending_acks(topics):
+            seen.add(tp)
+            yield tp
+        for tp in list(self._fast_next):
+            if tp not in seen and (topics is None or tp in topics or tp.topic in topics):
+                yield tp
+
+    def _new_offset(self, tp: TP) -> int | None:
+        offset = self._fast_next.get(tp)
+        if offset is not None:
+            return offset
+        return super()._new_offset(tp)
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        # Faust flushed the producer just before calling us; make sure every send behind these
+        # offsets was acknowledged, and never commit past a failed one.
+        sends, self._fast_sends = self._fast_sends, []
+        if sends:
+            await asyncio.wait(sends)
+            for fut in sends:
+                if not fut.cancelled() and fut.exception() is not None and self._send_error is None:
+                    self._send_error = fut.exception()
+        if self._send_error is not None:
+            log.error("not committing %s: a send failed (%r); the records will be reprocessed",
+                      {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()}, self._send_error)
+            await self.crash(self._send_error)
+            return False
+        return await super()._commit(offsets)
+
+    # -- rebalance ------------------------------------------------------------------------------
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        # A batch in progress finishes first (it has no awaits but the hand-over to the producer);
+        # then the handler flushes the revoked partitions' state and we commit what is acked, so
+        # the partition's next owner recovers state and offsets that match.
+        await self._batch_idle.wait()
+        handler = getattr(self.app, "satmon_batch_handler", None)
+        if handler is not None and revoked:
+            out = Outputs()
+            await handler.on_revoked(set(revoked), out)
+            await self._send(out)
+            if any(tp in self._fast_next for tp in revoked):
+                try:
+                    await self.commit({tp for tp in revoked if tp in self._fast_next})
+                except (KafkaError, asyncio.TimeoutError) as exc:  # pragma: no cover - broker dependent
+                    log.warning("commit on revocation failed (%r): records since the last commit "
+                                "will be processed again by the next owner", exc)
+        for tp in revoked:
+            self._fast_next.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
+    async def wait_empty(self) -> None:
+        # Called on stop (and by Faust before its final commit): finish the batch in progress,
+        # let the handler flush what it keeps in memory, then Faust commits.
+        await self._batch_idle.wait()
+        handler = getattr(self.app, "satmon_batch_handler", None)
+        if handler is not None:
+            out = Outputs()
+            handler.flush_all(out)
+            await self._send(out)
+        await super().wait_empty()
+
+    async def _send(self, out: Outputs) -> None:
+        if out:
+            self._fast_sends.extend(await out.send(self.app.producer._producer))
+
+    # -- the drain loop -------------------------------------------------------------------------
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - runs as a task
+        handler: BatchHandler | None = getattr(self.app, "satmon_batch_handler", None)
+        if handler is None:
+            return await super()._drain_messages(fetcher)
+        prepare = getattr(handler, "prepare", None)
+        if prepare is not None:
+            await prepare()
+        fast_topics = handler.topics
+        callback = self.callback
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offset = self._read_offset
+        monitor = self.app.monitor
+        inbound = monitor.stream_inbound_time if monitor is not None else {}
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        out = Outputs()
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                records, active = await self._wait_next_records(1.0)
+                await asyncio.sleep(0)
+                if records is None or self.should_stop or not records:
+                    continue
+                if not self.flow_active:
+                    await self.perform_seek()
+                    continue
+                generation = self.app.consumer_generation_id
+                fast: dict[TP, list[Any]] = {}
+                slow: list[tuple[TP, Any]] = []
+                for tp, recs in records.items():
+                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                        continue
+                    if monitor is not None:
+                        monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    if tp.topic in fast_topics:
+                        expected = read_offset[tp]
+                        if expected is not None and recs[0].offset < expected:
+                            recs = [r for r in recs if r.offset >= expected]
+                        if recs:
+                            fast[tp] = recs
+                    else:
+                        slow.extend((tp, r) for r in recs)
+                if fast:
+                    if self.suspend_flow.is_set() or generation != self.app.consumer_generation_id:
+                        # A rebalance started: drop the batch; it is fetched again after the
+                        # rebalance seeks to the committed offsets.
+                        continue
+                    self._batch_idle.clear()
+                    try:
+                        handler.handle(fast, out)
+                        await self._send(out)
+                        now = time.monotonic()
+                        for tp, recs in fast.items():
+                            nxt = recs[-1].offset + 1
+                            self._fast_next[tp] = nxt
+                            read_offset[tp] = nxt
+                            inbound[tp] = now
+                            self.fast_records += len(recs)
+                        self.fast_batches += 1
+                    finally:
+                        self._batch_idle.set()
+                for tp, record in slow:
+                    if not self.flow_active or generation != self.app.consumer_generation_id:
+                        break
+                    message = self._to_message(tp, record)
+                    offset = message.offset
+                    r_offset = read_offset[tp]
+                    if r_offset is None or offset >= r_offset:
+                        # Faust's own bookkeeping, unchanged: record gaps so acks can pass them.
+                        if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                        read_offset[tp] = offset
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+
+
+class FastTransport(faust_aiokafka.Transport):
+    """aiokafka transport whose consumer is :class:`FastConsumer`."""
+
+    Consumer = FastConsumer
