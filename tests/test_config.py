@@ -29,6 +29,11 @@ GOOD = {
     "pseudonymise": ("off", False),
     "pseudonym_key_file": ("/run/secrets/key", "/run/secrets/key"),
     "tokens_file": ("/run/secrets/tokens.json", "/run/secrets/tokens.json"),
+    "holdout_share": ("0.2", 0.2),
+    "contact_fatigue_days": ("7", 7.0),
+    "rate_per_s": ("10", 10.0),
+    "rate_burst": ("30", 30),
+    "effect_horizon_days": ("14", 14.0),
 }
 # An invalid text for every option that can be invalid.
 BAD = {
@@ -45,6 +50,11 @@ BAD = {
     "state_ttl_days": "inf",
     "checkpoint_interval_s": "nan",
     "pseudonymise": "maybe",
+    "holdout_share": "1.2",
+    "contact_fatigue_days": "0",
+    "rate_per_s": "-5",
+    "rate_burst": "0",
+    "effect_horizon_days": "x",
 }
 
 
