@@ -9,7 +9,8 @@ process (one core each):
 * ``aiokafka-bare`` -- ``benchmarks/peers/aiokafka_bare.py``: a bare getmany loop, no Faust.
 
 Throughput is counted from the first processed event to the last (group join and recovery are not
-included). Prints one JSON object.
+included). Then the satmon worker's produce→scored latency is measured at a steady rate on a fresh
+broker (``--latency-rate``). Prints one JSON object.
 
     python benchmarks/bench_e2e.py --events 200000
 """
@@ -93,6 +94,8 @@ async def produce(bootstrap: str, n: int, partitions: int) -> float:
     await admin.create_topics([NewTopic(t, partitions, 1) for t in (*INPUTS, "risk-scores")]
                               + [NewTopic("satmon-dead-letter", 1, 1)])
     await admin.close()
+    if not n:
+        return 0.0
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     t0 = time.perf_counter()
@@ -116,7 +119,7 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600) 
         "from monitor.config import load\n"
         "from monitor.app import build_worker\n"
         "from faust.worker import Worker\n"
-        "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='bench')\n"
+        "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='bench', pseudonymise='false')\n"
         "w = build_worker(s, app_id='bench-satmon-%d', make_core=core_factory()[1])\n"
         "Worker(w.app, loglevel='warning', quiet=True, redirect_stdouts=False).execute_from_commandline()\n"
     ) % (str(HERE / "peers"), str(HERE.parent), broker, data, str(port), str(partitions), os.getpid())
@@ -150,6 +153,93 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600) 
             proc.kill()
 
 
+def measure_latency(partitions: int, rate: int, seconds: float) -> dict:
+    """Produce→scored latency of the satmon worker at a steady ``rate`` (fresh broker, live event times).
+
+    Events carry ``ts_ms`` = wall clock when produced; a score's Kafka timestamp is set when the
+    worker hands it to its producer, so ``timestamp - ts_ms`` is the end-to-end latency of that event.
+    """
+    import statistics
+
+    broker = LocalTansu(partitions)
+    url = broker.start()
+    bootstrap = url[len("kafka://"):]
+    port = free_port()
+    code = (
+        "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
+        "from common import core_factory\n"
+        "from monitor.config import load\n"
+        "from monitor.app import build_worker\n"
+        "from faust.worker import Worker\n"
+        "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='lat', pseudonymise='false')\n"
+        "w = build_worker(s, app_id='bench-latency', make_core=core_factory()[1])\n"
+        "Worker(w.app, loglevel='warning', quiet=True, redirect_stdouts=False).execute_from_commandline()\n"
+    ) % (str(HERE / "peers"), str(HERE.parent), url, tempfile.mkdtemp(), str(port), str(partitions))
+    asyncio.run(produce(bootstrap, 0, partitions))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        samples = asyncio.run(_paced_run(bootstrap, rate, seconds))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        broker.stop()
+    samples.sort()
+    if not samples:
+        return {"contender": "satmon", "latency": "no scores"}
+    q = statistics.quantiles(samples, n=100)
+    return {"contender": "satmon", "rate_events_per_s": rate, "seconds": seconds, "scores_sampled": len(samples),
+            "latency_ms_p50": round(q[49], 1), "latency_ms_p99": round(q[98], 1), "latency_ms_max": samples[-1]}
+
+
+async def _paced_run(bootstrap: str, rate: int, seconds: float) -> list[int]:
+    import orjson
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    started_ms = int(time.time() * 1000)
+    try:
+        t0 = time.perf_counter()
+        sent = 0
+        for topic, key, value in generate(int(rate * seconds), subscribers=500, seed=11):
+            rec = orjson.loads(value)
+            rec["ts_ms"] = int(time.time() * 1000)
+            await producer.send(topic, orjson.dumps(rec), key=key)
+            sent += 1
+            ahead = sent / rate - (time.perf_counter() - t0)
+            if ahead > 0.005:
+                await asyncio.sleep(ahead)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    await asyncio.sleep(3)
+    consumer = AIOKafkaConsumer("risk-scores", bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    await consumer.start()
+    samples = []
+    try:
+        idle = 0
+        while idle < 5:
+            batch = await consumer.getmany(timeout_ms=300)
+            idle = 0 if batch else idle + 1
+            for recs in batch.values():
+                for r in recs:
+                    ts = orjson.loads(r.value)["ts_ms"]
+                    if ts >= started_ms:
+                        samples.append(r.timestamp - ts)
+    finally:
+        await consumer.stop()
+    return samples
+
+
 def run_peer(script: str, args: list[str], timeout_s: float = 900) -> dict:
     out = subprocess.run([sys.executable, str(HERE / "peers" / script), *args], capture_output=True, text=True,
                          timeout=timeout_s)
@@ -163,6 +253,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--latency-rate", type=int, default=2000,
+                        help="events/s for the latency run of the satmon worker (0: skip)")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--only", choices=("satmon", "faust-plain", "aiokafka-bare"), action="append")
     args = parser.parse_args()
     from common import core_factory
@@ -185,6 +278,7 @@ def main() -> None:
                                                          "--partitions", str(args.partitions)]))
     finally:
         broker.stop()
+    latency = measure_latency(args.partitions, args.latency_rate, args.latency_seconds) if args.latency_rate else None
     by = {r["contender"]: r["events_per_s"] for r in results}
     ratios = {}
     if by.get("satmon") and by.get("faust-plain"):
@@ -193,7 +287,7 @@ def main() -> None:
         ratios["satmon_over_aiokafka_bare"] = round(by["satmon"] / by["aiokafka-bare"], 2)
     print(json.dumps({"benchmark": "e2e", "events": args.events, "partitions": args.partitions,
                       "core": core_factory()[0], "produce_seconds": round(produce_s, 2),
-                      "results": results, "ratios": ratios,
+                      "results": results, "ratios": ratios, "latency": latency,
                       "load_avg_1m": os.getloadavg()[0]}, indent=2))
 
 

@@ -28,6 +28,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+import msgspec
+
 from monitor import events as ev
 from monitor.fastpath import Outputs
 from monitor.ingest import Ingest
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 
 RISK_SCORES_TOPIC = "risk-scores"
 DEAD_LETTER_TOPIC = "satmon-dead-letter"
+CELL_WINDOWS_TOPIC = "satmon-cell-windows"
+ALERTS_TOPIC = "alerts"
 
 
 class BatchObserver(Protocol):
@@ -43,7 +47,115 @@ class BatchObserver(Protocol):
 
     def on_batch(self, partition: int, events: Sequence[Any], scores: Sequence[ev.RiskScore],
                  dead_letters: Sequence[ev.DeadLetter], out: Outputs) -> None:
-        """Called synchronously after the core processed ``events``; may add records to ``out``."""
+        """Called synchronously after the core processed ``events``; may add records to ``out``.
+
+        Optional: ``on_revoked(partition, out)`` when the partition leaves this worker and
+        ``flush_all(out)`` at shutdown."""
+
+
+class CellWindows:
+    """:class:`BatchObserver` that folds every batch into per-(cell, window) aggregates and ships
+    closed windows to ``satmon-cell-windows`` (see :mod:`monitor.windows`).
+
+    One :class:`~monitor.windows.WindowAggregator` per input partition (source name: the partition
+    number). Tickets, app events and scores carry no cell: they are attributed to the subscriber's
+    last network cell seen on this partition. Whenever a partition's watermark closes windows, one
+    :class:`~monitor.windows.WindowBatch` goes to *every* partition of ``satmon-cell-windows`` (empty
+    ones too: they tell each owner that this source is done with those windows), carrying the
+    partials of the regions that partition owns (murmur2 of the region, like a keyed record): the
+    hot-spot engine rolls cells up into their region, so a region's cells must meet in one place.
+    On revocation and shutdown open windows are flushed rather than dropped.
+    """
+
+    def __init__(self, *, partitions: int, width_ms: int = 60_000, allowed_lateness_ms: int = 30_000) -> None:
+        self.partitions = partitions
+        self.width_ms = width_ms
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.aggregators: dict[int, Any] = {}
+        self._cells: dict[int, dict[str, tuple[str, str]]] = {}
+        self._region_partition: dict[str, int] = {}
+
+    def _aggregator(self, partition: int) -> Any:
+        agg = self.aggregators.get(partition)
+        if agg is None:
+            from monitor.windows import WindowAggregator
+
+            agg = self.aggregators[partition] = WindowAggregator(
+                width_ms=self.width_ms, allowed_lateness_ms=self.allowed_lateness_ms, source=str(partition))
+        return agg
+
+    def on_batch(self, partition: int, events: Sequence[Any], scores: Sequence[ev.RiskScore],
+                 dead_letters: Sequence[ev.DeadLetter], out: Outputs) -> None:
+        agg = self._aggregator(partition)
+        cells = self._cells.setdefault(partition, {})
+        for event in events:
+            if event.stream == "network":
+                cells[event.subscriber_id] = (event.cell_id, event.region)
+        agg.add_batch(events, scores, cells.get)
+        before = agg.closed_before_ms
+        partials = agg.close()
+        if agg.closed_before_ms != before:
+            self._ship(agg, partials, out)
+
+    def on_revoked(self, partition: int, out: Outputs) -> None:
+        agg = self.aggregators.pop(partition, None)
+        self._cells.pop(partition, None)
+        if agg is not None:
+            self._ship(agg, agg.flush(), out)
+
+    def flush_all(self, out: Outputs) -> None:
+        for partition in list(self.aggregators):
+            self.on_revoked(partition, out)
+
+    def _ship(self, agg: Any, partials: Sequence[Any], out: Outputs) -> None:
+        from monitor.windows import encode_batch
+
+        by_dest: dict[int, list[Any]] = {p: [] for p in range(self.partitions)}
+        for part in partials:
+            dest = self._region_partition.get(part.region)
+            if dest is None:
+                dest = self._region_partition[part.region] = region_partition(part.region, self.partitions)
+            by_dest[dest].append(part)
+        key = agg.source.encode()
+        for dest, parts in by_dest.items():
+            out.add(CELL_WINDOWS_TOPIC, dest, key, encode_batch(agg.batch_for(parts)))
+
+
+def region_partition(region: str, partitions: int) -> int:
+    """The ``satmon-cell-windows`` partition that owns ``region`` (Kafka's default partitioner)."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(region.encode()) & 0x7FFFFFFF) % partitions
+
+
+class HotspotStage:
+    """The owner side of ``satmon-cell-windows``: per partition, merge the partials of every input
+    partition (:class:`~monitor.windows.WindowMerger`) and run the hot-spot engine over complete
+    windows (:class:`~monitor.hotspots.HotspotEngine`), returning ``alert.v1`` records.
+
+    Low volume (one batch per source per closed window), so it runs as an ordinary Faust agent.
+    Detector baselines live in memory: a restarted or reassigned owner relearns them.
+    """
+
+    def __init__(self, *, partitions: int) -> None:
+        self.sources = [str(p) for p in range(partitions)]
+        self.stages: dict[int, tuple[Any, Any]] = {}
+        self.windows_in = 0
+        self.alerts_out = 0
+
+    def on_window_batch(self, partition: int, raw: bytes) -> list[ev.Alert]:
+        from monitor.hotspots import HotspotEngine
+        from monitor.windows import WindowMerger, decode_batch
+
+        stage = self.stages.get(partition)
+        if stage is None:
+            stage = self.stages[partition] = (WindowMerger(sources=self.sources), HotspotEngine())
+        merger, engine = stage
+        merger.add(decode_batch(raw))
+        self.windows_in += 1
+        alerts = engine.process(merger.pop_complete())
+        self.alerts_out += len(alerts)
+        return alerts
 
 
 class TableStore:
@@ -142,6 +254,7 @@ class RiskPipeline:
                  make_core: Callable[..., Any], checkpoint_interval_s: float = 30.0,
                  worker_id: str | None = None, observers: Iterable[BatchObserver] = (),
                  score_partitioner: Callable[[bytes], int] | None = None,
+                 pseudonymise: Callable[[str], str] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.state_table = state_table
         self.model_table = model_table
@@ -151,12 +264,19 @@ class RiskPipeline:
         self.observers: list[BatchObserver] = list(observers)
         self.score_partitioner = score_partitioner
         self.clock = clock
+        #: ``() -> {TP: next offset}`` whose effects the broker acknowledged (set by the app)
+        self.durable_offsets: Callable[[], Mapping[Any, int]] = dict
+        self._floors: dict[int, dict[str, int]] = {}
+        self._floors_written: dict[int, dict[str, int]] = {}
         #: awaited by the consumer before the first batch (the app declares output topics)
         self.prepare: Callable[[], Awaitable[None]] | None = None
         self.cores: dict[int, Any] = {}
         self._checkpointed_at: dict[int, float] = {}
         self.ingest = Ingest(worker=worker_id)
+        self.pseudonymise = pseudonymise
+        self._pseudonyms: dict[str, str] = {}
         self.scores_emitted = 0
+        self.skipped_below_floor = 0
         self.batches = 0
 
     @property
@@ -190,7 +310,40 @@ class RiskPipeline:
             self._checkpointed_at[partition] = self.clock()
         return core
 
+    # -- resume floors ----------------------------------------------------------------------------
+    # The broker's committed offsets are the resume point, but Tansu has lost commits made just
+    # before a worker left the group, and every rebalance seeks back to the committed offsets,
+    # which trail what was processed (docs/WORKER.md). So each partition's model-table entry
+    # ``offsets:<p>`` also records, per input topic, the next offset whose effects the broker has
+    # acknowledged; a new owner skips records below it, and this process skips what it applied.
+    # On Kafka the durable floor equals or trails the committed offset.
+
+    @staticmethod
+    def _floor_key(partition: int) -> bytes:
+        return f"offsets:{partition}".encode()
+
+    def _floor(self, partition: int) -> dict[str, int]:
+        floor = self._floors.get(partition)
+        if floor is None:
+            blob = self.model_table.get(partition, self._floor_key(partition))
+            floor = self._floors[partition] = dict(msgspec.json.decode(blob)) if blob else {}
+            if floor:
+                log.info("partition %d: resuming above offsets %s (acknowledged by the previous owner)",
+                         partition, floor)
+            self._floors_written[partition] = dict(floor)
+        return floor
+
+    def _write_floor(self, partition: int, out: Outputs) -> None:
+        durable = {tp.topic: o for tp, o in self.durable_offsets().items()
+                   if tp.partition == partition and tp.topic in self.topics}
+        written = self._floors_written.setdefault(partition, {})
+        if durable and any(written.get(t, -1) < o for t, o in durable.items()):
+            merged = {**written, **{t: max(o, written.get(t, -1)) for t, o in durable.items()}}
+            self.model_table.write(partition, {self._floor_key(partition): msgspec.json.encode(merged)}, out)
+            self._floors_written[partition] = merged
+
     def _flush_core(self, partition: int, core: Any, out: Outputs, *, checkpoint: bool) -> None:
+        self._write_floor(partition, out)
         dirty = core.take_dirty()
         if dirty:
             self.state_table.write(partition, {k.encode(): v for k, v in dirty.items()}, out)
@@ -205,8 +358,22 @@ class RiskPipeline:
         dead: dict[int, list[ev.DeadLetter]] = {}
         decode_batch = self.ingest.decode_batch
         for tp, records in batch.items():
+            floors = self._floor(tp.partition)
+            floor = floors.get(tp.topic)
+            if floor is not None and records[0].offset < floor:
+                # Already applied, by a previous owner (acknowledged) or by this process (a
+                # rebalance seeks back to the committed offset, which may lag): skip.
+                records = [r for r in records if r.offset >= floor]
+                self.skipped_below_floor += len(batch[tp]) - len(records)
+                if not records:
+                    continue
+            # Safe to raise before the sends complete: a failed send crashes the worker (see
+            # FastConsumer._commit) and a new process starts from the durable floor.
+            floors[tp.topic] = records[-1].offset + 1
             events, letters = decode_batch(tp.topic, tp.partition, [(r.offset, r.key, r.value) for r in records])
             if events:
+                if self.pseudonymise is not None:
+                    events = self._pseudonymised(events)
                 by_partition.setdefault(tp.partition, []).extend(events)
             if letters:
                 dead.setdefault(tp.partition, []).extend(letters)
@@ -231,16 +398,39 @@ class RiskPipeline:
             self._flush_core(partition, core, out, checkpoint=due)
         self.batches += 1
 
+    def _pseudonymised(self, events: list[Any]) -> list[Any]:
+        # The keyed hash costs ~2 µs; a subscriber's pseudonym is cached (bounded) instead.
+        cache = self._pseudonyms
+        if len(cache) > 2_000_000:
+            cache.clear()
+        pseudonym = self.pseudonymise
+        out = []
+        for event in events:
+            real = event.subscriber_id
+            alias = cache.get(real)
+            if alias is None:
+                alias = cache[real] = pseudonym(real)  # type: ignore[misc]
+            out.append(msgspec.structs.replace(event, subscriber_id=alias))
+        return out
+
     async def on_revoked(self, revoked: set[Any], out: Outputs) -> None:
         for partition in sorted({tp.partition for tp in revoked if tp.topic in self.topics}):
+            for observer in self.observers:
+                if hasattr(observer, "on_revoked"):
+                    observer.on_revoked(partition, out)
             core = self.cores.pop(partition, None)
             if core is not None:
                 self._flush_core(partition, core, out, checkpoint=True)
                 self._checkpointed_at.pop(partition, None)
                 log.info("partition %d revoked: state flushed, model checkpointed", partition)
+            self._floors.pop(partition, None)
+            self._floors_written.pop(partition, None)
 
     def flush_all(self, out: Outputs, *, checkpoint: bool = True) -> None:
         """Flush every partition's dirty state (and checkpoint its model): used at shutdown."""
         for partition, core in self.cores.items():
             self._flush_core(partition, core, out, checkpoint=checkpoint)
+        for observer in self.observers:
+            if hasattr(observer, "flush_all"):
+                observer.flush_all(out)
 

@@ -30,7 +30,8 @@ import faust
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from monitor.agents import DEAD_LETTER_TOPIC, RISK_SCORES_TOPIC, BatchObserver, RiskPipeline, TableStore
+from monitor.agents import (ALERTS_TOPIC, CELL_WINDOWS_TOPIC, DEAD_LETTER_TOPIC, RISK_SCORES_TOPIC, BatchObserver,
+                            CellWindows, HotspotStage, RiskPipeline, TableStore)
 from monitor.config import Settings
 from monitor.events import INPUT_TOPICS
 from monitor.fastpath import FastTransport
@@ -79,6 +80,15 @@ class Worker:
     registry: CollectorRegistry
     settings: Settings
     worker_id: str
+    hotspots: HotspotStage | None = None
+
+    def assigned_partitions(self) -> list[int]:
+        """Input partitions this worker owns (active, not standby)."""
+        try:
+            actives = self.app.assignor.assigned_actives()
+        except Exception:  # before the first assignment
+            return []
+        return sorted({tp.partition for tp in actives if tp.topic in INPUT_TOPICS})
 
     def ready(self) -> tuple[bool, str]:
         """Readiness without I/O: partitions recovered, not rebalancing (broker checked by /readyz)."""
@@ -112,7 +122,18 @@ class _PipelineCollector:
         yield dead
         yield CounterMetricFamily("satmon_worker_scores", "risk_score.v1 records emitted", value=p.scores_emitted)
         yield CounterMetricFamily("satmon_worker_batches", "Input batches processed", value=p.batches)
-        yield GaugeMetricFamily("satmon_worker_partitions", "Input partitions with a live risk core",
+        yield CounterMetricFamily("satmon_worker_skipped_below_floor",
+                                  "Re-delivered records skipped: a previous owner's effects were acknowledged",
+                                  value=p.skipped_below_floor)
+        h = self.worker.hotspots
+        if h is not None:
+            yield CounterMetricFamily("satmon_worker_window_batches", "Cell-window batches merged by this owner",
+                                      value=h.windows_in)
+            yield CounterMetricFamily("satmon_worker_alerts", "alert.v1 records emitted by the hot-spot engine",
+                                      value=h.alerts_out)
+        yield GaugeMetricFamily("satmon_worker_partitions", "Input partitions assigned to this worker (active)",
+                                value=len(self.worker.assigned_partitions()))
+        yield GaugeMetricFamily("satmon_worker_cores", "Input partitions with a live risk core in memory",
                                 value=len(p.cores))
 
 
@@ -124,11 +145,13 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
                  make_core: Callable[..., Any] | None = None,
                  observers: Iterable[BatchObserver] = (),
                  registry: CollectorRegistry | None = None,
+                 cell_windows: bool = True,
                  **faust_overrides: Any) -> Worker:
     """Build a worker's Faust app and pipeline from ``settings`` (which must name a broker).
 
     ``app_id`` is the consumer group and the prefix of the changelog topics; ``faust_overrides``
-    replace entries of :data:`BROKER_SETTINGS` (tests use them for short intervals).
+    replace entries of :data:`BROKER_SETTINGS` (tests use them for short intervals). With
+    ``cell_windows`` (default) every batch also feeds :class:`monitor.agents.CellWindows`.
     """
     from aiokafka.partitioner import murmur2
     from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
@@ -159,13 +182,35 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     # Declared with internal=True so Faust creates them (with our partition counts) if missing.
     input_topics = [app.topic(name, partitions=n, internal=True, value_serializer="raw",
                               key_serializer="raw") for name in INPUT_TOPICS]
+    alerts_topic = app.topic(ALERTS_TOPIC, partitions=1, internal=True, key_serializer="raw",
+                             value_serializer="raw")
     outputs = [app.topic(RISK_SCORES_TOPIC, partitions=n, internal=True),
-               app.topic(DEAD_LETTER_TOPIC, partitions=1, internal=True)]
+               app.topic(DEAD_LETTER_TOPIC, partitions=1, internal=True), alerts_topic]
+    windows_topic = app.topic(CELL_WINDOWS_TOPIC, partitions=n, internal=True, key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw")
+    hotspots = HotspotStage(partitions=n)
+
+    if cell_windows:
+        @app.agent(windows_topic, name="satmon.hotspots")
+        async def hotspot_agent(stream: Any) -> None:
+            # Faust's ordinary per-message path (low volume): merged windows -> hot-spot alerts.
+            from monitor.events import encode
+
+            async for event in stream.events():
+                for alert in hotspots.on_window_batch(event.message.partition, event.value):
+                    await alerts_topic.send(key=alert.alert_id.encode(), value=encode(alert))
     # bytes key/value types make Faust use the "raw" codec: the core owns serialization.
     state_table = app.Table(STATE_TABLE, partitions=n, key_type=bytes, value_type=bytes)
     model_table = app.Table(MODEL_TABLE, partitions=n, key_type=bytes, value_type=bytes)
     for topic in input_topics:
         app.topics.add(topic)   # subscribe without a per-message agent: the fast path consumes them
+
+    # Subscriber ids are replaced by keyed pseudonyms at ingest (state, scores and the at-risk
+    # list never hold real ids); ConfigError here when it is on without a key.
+    from monitor.privacy import NoPseudonyms, pseudonymiser_for
+
+    pseudonymiser = pseudonymiser_for(settings)
+    pseudonymise = None if isinstance(pseudonymiser, NoPseudonyms) else pseudonymiser
 
     score_partition_cache: dict[bytes, int] = {}
 
@@ -184,12 +229,15 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
         make_core=make_core or default_core_factory(settings),
         checkpoint_interval_s=settings.checkpoint_interval_s,
         worker_id=worker_id,
-        observers=observers,
+        observers=[CellWindows(partitions=n), *observers] if cell_windows else list(observers),
         score_partitioner=score_partition,
+        pseudonymise=pseudonymise,
     )
     app.satmon_batch_handler = pipeline
+    pipeline.durable_offsets = lambda: app.consumer.durable_offsets()
     registry = registry if registry is not None else CollectorRegistry()
-    worker = Worker(app=app, pipeline=pipeline, registry=registry, settings=settings, worker_id=worker_id)
+    worker = Worker(app=app, pipeline=pipeline, registry=registry, settings=settings, worker_id=worker_id,
+                    hotspots=hotspots)
     registry.register(_PipelineCollector(worker))
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "satmon_faust"))
 
@@ -227,7 +275,7 @@ def _add_web_views(worker: Worker) -> None:
         if ok:
             why = await _broker_reachable(app)
             ok = why == "ok"
-        body = {"ready": ok, "reason": why, "partitions": sorted(worker.pipeline.cores),
+        body = {"ready": ok, "reason": why, "partitions": worker.assigned_partitions(),
                 "worker": worker.worker_id}
         return web.json(body, status=200 if ok else 503)
 

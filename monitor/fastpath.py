@@ -100,6 +100,10 @@ class Outputs:
         """Call ``callback(last_offset)`` once this batch's records to the partition are acknowledged."""
         self._on_sent[(topic, partition)] = callback
 
+    def records(self) -> dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]]:
+        """What is queued, by ``(topic, partition)`` (a view: do not modify)."""
+        return self._by_tp
+
     def __bool__(self) -> bool:
         return self.record_count > 0
 
@@ -179,6 +183,31 @@ async def fetch_highwaters(bootstrap_servers: list[str] | str, listed: Mapping[T
     return result
 
 
+async def leave_group_at_generation_zero(consumer: AIOKafkaConsumer) -> bool:
+    """Send LeaveGroup for a member of generation 0, which aiokafka skips.
+
+    Kafka numbers generations from 1; Tansu starts at 0, so aiokafka's ``_maybe_leave_group``
+    (``if self.generation > 0``) never leaves and a restarted worker waits for the old member to
+    expire. Returns True when a LeaveGroup was sent and answered without error.
+    """
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or getattr(coordinator, "generation", None) != 0:
+        return False
+    member_id = getattr(coordinator, "member_id", "")
+    if not member_id or getattr(coordinator, "_group_instance_id", None) is not None:
+        return False
+    try:
+        response = await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, member_id))
+    except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+        log.warning("LeaveGroup (generation 0) failed: %r", exc)
+        return False
+    ok = getattr(response, "error_code", 0) == 0
+    log.info("LeaveGroup (generation 0) sent for %s: %s", member_id, "ok" if ok else response)
+    return ok
+
+
 class FastConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's aiokafka consumer thread with a short fetch wait and Fetch-checked high-waters."""
 
@@ -187,6 +216,12 @@ class FastConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # Read by aiokafka's Fetcher, which consumer.start() creates from this attribute.
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def on_thread_stop(self) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            await leave_group_at_generation_zero(consumer)
+        await super().on_thread_stop()
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         listed = await super()._highwaters(partitions)
@@ -209,6 +244,8 @@ class FastConsumer(faust_aiokafka.Consumer):
     """
 
     _fast_next: dict[TP, int]
+    #: next offsets whose batch effects the broker has acknowledged (every send succeeded)
+    _durable_next: dict[TP, int]
     _fast_sends: list[asyncio.Future]
     _batch_idle: asyncio.Event
     _send_error: BaseException | None = None
@@ -216,6 +253,7 @@ class FastConsumer(faust_aiokafka.Consumer):
     def on_init(self) -> None:
         super().on_init()
         self._fast_next = {}
+        self._durable_next = {}
         self._fast_sends = []
         self._batch_idle = asyncio.Event()
         self._batch_idle.set()
@@ -267,6 +305,7 @@ class FastConsumer(faust_aiokafka.Consumer):
         await self._batch_idle.wait()
         handler = getattr(self.app, "satmon_batch_handler", None)
         if handler is not None and revoked:
+            await self._settle()
             out = Outputs()
             await handler.on_revoked(set(revoked), out)
             await self._send(out)
@@ -278,6 +317,7 @@ class FastConsumer(faust_aiokafka.Consumer):
                                 "will be processed again by the next owner", exc)
         for tp in revoked:
             self._fast_next.pop(tp, None)
+            self._durable_next.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def wait_empty(self) -> None:
@@ -286,14 +326,45 @@ class FastConsumer(faust_aiokafka.Consumer):
         await self._batch_idle.wait()
         handler = getattr(self.app, "satmon_batch_handler", None)
         if handler is not None:
+            await self._settle()
             out = Outputs()
             handler.flush_all(out)
             await self._send(out)
         await super().wait_empty()
 
-    async def _send(self, out: Outputs) -> None:
-        if out:
-            self._fast_sends.extend(await out.send(self.app.producer._producer))
+    async def _send(self, out: Outputs) -> list[asyncio.Future]:
+        if not out:
+            return []
+        futures = await out.send(self.app.producer._producer)
+        self._fast_sends.extend(futures)
+        return futures
+
+    def _on_durable(self, futures: list[asyncio.Future], nexts: dict[TP, int]) -> None:
+        """Advance :attr:`_durable_next` to ``nexts`` once every one of ``futures`` succeeded."""
+        durable = self._durable_next
+
+        def advance(_: Any = None) -> None:
+            if all(not f.cancelled() and f.exception() is None for f in futures):
+                for tp, nxt in nexts.items():
+                    if durable.get(tp, -1) < nxt:
+                        durable[tp] = nxt
+
+        if not futures:
+            advance()
+        else:
+            gathered = asyncio.gather(*futures, return_exceptions=True)
+            gathered.add_done_callback(advance)
+
+    def durable_offsets(self) -> Mapping[TP, int]:
+        """Next offsets per fast topic-partition whose effects the broker has acknowledged."""
+        return self._durable_next
+
+    async def _settle(self) -> None:
+        """Wait until every send so far was answered, so durable offsets are up to date."""
+        pending = [f for f in self._fast_sends if not f.done()]
+        if pending:
+            await asyncio.wait(pending)
+        await asyncio.sleep(0)  # let the done callbacks run
 
     # -- the drain loop -------------------------------------------------------------------------
 
@@ -346,14 +417,16 @@ class FastConsumer(faust_aiokafka.Consumer):
                     self._batch_idle.clear()
                     try:
                         handler.handle(fast, out)
-                        await self._send(out)
+                        futures = await self._send(out)
                         now = time.monotonic()
+                        nexts = {}
                         for tp, recs in fast.items():
-                            nxt = recs[-1].offset + 1
+                            nxt = nexts[tp] = recs[-1].offset + 1
                             self._fast_next[tp] = nxt
                             read_offset[tp] = nxt
                             inbound[tp] = now
                             self.fast_records += len(recs)
+                        self._on_durable(futures, nexts)
                         self.fast_batches += 1
                     finally:
                         self._batch_idle.set()

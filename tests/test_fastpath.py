@@ -127,15 +127,21 @@ def test_sigkill_resumes_at_committed_offsets_without_loss(broker: Broker, worke
     assert 0 < committed_inputs <= processed_by_a
 
     b = workers(broker, app_id="t-kill", core="recording", log_path=log, worker_id="w2", store="memory://")
-    b.wait_for(lambda: b.total("satmon_worker_events_total") >= len(records) - committed_inputs, timeout_s=120,
-               what="the rest processed")
-    assert b.total("satmon_worker_events_total") == len(records) - committed_inputs  # resumed exactly there
+    everything = {json.loads(v)["event_id"] for _, _, v in records}
+    b.wait_for(lambda: set(seen_log(log)) >= everything, timeout_s=120, what="the rest processed")
+    time.sleep(1.5)  # a late re-delivery would show in the counts now
+    processed_by_b = b.total("satmon_worker_events_total")
     b.stop()
 
     seen = seen_log(log)
-    assert set(seen) == {json.loads(v)["event_id"] for _, _, v in records}      # nothing lost
+    assert set(seen) == everything                                               # nothing lost
+    # B resumed at the committed offsets, or above them where A's acknowledged-effects floor
+    # (written to the changelog) was ahead, and never processed an event twice itself.
+    assert processed_by_b <= len(records) - committed_inputs
+    by_b = Counter(line.split()[1] for line in log.read_text().splitlines()[processed_by_a:])
+    assert sum(by_b.values()) == processed_by_b and max(by_b.values()) == 1
     duplicates = sum(seen.values()) - len(seen)
-    assert duplicates == processed_by_a - committed_inputs                       # only the uncommitted tail
+    assert duplicates <= processed_by_a - committed_inputs                       # only A's uncommitted tail
     assert changelog_state(broker, "t-kill") == expected_state(records)         # each event once
 
 
@@ -149,6 +155,10 @@ def test_graceful_restart_is_exact(broker: Broker, workers: Any, tmp_path: Path,
     a = workers(broker, app_id="t-term", core="recording", log_path=log, store=store)
     a.wait_for(lambda: a.total("satmon_worker_events_total") >= len(first), what="first part processed")
     assert a.stop() == 0
+    # Tansu numbers the first generation 0 and aiokafka never leaves a generation-0 group; without
+    # our explicit LeaveGroup the successor waited for the member to expire and, in 2 of 5 runs,
+    # then found no committed offsets at all (reprocessed everything).
+    assert "LeaveGroup (generation 0) sent" in a.tail(400)
     committed = run(committed_offsets(broker.bootstrap, "t-term"))
     assert sum(o for (t, _), o in committed.items() if t in INPUT_TOPICS) == len(first)
 

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+integration = [pytest.mark.integration, pytest.mark.slow]
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -281,7 +281,8 @@ class WorkerProcess:
             cmd = [sys.executable, "-m", "monitor", "worker", "--broker", self.broker.url,
                    "--app-id", self.app_id, "--store", self.store, "--data-dir", str(self.data_dir),
                    "--web-port", str(self.port), "--worker-id", self.worker_id, "--partitions", str(PARTITIONS),
-                   "--checkpoint-interval-s", str(self.checkpoint_interval_s), "--log-level", "INFO"]
+                   "--checkpoint-interval-s", str(self.checkpoint_interval_s), "--log-level", "INFO",
+                   "--pseudonymise", "false"]
         else:
             code = (
                 "from monitor.config import load\n"
@@ -290,7 +291,7 @@ class WorkerProcess:
                 "from faust.worker import Worker\n"
                 f"s = load({{}}, broker={self.broker.url!r}, store={self.store!r}, data_dir={str(self.data_dir)!r},"
                 f" web_port='{self.port}', worker_id={self.worker_id!r}, partitions='{PARTITIONS}',"
-                f" checkpoint_interval_s='{self.checkpoint_interval_s}')\n"
+                f" checkpoint_interval_s='{self.checkpoint_interval_s}', pseudonymise='false')\n"
                 f"w = build_worker(s, app_id={self.app_id!r}, make_core=RecordingCore)\n"
                 "Worker(w.app, loglevel='info', quiet=True, redirect_stdouts=False).execute_from_commandline()\n"
             )
@@ -394,6 +395,8 @@ INVALID = [
 ]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_invalid_events_are_dead_lettered_and_valid_ones_processed(broker: Broker, workers: Any,
                                                                    tmp_path: Path) -> None:
     """Issue 2 acceptance: every invalid record lands on satmon-dead-letter with reason, origin and
@@ -426,6 +429,10 @@ def test_invalid_events_are_dead_lettered_and_valid_ones_processed(broker: Broke
         assert base64.b64decode(d.key_b64) == b"bad-key"
         assert d.worker == "w1"
 
+    # The events span several one-minute windows: closed windows reached the hot-spot stage.
+    w.wait_for(lambda: w.total("satmon_worker_window_batches_total") > 0, timeout_s=30,
+               what="cell windows merged by the hot-spot stage")
+
     # HTTP: liveness, readiness (really assigned + broker reachable), Prometheus exposition.
     status, _, body = w.get("/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
@@ -438,6 +445,8 @@ def test_invalid_events_are_dead_lettered_and_valid_ones_processed(broker: Broke
     assert w.proc.returncode == 0
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_readyz_is_503_when_broker_unreachable(workers: Any, tmp_path: Path) -> None:
     """/readyz checks something real: with the broker gone it stops saying ready, /healthz stays up."""
     b = Broker().start()
@@ -450,6 +459,8 @@ def test_readyz_is_503_when_broker_unreachable(workers: Any, tmp_path: Path) -> 
     assert w.get("/healthz")[0] == 200
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_scores_flow_and_restart_keeps_state_and_model(broker: Broker, workers: Any, tmp_path: Path) -> None:
     """Scores appear on risk-scores; a restarted worker resumes with per-subscriber state from the
     changelog and the model from its checkpoint (no reset of learning)."""
@@ -483,3 +494,69 @@ def test_scores_flow_and_restart_keeps_state_and_model(broker: Broker, workers: 
     for versions in by_partition.values():
         assert versions == sorted(versions)
     assert "model restored from checkpoint" in w2.tail(400)
+
+
+def test_worker_refuses_to_start_without_a_broker(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """No SATMON_BROKER and no --embedded: a clear error, exit status 2, nothing started."""
+    from monitor.cli import main
+
+    monkeypatch.delenv("SATMON_BROKER", raising=False)
+    assert main(["worker", "--pseudonymise", "false"]) == 2
+    err = capsys.readouterr().err
+    assert "no broker configured" in err and "--embedded" in err
+
+
+def test_worker_refuses_pseudonymisation_without_a_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Pseudonymisation is on by default; a worker without a key must not start with real ids."""
+    from monitor.app import build_worker
+    from monitor.config import load
+    from monitor.errors import ConfigError
+
+    monkeypatch.delenv("SATMON_PSEUDONYM_KEY", raising=False)
+    with pytest.raises(ConfigError, match="no key"):
+        build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path)))
+
+
+def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> None:
+    """The CellWindows observer (no Kafka): windows close on the watermark, every destination
+    partition gets a WindowBatch (empty ones too), partials go to their region's partition, and a
+    ticket is attributed to the subscriber's last network cell."""
+    from aiokafka.partitioner import murmur2
+
+    from monitor.agents import CELL_WINDOWS_TOPIC, CellWindows
+    from monitor.events import decode
+    from monitor.fastpath import Outputs
+    from monitor.windows import decode_batch
+
+    def net(i: int, sub: str, ts: int, cell: str, **kw: Any) -> Any:
+        return decode("network_event.v1", orjson.dumps(network_event(i, sub, ts_ms=ts, cell_id=cell, **kw)))
+
+    t0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
+    obs = CellWindows(partitions=PARTITIONS, width_ms=60_000, allowed_lateness_ms=10_000)
+    out = Outputs()
+    first = [net(1, "s1", t0 + 1_000, "cA", call_drop=True), net(2, "s2", t0 + 2_000, "cB"),
+             decode("ticket_event.v1", orjson.dumps(ticket_event(3, "s1", ts_ms=t0 + 3_000)))]
+    obs.on_batch(2, first, [], [], out)
+    # The first watermark announces "closed before" an earlier window: empty batches, no partials.
+    assert all(not decode_batch(v).partials for recs in out.records().values() for _, v in recs)
+    out = Outputs()
+    obs.on_batch(2, [net(4, "s3", t0 + 75_000, "cA")], [], [], out)  # watermark passes end + lateness
+    records = out.records()
+    assert sorted(p for (topic, p) in records if topic == CELL_WINDOWS_TOPIC) == list(range(PARTITIONS))
+    partials = {}
+    for (topic, p), recs in records.items():
+        [(key, value)] = recs
+        batch = decode_batch(value)
+        assert key == b"2" and batch.source == "2" and batch.closed_before_ms == t0 + 60_000
+        for part in batch.partials:
+            assert p == (murmur2(part.region.encode()) & 0x7FFFFFFF) % PARTITIONS
+            partials[part.cell_id] = part
+    assert partials["cA"].sessions == 1 and partials["cA"].drops == 1
+    assert partials["cA"].tickets == 1 and partials["cA"].complaints == 1  # the ticket followed s1 to cA
+    assert partials["cB"].sessions == 1 and partials["cB"].tickets == 0
+
+    out = Outputs()
+    obs.on_revoked(2, out)  # the open window (s3 on cA) is flushed, not dropped
+    flushed = [part for recs in out.records().values() for _, v in recs for part in decode_batch(v).partials]
+    assert [(p.cell_id, p.sessions) for p in flushed] == [("cA", 1)]

@@ -1,0 +1,525 @@
+"""Per-(cell, window) aggregates that cross subscriber partitions: build, close, ship, merge.
+
+Input topics are partitioned by *subscriber*, so every worker sees part of every cell's traffic. Each
+input partition keeps one :class:`WindowAggregator`; it folds events into event-time tumbling
+windows per cell and, when its watermark passes a window's end plus the allowed lateness, closes it
+into a small :class:`Partial` (counts, sums, sums of squares, maxima, and the 64-bit hashes of the
+distinct affected subscribers). Partials are plain msgspec structs (``encode_batch`` /
+``decode_batch``, ~170 bytes per cell plus 9 per affected subscriber) and :func:`merge` is associative and commutative, so the
+owner of a region can add up the partials of all input partitions in any order (see
+:class:`WindowMerger`, which also decides when every partition has reported a window).
+
+Affected-subscriber *ids* never leave the worker that saw them (partials carry hashes, enough for
+exact distinct counts); :meth:`WindowAggregator.affected` returns the ids for the outreach API.
+
+Late events (older than the windows already closed) are counted per stream in
+:attr:`WindowAggregator.late_events`, never silently dropped.
+
+>>> agg = WindowAggregator(width_ms=60_000, allowed_lateness_ms=10_000, source="0")
+>>> agg.add_network_kpis("s1", 60_000, "c1", "north", latency_ms=300.0, call_drop=True)
+>>> agg.add_network_kpis("s2", 65_000, "c1", "north", latency_ms=20.0)
+>>> agg.add_network_kpis("s3", 131_000, "c2", "north", latency_ms=20.0)  # watermark 131 s
+>>> [(p.cell_id, p.start_ms, p.sessions, p.degraded, p.drops, p.n_affected) for p in agg.close()]
+[('c1', 60000, 2, 1, 1, 1)]
+>>> agg.add_network_kpis("s4", 70_000, "c1", "north")  # its window is closed: late, counted
+>>> agg.late_events["network"]
+1
+>>> agg.affected("c1")
+['s1']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import msgspec
+
+# Network KPIs whose per-window sums every partial carries (means for drift detection and the
+# hot-spot latency metric); their order is the order of ``Partial.kpi_sums``.
+NETWORK_KPIS: tuple[str, ...] = ("latency_ms", "jitter_ms", "packet_loss_pct", "dl_mbps", "ul_mbps",
+                                 "rsrp_dbm", "sinr_db", "video_stall_s")
+_LAT = NETWORK_KPIS.index("latency_ms")
+
+# Ticket actions that count as a complaint (a new or renewed contact, not bookkeeping).
+COMPLAINT_ACTIONS = frozenset({"opened", "reopened", "escalated"})
+# App interactions that count as a failure of self-service.
+APP_FAILURE_KINDS = frozenset({"self_service_failure", "error", "bot_to_human"})
+
+STREAMS = ("network", "tickets", "app", "risk")
+
+
+def subscriber_hash(subscriber_id: str) -> int:
+    """Stable 64-bit hash of a subscriber id (same on every worker and every run).
+
+    Collisions are negligible for distinct counts: ~n²/2⁶⁵, i.e. 3·10⁻¹¹ for 10,000 subscribers.
+    """
+    return int.from_bytes(hashlib.blake2b(subscriber_id.encode(), digest_size=8).digest(), "little")
+
+
+class Partial(msgspec.Struct, array_like=True, kw_only=True):
+    """Aggregates of one cell over one window, from one or more sources (input partitions).
+
+    Counts and sums only, so two partials of the same ``(cell_id, start_ms)`` add up with
+    :func:`merge`. ``affected`` is the sorted list of hashes of distinct subscribers who had a
+    degraded session, a complaint or an app failure on this cell in this window.
+    """
+
+    cell_id: str
+    region: str
+    start_ms: int
+    width_ms: int
+    sessions: int = 0          # network sessions
+    degraded: int = 0          # sessions judged degraded (see WindowAggregator's thresholds)
+    drops: int = 0             # sessions with a dropped call
+    stalls: int = 0            # sessions with a video stall
+    kpi_sums: list[float] = msgspec.field(default_factory=lambda: [0.0] * len(NETWORK_KPIS))
+    latency_sumsq: float = 0.0
+    latency_max: float = 0.0
+    tickets: int = 0           # ticket events attributed to this cell
+    complaints: int = 0        # of which opened / reopened / escalated
+    app_events: int = 0
+    app_failures: int = 0
+    risk_n: int = 0            # risk scores emitted for subscribers on this cell
+    risk_sum: float = 0.0
+    risk_sumsq: float = 0.0
+    risk_max: float = 0.0
+    affected: list[int] = msgspec.field(default_factory=list)
+    sources: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def end_ms(self) -> int:
+        return self.start_ms + self.width_ms
+
+    @property
+    def n_affected(self) -> int:
+        return len(self.affected)
+
+    def kpi_mean(self, name: str) -> float | None:
+        """Mean of a network KPI over the window's sessions (None without sessions)."""
+        if not self.sessions:
+            return None
+        return self.kpi_sums[NETWORK_KPIS.index(name)] / self.sessions
+
+
+def merge(a: Partial, b: Partial) -> Partial:
+    """Sum of two partials of the same cell and window (a new object; inputs are not changed)."""
+    if (a.cell_id, a.start_ms, a.width_ms) != (b.cell_id, b.start_ms, b.width_ms):
+        raise ValueError(f"cannot merge {a.cell_id}@{a.start_ms} with {b.cell_id}@{b.start_ms}")
+    return Partial(
+        cell_id=a.cell_id, region=a.region or b.region, start_ms=a.start_ms, width_ms=a.width_ms,
+        sessions=a.sessions + b.sessions, degraded=a.degraded + b.degraded, drops=a.drops + b.drops,
+        stalls=a.stalls + b.stalls, kpi_sums=[x + y for x, y in zip(a.kpi_sums, b.kpi_sums)],
+        latency_sumsq=a.latency_sumsq + b.latency_sumsq, latency_max=max(a.latency_max, b.latency_max),
+        tickets=a.tickets + b.tickets, complaints=a.complaints + b.complaints,
+        app_events=a.app_events + b.app_events, app_failures=a.app_failures + b.app_failures,
+        risk_n=a.risk_n + b.risk_n, risk_sum=a.risk_sum + b.risk_sum,
+        risk_sumsq=a.risk_sumsq + b.risk_sumsq, risk_max=max(a.risk_max, b.risk_max),
+        affected=_union_sorted(a.affected, b.affected),
+        sources=_union_sorted(a.sources, b.sources),
+    )
+
+
+def merge_all(partials: Iterable[Partial]) -> Partial:
+    """Merge partials of one cell and window (at least one)."""
+    it = iter(partials)
+    acc = next(it)
+    for p in it:
+        acc = merge(acc, p)
+    return acc
+
+
+def rollup(partials: Iterable[Partial], key: str) -> Partial:
+    """Merge windows of *different* cells (same window) into one aggregate named ``key`` (a region).
+
+    Distinct affected subscribers stay exact: a subscriber seen on two cells counts once.
+    """
+    acc: Partial | None = None
+    for p in partials:
+        q = msgspec.structs.replace(p, cell_id=key)
+        acc = q if acc is None else merge(acc, q)
+    if acc is None:
+        raise ValueError("rollup of no partials")
+    return acc
+
+
+def _union_sorted(a: list, b: list) -> list:
+    if not a:
+        return list(b)
+    if not b:
+        return list(a)
+    out = []
+    last = object()
+    for x in heapq.merge(a, b):
+        if x != last:
+            out.append(x)
+            last = x
+    return out
+
+
+class WindowBatch(msgspec.Struct, array_like=True, kw_only=True):
+    """What one source sends to one partition of ``satmon-cell-windows`` when it closes windows.
+
+    ``closed_before_ms``: every window starting before it is closed at the source, so the receiver
+    knows the source has nothing more for them even when ``partials`` is empty (it is sent anyway).
+    """
+
+    source: str
+    closed_before_ms: int
+    partials: list[Partial]
+
+
+_BATCH_ENCODER = msgspec.msgpack.Encoder()
+_BATCH_DECODER = msgspec.msgpack.Decoder(WindowBatch)
+
+
+def encode_batch(batch: WindowBatch) -> bytes:
+    """Compact bytes (MessagePack, structs as arrays) of a :class:`WindowBatch`."""
+    return _BATCH_ENCODER.encode(batch)
+
+
+def decode_batch(raw: bytes) -> WindowBatch:
+    return _BATCH_DECODER.decode(raw)
+
+
+class _Acc:
+    """Mutable accumulator of one (cell, window) at one source (cheap attribute increments)."""
+
+    __slots__ = ("region", "sessions", "degraded", "drops", "stalls", "kpi", "lat_sq", "lat_max",
+                 "tickets", "complaints", "app_events", "app_failures", "risk_n", "risk_sum",
+                 "risk_sq", "risk_max", "affected")
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.sessions = self.degraded = self.drops = self.stalls = 0
+        self.kpi = [0.0] * len(NETWORK_KPIS)
+        self.lat_sq = self.lat_max = 0.0
+        self.tickets = self.complaints = self.app_events = self.app_failures = self.risk_n = 0
+        self.risk_sum = self.risk_sq = self.risk_max = 0.0
+        self.affected: set[str] = set()
+
+    def to_partial(self, cell_id: str, start_ms: int, width_ms: int, source: str) -> Partial:
+        return Partial(
+            cell_id=cell_id, region=self.region, start_ms=start_ms, width_ms=width_ms,
+            sessions=self.sessions, degraded=self.degraded, drops=self.drops, stalls=self.stalls,
+            kpi_sums=list(self.kpi), latency_sumsq=self.lat_sq, latency_max=self.lat_max,
+            tickets=self.tickets, complaints=self.complaints, app_events=self.app_events,
+            app_failures=self.app_failures, risk_n=self.risk_n, risk_sum=self.risk_sum,
+            risk_sumsq=self.risk_sq, risk_max=self.risk_max,
+            affected=sorted({subscriber_hash(s) for s in self.affected}), sources=[source],
+        )
+
+
+class WindowAggregator:
+    """One input partition's event-time tumbling windows per cell.
+
+    Parameters
+    ----------
+    width_ms
+        Window width (default one minute).
+    allowed_lateness_ms
+        How long after a window's end (in event time, by the watermark) events are still accepted.
+    source
+        Name of this aggregator in the partials it produces (the input partition, e.g. ``"3"``).
+    retention_ms
+        How long affected-subscriber ids are kept for :meth:`affected`.
+    degraded_latency_ms, degraded_loss_pct, degraded_min_dl_mbps, degraded_min_sinr_db
+        A session is *degraded* if it dropped a call, stalled video, or crossed any of these
+        (``dl_mbps`` only for video and download sessions, which need throughput).
+
+    The watermark is the largest event time seen; a window ``[s, s + width)`` closes once
+    ``watermark >= s + width + allowed_lateness``. Events for a closed window are *late*: counted in
+    :attr:`late_events` and left out (the window was already shipped).
+    """
+
+    def __init__(self, *, width_ms: int = 60_000, allowed_lateness_ms: int = 30_000, source: str = "0",
+                 retention_ms: int = 3_600_000, degraded_latency_ms: float = 150.0,
+                 degraded_loss_pct: float = 2.0, degraded_min_dl_mbps: float = 1.5,
+                 degraded_min_sinr_db: float = -3.0) -> None:
+        if width_ms <= 0 or allowed_lateness_ms < 0:
+            raise ValueError("width_ms must be > 0 and allowed_lateness_ms >= 0")
+        self.width_ms = width_ms
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.source = source
+        self.retention_ms = retention_ms
+        self.degraded_latency_ms = degraded_latency_ms
+        self.degraded_loss_pct = degraded_loss_pct
+        self.degraded_min_dl_mbps = degraded_min_dl_mbps
+        self.degraded_min_sinr_db = degraded_min_sinr_db
+        self._open: dict[tuple[str, int], _Acc] = {}
+        self.watermark_ms: int | None = None
+        self.closed_before_ms: int | None = None  # windows starting before this are closed
+        self.late_events: dict[str, int] = dict.fromkeys(STREAMS, 0)
+        self.events: dict[str, int] = dict.fromkeys(STREAMS, 0)
+        self.unattributed = 0  # tickets/app events/scores add_batch could not place on a cell
+        # cell -> subscriber id -> last event time it was affected (for the outreach API)
+        self._recent: dict[str, dict[str, int]] = {}
+
+    # -- feeding -------------------------------------------------------------------------------
+    def _acc(self, stream: str, ts_ms: int, cell_id: str, region: str) -> _Acc | None:
+        wm = self.watermark_ms
+        if wm is None or ts_ms > wm:
+            self.watermark_ms = wm = ts_ms
+        start = ts_ms - ts_ms % self.width_ms
+        closed = self.closed_before_ms
+        if closed is not None and start < closed:
+            self.late_events[stream] += 1
+            return None
+        self.events[stream] += 1
+        acc = self._open.get((cell_id, start))
+        if acc is None:
+            acc = self._open[(cell_id, start)] = _Acc(region)
+        return acc
+
+    def add_network(self, ev: Any) -> None:
+        """Fold one ``NetworkEvent`` (or anything with its attributes) into its cell's window."""
+        self.add_network_kpis(ev.subscriber_id, ev.ts_ms, ev.cell_id, ev.region, service=ev.service,
+                              latency_ms=ev.latency_ms, jitter_ms=ev.jitter_ms,
+                              packet_loss_pct=ev.packet_loss_pct, dl_mbps=ev.dl_mbps,
+                              ul_mbps=ev.ul_mbps, rsrp_dbm=ev.rsrp_dbm, sinr_db=ev.sinr_db,
+                              call_drop=ev.call_drop, video_stall_s=ev.video_stall_s)
+
+    def add_network_kpis(self, subscriber_id: str, ts_ms: int, cell_id: str, region: str, *,
+                         service: str = "web", latency_ms: float = 30.0, jitter_ms: float = 3.0,
+                         packet_loss_pct: float = 0.0, dl_mbps: float = 50.0, ul_mbps: float = 10.0,
+                         rsrp_dbm: float = -90.0, sinr_db: float = 15.0, call_drop: bool = False,
+                         video_stall_s: float = 0.0) -> None:
+        """Fold one network session given by its KPIs (defaults describe a healthy session)."""
+        acc = self._acc("network", ts_ms, cell_id, region)
+        if acc is None:
+            return
+        acc.sessions += 1
+        k = acc.kpi
+        k[0] += latency_ms
+        k[1] += jitter_ms
+        k[2] += packet_loss_pct
+        k[3] += dl_mbps
+        k[4] += ul_mbps
+        k[5] += rsrp_dbm
+        k[6] += sinr_db
+        k[7] += video_stall_s
+        acc.lat_sq += latency_ms * latency_ms
+        if latency_ms > acc.lat_max:
+            acc.lat_max = latency_ms
+        degraded = False
+        if call_drop:
+            acc.drops += 1
+            degraded = True
+        if video_stall_s > 0:
+            acc.stalls += 1
+            degraded = True
+        if (latency_ms > self.degraded_latency_ms or packet_loss_pct > self.degraded_loss_pct
+                or sinr_db < self.degraded_min_sinr_db
+                or (dl_mbps < self.degraded_min_dl_mbps and service in ("video", "download"))):
+            degraded = True
+        if degraded:
+            acc.degraded += 1
+            acc.affected.add(subscriber_id)
+
+    def add_ticket(self, ev: Any, cell_id: str, region: str) -> None:
+        """Fold a ``TicketEvent`` into the window of the cell the caller attributes it to (the
+        subscriber's current cell, which the risk core knows; tickets carry no cell)."""
+        acc = self._acc("tickets", ev.ts_ms, cell_id, region)
+        if acc is None:
+            return
+        acc.tickets += 1
+        if ev.action in COMPLAINT_ACTIONS:
+            acc.complaints += 1
+            acc.affected.add(ev.subscriber_id)
+
+    def add_app(self, ev: Any, cell_id: str, region: str) -> None:
+        """Fold an ``AppEvent`` into the window of the cell the caller attributes it to."""
+        acc = self._acc("app", ev.ts_ms, cell_id, region)
+        if acc is None:
+            return
+        acc.app_events += 1
+        if ev.kind in APP_FAILURE_KINDS:
+            acc.app_failures += 1
+            acc.affected.add(ev.subscriber_id)
+
+    def add_risk(self, subscriber_id: str, ts_ms: int, score: float, cell_id: str, region: str) -> None:
+        """Fold a risk score (``RiskScore.score``) of a subscriber on ``cell_id``."""
+        acc = self._acc("risk", ts_ms, cell_id, region)
+        if acc is None:
+            return
+        acc.risk_n += 1
+        acc.risk_sum += score
+        acc.risk_sq += score * score
+        if score > acc.risk_max:
+            acc.risk_max = score
+
+    def add_batch(self, events: Iterable[Any], scores: Iterable[Any] = (),
+                  cell_of: Callable[[str], tuple[str, str] | None] | None = None) -> None:
+        """Fold a batch of decoded input records and risk scores.
+
+        ``cell_of(subscriber_id) -> (cell_id, region) | None`` attributes tickets, app events and
+        scores without a cell; records it cannot attribute are skipped (counted in ``unattributed``).
+        """
+        for ev in events:
+            stream = getattr(ev, "stream", None)
+            if stream == "network":
+                self.add_network(ev)
+                continue
+            where = cell_of(ev.subscriber_id) if cell_of is not None else None
+            if where is None:
+                self.unattributed += 1
+            elif stream == "tickets":
+                self.add_ticket(ev, *where)
+            elif stream == "app":
+                self.add_app(ev, *where)
+        for s in scores:
+            where = (s.cell_id, s.region) if s.cell_id is not None and s.region is not None else (
+                cell_of(s.subscriber_id) if cell_of is not None else None)
+            if where is None:
+                self.unattributed += 1
+            else:
+                self.add_risk(s.subscriber_id, s.ts_ms, s.score, *where)
+
+    # -- closing -------------------------------------------------------------------------------
+    def close(self, watermark_ms: int | None = None) -> list[Partial]:
+        """Close every window the watermark has passed (by more than the allowed lateness).
+
+        ``watermark_ms`` may advance the watermark beyond the events seen (e.g. an idle partition
+        driven by wall-clock time); it never moves it back. Returns the partials, oldest first.
+        """
+        if watermark_ms is not None and (self.watermark_ms is None or watermark_ms > self.watermark_ms):
+            self.watermark_ms = watermark_ms
+        if self.watermark_ms is None:
+            return []
+        horizon = self.watermark_ms - self.allowed_lateness_ms
+        closed_before = horizon - horizon % self.width_ms
+        if self.closed_before_ms is not None and closed_before <= self.closed_before_ms:
+            return []
+        self.closed_before_ms = closed_before
+        return self._pop(lambda start: start < closed_before)
+
+    def flush(self) -> list[Partial]:
+        """Close every open window (end of a replay, or a partition being revoked)."""
+        if self._open:
+            last = max(start for _, start in self._open) + self.width_ms
+            if self.closed_before_ms is None or last > self.closed_before_ms:
+                self.closed_before_ms = last
+        return self._pop(lambda start: True)
+
+    def _pop(self, due: Callable[[int], bool]) -> list[Partial]:
+        keys = sorted((k for k in self._open if due(k[1])), key=lambda k: (k[1], k[0]))
+        out = []
+        for cell_id, start in keys:
+            acc = self._open.pop((cell_id, start))
+            out.append(acc.to_partial(cell_id, start, self.width_ms, self.source))
+            if acc.affected:
+                recent = self._recent.setdefault(cell_id, {})
+                last = start + self.width_ms - 1
+                for sid in acc.affected:
+                    if recent.get(sid, -1) < last:
+                        recent[sid] = last
+        self._prune()
+        return out
+
+    def _prune(self) -> None:
+        if self.watermark_ms is None:
+            return
+        cutoff = self.watermark_ms - self.retention_ms
+        for cell in list(self._recent):
+            subs = self._recent[cell]
+            for sid in [s for s, t in subs.items() if t < cutoff]:
+                del subs[sid]
+            if not subs:
+                del self._recent[cell]
+
+    def batch_for(self, partials: Sequence[Partial]) -> WindowBatch:
+        """The :class:`WindowBatch` announcing this source's closed windows (send even if empty)."""
+        return WindowBatch(source=self.source, closed_before_ms=self.closed_before_ms or 0,
+                           partials=list(partials))
+
+    # -- queries -------------------------------------------------------------------------------
+    def affected(self, cell_id: str, since_ms: int | None = None) -> list[str]:
+        """Ids of subscribers this source saw affected on ``cell_id`` (closed windows within the
+        retention, optionally only since ``since_ms``), sorted."""
+        subs = self._recent.get(cell_id, {})
+        return sorted(s for s, t in subs.items() if since_ms is None or t >= since_ms)
+
+    @property
+    def open_windows(self) -> int:
+        return len(self._open)
+
+
+class WindowMerger:
+    """Adds up the partials of every source for the cells one region-owner is responsible for.
+
+    A window is *complete* once every expected source has closed it (its ``closed_before_ms``
+    passed the window's start) — sources send a :class:`WindowBatch` on every close even with no
+    partials, so a source without traffic for a cell still says so. A source that stops reporting
+    (idle or lost partition) holds windows back at most ``max_skew_ms`` behind the most advanced
+    source; then they are completed without it. Partials arriving for an already completed window
+    are counted in :attr:`late_partials`.
+
+    >>> m = WindowMerger(sources=["0", "1"])
+    >>> m.add(WindowBatch(source="0", closed_before_ms=60_000,
+    ...       partials=[Partial(cell_id="c", region="r", start_ms=0, width_ms=60_000, sessions=3)]))
+    >>> m.pop_complete()   # source "1" has not closed the window yet
+    []
+    >>> m.add(WindowBatch(source="1", closed_before_ms=60_000,
+    ...       partials=[Partial(cell_id="c", region="r", start_ms=0, width_ms=60_000, sessions=2)]))
+    >>> [(p.cell_id, p.sessions, p.sources) for p in m.pop_complete()]
+    [('c', 5, ['0', '1'])]
+    """
+
+    def __init__(self, *, sources: Iterable[str], max_skew_ms: int = 180_000) -> None:
+        self.sources = frozenset(sources)
+        self.max_skew_ms = max_skew_ms
+        self._pending: dict[tuple[int, str], Partial] = {}
+        self._closed: dict[str, int] = {}
+        self.completed_before_ms: int | None = None
+        self.late_partials = 0
+
+    def add(self, batch: WindowBatch) -> None:
+        prev = self._closed.get(batch.source)
+        if prev is None or batch.closed_before_ms > prev:
+            self._closed[batch.source] = batch.closed_before_ms
+        done = self.completed_before_ms
+        for p in batch.partials:
+            if done is not None and p.start_ms < done:
+                self.late_partials += 1
+                continue
+            if not p.sources:
+                p = msgspec.structs.replace(p, sources=[batch.source])
+            key = (p.start_ms, p.cell_id)
+            cur = self._pending.get(key)
+            self._pending[key] = p if cur is None else merge(cur, p)
+
+    def pop_complete(self) -> list[Partial]:
+        """Merged partials of every complete window, ordered by window start then cell."""
+        if not self._closed:
+            return []
+        known = [self._closed[s] for s in self.sources if s in self._closed]
+        newest = max(self._closed.values())
+        if len(known) == len(self.sources):
+            horizon = min(known)
+        else:
+            horizon = -1 << 62
+        horizon = max(horizon, newest - self.max_skew_ms)
+        if self.completed_before_ms is not None and horizon <= self.completed_before_ms:
+            return []
+        self.completed_before_ms = horizon
+        keys = sorted(k for k in self._pending if k[0] < horizon)
+        return [self._pending.pop(k) for k in keys]
+
+    def flush(self) -> list[Partial]:
+        """Every pending window, complete or not (end of a replay)."""
+        keys = sorted(self._pending)
+        if keys:
+            end = keys[-1][0] + 1
+            self.completed_before_ms = max(end, self.completed_before_ms or end)
+        return [self._pending.pop(k) for k in keys]
+
+
+def group_by_window(partials: Iterable[Partial]) -> Iterator[tuple[int, list[Partial]]]:
+    """``(start_ms, [partials])`` in window order (input need not be sorted)."""
+    by: dict[int, list[Partial]] = {}
+    for p in partials:
+        by.setdefault(p.start_ms, []).append(p)
+    for start in sorted(by):
+        yield start, by[start]

@@ -1,0 +1,198 @@
+"""The Alertmanager client against a real Alertmanager (started here on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from monitor.alertmanager import AlertmanagerClient, postable
+from monitor.alerting import AlertLifecycle
+from monitor.hotspots import HotspotEngine
+from monitor.hotspots_eval import Incident, synthetic_cell_windows
+from monitor.windows import group_by_window
+
+AM_BIN = "/usr/bin/prometheus-alertmanager"
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not Path(AM_BIN).exists(), reason="prometheus-alertmanager not installed")]
+
+CONFIG = """\
+route:
+  receiver: "null"
+  group_wait: 1s
+receivers:
+  - name: "null"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Alertmanager:
+    def __init__(self, tmp: Path, port: int) -> None:
+        self.tmp, self.port = tmp, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cfg = self.tmp / "am.yml"
+        cfg.write_text(CONFIG)
+        (self.tmp / "data").mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            [AM_BIN, f"--config.file={cfg}", f"--storage.path={self.tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=open(self.tmp / "am.log", "ab"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("alertmanager did not become ready:\n" + (self.tmp / "am.log").read_text())
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def alerts(self, **filters: str) -> list[dict]:
+        with urllib.request.urlopen(f"{self.url}/api/v2/alerts", timeout=2) as r:
+            data = json.load(r)
+        return [a for a in data if all(a["labels"].get(k) == v for k, v in filters.items())]
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    am = Alertmanager(tmp_path, _free_port())
+    am.start()
+    yield am
+    am.stop()
+
+
+async def _until(pred, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(pred):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+T0 = 1_699_999_200_000
+
+
+def _outage_windows():
+    inc = Incident("cell", "r1", T0 + 40 * 60_000, T0 + 48 * 60_000, cell_id="c007")
+    return group_by_window(synthetic_cell_windows(n_cells=12, n_windows=70, incidents=[inc], seed=2))
+
+
+def test_injected_outage_fires_once_then_resolves_in_alertmanager(alertmanager):
+    async def main():
+        client = AlertmanagerClient(alertmanager.url, resend_interval_s=0.3, seed=1)
+        await client.start()
+        engine = HotspotEngine()
+        alerts_sent = []
+        windows = list(_outage_windows())
+        resolved_at = None
+        for i, (start, ws) in enumerate(windows):
+            for a in engine.step(start, ws):
+                client.notify(a)
+                alerts_sent.append(a)
+            if start == T0 + 45 * 60_000:        # mid-outage: Alertmanager shows it firing, once
+                await _until(lambda: len(alertmanager.alerts(alertname="SatmonHotSpotActive")) == 1)
+                await asyncio.sleep(1.0)          # several re-sends later: still exactly one
+                [am] = alertmanager.alerts(alertname="SatmonHotSpotActive")
+                assert am["labels"]["cell_id"] == "c007" and am["labels"]["region"] == "r1"
+                assert am["labels"]["severity"] in ("warning", "critical")
+                assert am["status"]["state"] == "active"
+                assert am["annotations"]["runbook_url"].endswith("docs/runbook/SatmonHotSpotActive.md")
+                assert am["annotations"]["summary"] == "Cell c007 is a hot spot"
+                assert client.resent > 0
+            if any(a.status == "resolved" for a in alerts_sent) and resolved_at is None:
+                resolved_at = i
+        assert resolved_at is not None
+        # the resolve reached Alertmanager: the alert is no longer active (endsAt in the past)
+        await _until(lambda: alertmanager.alerts(alertname="SatmonHotSpotActive") == [])
+        await asyncio.sleep(0.7)                  # re-sends must not bring it back
+        assert alertmanager.alerts(alertname="SatmonHotSpotActive") == []
+        assert client.failures == 0 and client.dropped == 0
+        assert [a.status for a in alerts_sent if a.sequence == 0] == ["firing"]
+        await client.stop()
+
+    asyncio.run(main())
+
+
+def test_down_alertmanager_never_blocks_then_delivers(tmp_path):
+    am = Alertmanager(tmp_path, _free_port())        # not started yet: connection refused
+
+    async def main():
+        client = AlertmanagerClient(am.url, max_queue=50, backoff_initial_s=0.05, backoff_max_s=0.3,
+                                    resend_interval_s=60, seed=3)
+        await client.start()
+        lc = AlertLifecycle()
+        alert = lc.fire("SatmonHotSpotActive", {"cell_id": "c-down", "region": "r"}, ts_ms=T0,
+                        severity="critical", summary="Cell c-down is a hot spot", description="outage")
+        t = time.perf_counter()
+        for i in range(1000):                        # a flood: never awaits, never raises
+            client.notify(lc.fire("SatmonHotSpotActive", {"cell_id": f"c{i}", "region": "r"}, ts_ms=T0,
+                                  severity="warning", summary="s", description="d"))
+        client.notify(alert)
+        assert time.perf_counter() - t < 0.5
+        assert client.queued == 50 and client.dropped == 951    # bounded: oldest dropped, counted
+        await _until(lambda: client.failures >= 3, timeout=10)   # retried with back-off
+        assert client.delivered == 0 and "Connect" in (client.last_error or "")
+        await asyncio.to_thread(am.start)
+        await _until(lambda: client.queued == 0 and client.delivered >= 50, timeout=15)
+        await _until(lambda: len(am.alerts(cell_id="c-down")) == 1)
+        assert am.alerts(cell_id="c-down")[0]["labels"]["severity"] == "critical"
+        await client.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        am.stop()
+
+
+def test_backoff_grows_exponentially_with_jitter_and_is_capped():
+    c = AlertmanagerClient("http://127.0.0.1:9", backoff_initial_s=1, backoff_max_s=10, seed=0)
+    delays = [c.backoff_s(n) for n in range(1, 8)]
+    assert all(0.5 * min(10, 2 ** (n - 1)) <= d <= min(10, 2 ** (n - 1)) for n, d in zip(range(1, 8), delays))
+    assert max(delays) <= 10 and len(set(delays)) == len(delays)
+
+
+def test_queue_coalesces_states_of_one_alert():
+    c = AlertmanagerClient("http://127.0.0.1:9", max_queue=10)
+    lc = AlertLifecycle()
+    labels = {"cell_id": "c1", "region": "r"}
+    c.notify(lc.fire("SatmonHotSpotActive", labels, ts_ms=0, severity="warning", summary="s", description="1"))
+    c.notify(lc.fire("SatmonHotSpotActive", labels, ts_ms=1, severity="warning", summary="s", description="2"))
+    c.notify(lc.resolve("SatmonHotSpotActive", labels, ts_ms=2))
+    assert c.queued == 1 and c.firing == [] and c.dropped == 0
+
+
+def test_postable_resolved_end_is_not_in_the_future_nor_before_start():
+    lc = AlertLifecycle()
+    labels = {"cell_id": "c1", "region": "r"}
+    lc.fire("SatmonHotSpotActive", labels, ts_ms=10_000, severity="warning", summary="s", description="d")
+    res = lc.resolve("SatmonHotSpotActive", labels, ts_ms=99_000)
+    p = postable(res, now_ms=50_000, resend_interval_s=60)
+    assert p["endsAt"] == "1970-01-01T00:00:50.000Z" and p["startsAt"] == "1970-01-01T00:00:10.000Z"
+    assert set(p["annotations"]) == {"summary", "description", "runbook_url", "alert_id"}

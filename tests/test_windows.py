@@ -1,0 +1,172 @@
+"""Per-(cell, window) partial aggregates: watermark, lateness, merge, serialisation, ids."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import msgspec
+import pytest
+
+from monitor.events import AppEvent, NetworkEvent, TicketEvent
+from monitor.windows import (Partial, WindowAggregator, WindowBatch, WindowMerger, decode_batch,
+                             encode_batch, merge, merge_all, rollup, subscriber_hash)
+
+W = 60_000
+T0 = 1_700_000_040_000 - 1_700_000_040_000 % W
+
+
+def net(sid, ts, cell="c1", region="north", **kw):
+    base = dict(event_id=f"e-{sid}-{ts}", subscriber_id=sid, ts_ms=ts, cell_id=cell, region=region,
+                radio="5G", service="video", rsrp_dbm=-95, sinr_db=12, dl_mbps=80, ul_mbps=10,
+                latency_ms=30, jitter_ms=4, packet_loss_pct=0.1, call_drop=False, video_stall_s=0)
+    base.update(kw)
+    return NetworkEvent(**base)
+
+
+def test_watermark_closes_after_allowed_lateness():
+    agg = WindowAggregator(width_ms=W, allowed_lateness_ms=20_000)
+    agg.add_network(net("a", T0 + 1_000))
+    agg.add_network(net("b", T0 + W + 10_000))      # watermark T0+70s: window 0 ends at T0+60s
+    assert agg.close() == []                         # still within the 20 s lateness
+    agg.add_network(net("c", T0 + 30_000))           # late but allowed: goes into window 0
+    agg.add_network(net("d", T0 + W + 20_000))       # watermark = end + lateness: closes window 0
+    [p] = agg.close()
+    assert (p.start_ms, p.sessions) == (T0, 2)
+    assert agg.late_events["network"] == 0
+    agg.add_network(net("e", T0 + 59_000))           # window 0 already shipped: late, counted
+    assert agg.late_events["network"] == 1 and agg.events["network"] == 4
+    rest = agg.flush()
+    assert [(q.start_ms, q.sessions) for q in rest] == [(T0 + W, 2)]
+
+
+def test_close_with_external_watermark_never_moves_back():
+    agg = WindowAggregator(width_ms=W, allowed_lateness_ms=0)
+    agg.add_network(net("a", T0 + 5))
+    assert len(agg.close(watermark_ms=T0 + 2 * W)) == 1   # idle partition driven by the clock
+    assert agg.close(watermark_ms=T0) == []
+    assert agg.watermark_ms == T0 + 2 * W
+
+
+def test_symptoms_and_attribution():
+    agg = WindowAggregator(width_ms=W, allowed_lateness_ms=0)
+    agg.add_network(net("a", T0, call_drop=True, service="voice"))
+    agg.add_network(net("b", T0, video_stall_s=3.0))
+    agg.add_network(net("c", T0, latency_ms=400))
+    agg.add_network(net("d", T0))
+    agg.add_ticket(TicketEvent(event_id="t", ticket_id="t1", subscriber_id="d", ts_ms=T0 + 1, channel="app",
+                               category="network", action="opened"), "c1", "north")
+    agg.add_app(AppEvent(event_id="x", session_id="s", subscriber_id="e", ts_ms=T0 + 2,
+                         kind="self_service_failure"), "c1", "north")
+    agg.add_risk("a", T0 + 3, 0.8, "c1", "north")
+    [p] = agg.close(watermark_ms=T0 + W)
+    assert (p.sessions, p.degraded, p.drops, p.stalls) == (4, 3, 1, 1)
+    assert (p.tickets, p.complaints, p.app_events, p.app_failures) == (1, 1, 1, 1)
+    assert p.risk_n == 1 and p.risk_max == 0.8 and p.latency_max == 400
+    assert p.kpi_mean("latency_ms") == pytest.approx((30 * 3 + 400) / 4)
+    assert p.n_affected == 5                         # a, b, c degraded; d complained; e failed in app
+    assert sorted(p.affected) == sorted(subscriber_hash(s) for s in "abcde")
+    assert agg.affected("c1") == ["a", "b", "c", "d", "e"]   # ids stay with the worker that saw them
+    assert agg.affected("c1", since_ms=T0 + W) == []
+
+
+def test_add_batch_attributes_tickets_via_callback():
+    agg = WindowAggregator(width_ms=W, allowed_lateness_ms=0)
+    tick = TicketEvent(event_id="t", ticket_id="t1", subscriber_id="z", ts_ms=T0, channel="app",
+                       category="network", action="opened")
+    agg.add_batch([net("a", T0), tick, tick], cell_of=lambda sid: ("c9", "south") if sid == "z" else None)
+    agg.add_batch([tick])                             # no attribution available: counted
+    parts = {p.cell_id: p for p in agg.flush()}
+    assert parts["c9"].complaints == 2 and parts["c1"].sessions == 1 and agg.unattributed == 1
+
+
+def _random_partials(seed: int, n: int) -> list[Partial]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        agg = WindowAggregator(width_ms=W, allowed_lateness_ms=0, source=str(i))
+        for _ in range(rng.randint(1, 30)):
+            agg.add_network(net(f"s{rng.randint(0, 40)}", T0 + rng.randint(0, W - 1),
+                                latency_ms=rng.uniform(5, 500), call_drop=rng.random() < 0.2))
+            agg.add_risk(f"s{rng.randint(0, 40)}", T0 + 1, rng.random(), "c1", "north")
+        out.extend(agg.flush())
+    return out
+
+
+def test_merge_is_associative_commutative_and_pure():
+    a, b, c = _random_partials(1, 3)
+    frozen = [msgspec.json.encode(x) for x in (a, b, c)]
+    left = merge(merge(a, b), c)
+    right = merge(a, merge(b, c))
+    swapped = merge(c, merge(b, a))
+    assert left == right
+    assert msgspec.json.encode(left) == msgspec.json.encode(swapped)
+    assert [msgspec.json.encode(x) for x in (a, b, c)] == frozen      # inputs untouched
+    assert left.sessions == a.sessions + b.sessions + c.sessions
+    assert left.sources == ["0", "1", "2"]
+    assert len(left.affected) == len(set(a.affected) | set(b.affected) | set(c.affected))
+
+
+def test_partitioned_aggregation_equals_single_aggregator():
+    rng = random.Random(7)
+    events = [net(f"s{rng.randint(0, 300)}", T0 + rng.randint(0, 3 * W - 1), cell=f"c{rng.randint(0, 4)}",
+                  latency_ms=rng.uniform(5, 300), call_drop=rng.random() < 0.1) for _ in range(2000)]
+    events.sort(key=lambda e: e.ts_ms)
+    single = WindowAggregator(width_ms=W, allowed_lateness_ms=0)
+    parts = [WindowAggregator(width_ms=W, allowed_lateness_ms=0, source=str(i)) for i in range(4)]
+    for e in events:
+        single.add_network(e)
+        parts[hash(e.subscriber_id) % 4].add_network(e)
+    merger = WindowMerger(sources=[str(i) for i in range(4)])
+    for agg in parts:
+        merger.add(decode_batch(encode_batch(agg.batch_for(agg.flush()))))
+    merged = merger.pop_complete()
+    want = single.flush()
+    assert [(p.cell_id, p.start_ms) for p in merged] == [(p.cell_id, p.start_ms) for p in want]
+    for m, w in zip(merged, want):
+        assert (m.sessions, m.degraded, m.drops, m.affected) == (w.sessions, w.degraded, w.drops, w.affected)
+        assert m.latency_sumsq == pytest.approx(w.latency_sumsq)
+
+
+def test_merger_waits_for_every_source_then_counts_late_partials():
+    p0 = Partial(cell_id="c", region="r", start_ms=T0, width_ms=W, sessions=3)
+    m = WindowMerger(sources=["0", "1"], max_skew_ms=3 * W)
+    m.add(WindowBatch(source="0", closed_before_ms=T0 + W, partials=[p0]))
+    assert m.pop_complete() == []
+    m.add(WindowBatch(source="1", closed_before_ms=T0 + W, partials=[]))   # nothing for c, says so
+    [done] = m.pop_complete()
+    assert done.sessions == 3
+    m.add(WindowBatch(source="1", closed_before_ms=T0 + W, partials=[p0]))  # too late now
+    assert m.late_partials == 1 and m.pop_complete() == []
+
+
+def test_merger_does_not_wait_forever_for_a_silent_source():
+    m = WindowMerger(sources=["0", "1"], max_skew_ms=2 * W)
+    for k in range(4):
+        m.add(WindowBatch(source="0", closed_before_ms=T0 + (k + 1) * W,
+                          partials=[Partial(cell_id="c", region="r", start_ms=T0 + k * W, width_ms=W, sessions=1)]))
+    assert [p.start_ms for p in m.pop_complete()] == [T0, T0 + W]      # 2 windows behind the newest
+
+
+def test_partial_serialises_compactly_and_round_trips():
+    [p] = [q for q in _random_partials(3, 1)]
+    raw = encode_batch(WindowBatch(source="0", closed_before_ms=T0 + W, partials=[p]))
+    assert decode_batch(raw).partials == [p]
+    assert len(raw) < 200 + 9 * len(p.affected)   # ~170 bytes of counters + 9 per hash
+
+
+def test_rollup_counts_a_subscriber_once_across_cells():
+    a = Partial(cell_id="c1", region="r", start_ms=T0, width_ms=W, sessions=2, affected=[1, 2])
+    b = Partial(cell_id="c2", region="r", start_ms=T0, width_ms=W, sessions=5, affected=[2, 3])
+    r = rollup([a, b], "r")
+    assert (r.cell_id, r.sessions, r.affected) == ("r", 7, [1, 2, 3])
+    assert merge_all([a]) is a
+
+
+def test_aggregator_pickles_mid_window():
+    agg = WindowAggregator(width_ms=W, allowed_lateness_ms=0)
+    agg.add_network(net("a", T0, call_drop=True))
+    clone = pickle.loads(pickle.dumps(agg))
+    clone.add_network(net("b", T0 + 5, call_drop=True))
+    agg.add_network(net("b", T0 + 5, call_drop=True))
+    assert clone.flush() == agg.flush()
