@@ -1,0 +1,210 @@
+"""``satmon demo``: the live local demo — embedded broker, workers, simulated traffic with incidents,
+Prometheus and Alertmanager (when installed), the API and the outreach page.
+
+Everything runs on loopback and is stopped on Ctrl-C (or after ``--duration`` seconds). With
+``SATMON_BROKER`` set it uses that Kafka instead of starting the embedded broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HELP = "live local demo: embedded broker, workers, simulated traffic with incidents, metrics, API"
+
+REPO = Path(__file__).resolve().parents[2]
+PROMETHEUS_BIN = "/usr/bin/prometheus"
+ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from monitor.config import add_flags
+
+    add_flags(parser, ("broker", "data_dir", "partitions", "log_level"))
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--subscribers", type=int, default=20_000, help="simulated subscribers (default 20000)")
+    parser.add_argument("--rate", type=float, default=2_000, help="simulated events per second (default 2000)")
+    parser.add_argument("--scenario", default="default", help="simulator scenario (default: default)")
+    parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
+    parser.add_argument("--web-port", type=int, default=6066, help="first worker's HTTP port (default 6066)")
+    parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus/Alertmanager")
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port")
+
+
+def _wait_http(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status < 500:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+class _Procs:
+    """Child processes, stopped in reverse order of start."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.children: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.children.append((name, proc))
+        return proc
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.children if p.poll() is not None]
+
+    def stop_all(self) -> None:
+        for _name, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _name, proc in reversed(self.children):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _prometheus_config(path: Path, worker_ports: list[int], am_port: int | None) -> None:
+    rules = sorted((REPO / "deploy" / "prometheus" / "rules").glob("*.yml"))
+    lines = ["global:", "  scrape_interval: 5s", "  evaluation_interval: 5s"]
+    if rules:
+        lines.append("rule_files:")
+        lines += [f"  - {r}" for r in rules]
+    if am_port:
+        lines += ["alerting:", "  alertmanagers:", "    - static_configs:", f"        - targets: ['127.0.0.1:{am_port}']"]
+    lines += ["scrape_configs:", "  - job_name: satmon", "    static_configs:", "      - targets:"]
+    lines += [f"          - 127.0.0.1:{p}" for p in worker_ports]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from monitor.config import from_args
+    from monitor.privacy import ensure_demo_tokens, ensure_key_file
+
+    settings = from_args(args)
+    root = settings.data_dir.resolve() / "demo"
+    logs = root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = _Procs(logs)
+    broker = None
+    stop = {"now": False}
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        if settings.broker is None:
+            from monitor.broker import EmbeddedBroker
+
+            broker = EmbeddedBroker(data_dir=root, partitions=settings.partitions)
+            url = broker.start()
+            # A fresh embedded broker has no changelogs: any local worker state would be stale.
+            shutil.rmtree(root / "workers", ignore_errors=True)
+        else:
+            url = settings.broker
+        from monitor.kafka import create_topics
+
+        create_topics(url, settings.partitions)
+        key_file = ensure_key_file(root / "pseudonym.key")
+        tokens = ensure_demo_tokens(root / "tokens.json")
+
+        am_port = None
+        if not args.no_prometheus and os.access(ALERTMANAGER_BIN, os.X_OK):
+            am_port = _free_port(9093)
+            am_cfg = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
+            if not am_cfg.exists():
+                am_cfg = root / "alertmanager.yml"
+                am_cfg.write_text("route:\n  receiver: log\nreceivers:\n  - name: log\n")
+            procs.start("alertmanager", [ALERTMANAGER_BIN, f"--config.file={am_cfg}",
+                                         f"--storage.path={root / 'alertmanager'}",
+                                         f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="])
+
+        env = dict(os.environ)
+        env.update({"SATMON_BROKER": url, "SATMON_PARTITIONS": str(settings.partitions),
+                    "SATMON_PSEUDONYM_KEY_FILE": str(key_file), "SATMON_TOKENS_FILE": str(root / "tokens.json"),
+                    "SATMON_LOG_LEVEL": settings.log_level})
+        if am_port:
+            env["SATMON_ALERTMANAGER_URL"] = f"http://127.0.0.1:{am_port}"
+        satmon = [sys.executable, "-m", "monitor"]
+        ports = []
+        for i in range(args.workers):
+            port = _free_port(args.web_port + i)
+            ports.append(port)
+            wenv = dict(env, SATMON_WEB_PORT=str(port), SATMON_WORKER_ID=f"demo-{i}",
+                        SATMON_DATA_DIR=str(root / "workers" / f"w{i}"))
+            procs.start(f"worker-{i}", satmon + ["worker"], wenv)
+
+        prom_port = None
+        if not args.no_prometheus and os.access(PROMETHEUS_BIN, os.X_OK):
+            prom_port = _free_port(9090)
+            cfg = root / "prometheus.yml"
+            _prometheus_config(cfg, ports, am_port)
+            procs.start("prometheus", [PROMETHEUS_BIN, f"--config.file={cfg}",
+                                       f"--storage.tsdb.path={root / 'prometheus'}",
+                                       f"--web.listen-address=127.0.0.1:{prom_port}"])
+
+        for port in ports:
+            if not _wait_http(f"http://127.0.0.1:{port}/healthz", 90):
+                print(f"worker on port {port} did not come up: see {logs}", file=sys.stderr)
+                return 1
+        procs.start("simulator", satmon + ["simulate", "--broker", url, "--start", "now", "--rate", str(args.rate),
+                                           "--subscribers", str(args.subscribers), "--scenario", args.scenario,
+                                           "--loop"], env)
+
+        print("\nsatmon demo is running (Ctrl-C stops it)\n")
+        print(f"  broker            {url}" + ("  (embedded Tansu, memory only)" if broker else ""))
+        for i, port in enumerate(ports):
+            print(f"  worker {i}          http://127.0.0.1:{port}/metrics   /readyz   /api/v1/at-risk")
+        print(f"  outreach page     http://127.0.0.1:{ports[0]}/ui/")
+        if prom_port:
+            print(f"  Prometheus        http://127.0.0.1:{prom_port}/   (alerts: /alerts)")
+        if am_port:
+            print(f"  Alertmanager      http://127.0.0.1:{am_port}/")
+        print(f"  API tokens        {', '.join(f'{k}={v}' for k, v in tokens.items())}")
+        print(f"  example           satmon at-risk --url http://127.0.0.1:{ports[0]} --limit 20 --format csv"
+              f"  (with SATMON_TOKEN={tokens.get('outreach', '')})")
+        print(f"  logs              {logs}\n", flush=True)
+
+        started = time.monotonic()
+        while not stop["now"]:
+            if args.duration and time.monotonic() - started >= args.duration:
+                break
+            dead = procs.dead()
+            if dead:
+                print(f"stopped: {', '.join(dead)} exited; see {logs}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        procs.stop_all()
+        if broker is not None:
+            broker.stop()
