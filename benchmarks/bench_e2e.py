@@ -1,7 +1,7 @@
 """End-to-end throughput: input topics on the broker -> decode -> risk core -> outputs, per worker process.
 
-Starts a fresh local Tansu broker, creates the topics, produces ``--events`` valid input records
-(over 20k subscribers), then runs each contender on the same records, one at a time, each in its own
+Starts a fresh local Tansu broker, creates the topics, produces ``--events`` input records over
+20k subscribers (``monitor.simulate``'s default scenario when present), then runs each contender on the same records, one at a time, each in its own
 process (one core each):
 
 * ``satmon``        -- the satmon worker (Faust app, batched consumer path, tables, changelogs);
@@ -210,9 +210,13 @@ async def _paced_run(bootstrap: str, rate: int, seconds: float) -> list[int]:
         t0 = time.perf_counter()
         sent = 0
         for topic, key, value in generate(int(rate * seconds), subscribers=500, seed=11):
-            rec = orjson.loads(value)
-            rec["ts_ms"] = int(time.time() * 1000)
-            await producer.send(topic, orjson.dumps(rec), key=key)
+            try:
+                rec = orjson.loads(value)
+                rec["ts_ms"] = int(time.time() * 1000)
+                value = orjson.dumps(rec)
+            except (orjson.JSONDecodeError, TypeError):
+                pass  # the simulator's malformed records stay as they are
+            await producer.send(topic, value, key=key)
             sent += 1
             ahead = sent / rate - (time.perf_counter() - t0)
             if ahead > 0.005:

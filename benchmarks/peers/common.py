@@ -20,13 +20,22 @@ BASE_TS = 1_700_000_000_000
 def generate(n: int, subscribers: int = 20_000, seed: int = 7) -> Iterator[tuple[str, bytes, bytes]]:
     """``n`` valid ``(topic, key, value)`` input records over ``subscribers`` subscribers, in time order.
 
-    Uses ``monitor.simulate`` when it exists, else a plain mix: 85 % network sessions, 10 % app
-    interactions (with survey answers), 5 % care tickets.
+    Uses ``monitor.simulate`` (default scenario, its noise included) when it exists, else a plain
+    mix of valid events: 85 % network sessions, 10 % app interactions (with survey answers), 5 %
+    care tickets.
     """
     try:
-        from monitor import simulate  # noqa: F401  (integrated when the simulator offers a stream API)
+        from monitor import simulate
     except ImportError:
-        pass
+        simulate = None
+    if simulate is not None:
+        import itertools
+
+        # The simulator's default scenario, run until n records (its noise -- malformed records,
+        # duplicates, late records -- included: every contender gets the same bytes).
+        config = simulate.SimConfig(subscribers=subscribers, hours=0, seed=seed)
+        yield from itertools.islice(simulate.generate(config), n)
+        return
     rnd = random.Random(seed)
     regions = ("north", "south", "east", "west")
     for i in range(n):

@@ -38,7 +38,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.embedded:
             raise ConfigError(["no broker configured: set SATMON_BROKER=kafka://host:port (or --broker), "
                                "or pass --embedded to start the local Tansu broker"])
-        from monitor.broker import EmbeddedBroker  # written alongside the demo command
+        try:
+            from monitor.broker import EmbeddedBroker  # the embedded Tansu lifecycle (demo command)
+        except ImportError as err:
+            raise ConfigError([f"--embedded: the embedded broker is not available ({err}); "
+                               "set SATMON_BROKER instead"]) from None
 
         broker = EmbeddedBroker(data_dir=settings.data_dir, partitions=settings.partitions)
         url = broker.start()

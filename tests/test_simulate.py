@@ -1,0 +1,440 @@
+"""Tests of the traffic simulator: schema validity, determinism, incidents, noise, ground truth."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor import simulate
+from monitor.cli import main
+from monitor.errors import ConfigError, InvalidEventError
+from monitor.events import INPUT_TOPICS, decode
+
+MIN = 60_000
+BEYOND5G = Path("/work/shared/data/beyond5g")
+
+# Incidents early and long enough for a small, short run to see them clearly.
+SCENARIO = {
+    "name": "test",
+    "incidents": [
+        {"id": "out-a", "type": "cell_outage", "onset": "40m", "end": "1h30m", "cells": 3, "region": "metro", "severity": 1.0},
+        {"id": "cong-a", "type": "cell_congestion", "onset": "40m", "end": "1h30m", "cells": 2, "region": "north", "severity": 0.9},
+        {"id": "lat-a", "type": "regional_latency", "onset": "50m", "end": "1h40m", "regions": ["south"], "severity": 0.9},
+        {"id": "bill-a", "type": "billing_error", "onset": "50m", "end": "1h50m", "segments": ["business"], "severity": 1.0},
+        {"id": "app-a", "type": "app_bug", "onset": "50m", "end": "1h40m", "app_version": "5.2.0", "severity": 1.0},
+        {"id": "drift-a", "type": "kpi_drift", "onset": "1h", "regions": ["coast"], "shift_db": 8.0},
+    ],
+}
+CONFIG = simulate.SimConfig(subscribers=4000, hours=2.0, seed=11, scenario=SCENARIO,
+                            malformed_share=0.004, duplicate_share=0.004, late_share=0.004, late_min_s=120)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    manifest = simulate.write_files(CONFIG, out)
+    records: dict[str, list] = {}
+    bad_lines: dict[str, list[int]] = {}
+    raw: dict[str, list[bytes]] = {}
+    for topic, schema in INPUT_TOPICS.items():
+        lines = (out / f"{topic}.jsonl").read_bytes().splitlines()
+        raw[topic] = lines
+        records[topic], bad_lines[topic] = [], []
+        for i, line in enumerate(lines):
+            try:
+                records[topic].append(decode(schema, line))
+            except InvalidEventError:
+                bad_lines[topic].append(i)
+    return {"dir": out, "manifest": manifest, "records": records, "bad": bad_lines, "raw": raw,
+            "truth": simulate.load_ground_truth(out)}
+
+
+def _incident(run, iid):
+    return next(i for i in run["truth"]["incidents"] + run["truth"]["drifts"] if i["id"] == iid)
+
+
+def _median(events, field):
+    return float(np.median([getattr(e, field) for e in events]))
+
+
+# --- validity and noise ---------------------------------------------------------------------------
+
+
+def test_every_clean_record_decodes_and_malformed_ones_are_exactly_the_counted_faults(run):
+    faults = run["truth"]["faults"]
+    for topic in INPUT_TOPICS:
+        listed = sorted(f["line"] for f in faults if f["topic"] == topic and f["kind"] == "malformed")
+        assert run["bad"][topic] == listed
+        assert len(listed) == run["manifest"]["faults"]["malformed"][topic]
+        assert run["manifest"]["counts"][topic]["lines"] == len(run["raw"][topic])
+    assert sum(run["manifest"]["faults"]["malformed"].values()) > 10  # the noise really happened
+
+
+def test_duplicates_are_counted_exactly_and_identical(run):
+    for topic in INPUT_TOPICS:
+        seen = collections.Counter(r.event_id for r in run["records"][topic])
+        extra = sum(n - 1 for n in seen.values())
+        assert extra == run["manifest"]["faults"]["duplicate"][topic]
+    dups = [f for f in run["truth"]["faults"] if f["kind"] == "duplicate" and f["topic"] == "network-events"]
+    assert dups
+    lines = run["raw"]["network-events"]
+    for f in dups[:20]:
+        copies = [ln for ln in lines if f'"event_id":"{f["event_id"]}"'.encode() in ln]
+        assert len(copies) == 2 and copies[0] == copies[1]
+
+
+def test_late_records_really_are_late(run):
+    late = [f for f in run["truth"]["faults"] if f["kind"] == "late"]
+    assert len(late) == sum(run["manifest"]["faults"]["late"].values()) > 10
+    step_ms = run["manifest"]["step_ms"]
+    for topic in INPUT_TOPICS:
+        ts = [json.loads(ln)["ts_ms"] if i not in set(run["bad"][topic]) else 0
+              for i, ln in enumerate(run["raw"][topic])]
+        running_max = np.maximum.accumulate(np.array(ts or [0]))
+        for f in late:
+            if f["topic"] == topic and f["line"] > 0:
+                assert ts[f["line"]] == f["ts_ms"]
+                assert running_max[f["line"] - 1] - f["ts_ms"] >= CONFIG.late_min_s * 1000 - step_ms
+
+
+def test_clean_records_carry_region_and_segment(run):
+    for topic in INPUT_TOPICS:
+        recs = run["records"][topic]
+        assert recs, topic
+        assert all(r.region in simulate.REGION_NAMES and r.segment in simulate.SEGMENTS for r in recs)
+
+
+def test_volumes_are_in_the_documented_range(run):
+    m = run["manifest"]
+    per_sub_hour = m["counts"]["network-events"]["clean"] / CONFIG.subscribers / CONFIG.hours
+    assert 3 < per_sub_hour < 15  # 06:00-08:00 is the morning ramp, below the daily mean of 10
+    assert m["counts"]["care-tickets"]["clean"] < m["counts"]["app-interactions"]["clean"] < m["counts"]["network-events"]["clean"]
+    assert m["events_by_kind"]["survey_answer"] > 4
+
+
+# --- determinism ----------------------------------------------------------------------------------
+
+
+def _files(cfg, out):
+    simulate.write_files(cfg, out)
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_output_and_another_seed_differs(tmp_path):
+    cfg = simulate.SimConfig(subscribers=600, hours=0.75, seed=5, scenario="default")
+    a = _files(cfg, tmp_path / "a")
+    b = _files(cfg, tmp_path / "b")
+    c = _files(simulate.SimConfig(subscribers=600, hours=0.75, seed=6, scenario="default"), tmp_path / "c")
+    assert a == b
+    assert a["network-events.jsonl"] != c["network-events.jsonl"]
+    assert a.keys() == c.keys()
+
+
+def test_generate_yields_keyed_records_matching_the_files(tmp_path):
+    cfg = simulate.SimConfig(subscribers=300, hours=0.5, seed=3, scenario="quiet")
+    simulate.write_files(cfg, tmp_path)
+    by_topic = collections.defaultdict(list)
+    for topic, key, value in simulate.generate(cfg):
+        by_topic[topic].append(value)
+        if value.startswith(b"{") and value.endswith(b"}") and b'"subscriber_id"' in value:
+            assert b'"subscriber_id":"' + key + b'"' in value
+    for topic in INPUT_TOPICS:
+        assert sorted(by_topic[topic]) == sorted((tmp_path / f"{topic}.jsonl").read_bytes().splitlines())
+
+
+# --- incidents ------------------------------------------------------------------------------------
+
+
+def test_cell_outage_degrades_only_its_cells_during_the_outage(run):
+    inc = _incident(run, "out-a")
+    cells = set(inc["cells"])
+    net = run["records"]["network-events"]
+    during = [e for e in net if e.cell_id in cells and inc["onset_ms"] <= e.ts_ms < inc["end_ms"]]
+    before = [e for e in net if e.cell_id in cells and e.ts_ms < inc["onset_ms"]]
+    others = [e for e in net if e.cell_id not in cells and inc["onset_ms"] <= e.ts_ms < inc["end_ms"]
+              and e.region == "metro"]
+    assert len(during) > 30 and len(before) > 30
+    for ref in (before, others):
+        assert _median(during, "rsrp_dbm") < _median(ref, "rsrp_dbm") - 20
+        assert _median(during, "sinr_db") < _median(ref, "sinr_db") - 8
+        assert _median(during, "dl_mbps") < 0.1 * _median(ref, "dl_mbps")
+        assert np.mean([e.call_drop for e in during]) > 5 * max(0.005, np.mean([e.call_drop for e in ref]))
+    assert abs(_median(others, "rsrp_dbm") - _median(before, "rsrp_dbm")) < 6
+
+
+def test_cell_congestion_cuts_throughput_and_raises_latency_and_stalls(run):
+    inc = _incident(run, "cong-a")
+    cells = set(inc["cells"])
+    net = run["records"]["network-events"]
+    during = [e for e in net if e.cell_id in cells and inc["onset_ms"] <= e.ts_ms < inc["end_ms"]]
+    before = [e for e in net if e.cell_id in cells and e.ts_ms < inc["onset_ms"]]
+    others = [e for e in net if e.cell_id not in cells and inc["onset_ms"] <= e.ts_ms < inc["end_ms"]]
+    for ref in (before, others):
+        assert _median(during, "dl_mbps") < 0.4 * _median(ref, "dl_mbps")
+        assert _median(during, "latency_ms") > _median(ref, "latency_ms") + 60
+        stalls = lambda ev: np.mean([e.video_stall_s for e in ev if e.service == "video"])  # noqa: E731
+        assert stalls(during) > 2 * stalls(ref)
+    # radio conditions are not what congestion is about
+    assert abs(_median(during, "rsrp_dbm") - _median(before, "rsrp_dbm")) < 6
+
+
+def test_regional_latency_spike_raises_latency_across_the_region_only(run):
+    inc = _incident(run, "lat-a")
+    net = run["records"]["network-events"]
+    inside = lambda e: inc["onset_ms"] <= e.ts_ms < inc["end_ms"]  # noqa: E731
+    during = [e for e in net if e.region == "south" and inside(e)]
+    before = [e for e in net if e.region == "south" and e.ts_ms < inc["onset_ms"]]
+    others = [e for e in net if e.region not in ("south", "metro", "north") and inside(e)]
+    for ref in (before, others):
+        assert _median(during, "latency_ms") > _median(ref, "latency_ms") + 100
+        assert _median(during, "jitter_ms") > 2 * _median(ref, "jitter_ms")
+    # many cells of the region, not one
+    assert len({e.cell_id for e in during if e.latency_ms > 200}) >= 0.8 * len({e.cell_id for e in during})
+
+
+def test_billing_wave_brings_billing_complaints_from_its_segment(run):
+    inc = _incident(run, "bill-a")
+    opened = [t for t in run["records"]["care-tickets"] if t.action == "opened" and t.category == "billing"]
+    hours_in = (inc["end_ms"] - inc["onset_ms"]) / 3.6e6
+    hours_before = (inc["onset_ms"] - run["manifest"]["start_ms"]) / 3.6e6
+    rate = lambda seg, lo, hi, h: sum(1 for t in opened if t.segment == seg and lo <= t.ts_ms < hi) / h  # noqa: E731
+    during = rate("business", inc["onset_ms"], inc["end_ms"], hours_in)
+    before = rate("business", 0, inc["onset_ms"], hours_before)
+    assert during >= 8 and during > 4 * max(before, 1.0)
+    assert rate("prepaid", inc["onset_ms"], inc["end_ms"], hours_in) < during / 3
+
+
+def test_app_bug_hits_only_its_version(run):
+    inc = _incident(run, "app-a")
+    app = [a for a in run["records"]["app-interactions"] if a.kind != "survey_answer"]
+    fail = lambda ev: np.mean([a.kind in ("self_service_failure", "error", "bot_to_human") for a in ev])  # noqa: E731
+    inside = lambda a: inc["onset_ms"] <= a.ts_ms < inc["end_ms"]  # noqa: E731
+    during = [a for a in app if a.app_version == "5.2.0" and inside(a)]
+    before = [a for a in app if a.app_version == "5.2.0" and a.ts_ms < inc["onset_ms"]]
+    other = [a for a in app if a.app_version != "5.2.0" and inside(a)]
+    assert fail(during) > 0.45
+    assert fail(before) < 0.2 and fail(other) < 0.2
+    errors = lambda ev: np.mean([a.kind == "error" for a in ev])  # noqa: E731
+    assert errors(during) > 4 * errors(other)
+
+
+def test_drift_is_a_sustained_step_in_one_region(run):
+    inc = _incident(run, "drift-a")
+    assert inc["end_ms"] is None
+    net = run["records"]["network-events"]
+    t0 = inc["onset_ms"]
+    before = [e for e in net if e.region == "coast" and e.ts_ms < t0]
+    after = [e for e in net if e.region == "coast" and e.ts_ms >= t0]
+    late = [e for e in after if e.ts_ms >= t0 + 45 * MIN]
+    other_b = [e for e in net if e.region == "west" and e.ts_ms < t0]
+    other_a = [e for e in net if e.region == "west" and e.ts_ms >= t0]
+    shift = _median(before, "rsrp_dbm") - _median(after, "rsrp_dbm")
+    assert 5 < shift < 11
+    assert _median(before, "rsrp_dbm") - _median(late, "rsrp_dbm") > 5  # it stays
+    assert abs(_median(other_b, "rsrp_dbm") - _median(other_a, "rsrp_dbm")) < 2
+
+
+def test_subscribers_hit_by_incidents_become_dissatisfied_more_often(run):
+    net = run["records"]["network-events"]
+    hit_at: dict[str, int] = {}
+    for iid in ("out-a", "cong-a"):
+        inc = _incident(run, iid)
+        for e in net:
+            if e.cell_id in inc["cells"] and inc["onset_ms"] <= e.ts_ms < inc["end_ms"]:
+                hit_at.setdefault(e.subscriber_id, inc["onset_ms"])
+    onset = _incident(run, "out-a")["onset_ms"]
+    subs = {e.subscriber_id for e in net}
+    labels = run["truth"]["labels"]
+
+    def complained(s):
+        rec = labels.get(s)
+        return bool(rec and any(t >= onset for t in rec["complaints_ms"]))
+
+    hit = [s for s in subs if s in hit_at]
+    rest = [s for s in subs if s not in hit_at]
+    assert len(hit) > 50
+    rate_hit = np.mean([complained(s) for s in hit])
+    rate_rest = np.mean([complained(s) for s in rest])
+    assert rate_hit > 3 * rate_rest
+    assert rate_hit < 0.9  # noisy, not deterministic
+
+
+def test_detractors_follow_latent_experience(monkeypatch):
+    # many surveys (50x the default rate) so that a short run has enough answers
+    monkeypatch.setattr(simulate, "RELATIONSHIP_SURVEY_PER_HOUR", 0.15)
+    cfg = simulate.SimConfig(subscribers=3000, hours=1.5, seed=2, scenario="quiet", malformed_share=0,
+                             duplicate_share=0, late_share=0)
+    sim = simulate.Simulator(cfg)
+    w = sim.world
+    rng = np.random.default_rng(0)
+    victims = rng.choice(w.n, 1500, replace=False)
+    w.hit(victims, np.full(1500, 0.95, np.float32), np.zeros(1500, np.uint8), 0.0)
+    eff = w.effective(np.arange(w.n))
+    assert eff[victims].mean() < np.delete(eff, victims).mean() - 0.2
+    # NPS drawn from the latent state: the victims are detractors more often
+    for _ in sim.steps():
+        pass
+    labels = sim.labels
+    vset = set(victims.tolist())
+    answered = [(s, "detractor" in v) for s, v in labels.items() if "survey" in v]
+    det_v = [d for s, d in answered if s in vset]
+    det_o = [d for s, d in answered if s not in vset]
+    assert len(det_v) > 5 and len(det_o) > 5
+    assert np.mean(det_v) > np.mean(det_o) + 0.15
+
+
+# --- ground truth ---------------------------------------------------------------------------------
+
+
+def test_ground_truth_is_consistent_with_the_streams(run):
+    truth, m = run["truth"], run["manifest"]
+    labels = truth["labels"]
+    opened = {(t.subscriber_id, t.ts_ms) for t in run["records"]["care-tickets"] if t.action == "opened"}
+    labelled = {(s, ts) for s, rec in labels.items() for ts in rec["complaints_ms"]}
+    assert opened <= labelled
+    assert len(labelled - opened) <= m["faults"]["malformed"]["care-tickets"]
+    assert len(labelled) == m["labels"]["complaint"] == m["events_by_kind"]["ticket_opened"]
+    detr = {(a.subscriber_id, a.ts_ms) for a in run["records"]["app-interactions"]
+            if a.kind == "survey_answer" and a.nps <= 6}
+    det_l = {(s, ts) for s, rec in labels.items() for ts in rec["detractor_ms"]}
+    assert detr <= det_l and len(det_l - detr) <= m["faults"]["malformed"]["app-interactions"]
+    cells = {c["cell_id"]: c for c in truth["cells"]}
+    assert len(cells) == m["cells"]
+    for e in run["records"]["network-events"][:5000]:
+        assert cells[e.cell_id]["region"] == e.region
+    for inc in truth["incidents"]:
+        assert all(cells[c]["region"] in inc["regions"] for c in inc["cells"])
+        assert inc["end_ms"] > inc["onset_ms"]
+    times = [r.ts_ms for recs in run["records"].values() for r in recs]
+    assert m["start_ms"] <= min(times) and max(times) < m["end_ms"]
+    assert m["incidents"] == {"cell_outage": 1, "cell_congestion": 1, "regional_latency": 1,
+                              "billing_error": 1, "app_bug": 1, "kpi_drift": 1}
+
+
+def test_default_scenario_has_several_incidents_of_each_kind():
+    cfg = simulate.SimConfig(subscribers=20_000, hours=6)
+    sim = simulate.Simulator(cfg)
+    kinds = collections.Counter(i.type for i in sim.incidents)
+    assert kinds["cell_outage"] + kinds["cell_congestion"] >= 6
+    assert kinds["regional_latency"] >= 1 and kinds["billing_error"] >= 1 and kinds["app_bug"] >= 1
+    for inc in sim.incidents:
+        assert 15 * MIN <= inc.end_ms - inc.onset_ms <= 60 * MIN
+        assert sim.start_ms <= inc.onset_ms and inc.end_ms <= sim.end_ms
+    cells = [c for i in sim.incidents for c in i.cells]
+    assert len(cells) == len(set(cells))
+    assert 300 <= sim.world.n_cells <= 600 and 6 <= len(simulate.REGIONS) <= 10
+
+
+def test_scenario_errors_are_all_listed():
+    bad = {"incidents": [{"type": "meteor"}, {"type": "cell_outage", "onset": "soon"},
+                         {"type": "billing_error", "segments": ["vip"], "onset": "1h", "end": "30m"}]}
+    with pytest.raises(ConfigError) as err:
+        simulate.Simulator(simulate.SimConfig(subscribers=100, hours=1, scenario=bad))
+    text = str(err.value)
+    assert "meteor" in text and "soon" in text and "end must be after onset" in text
+    with pytest.raises(ConfigError, match="not found"):
+        simulate.load_scenario("no-such-scenario")
+    for name in ("default", "quiet", "drift"):
+        assert simulate.load_scenario(name)["name"] == name
+
+
+def test_population_memory_is_compact():
+    w = simulate.World(200_000, None, np.random.default_rng(0))
+    assert w.nbytes() / w.n < 40
+
+
+# --- calibration ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not BEYOND5G.is_dir(), reason="Beyond5G reference traces not present")
+def test_kpi_distributions_match_the_beyond5g_traces(tmp_path):
+    import csv
+
+    rsrp, snr, dl = [], [], []
+    for path in sorted(BEYOND5G.rglob("*.csv"))[::3]:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    r, s, d = float(row["RSRP"]), float(row["SNR"]), float(row["DL_bitrate"])
+                except (KeyError, ValueError):
+                    continue
+                rsrp.append(r), snr.append(s)
+                if d > 500:
+                    dl.append(d / 1000)
+    assert len(rsrp) > 1000
+    sim = [e for t, _k, v in simulate.generate(simulate.SimConfig(subscribers=2000, hours=1, scenario="quiet",
+                                                                  malformed_share=0)) if t == "network-events"
+           for e in [json.loads(v)]]
+    srsrp = np.array([e["rsrp_dbm"] for e in sim])
+    ssinr = np.array([e["sinr_db"] for e in sim])
+    sdl = np.array([e["dl_mbps"] for e in sim])
+    q = [0.1, 0.25, 0.5, 0.75, 0.9]
+    assert np.all(np.abs(np.quantile(srsrp, q) - np.quantile(rsrp, q)) < 8)
+    assert np.all(np.abs(np.quantile(ssinr, q) - np.quantile(snr, q)) < 5)
+    ratio = np.quantile(sdl, [0.25, 0.5, 0.75]) / np.quantile(dl, [0.25, 0.5, 0.75])
+    assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio
+    assert np.corrcoef(srsrp, ssinr)[0, 1] > 0.3
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def test_cli_writes_streams_and_prints_counts(tmp_path, capsys):
+    rc = main(["simulate", "--subscribers", "500", "--hours", "0.5", "--scenario", "quiet", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "network-events" in out and "injected faults" in out
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    for topic in INPUT_TOPICS:
+        assert manifest["counts"][topic]["lines"] == len((tmp_path / f"{topic}.jsonl").read_bytes().splitlines())
+    assert main(["simulate", "--hours", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_produce_sends_every_record_keyed_by_subscriber(monkeypatch, tmp_path):
+    import asyncio
+
+    import aiokafka
+
+    sent = []
+
+    class FakeProducer:
+        def __init__(self, **kwargs):
+            assert kwargs["enable_idempotence"] is False  # the local broker rejects idempotence
+            self.kwargs = kwargs
+
+        async def start(self):
+            pass
+
+        async def stop(self):
+            pass
+
+        async def flush(self):
+            pass
+
+        async def send(self, topic, value, key=None):
+            sent.append((topic, key, value))
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+
+    monkeypatch.setattr(aiokafka, "AIOKafkaProducer", FakeProducer)
+    cfg = simulate.SimConfig(subscribers=300, hours=0.25, seed=4, scenario="quiet")
+    manifest = asyncio.run(simulate.produce(cfg, "127.0.0.1:9092", out_dir=tmp_path))
+    assert sent == list(simulate.generate(cfg))
+    assert manifest["sent"] == len(sent) == sum(c["lines"] for c in manifest["counts"].values())
+    assert (tmp_path / "ground_truth" / "incidents.json").exists()
+
+
+def test_clean_records_satisfy_the_json_schemas_too(run):
+    jsonschema = pytest.importorskip("jsonschema")
+    root = Path(__file__).resolve().parents[1] / "schemas"
+    for topic, schema in INPUT_TOPICS.items():
+        validator = jsonschema.Draft202012Validator(json.loads((root / f"{schema}.json").read_text()))
+        bad = set(run["bad"][topic])
+        lines = [ln for i, ln in enumerate(run["raw"][topic]) if i not in bad]
+        for ln in lines[:: max(1, len(lines) // 400)]:
+            validator.validate(json.loads(ln))
