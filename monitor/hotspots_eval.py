@@ -312,7 +312,7 @@ def load_simulation(sim_dir: Any) -> tuple[list[Any], list[Incident], list[dict[
     import json
     from pathlib import Path
 
-    from monitor.errors import MonitorError
+    from monitor.errors import InvalidEventError, MonitorError
     from monitor.events import INPUT_TOPICS, decode
 
     d = Path(sim_dir)
@@ -324,17 +324,23 @@ def load_simulation(sim_dir: Any) -> tuple[list[Any], list[Incident], list[dict[
             with open(path, "rb") as f:
                 for line in f:
                     if line.strip():
-                        records.append(decode(schema, line))
+                        try:
+                            records.append(decode(schema, line))
+                        except InvalidEventError:
+                            continue  # injected malformed records: the worker dead-letters them
     if not found:
         raise MonitorError(f"{d}: no simulator input files (<topic>.jsonl for {', '.join(INPUT_TOPICS)})")
     records.sort(key=lambda r: r.ts_ms)
-    truth_path = next((p for p in (d / "ground_truth.json", d / "incidents.json", d / "truth.json") if p.exists()), None)
+    candidates = (d / "ground_truth" / "incidents.json", d / "ground_truth.json", d / "incidents.json", d / "truth.json")
+    truth_path = next((p for p in candidates if p.exists()), None)
     if truth_path is None:
         raise MonitorError(f"{d}: no ground truth (ground_truth.json or incidents.json)")
     truth = json.loads(truth_path.read_text())
     raw = truth.get("incidents", []) if isinstance(truth, dict) else truth
     incidents = []
     for i, r in enumerate(raw):
+        if r.get("scope") not in (None, "cell", "region"):
+            continue  # segment (billing) and app incidents are not network hot spots
         cells = r.get("cells") or ([r["cell_id"]] if r.get("cell_id") else [])
         scope = r.get("scope") or ("region" if not cells or len(cells) > 1 else "cell")
         start, end = int(r.get("start_ms", r.get("onset_ms", 0))), int(r.get("end_ms", 0))
