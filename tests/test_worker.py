@@ -206,7 +206,7 @@ def valid_records(n: int, subscribers: int, start: int = 0) -> list[tuple[str, b
 class RecordingCore:
     """A risk core for delivery tests: its per-subscriber state is the set of event ids applied,
     so a re-delivered event is recognised (deduplicated) and a lost one is visible. Appends every
-    event id it is given to the file named by ``SATMON_TEST_LOG`` (duplicates included)."""
+    event id it is given to the file named by ``TEST_SEEN_LOG`` (duplicates included)."""
 
     def __init__(self, partition: int, state_loader: Callable[[str], bytes | None]) -> None:
         self.partition = partition
@@ -214,7 +214,7 @@ class RecordingCore:
         self.cache: dict[str, set[str]] = {}
         self.dirty: set[str] = set()
         self.n = 0
-        self.log = open(os.environ["SATMON_TEST_LOG"], "a")
+        self.log = open(os.environ["TEST_SEEN_LOG"], "a")
 
     def process_batch(self, events: list[Any]) -> list[Any]:
         from monitor.events import RiskScore
@@ -275,7 +275,7 @@ class WorkerProcess:
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{TESTS}"}
         env = {k: v for k, v in env.items() if not k.startswith("SATMON_") or k == "SATMON_TANSU_BIN"}
         if self.log_path is not None:
-            env["SATMON_TEST_LOG"] = str(self.log_path)
+            env["TEST_SEEN_LOG"] = str(self.log_path)
         if self.core == "real":
             cmd = [sys.executable, "-m", "monitor", "worker", "--broker", self.broker.url,
                    "--app-id", self.app_id, "--store", self.store, "--data-dir", str(self.data_dir),

@@ -1,0 +1,231 @@
+"""Per-subscriber feature state and feature extraction (pure).
+
+The state is a compact msgspec struct (serialised as a msgpack array: ~200-300 bytes) holding
+exponentially decayed counters on event time, so "3 dropped calls in 24 h" needs no event history.
+What it tracks follows how people judge service: the worst and the recent network moments, how
+complaints were handled, billing surprises, app failures and bot-to-human bounces, the last survey.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from monitor.events import AppEvent, NetworkEvent, TicketEvent
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+# Half-lives of the decayed counters (event time).
+NET_HALF_LIFE_MS = 24 * HOUR_MS  # network moments fade over a day
+EW_HALF_LIFE_MS = 2 * HOUR_MS  # "recent" radio quality
+CARE_HALF_LIFE_MS = 30 * DAY_MS  # complaints weigh for a month (repeat complaints within 30 days)
+APP_HALF_LIFE_MS = 7 * DAY_MS
+SURVEY_HALF_LIFE_MS = 30 * DAY_MS
+RECENT_IDS = 8  # event ids kept per subscriber to drop duplicates
+# Services for which latency is felt most.
+LATENCY_SENSITIVE = {"video": 1.5, "gaming": 2.0, "voice": 1.2}
+
+
+class SubscriberState(msgspec.Struct, array_like=True, kw_only=True):
+    """Everything satmon keeps about one subscriber (compact; serialised with msgpack)."""
+
+    last_ts: int
+    cell: str | None = None
+    region: str | None = None
+    segment: str | None = None
+    service: str | None = None
+    net_ts: int = 0
+    rsrp_ew: float = -95.0
+    sinr_ew: float = 12.0
+    dl_ew: float = 50.0
+    lat_ew: float = 40.0
+    worst_rsrp: float = -95.0
+    drops: float = 0.0
+    stalls_s: float = 0.0
+    bad: float = 0.0
+    sessions: float = 0.0
+    care_ts: int = 0
+    complaints: float = 0.0
+    billing: float = 0.0
+    reopened: float = 0.0
+    escalated: float = 0.0
+    fcr_fail: float = 0.0
+    open_tickets: int = 0
+    last_resolution_min: float = 0.0
+    app_ts: int = 0
+    app_fail: float = 0.0
+    bot_human: float = 0.0
+    nps: int = -1
+    nps_ts: int = 0
+    recent_ids: list[str] = msgspec.field(default_factory=list)
+    snap_ts: int = 0
+    snap_x: list[float] = msgspec.field(default_factory=list)
+    at_risk_since: int = 0
+    last_score: float = -1.0
+    last_top: str = ""
+
+
+def _decay(dt_ms: int, half_life_ms: int) -> float:
+    return 0.5 ** (dt_ms / half_life_ms) if dt_ms > 0 else 1.0
+
+
+def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent) -> None:
+    """Update ``st`` in place with one event (the event itself is never mutated)."""
+    ts = ev.ts_ms
+    ids = st.recent_ids
+    ids.append(ev.event_id)
+    if len(ids) > RECENT_IDS:
+        del ids[0]
+    if ts > st.last_ts:
+        st.last_ts = ts
+    if ev.segment is not None:
+        st.segment = ev.segment
+    if isinstance(ev, NetworkEvent):
+        dt = ts - st.net_ts if st.net_ts else 0
+        k = _decay(dt, NET_HALF_LIFE_MS)
+        a = 1.0 - _decay(dt, EW_HALF_LIFE_MS) if st.net_ts else 1.0
+        a = max(a, 0.2)  # every session moves the recent means
+        st.net_ts = max(ts, st.net_ts)
+        st.cell, st.region, st.service = ev.cell_id, ev.region, ev.service
+        st.rsrp_ew += a * (ev.rsrp_dbm - st.rsrp_ew)
+        st.sinr_ew += a * (ev.sinr_db - st.sinr_ew)
+        st.dl_ew += a * (ev.dl_mbps - st.dl_ew)
+        lat = ev.latency_ms * LATENCY_SENSITIVE.get(ev.service, 1.0)
+        st.lat_ew += a * (lat - st.lat_ew)
+        # the worst moment weighs most and fades only slowly back toward the recent mean
+        st.worst_rsrp = min(ev.rsrp_dbm, st.worst_rsrp + (st.rsrp_ew - st.worst_rsrp) * (1 - k))
+        bad = ev.call_drop or ev.video_stall_s > 5 or ev.rsrp_dbm < -115 or lat > 200 or ev.packet_loss_pct > 3
+        st.drops = st.drops * k + ev.call_drop
+        st.stalls_s = st.stalls_s * k + ev.video_stall_s
+        st.bad = st.bad * k + bad
+        st.sessions = st.sessions * k + 1.0
+    elif isinstance(ev, TicketEvent):
+        k = _decay(ts - st.care_ts, CARE_HALF_LIFE_MS) if st.care_ts else 1.0
+        st.care_ts = max(ts, st.care_ts)
+        st.complaints *= k
+        st.billing *= k
+        st.reopened *= k
+        st.escalated *= k
+        st.fcr_fail *= k
+        if ev.region is not None and st.region is None:
+            st.region = ev.region
+        action = ev.action
+        if action == "opened":
+            st.complaints += 1
+            st.open_tickets += 1
+            if ev.category == "billing":
+                st.billing += 1
+        elif action == "reopened":
+            st.reopened += 1
+            st.open_tickets += 1
+        elif action == "escalated":
+            st.escalated += 1
+        elif action == "resolved":
+            st.open_tickets = max(0, st.open_tickets - 1)
+            st.last_resolution_min = ev.resolution_minutes or 0.0
+            if ev.first_contact_resolution is False:
+                st.fcr_fail += 1
+    else:
+        k = _decay(ts - st.app_ts, APP_HALF_LIFE_MS) if st.app_ts else 1.0
+        st.app_ts = max(ts, st.app_ts)
+        st.app_fail *= k
+        st.bot_human *= k
+        if ev.region is not None and st.region is None:
+            st.region = ev.region
+        kind = ev.kind
+        if kind == "self_service_failure" or kind == "error":
+            st.app_fail += 1
+        elif kind == "bot_to_human":
+            st.bot_human += 1
+        elif kind == "survey_answer" and ev.nps is not None:
+            st.nps, st.nps_ts = ev.nps, ts
+
+
+#: feature names, in the order of :func:`feature_vector`
+FEATURES: tuple[str, ...] = (
+    "weak_coverage", "worst_coverage", "low_sinr", "drops", "stalls", "latency", "throughput",
+    "bad_sessions", "complaints", "billing", "reopened", "escalated", "open_tickets",
+    "slow_resolution", "fcr_fail", "app_failures", "bot_to_human", "detractor", "promoter",
+)
+
+# The transparent cold-start prior: log-odds weights per feature unit (features are scaled so a
+# unit is "clearly bad"), and a bias for a ~5% base rate.
+PRIOR_BIAS = -3.0
+PRIOR_WEIGHTS: tuple[float, ...] = (
+    0.6, 0.4, 0.4, 0.5, 0.4, 0.5, 0.3, 1.5, 1.2, 0.8, 0.8, 0.6, 0.5, 0.4, 0.4, 0.3, 0.4, 1.5, -0.8,
+)
+
+
+def feature_vector(st: SubscriberState, now_ms: int) -> list[float]:
+    """The model's input for ``st`` at event time ``now_ms`` (decays applied, no mutation)."""
+    kn = _decay(now_ms - st.net_ts, NET_HALF_LIFE_MS) if st.net_ts else 0.0
+    kc = _decay(now_ms - st.care_ts, CARE_HALF_LIFE_MS) if st.care_ts else 0.0
+    ka = _decay(now_ms - st.app_ts, APP_HALF_LIFE_MS) if st.app_ts else 0.0
+    ks = _decay(now_ms - st.nps_ts, SURVEY_HALF_LIFE_MS) if st.nps >= 0 else 0.0
+    sessions = st.sessions * kn
+    return [
+        max(0.0, (-105.0 - st.rsrp_ew) / 10.0) if st.net_ts else 0.0,
+        max(0.0, (-110.0 - st.worst_rsrp) / 10.0) if st.net_ts else 0.0,
+        max(0.0, (5.0 - st.sinr_ew) / 5.0) if st.net_ts else 0.0,
+        st.drops * kn,
+        st.stalls_s * kn / 30.0,
+        max(0.0, (st.lat_ew - 60.0) / 100.0) if st.net_ts else 0.0,
+        max(0.0, (10.0 - st.dl_ew) / 10.0) if st.net_ts else 0.0,
+        st.bad * kn / (sessions + 1.0),
+        st.complaints * kc,
+        st.billing * kc,
+        st.reopened * kc,
+        st.escalated * kc,
+        float(st.open_tickets),
+        max(0.0, (st.last_resolution_min - 240.0) / 1440.0) * kc,
+        st.fcr_fail * kc,
+        st.app_fail * ka,
+        st.bot_human * ka,
+        (7 - st.nps) / 7.0 * ks if 0 <= st.nps <= 6 else 0.0,
+        ks if st.nps >= 9 else 0.0,
+    ]
+
+
+def _times(n: float) -> str:
+    n = round(n)
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def describe(feature: str, st: SubscriberState, value: float) -> tuple[str, str, float | None]:
+    """``(code, plain words, value)`` for a feature contributing to a score."""
+    if feature in ("weak_coverage", "worst_coverage"):
+        rsrp = st.rsrp_ew if feature == "weak_coverage" else st.worst_rsrp
+        return "weak_coverage", f"weak coverage: RSRP {rsrp:.0f} dBm".replace("-", "\u2212"), round(rsrp, 1)
+    if feature == "low_sinr":
+        return "interference", f"poor signal quality: SINR {st.sinr_ew:.0f} dB", round(st.sinr_ew, 1)
+    if feature == "drops":
+        return "drops", f"{value:.0f} dropped calls in 24 h", round(value, 1)
+    if feature == "stalls":
+        return "stalls", f"{value * 30:.0f} s of video stalls in 24 h", round(value * 30, 1)
+    if feature == "latency":
+        return "latency", f"high latency for {st.service or 'data'}: {st.lat_ew:.0f} ms", round(st.lat_ew, 1)
+    if feature == "throughput":
+        return "throughput", f"slow data: {st.dl_ew:.1f} Mbit/s", round(st.dl_ew, 2)
+    if feature == "bad_sessions":
+        return "bad_sessions", f"{100 * value:.0f}% of recent sessions degraded", round(value, 3)
+    if feature == "complaints":
+        return "complaints", f"{value:.0f} complaint(s) in 30 days", round(value, 1)
+    if feature == "billing":
+        return "billing", "billing complaint in 30 days", round(value, 1)
+    if feature == "reopened":
+        return "reopened", f"complaint reopened {_times(value)}", round(value, 1)
+    if feature == "escalated":
+        return "escalated", f"complaint escalated {_times(value)}", round(value, 1)
+    if feature == "open_tickets":
+        return "open_tickets", f"{value:.0f} open ticket(s)", value
+    if feature == "slow_resolution":
+        return "slow_resolution", f"last complaint took {st.last_resolution_min / 60:.0f} h to resolve", \
+            round(st.last_resolution_min, 0)
+    if feature == "fcr_fail":
+        return "fcr_fail", "complaint not solved at first contact", round(value, 1)
+    if feature == "app_failures":
+        return "app_failures", f"{value:.0f} app failures in 7 days", round(value, 1)
+    if feature == "bot_to_human":
+        return "bot_to_human", f"bounced from bot to human {_times(value)} in 7 days", round(value, 1)
+    if feature == "detractor":
+        return "detractor", f"last survey answer NPS {st.nps}", float(st.nps)
+    return feature, feature.replace("_", " "), round(value, 3)
