@@ -495,6 +495,48 @@ def test_scores_flow_and_restart_keeps_state_and_model(broker: Broker, workers: 
     assert "model restored from checkpoint" in w2.tail(400)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.skipif(not real_core_available(), reason="monitor.core not present")
+def test_real_core_restart_matches_an_uninterrupted_run(broker: Broker, workers: Any, tmp_path: Path) -> None:
+    """With the real risk core: a worker stopped half-way and restarted ends with exactly the
+    per-subscriber state an uninterrupted worker reaches on the same input (state restored from
+    the changelog, nothing double-applied), and restores its model from the checkpoint."""
+    def network_only(n: int, start: int) -> list[tuple[str, bytes, bytes]]:
+        out = []
+        for i in range(start, start + n):
+            sub = f"sub-{i % 50:04d}"
+            rec = network_event(i, sub, latency_ms=float(20 + (i * 37) % 300), call_drop=i % 13 == 0)
+            out.append(("network-events", sub.encode(), orjson.dumps(rec)))
+        return out
+
+    first, second = network_only(800, 0), network_only(800, 800)
+    run(produce(broker.bootstrap, first))
+    w1 = workers(broker, app_id="t-real-restart", core="real")
+    w1.wait_for(lambda: w1.total("satmon_worker_events_total") >= len(first), what="first half")
+    assert w1.stop() == 0
+    run(produce(broker.bootstrap, second))
+    w2 = workers(broker, app_id="t-real-restart", core="real", worker_id="w2")
+    w2.wait_for(lambda: w2.total("satmon_worker_events_total") >= len(second), what="second half")
+    assert w2.stop() == 0
+    assert "model restored from checkpoint" in w2.tail(400)
+
+    ref = workers(broker, app_id="t-real-straight", core="real", worker_id="w3")
+    ref.wait_for(lambda: ref.total("satmon_worker_events_total") >= len(first) + len(second), what="reference")
+    assert ref.stop() == 0
+
+    def states(app_id: str) -> dict[bytes, bytes]:
+        latest: dict[bytes, bytes] = {}
+        recs = run(read_topic(broker.bootstrap, f"{app_id}-subscriber-state-changelog"))
+        for r in sorted(recs, key=lambda r: (r.partition, r.offset)):
+            latest[r.key] = r.value
+        return latest
+
+    restarted, straight = states("t-real-restart"), states("t-real-straight")
+    assert len(straight) == 50
+    assert restarted == straight
+
+
 def test_worker_refuses_to_start_without_a_broker(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """No SATMON_BROKER and no --embedded: a clear error, exit status 2, nothing started."""
