@@ -51,6 +51,11 @@ _encode_state = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(SubscriberState).decode
 
 
+def wall_clock_ms() -> int:
+    """``scored_at_ms`` of emitted records (the only wall-clock value in the core's output)."""
+    return int(time.time() * 1000)
+
+
 def _sigmoid(z: float) -> float:
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
@@ -133,7 +138,7 @@ class PartitionCore:
         self.horizon_ms = int(getattr(settings, "label_horizon_hours", 72.0) * HOUR_MS)
         self.ttl_ms = int(getattr(settings, "state_ttl_days", 30.0) * 24 * HOUR_MS)
         self.state_loader = state_loader
-        self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self.clock_ms = clock_ms or wall_clock_ms
         self.model = RiskModel()
         self.states: dict[str, SubscriberState] = {}
         self.dirty: set[str] = set()
