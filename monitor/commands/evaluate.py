@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "score a replay of a simulator run against its ground truth (ROC-AUC, PR-AUC, precision@5%, ECE, lead time, hot spots)"
+HELP = "score a replay of a simulator run against its ground truth (ROC-AUC, PR-AUC, precision at top 5 percent, calibration, lead time, hot spots)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
