@@ -81,6 +81,8 @@ class Worker:
     settings: Settings
     worker_id: str
     hotspots: HotspotStage | None = None
+    view: Any = None
+    feeder: Any = None
 
     def assigned_partitions(self) -> list[int]:
         """Input partitions this worker owns (active, not standby)."""
@@ -146,6 +148,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
                  observers: Iterable[BatchObserver] = (),
                  registry: CollectorRegistry | None = None,
                  cell_windows: bool = True,
+                 api: bool = True,
                  **faust_overrides: Any) -> Worker:
     """Build a worker's Faust app and pipeline from ``settings`` (which must name a broker).
 
@@ -250,7 +253,44 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     pipeline.prepare = declare_outputs
 
     _add_web_views(worker)
+    if api:
+        _add_api(worker)
     return worker
+
+
+def _add_api(worker: Worker) -> None:
+    """The outreach API and page (``monitor.api``) on the worker's web server, served from a view
+    of the whole ``risk-scores`` / ``alerts`` / ``satmon-outreach`` topics, so any worker answers
+    completely (docs/API.md)."""
+    from monitor.api import build_api, mount_api
+    from monitor.outreach import OUTREACH_TOPIC, OutreachStore, encode_record
+    from monitor.privacy import AuditLog
+    from monitor.riskview import HotspotBoard, RiskView, feeder_for
+
+    app, settings = worker.app, worker.settings
+    outreach_topic = app.topic(OUTREACH_TOPIC, partitions=1, internal=True, key_serializer="raw",
+                               value_serializer="raw")
+
+    async def publish(record: Any) -> None:
+        fut = await outreach_topic.send(key=record.subscriber_id.encode(), value=encode_record(record))
+        await fut  # returns once the broker acknowledged it
+
+    view, board = RiskView(), HotspotBoard()
+    store = OutreachStore(sink=publish)
+    feeder = feeder_for(settings.bootstrap_servers, view, board, store, client_id=f"view-{worker.worker_id}")
+    api = build_api(settings, view, store, AuditLog(Path(settings.data_dir) / "audit" / "audit.jsonl"),
+                    worker.registry, hotspots=board, ready=lambda: feeder.caught_up)
+    mount_api(app.web.web_app, api)
+    worker.view, worker.feeder = view, feeder
+
+    @app.task
+    async def start_view() -> None:
+        await outreach_topic.maybe_declare()
+        await feeder.start()
+
+    @app.on_before_shutdown.connect
+    async def stop_view(_app: Any, **kwargs: Any) -> None:
+        await feeder.stop()
 
 
 def _add_web_views(worker: Worker) -> None:

@@ -245,7 +245,7 @@ class PartitionCore:
     def _maybe_emit(self, sid: str, st: SubscriberState, x: list[float], ts: int) -> RiskScore | None:
         score, prior, contrib = self.model.contributions(x)
         at_risk = score >= self.threshold
-        ranked = sorted((c, i) for i, c in enumerate(contrib) if c > 0.05)[::-1][:3]
+        ranked = sorted((c, i) for i, c in enumerate(contrib) if c > 0.05)[::-1][:4]
         top = FEATURES[ranked[0][1]] if ranked else ""
         changed = (abs(score - st.last_score) >= MATERIAL_DELTA or at_risk != (st.at_risk_since > 0)
                    or top != st.last_top)
@@ -256,8 +256,11 @@ class PartitionCore:
         elif not at_risk:
             st.at_risk_since = 0
         st.last_score, st.last_top = score, top
-        reasons = [Reason(code=code, text=text, value=value, contribution=round(c, 4))
-                   for c, i in ranked for code, text, value in [describe(FEATURES[i], st, x[i])]]
+        reasons: list[Reason] = []
+        for c, i in ranked:  # one reason per code (coverage now and at its worst merge)
+            code, text, value = describe(FEATURES[i], st, x[i])
+            if all(r.code != code for r in reasons):
+                reasons.append(Reason(code=code, text=text, value=value, contribution=round(c, 4)))
         return RiskScore(subscriber_id=sid, ts_ms=ts, scored_at_ms=self.clock_ms(), score=round(score, 4),
                          at_risk=at_risk, reasons=reasons, model_version=self.model.n_labels,
                          prior=round(prior, 4), model_weight=round(self.model.blend(), 4),

@@ -47,7 +47,9 @@ def test_bad_network_raises_score_with_network_reasons():
     assert s_bad > 0.5 > 0.2 > s_good
     last = emitted[-1]
     assert last.at_risk and last.at_risk_since_ms is not None
-    codes = {r.code for r in last.reasons}
+    codes = [r.code for r in last.reasons]
+    assert len(codes) == len(set(codes))
+    codes = set(codes)
     assert codes and codes <= {"weak_coverage", "drops", "stalls", "latency", "throughput", "bad_sessions", "interference"}
     assert [r.contribution for r in last.reasons] == sorted((r.contribution for r in last.reasons), reverse=True)
     assert any(ch.isdigit() for r in last.reasons for ch in r.text)
