@@ -285,8 +285,23 @@ def _add_api(worker: Worker) -> None:
 
     @app.task
     async def start_view() -> None:
-        await outreach_topic.maybe_declare()
-        await feeder.start()
+        # The API answers 503 until the view has caught up; a broker hiccup here must not take
+        # the stream processing down with it, so retry (loudly) instead of crashing the app.
+        from monitor.kafka import ALERTS, RISK_SCORES
+        import asyncio
+
+        for name in (OUTREACH_TOPIC, ALERTS, RISK_SCORES):
+            await app.topic(name, internal=True, partitions=1 if name != RISK_SCORES else settings.partitions,
+                            key_serializer="raw", value_serializer="raw").maybe_declare()
+        while not app.should_stop:
+            try:
+                await feeder.start()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - reported and retried
+                log.error("risk view could not start (retrying in 5 s): %r", err)
+                await asyncio.sleep(5)
 
     @app.on_before_shutdown.connect
     async def stop_view(_app: Any, **kwargs: Any) -> None:

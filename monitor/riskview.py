@@ -407,11 +407,11 @@ class ViewFeeder:
         partitions from the beginning and start reading in a background task."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        self._consumer = AIOKafkaConsumer(
+        consumer = self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers, group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id=self.client_id, fetch_max_wait_ms=self.fetch_max_wait_ms,
         )
-        await self._consumer.start()
+        await consumer.start()
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + topic_timeout_s
@@ -428,7 +428,7 @@ class ViewFeeder:
             self._consumer.assign(tps)
             await self._consumer.seek_to_beginning(*tps)
         except BaseException:
-            await self._consumer.stop()
+            await consumer.stop()  # self._consumer may have been cleared by a concurrent stop()
             raise
         self._task = asyncio.create_task(self._run(tps), name="satmon-view-feeder")
 
