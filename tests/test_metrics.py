@@ -35,12 +35,12 @@ def _partition(key: bytes, n: int = PARTITIONS) -> int:
 
 def feed_worker_like(m: Metrics, records: Iterable[tuple[str, bytes, bytes]], *, batch: int = 2000,
                      partitions: int = PARTITIONS, cores: dict[int, Any] | None = None,
-                     ingest: Ingest | None = None) -> dict[str, Any]:
+                     ingest: Ingest | None = None, observer: MetricsObserver | None = None) -> dict[str, Any]:
     """Feed raw ``(topic, key, value)`` records through Ingest and per-partition cores in batches,
     reporting to ``m`` exactly as the worker's batch handler does. Returns the pieces it built."""
     ingest = ingest or Ingest(worker="w-test")
     cores = {} if cores is None else cores
-    observer = MetricsObserver(m, ingest=ingest, cores=cores)
+    observer = observer or MetricsObserver(m, ingest=ingest, cores=cores)
     offsets: dict[tuple[str, int], int] = {}
     scores_out: list[RiskScore] = []
     pending: dict[tuple[str, int], list[tuple[int, bytes, bytes]]] = {}
@@ -415,3 +415,12 @@ def test_series_stay_under_budget_and_never_name_a_subscriber():
     assert len([s for s in samples if s.name == "satmon_hotspot_active"]) == 30
     assert len([s for s in samples if s.name == "satmon_hotspot_cell_info"]) == 30
     assert len([s for s in samples if s.name == "satmon_risk_at_risk_subscribers"]) == 8 * 4
+
+
+def test_operations_doc_lists_every_metric(reg, m):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md").read_text()
+    for fam in reg.collect():
+        name = fam.name + ("_total" if fam.type == "counter" else "")
+        assert f"| `{name}` |" in doc, f"{name} missing from docs/OPERATIONS.md"
