@@ -83,6 +83,7 @@ class Worker:
     hotspots: HotspotStage | None = None
     view: Any = None
     feeder: Any = None
+    metrics: Any = None
 
     def assigned_partitions(self) -> list[int]:
         """Input partitions this worker owns (active, not standby)."""
@@ -242,6 +243,12 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     worker = Worker(app=app, pipeline=pipeline, registry=registry, settings=settings, worker_id=worker_id,
                     hotspots=hotspots)
     registry.register(_PipelineCollector(worker))
+    # The documented metric set (monitor/metrics.py, docs/OPERATIONS.md) that the rules and
+    # dashboards in deploy/ query: kept current by an observer of every batch.
+    from monitor.metrics import Metrics, MetricsObserver
+
+    worker.metrics = Metrics(registry, worker_id=worker_id)
+    pipeline.observers.append(MetricsObserver(worker.metrics, ingest=pipeline.ingest, cores=pipeline.cores))
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "satmon_faust"))
 
     async def declare_outputs() -> None:
