@@ -174,7 +174,9 @@ def _fed_registry_endpoint() -> Endpoint:
 def _demo_endpoint(tmp: Path) -> Endpoint:
     """``satmon demo`` with one worker and no Prometheus of its own: broker, worker, simulator."""
     port = _free_port()
-    env = dict(os.environ, SATMON_DATA_DIR=str(tmp / "demo"))
+    # SATMON_PROMQL_TARGET is this test's switch, not a satmon setting (satmon rejects unknown ones)
+    env = {k: v for k, v in os.environ.items() if k != "SATMON_PROMQL_TARGET"}
+    env["SATMON_DATA_DIR"] = str(tmp / "demo")
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "demo", "--workers", "1", "--no-prometheus",
                              "--web-port", str(port), "--rate", "500", "--subscribers", "5000"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
