@@ -262,6 +262,8 @@ class RiskPipeline:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.worker_id = worker_id
         self.observers: list[BatchObserver] = list(observers)
+        #: ``(partition, bytes)`` after each model checkpoint was handed to the producer (metrics)
+        self.on_checkpoint: Callable[[int, int], None] | None = None
         self.score_partitioner = score_partitioner
         self.clock = clock
         #: ``() -> {TP: next offset}`` whose effects the broker acknowledged (set by the app)
@@ -348,8 +350,11 @@ class RiskPipeline:
         if dirty:
             self.state_table.write(partition, {k.encode(): v for k, v in dirty.items()}, out)
         if checkpoint:
-            self.model_table.write(partition, {str(partition).encode(): core.checkpoint()}, out)
+            blob = core.checkpoint()
+            self.model_table.write(partition, {str(partition).encode(): blob}, out)
             self._checkpointed_at[partition] = self.clock()
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(partition, len(blob))
 
     # -- BatchHandler ---------------------------------------------------------------------------
 

@@ -193,6 +193,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     windows_topic = app.topic(CELL_WINDOWS_TOPIC, partitions=n, internal=True, key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw")
     hotspots = HotspotStage(partitions=n)
+    on_alert_metrics: list[Callable[[Any], None]] = []  # filled once the metrics exist
 
     if cell_windows:
         @app.agent(windows_topic, name="satmon.hotspots")
@@ -203,6 +204,8 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
             async for event in stream.events():
                 for alert in hotspots.on_window_batch(event.message.partition, event.value):
                     await alerts_topic.send(key=alert.alert_id.encode(), value=encode(alert))
+                    for hook in on_alert_metrics:
+                        hook(alert)
     # bytes key/value types make Faust use the "raw" codec: the core owns serialization.
     state_table = app.Table(STATE_TABLE, partitions=n, key_type=bytes, value_type=bytes)
     model_table = app.Table(MODEL_TABLE, partitions=n, key_type=bytes, value_type=bytes)
@@ -249,6 +252,8 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
 
     worker.metrics = Metrics(registry, worker_id=worker_id)
     pipeline.observers.append(MetricsObserver(worker.metrics, ingest=pipeline.ingest, cores=pipeline.cores))
+    pipeline.on_checkpoint = worker.metrics.checkpoint_written
+    on_alert_metrics.append(worker.metrics.on_alert)
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "satmon_faust"))
 
     async def declare_outputs() -> None:
