@@ -312,25 +312,12 @@ def load_simulation(sim_dir: Any) -> tuple[list[Any], list[Incident], list[dict[
     import json
     from pathlib import Path
 
-    from monitor.errors import InvalidEventError, MonitorError
-    from monitor.events import INPUT_TOPICS, decode
+    from monitor.errors import MonitorError
+    from monitor.evaluation import read_events
 
     d = Path(sim_dir)
-    records = []
-    found = False
-    for topic, schema in INPUT_TOPICS.items():
-        for path in sorted(d.glob(f"{topic}*.jsonl")):
-            found = True
-            with open(path, "rb") as f:
-                for line in f:
-                    if line.strip():
-                        try:
-                            records.append(decode(schema, line))
-                        except InvalidEventError:
-                            continue  # injected malformed records: the worker dead-letters them
-    if not found:
-        raise MonitorError(f"{d}: no simulator input files (<topic>.jsonl for {', '.join(INPUT_TOPICS)})")
-    records.sort(key=lambda r: r.ts_ms)
+    # the same reader (and replay order) as the risk evaluation; malformed lines are skipped there
+    records, _invalid = read_events(d)
     candidates = (d / "ground_truth" / "incidents.json", d / "ground_truth.json", d / "incidents.json", d / "truth.json")
     truth_path = next((p for p in candidates if p.exists()), None)
     if truth_path is None:
