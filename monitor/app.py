@@ -315,6 +315,14 @@ def _add_api(worker: Worker) -> None:
                 log.error("risk view could not start (retrying in 5 s): %r", err)
                 await asyncio.sleep(5)
 
+    # At-risk gauges from the complete view (every worker has it; dashboards aggregate with max).
+    AT_RISK_GAUGE_INTERVAL_S = 15.0
+
+    @app.timer(AT_RISK_GAUGE_INTERVAL_S)
+    async def export_at_risk() -> None:
+        if worker.metrics is not None and feeder.caught_up:
+            worker.metrics.set_at_risk(view.at_risk_by_region_segment())
+
     @app.on_before_shutdown.connect
     async def stop_view(_app: Any, **kwargs: Any) -> None:
         await feeder.stop()

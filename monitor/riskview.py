@@ -239,6 +239,16 @@ class RiskView:
     def at_risk_by_region(self) -> dict[str | None, int]:
         return {region: len(keys) for region, keys in self._by_region.items() if keys}
 
+    def at_risk_by_region_segment(self) -> dict[tuple[str | None, str | None], int]:
+        """Subscribers at risk now per ``(region, segment)`` (the at-risk gauges)."""
+        counts: dict[tuple[str | None, str | None], int] = {}
+        for entry in self._entries.values():
+            cur = entry.current
+            if cur.at_risk:
+                key = (cur.region, cur.segment)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def subscribers_by_region(self) -> dict[str | None, int]:
         counts: dict[str | None, int] = {}
         for entry in self._entries.values():

@@ -358,3 +358,21 @@ def _tansu():
                 proc.wait()
 
     return run()
+
+
+def test_at_risk_by_region_segment_counts_only_current_at_risk():
+    from monitor.events import RiskScore
+    from monitor.riskview import RiskView
+
+    view = RiskView()
+
+    def score(sid, s, region, segment, offset):
+        view.apply(RiskScore(subscriber_id=sid, ts_ms=offset, scored_at_ms=offset, score=s, at_risk=s >= 0.5,
+                             reasons=[], model_version=0, region=region, segment=segment), 0, offset)
+
+    score("a", 0.9, "north", "prepaid", 1)
+    score("b", 0.7, "north", "prepaid", 2)
+    score("c", 0.8, "south", "business", 3)
+    score("d", 0.1, "south", "business", 4)
+    score("b", 0.2, "north", "prepaid", 5)  # no longer at risk
+    assert view.at_risk_by_region_segment() == {("north", "prepaid"): 1, ("south", "business"): 1}
