@@ -147,7 +147,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level"),
     Option("alertmanager_url", _parse_url, "", "Alertmanager base URL (http://host:9093); empty = do not push alerts"),
     Option("at_risk_threshold", _probability, "0.5", "Score at or above which a subscriber is on the at-risk list"),
-    Option("label_horizon_hours", _positive_float, "72", "A complaint or detractor answer this soon after a snapshot labels it positive"),
+    Option("label_horizon_hours", _positive_float, "24", "A label arriving late is joined to a feature snapshot at most this much older"),
     Option("state_ttl_days", _positive_float, "30", "Forget a subscriber's state after this long without events"),
     Option("checkpoint_interval_s", _positive_float, "30", "How often the risk model is checkpointed"),
     Option("pseudonymise", _parse_bool, "true", "Replace subscriber ids by a keyed hash at ingest"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import pickle
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -41,8 +41,10 @@ HOUR_MS = 3_600_000
 #: a score moving by at least this much is a material change worth a ``risk_score.v1`` record
 MATERIAL_DELTA = 0.05
 #: labels after which the learned model carries half of the blend with the rule-based prior
-BLEND_HALF_LABELS = 200
-#: at most one feature snapshot per subscriber per this interval is kept for label joining
+BLEND_HALF_LABELS = 100
+#: sample weight of a complaint label relative to a survey answer (see :class:`RiskModel`)
+COMPLAINT_WEIGHT = 0.5
+#: at most one feature snapshot per subscriber per this interval is kept for joining late labels
 SNAPSHOT_EVERY_MS = HOUR_MS
 #: how often (in events) quiet subscribers are evicted from the cache
 EVICT_EVERY = 20_000
@@ -64,26 +66,52 @@ def _sigmoid(z: float) -> float:
 
 
 class RiskModel:
-    """Online logistic regression (River) on the features, blended with a transparent prior.
+    """Online logistic regression (River) on the features, starting from a transparent prior.
+
+    The River model's weights start at the rule-based prior (:data:`~monitor.features.PRIOR_WEIGHTS`,
+    :data:`~monitor.features.PRIOR_BIAS`), so at cold start the model *is* the prior; every label
+    then moves it by stochastic gradient (test-then-train). The score is a blend
+    ``(1 - a) * prior + a * model`` with ``a = n / (n + blend_half_labels)``, so a handful of early
+    labels cannot swing the scores of every subscriber.
+
+    ``complaint_weight`` is the sample weight of a complaint label: complaints are positives only
+    (nobody files a "happy" ticket), while survey answers sample both classes, so complaints count
+    for less to keep the probabilities calibrated to the survey population.
 
     Hyper-parameters are constructor arguments stored under the same names (River's protocol);
-    learned state is the River model and ``n_labels``.
+    learned state is the River model and the counters.
     """
 
-    def __init__(self, *, lr: float = 0.05, l2: float = 1e-4, blend_half_labels: int = BLEND_HALF_LABELS) -> None:
+    def __init__(self, *, lr: float = 0.02, l2: float = 0.0, blend_half_labels: int = BLEND_HALF_LABELS,
+                 complaint_weight: float = COMPLAINT_WEIGHT) -> None:
         self.lr = lr
         self.l2 = l2
         self.blend_half_labels = blend_half_labels
-        self.model = linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=l2)
+        self.complaint_weight = complaint_weight
+        self.model = linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=l2, intercept_init=PRIOR_BIAS,
+                                                     intercept_lr=lr)
+        for name, w in zip(FEATURES, PRIOR_WEIGHTS):
+            self.model._weights[name] = w
         self.n_labels = 0
         self.n_positive = 0
         self.logloss_sum = 0.0
-        self._w = [0.0] * len(FEATURES)
-        self._b = 0.0
+        self._w = list(PRIOR_WEIGHTS)
+        self._b = PRIOR_BIAS
 
     def blend(self) -> float:
         """Weight of the learned model in [0, 1): 0 at cold start, 0.5 after ``blend_half_labels``."""
         return self.n_labels / (self.n_labels + self.blend_half_labels)
+
+    def score(self, x: Sequence[float]) -> float:
+        """The blended probability only (what evaluation and the API's fresh scores need)."""
+        a = self.blend()
+        prior_z = PRIOR_BIAS
+        model_z = self._b
+        for xi, pw, w in zip(x, PRIOR_WEIGHTS, self._w):
+            if xi:
+                prior_z += pw * xi
+                model_z += w * xi
+        return (1 - a) * _sigmoid(prior_z) + a * _sigmoid(model_z)
 
     def contributions(self, x: Sequence[float]) -> tuple[float, float, list[float]]:
         """(score, prior, per-feature contribution to the blended log-odds)."""
@@ -105,16 +133,18 @@ class RiskModel:
         score = (1 - a) * prior + a * _sigmoid(model_z)
         return score, prior, contrib
 
-    def learn(self, x: Sequence[float], y: bool) -> None:
-        """Test-then-train: the running log-loss uses the prediction made before learning."""
-        p = min(max(self.contributions(x)[0], 1e-6), 1 - 1e-6)
-        self.logloss_sum += -math.log(p if y else 1 - p)
-        self.model.learn_one(dict(zip(FEATURES, x)), y)
+    def learn(self, x: Sequence[float], y: bool, weight: float = 1.0) -> float:
+        """Test-then-train: returns the prediction made before learning (also in the running log-loss)."""
+        p = self.score(x)
+        q = min(max(p, 1e-6), 1 - 1e-6)
+        self.logloss_sum += -math.log(q if y else 1 - q)
+        self.model.learn_one(dict(zip(FEATURES, x)), y, w=weight)
         self.n_labels += 1
         self.n_positive += int(y)
-        weights = self.model.weights
+        weights = self.model._weights
         self._w = [float(weights.get(f, 0.0)) for f in FEATURES]
         self._b = float(self.model.intercept)
+        return p
 
 
 class PartitionCore:
@@ -135,7 +165,7 @@ class PartitionCore:
                  clock_ms: Callable[[], int] | None = None) -> None:
         self.partition = partition
         self.threshold = getattr(settings, "at_risk_threshold", 0.5)
-        self.horizon_ms = int(getattr(settings, "label_horizon_hours", 72.0) * HOUR_MS)
+        self.horizon_ms = int(getattr(settings, "label_horizon_hours", 24.0) * HOUR_MS)
         self.ttl_ms = int(getattr(settings, "state_ttl_days", 30.0) * 24 * HOUR_MS)
         self.state_loader = state_loader
         self.clock_ms = clock_ms or wall_clock_ms
@@ -144,6 +174,9 @@ class PartitionCore:
         self.dirty: set[str] = set()
         self.evicted: set[str] = set()
         self.watermark_ms = 0
+        self.labels_dropped = 0
+        #: ``(partition, kind, prediction before learning, label)`` for every label learned
+        self.on_label: Callable[[int, str, float, bool], None] | None = None
         self.duplicates = 0
         self.events = 0
         self._since_evict = 0
@@ -215,8 +248,8 @@ class PartitionCore:
         self._join_labels(st, event)
         apply_event(st, event)
         x = feature_vector(st, max(ts, st.last_ts))
-        if isinstance(event, NetworkEvent) and ts - st.snap_ts >= SNAPSHOT_EVERY_MS and not st.snap_x:
-            # the snapshot a later label is joined to; taken from network activity only, so the
+        if isinstance(event, NetworkEvent) and ts - st.snap_ts >= SNAPSHOT_EVERY_MS:
+            # the snapshot a *late* label is joined to; taken from network activity only, so a
             # label's own event (ticket, survey) is never inside it
             st.snap_ts, st.snap_x = ts, x
         self.dirty.add(sid)
@@ -227,20 +260,38 @@ class PartitionCore:
         return self._maybe_emit(sid, st, x, ts)
 
     def _join_labels(self, st: SubscriberState, event: Any) -> None:
-        """Late labels: a complaint or a detractor answer labels the snapshot taken before it
-        positive; a passive/promoter answer, or a horizon that passes quietly, negative."""
-        if not st.snap_x:
-            return
-        label: bool | None = None
-        if event.ts_ms - st.snap_ts > self.horizon_ms:
-            label = False
-        elif isinstance(event, TicketEvent) and event.action == "opened":
-            label = True
+        """Labels from the streams: a complaint opening (positive, weighted ``complaint_weight``)
+        or a survey answer (NPS 0-6 positive, 7-10 negative) teaches the model the features the
+        subscriber had *just before* it -- the state before this event is applied, so the label's
+        own event is never in its features. A label arriving late (older than the subscriber's
+        newest event) is joined to the last snapshot taken before it, if that snapshot is at most
+        ``label_horizon_hours`` older than the label; otherwise it is dropped and counted."""
+        if isinstance(event, TicketEvent):
+            if event.action != "opened":
+                return
+            label, weight, kind = True, self.model.complaint_weight, "complaint"
         elif isinstance(event, AppEvent) and event.kind == "survey_answer" and event.nps is not None:
-            label = event.nps <= 6
-        if label is not None and event.ts_ms >= st.snap_ts:
-            self.model.learn(st.snap_x, label)
-            st.snap_x = []
+            label, weight, kind = event.nps <= 6, 1.0, "survey"
+        else:
+            return
+        ts = event.ts_ms
+        if ts >= st.last_ts:
+            x = feature_vector(st, ts)
+        elif st.snap_x and st.snap_ts <= ts and ts - st.snap_ts <= self.horizon_ms:
+            x = st.snap_x
+        else:
+            self.labels_dropped += 1
+            return
+        p = self.model.learn(x, label, weight)
+        if self.on_label is not None:
+            self.on_label(self.partition, kind, p, label)
+
+    def scores_at(self, t_ms: int) -> Iterator[tuple[str, float]]:
+        """``(subscriber_id, score)`` of every cached subscriber as of event time ``t_ms``, from the
+        current state and model (nothing is emitted or changed)."""
+        score = self.model.score
+        for sid, st in self.states.items():
+            yield sid, score(feature_vector(st, max(t_ms, st.last_ts)))
 
     def _maybe_emit(self, sid: str, st: SubscriberState, x: list[float], ts: int) -> RiskScore | None:
         score, prior, contrib = self.model.contributions(x)

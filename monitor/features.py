@@ -23,6 +23,36 @@ SURVEY_HALF_LIFE_MS = 30 * DAY_MS
 RECENT_IDS = 8  # event ids kept per subscriber to drop duplicates
 # Services for which latency is felt most.
 LATENCY_SENSITIVE = {"video": 1.5, "gaming": 2.0, "voice": 1.2}
+# Peak-end: how a subscriber remembers their service is weighted by its worst moment and by the
+# most recent ones (Kahneman's peak-end rule). A session's *severity* (0..1) is how bad it felt:
+REAL_TIME = frozenset(("voice", "video", "gaming"))  # latency is felt above REAL_TIME_LATENCY_MS
+DATA_HEAVY = frozenset(("video", "web", "social", "download"))  # starved below 1 Mbit/s
+REAL_TIME_LATENCY_MS = 150.0
+RECENT_HALF_LIFE_MS = HOUR_MS  # the "end" of peak-end: the last hour or two
+BURDEN_HALF_LIFE_MS = 8 * HOUR_MS  # lasting damage of many bad sessions, fading within a day
+
+
+def session_severity(ev: NetworkEvent) -> tuple[float, str]:
+    """How bad one session felt, 0..1, and in words: a dropped call, a long video stall, latency a
+    real-time service cannot hide, a data service starved below 1 Mbit/s, heavy packet loss."""
+    sev, what = 0.0, ""
+    if ev.call_drop:
+        sev, what = 0.7, "dropped call"
+    stall = min(1.0, ev.video_stall_s / 30.0)
+    if stall > sev:
+        sev, what = stall, f"{ev.video_stall_s:.0f} s video stall"
+    if ev.service in REAL_TIME and ev.latency_ms > REAL_TIME_LATENCY_MS:
+        lat = min(0.8, (ev.latency_ms - REAL_TIME_LATENCY_MS) / 400.0)
+        if lat > sev:
+            sev, what = lat, f"{ev.latency_ms:.0f} ms latency on {ev.service}"
+    if ev.service in DATA_HEAVY and ev.dl_mbps < 1.0:
+        starved = 0.4 * (1.0 - ev.dl_mbps)
+        if starved > sev:
+            sev, what = starved, f"{ev.service} at {ev.dl_mbps:.1f} Mbit/s"
+    loss = min(0.5, (ev.packet_loss_pct - 5.0) / 30.0)
+    if loss > sev:
+        sev, what = loss, f"{ev.packet_loss_pct:.0f}% packet loss"
+    return sev, what
 
 
 class SubscriberState(msgspec.Struct, array_like=True, kw_only=True):
@@ -43,6 +73,10 @@ class SubscriberState(msgspec.Struct, array_like=True, kw_only=True):
     stalls_s: float = 0.0
     bad: float = 0.0
     sessions: float = 0.0
+    worst_sev: float = 0.0
+    worst_what: str = ""
+    recent_sev: float = 0.0
+    burden: float = 0.0
     care_ts: int = 0
     complaints: float = 0.0
     billing: float = 0.0
@@ -98,6 +132,16 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent) 
         st.stalls_s = st.stalls_s * k + ev.video_stall_s
         st.bad = st.bad * k + bad
         st.sessions = st.sessions * k + 1.0
+        sev, what = session_severity(ev)
+        kr = _decay(dt, RECENT_HALF_LIFE_MS)
+        kb = _decay(dt, BURDEN_HALF_LIFE_MS)
+        st.recent_sev = st.recent_sev * kr
+        st.burden = st.burden * kb + sev
+        st.worst_sev *= k
+        if sev > 0.02:
+            st.recent_sev += (1.0 - st.recent_sev) * sev * 0.6
+            if sev >= st.worst_sev:
+                st.worst_sev, st.worst_what = sev, what
     elif isinstance(ev, TicketEvent):
         k = _decay(ts - st.care_ts, CARE_HALF_LIFE_MS) if st.care_ts else 1.0
         st.care_ts = max(ts, st.care_ts)
@@ -143,7 +187,7 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent) 
 #: feature names, in the order of :func:`feature_vector`
 FEATURES: tuple[str, ...] = (
     "weak_coverage", "worst_coverage", "low_sinr", "drops", "stalls", "latency", "throughput",
-    "bad_sessions", "complaints", "billing", "reopened", "escalated", "open_tickets",
+    "bad_sessions", "worst_moment", "recent_moments", "burden", "complaints", "billing", "reopened", "escalated", "open_tickets",
     "slow_resolution", "fcr_fail", "app_failures", "bot_to_human", "detractor", "promoter",
 )
 
@@ -151,7 +195,7 @@ FEATURES: tuple[str, ...] = (
 # unit is "clearly bad"), and a bias for a ~5% base rate.
 PRIOR_BIAS = -3.0
 PRIOR_WEIGHTS: tuple[float, ...] = (
-    0.6, 0.4, 0.4, 0.5, 0.4, 0.5, 0.3, 1.5, 1.2, 0.8, 0.8, 0.6, 0.5, 0.4, 0.4, 0.3, 0.4, 1.5, -0.8,
+    0.6, 0.4, 0.4, 0.5, 0.4, 0.5, 0.3, 1.5, 2.0, 1.5, 0.3, 1.2, 0.8, 0.8, 0.6, 0.5, 0.4, 0.4, 0.3, 0.4, 1.5, -0.8,
 )
 
 
@@ -171,6 +215,9 @@ def feature_vector(st: SubscriberState, now_ms: int) -> list[float]:
         max(0.0, (st.lat_ew - 60.0) / 100.0) if st.net_ts else 0.0,
         max(0.0, (10.0 - st.dl_ew) / 10.0) if st.net_ts else 0.0,
         st.bad * kn / (sessions + 1.0),
+        st.worst_sev * kn,
+        st.recent_sev * _decay(now_ms - st.net_ts, RECENT_HALF_LIFE_MS) if st.net_ts else 0.0,
+        st.burden * _decay(now_ms - st.net_ts, BURDEN_HALF_LIFE_MS) if st.net_ts else 0.0,
         st.complaints * kc,
         st.billing * kc,
         st.reopened * kc,
@@ -207,6 +254,12 @@ def describe(feature: str, st: SubscriberState, value: float) -> tuple[str, str,
         return "throughput", f"slow data: {st.dl_ew:.1f} Mbit/s", round(st.dl_ew, 2)
     if feature == "bad_sessions":
         return "bad_sessions", f"{100 * value:.0f}% of recent sessions degraded", round(value, 3)
+    if feature == "worst_moment":
+        return "worst_moment", f"worst moment in 24 h: {st.worst_what}", round(value, 2)
+    if feature == "recent_moments":
+        return "recent_moments", f"bad sessions in the last hour (worst: {st.worst_what})", round(value, 2)
+    if feature == "burden":
+        return "burden", f"many degraded sessions today (burden {value:.1f})", round(value, 2)
     if feature == "complaints":
         return "complaints", f"{value:.0f} complaint(s) in 30 days", round(value, 1)
     if feature == "billing":

@@ -143,7 +143,22 @@ WORST_DECAY_MIN = 24 * 60.0    # the worst recent moment fades over a day ...
 RECENT_DECAY_MIN = 90.0        # ... the most recent ones within hours
 PEAK_WEIGHT = 0.30
 RECENT_WEIGHT = 0.25
+# Baseline satisfaction per subscriber (shifted by segment): the part of satisfaction no stream
+# shows until the subscriber answers a survey. Narrow on purpose: in this simulator, as in the
+# mission it serves, dissatisfaction is mostly made by experience that can be seen coming.
+BASE_SAT_MEAN = 0.78
+BASE_SAT_SD = 0.06
+# Complaint hazard per bad moment: a small floor (anyone can call about anything) plus a term that
+# rises steeply once experienced satisfaction falls below COMPLAINT_BELOW.
+COMPLAINT_FLOOR = 0.00002
+COMPLAINT_SLOPE = 0.06
+COMPLAINT_BELOW = 0.60
 SAT_HIT = 0.04                 # lasting damage of one bad moment of badness 1
+NPS_NOISE = 1.3                # sd of a survey answer around 10 x experienced satisfaction + 0.9
+#: every this often the ground truth records each subscriber's probability of being a detractor
+SATISFACTION_EVERY_MS = 30 * MINUTE_MS
+#: ... for populations up to this size (the snapshot costs 2 bytes per subscriber and instant)
+SATISFACTION_MAX_SUBSCRIBERS = 500_000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -391,10 +406,11 @@ class World:
             self.home[a:b] = rng.integers(0, nc, m, dtype=np.int32)
             # activity weight, quantised to 1..255; sessions are drawn by rejection against it.
             self.activity[a:b] = np.clip(np.exp(rng.normal(0, 0.6, m)) * 64, 1, 255)
-            self.base_sat[a:b] = np.clip(rng.normal(0.78, 0.12, m) + sat_shift[self.segment[a:b]], 0.05, 1.0)
-            # start warmed up: everyone carries some memory of past bad moments
-            self.worst[a:b] = rng.beta(1.5, 4.0, m)
-            self.recent[a:b] = rng.beta(1.0, 8.0, m)
+            self.base_sat[a:b] = np.clip(rng.normal(BASE_SAT_MEAN, BASE_SAT_SD, m) + sat_shift[self.segment[a:b]],
+                                         0.05, 1.0)
+            # no hidden history: every bad moment a subscriber remembers is one satmon can see
+            self.worst[a:b] = 0.0
+            self.recent[a:b] = 0.0
         self.cell = self.home.copy()
         self.sat = self.base_sat.copy()
         self.t_last = np.zeros(n, np.float32)     # minutes since start of the last state update
@@ -430,6 +446,20 @@ class World:
     def effective(self, subs: np.ndarray) -> np.ndarray:
         """Experienced satisfaction 0..1: baseline-anchored, pulled down by the peak and the end."""
         return self.sat[subs] - PEAK_WEIGHT * self.worst[subs] - RECENT_WEIGHT * self.recent[subs]
+
+    def p_detractor_at(self, t_min: float) -> np.ndarray:
+        """Every subscriber's probability of answering a survey at ``t_min`` with NPS 0-6 (the
+        survey model of :meth:`Simulator._due`), from the state decayed to ``t_min`` without
+        touching it (so taking this snapshot changes nothing in the run)."""
+        dt = np.maximum(0.0, t_min - self.t_last)
+        base = self.base_sat
+        e = (base + (self.sat - base) * np.exp(-dt / SAT_RECOVERY_MIN)
+             - PEAK_WEIGHT * self.worst * np.exp(-dt / WORST_DECAY_MIN)
+             - RECENT_WEIGHT * self.recent * np.exp(-dt / RECENT_DECAY_MIN))
+        # NPS = round(10 e + 0.9 + N(0, NPS_NOISE)) <= 6  <=>  noise < 6.5 - 10 e - 0.9
+        from scipy.special import ndtr  # the normal CDF, vectorised (scipy comes with river)
+
+        return ndtr((6.5 - 10.0 * e - 0.9) / NPS_NOISE)
 
 
 # --- templates (the fast serialisation path) -------------------------------------------------------
@@ -509,6 +539,8 @@ class Simulator:
         self.fault_counts = {k: [0, 0, 0] for k in ("malformed", "duplicate", "late")}
         self.faults: list[dict[str, Any]] = []
         self.labels: dict[int, dict[str, list[int]]] = {}
+        #: (event time, every subscriber's probability of being a detractor then), see steps()
+        self.satisfaction: list[tuple[int, np.ndarray]] = []
         self.kind_counts: dict[str, int] = {}
         self.last_ts_ms = self.start_ms
         self.tickets: dict[int, dict[str, Any]] = {}   # open tickets by subscriber
@@ -540,10 +572,16 @@ class Simulator:
     def steps(self) -> Iterator[Step]:
         """Every step until ``hours`` (forever when ``hours`` is 0)."""
         t = self.start_ms
+        snap = self.start_ms + SATISFACTION_EVERY_MS
+        keep = self.end_ms is not None and self.world.n <= SATISFACTION_MAX_SUBSCRIBERS
         while self.end_ms is None or t < self.end_ms:
             t_end = t + self.step_ms if self.end_ms is None else min(t + self.step_ms, self.end_ms)
             yield self._step(t, t_end)
             t = t_end
+            if keep and t >= snap:
+                self.satisfaction.append((snap, self.world.p_detractor_at((snap - self.start_ms) / MINUTE_MS)
+                                          .astype(np.float16)))
+                snap += SATISFACTION_EVERY_MS
         # release what is still held back (late records and duplicates) at the end
         rest = Step(t, [[], [], []], [[], [], []], [[], [], []], [0, 0, 0])
         self._release(rest, None)
@@ -802,7 +840,7 @@ class Simulator:
         # complaint hazard: rises steeply as experienced satisfaction falls; a bill shock is a
         # reason to call in itself
         billing = np.isin(subs, self._billing_subs) if len(self._billing_subs) else np.zeros(len(subs), bool)
-        p = (0.00015 + 0.09 * np.clip(0.52 - e, 0, 1) ** 1.4 + billing * 0.22 * bad) \
+        p = (COMPLAINT_FLOOR + COMPLAINT_SLOPE * np.clip(COMPLAINT_BELOW - e, 0, 1) ** 1.4 + billing * 0.22 * bad) \
             * np.array(SEGMENT_COMPLAIN)[w.segment[subs]]
         who = subs[rng.random(len(subs)) < p]
         if not len(who):
@@ -835,7 +873,7 @@ class Simulator:
                 idx = np.array([s])
                 w.decay(idx, max(tm, float(w.t_last[s])))
                 e = float(w.effective(idx)[0])
-                nps = int(min(10, max(0, round(10 * e + 0.9 + rng.normal(0, 1.3)))))
+                nps = int(min(10, max(0, round(10 * e + 0.9 + rng.normal(0, NPS_NOISE)))))
                 self._label(s, "survey", ts)
                 if nps <= 6:
                     self._label(s, "detractor", ts)
@@ -1115,6 +1153,11 @@ def write_ground_truth(sim: Simulator, out_dir: str | Path) -> dict[str, Any]:
                                 "complaints_ms": v.get("complaint", []), "reopened_ms": v.get("reopened", []),
                                 "escalations_ms": v.get("escalation", []),
                                 "detractor_ms": v.get("detractor", []), "surveys_ms": v.get("survey", [])}) + "\n")
+    if sim.satisfaction:
+        # the latent truth behind the labels: row i is every subscriber's (by index) probability
+        # of answering a survey at ts_ms[i] as a detractor
+        np.savez_compressed(gt / "satisfaction.npz", ts_ms=np.array([t for t, _ in sim.satisfaction], np.int64),
+                            p_detractor=np.stack([p for _, p in sim.satisfaction]))
     with open(gt / "faults.jsonl", "w") as f:
         for rec in sim.faults:
             f.write(json.dumps(rec) + "\n")

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from monitor.core import PartitionCore, _decode_state, _encode_state
+from monitor.core import COMPLAINT_WEIGHT, PartitionCore, _decode_state, _encode_state
 from monitor.events import AppEvent, NetworkEvent, TicketEvent
 from monitor.features import FEATURES, SubscriberState, apply_event, feature_vector
 
@@ -50,7 +50,8 @@ def test_bad_network_raises_score_with_network_reasons():
     codes = [r.code for r in last.reasons]
     assert len(codes) == len(set(codes))
     codes = set(codes)
-    assert codes and codes <= {"weak_coverage", "drops", "stalls", "latency", "throughput", "bad_sessions", "interference"}
+    assert codes and codes <= {"weak_coverage", "drops", "stalls", "latency", "throughput", "bad_sessions", "interference",
+                               "worst_moment", "recent_moments", "burden"}
     assert [r.contribution for r in last.reasons] == sorted((r.contribution for r in last.reasons), reverse=True)
     assert any(ch.isdigit() for r in last.reasons for ch in r.text)
 
@@ -90,14 +91,42 @@ def test_state_loader_restores_a_subscriber():
     assert second.states["s1"].sessions > 5.0  # continued, not restarted
 
 
-def test_label_joins_snapshot_taken_before_it_no_leakage():
+def _record_labels(core: PartitionCore) -> list[tuple[list[float], bool, float]]:
+    seen: list[tuple[list[float], bool, float]] = []
+    learn = core.model.learn
+
+    def spy(x, y, weight=1.0):
+        seen.append((list(x), y, weight))
+        return learn(x, y, weight)
+
+    core.model.learn = spy
+    return seen
+
+
+def test_label_learns_the_features_from_before_its_own_event():
     core = PartitionCore(0)
+    seen = _record_labels(core)
     core.process(net(1, bad=True))
-    snap = list(core.states["s1"].snap_x)
-    assert snap and snap[FEATURES.index("complaints")] == 0.0
-    core.process(ticket(30))  # the complaint labels the earlier snapshot
-    assert core.model.n_labels == 1 and core.model.n_positive == 1
-    assert core.states["s1"].snap_x == []
+    core.process(ticket(30))  # the complaint labels what the subscriber had lived through before it
+    [(x, y, weight)] = seen
+    assert y is True and weight == COMPLAINT_WEIGHT
+    assert x[FEATURES.index("complaints")] == 0.0 and x[FEATURES.index("open_tickets")] == 0.0  # no leakage
+    assert x[FEATURES.index("drops")] > 0 and x[FEATURES.index("worst_moment")] > 0
+    assert core.states["s1"].complaints == 1.0  # the complaint itself is applied after learning
+    assert (core.model.n_labels, core.model.n_positive) == (1, 1)
+
+
+def test_late_label_joins_the_last_snapshot_before_it_within_the_horizon():
+    core = PartitionCore(0)
+    seen = _record_labels(core)
+    core.process(net(1, bad=True))  # snapshot
+    core.process(net(30))  # newer than the survey below: it arrives late
+    core.process(survey(20, 3))
+    assert len(seen) == 1 and seen[0][0] == core.states["s1"].snap_x and seen[0][1] is True
+    core.process(survey(0, 9, ts=T0 - MIN))  # older than every snapshot: dropped and counted
+    core.process(ticket(31 * 60, action="resolved"))  # not a label; the subscriber's newest event
+    core.process(survey(26 * 60, 9))  # late, and 26 h after the snapshot: beyond the 24 h horizon
+    assert len(seen) == 1 and core.labels_dropped == 2
 
 
 def test_detractor_and_promoter_labels():
@@ -107,13 +136,6 @@ def test_detractor_and_promoter_labels():
     core.process(net(200))
     core.process(survey(201, 2))
     assert (core.model.n_labels, core.model.n_positive) == (2, 1)
-
-
-def test_quiet_snapshot_becomes_negative_after_the_horizon():
-    core = PartitionCore(0)
-    core.process(net(1))
-    core.process(net(2, ts=T0 + 80 * 3_600_000))  # beyond the 72 h horizon
-    assert (core.model.n_labels, core.model.n_positive) == (1, 0)
 
 
 def test_checkpoint_restores_learning():

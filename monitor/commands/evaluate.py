@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 
 HELP = "score a replay of a simulator run against its ground truth (ROC-AUC, PR-AUC, precision at top 5 percent, calibration, lead time, hot spots)"
@@ -31,10 +32,20 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=1, default=str))
         return 0
     r = result["risk"]
-    print(f"risk: ROC-AUC {r['roc_auc']}, PR-AUC {r['pr_auc']} (base rate {r['base_rate']}), "
+    print(f"risk, progressive ({r['truth']} truth):")
+    for row in r["progressive"]:
+        at = datetime.datetime.fromtimestamp(row["ts_ms"] / 1000, datetime.timezone.utc).strftime("%H:%M")
+        print(f"  {at}: {row['rows']:>8,} rows  ROC-AUC {row['roc_auc']}  "
+              f"precision@top-5% {row['precision_at_top_5pct']}")
+    print(f"risk ({r['truth']} truth): ROC-AUC {r['roc_auc']}, PR-AUC {r['pr_auc']} (base rate {r['base_rate']}), "
           f"precision@top-5% {r['precision_at_top_5pct']}, ECE {r['expected_calibration_error']}, "
           f"median lead time {r['lead_time_minutes']['median']} min over {r['lead_time_minutes']['subscribers']} subscribers")
-    print(f"      {r['events']:,} events, {r['scores_emitted']:,} scores, replay {r['replay_events_per_s']:,.0f} events/s")
+    e = r["events_truth"]
+    print(f"      against later complaints/detractor answers within {e['horizon_hours']:g} h: ROC-AUC {e['roc_auc']} "
+          f"(perfect satisfaction knowledge: {e.get('oracle_roc_auc')}), precision@top-5% {e['precision_at_top_5pct']} "
+          f"(ceiling {e['precision_at_top_5pct_ceiling']})")
+    print(f"      {r['events']:,} events, {r['scores_emitted']:,} scores, {r['labels_learned']} labels learned, "
+          f"replay {r['replay_events_per_s']:,.0f} events/s")
     if "hotspots" in result:
         h = result["hotspots"]
         print(f"hot spots: recall {h.get('recall')}, precision {h.get('precision')}, median delay "
