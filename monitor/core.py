@@ -21,7 +21,7 @@ import math
 import pickle
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from river import linear_model, optim
@@ -65,6 +65,18 @@ def _sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
+class LabelJoin(NamedTuple):
+    """One label learned: where, whose, what kind (``complaint``/``survey``), the features it was
+    joined to, the model's prediction before learning it (test-then-train), and the label."""
+
+    partition: int
+    subscriber_id: str
+    kind: str
+    x: list[float]
+    p: float
+    y: bool
+
+
 class RiskModel:
     """Online logistic regression (River) on the features, starting from a transparent prior.
 
@@ -74,20 +86,27 @@ class RiskModel:
     ``(1 - a) * prior + a * model`` with ``a = n / (n + blend_half_labels)``, so a handful of early
     labels cannot swing the scores of every subscriber.
 
-    ``complaint_weight`` is the sample weight of a complaint label: complaints are positives only
-    (nobody files a "happy" ticket), while survey answers sample both classes, so complaints count
-    for less to keep the probabilities calibrated to the survey population.
+    ``complaint_weight`` is the sample weight of a complaint label. Complaints are positives only
+    (nobody files a "happy" ticket): they teach the model *what* makes people unhappy, but they
+    would inflate *how many*. So the learned log-odds go through a calibrator (Platt scaling: a
+    one-feature River logistic regression, starting at the identity) that learns from survey
+    answers only -- the labels that sample satisfied and dissatisfied subscribers alike.
 
     Hyper-parameters are constructor arguments stored under the same names (River's protocol);
     learned state is the River model and the counters.
     """
 
     def __init__(self, *, lr: float = 0.02, l2: float = 0.0, blend_half_labels: int = BLEND_HALF_LABELS,
-                 complaint_weight: float = COMPLAINT_WEIGHT) -> None:
+                 complaint_weight: float = COMPLAINT_WEIGHT, calibration_lr: float = 0.05) -> None:
         self.lr = lr
         self.l2 = l2
         self.blend_half_labels = blend_half_labels
         self.complaint_weight = complaint_weight
+        self.calibration_lr = calibration_lr
+        self.calibrator = linear_model.LogisticRegression(optimizer=optim.SGD(calibration_lr),
+                                                          intercept_lr=calibration_lr)
+        self.calibrator._weights["z"] = 1.0
+        self._ca, self._cb = 1.0, 0.0
         self.model = linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=l2, intercept_init=PRIOR_BIAS,
                                                      intercept_lr=lr)
         for name, w in zip(FEATURES, PRIOR_WEIGHTS):
@@ -111,7 +130,10 @@ class RiskModel:
             if xi:
                 prior_z += pw * xi
                 model_z += w * xi
-        return (1 - a) * _sigmoid(prior_z) + a * _sigmoid(model_z)
+        return (1 - a) * _sigmoid(prior_z) + a * _sigmoid(self._ca * model_z + self._cb)
+
+    def _model_z(self, x: Sequence[float]) -> float:
+        return self._b + sum(w * xi for w, xi in zip(self._w, x) if xi)
 
     def contributions(self, x: Sequence[float]) -> tuple[float, float, list[float]]:
         """(score, prior, per-feature contribution to the blended log-odds)."""
@@ -126,25 +148,48 @@ class RiskModel:
                 mz = w[i] * xi
                 prior_z += pz
                 model_z += mz
-                contrib.append((1 - a) * pz + a * mz)
+                contrib.append((1 - a) * pz + a * self._ca * mz)
             else:
                 contrib.append(0.0)
         prior = _sigmoid(prior_z)
-        score = (1 - a) * prior + a * _sigmoid(model_z)
+        score = (1 - a) * prior + a * _sigmoid(self._ca * model_z + self._cb)
         return score, prior, contrib
 
-    def learn(self, x: Sequence[float], y: bool, weight: float = 1.0) -> float:
-        """Test-then-train: returns the prediction made before learning (also in the running log-loss)."""
+    def learn(self, x: Sequence[float], y: bool, weight: float = 1.0, *, calibrate: bool = True) -> float:
+        """Test-then-train: returns the prediction made before learning (also in the running
+        log-loss). ``calibrate``: the label samples both classes (a survey answer), so the
+        calibrator learns from it too."""
         p = self.score(x)
         q = min(max(p, 1e-6), 1 - 1e-6)
         self.logloss_sum += -math.log(q if y else 1 - q)
+        if calibrate:
+            self.calibrator.learn_one({"z": self._model_z(x)}, y)
         self.model.learn_one(dict(zip(FEATURES, x)), y, w=weight)
         self.n_labels += 1
         self.n_positive += int(y)
+        self.refresh()
+        return p
+
+    def learn_row(self, x: dict[str, float], y: bool, *, stream: bool, weight: float = 1.0,
+                  calibrate: bool = True) -> None:
+        """Learn one row of a warm-start file (any named features, see :mod:`monitor.warmstart`);
+        only rows carrying stream features count towards the blend weight."""
+        if calibrate:
+            z = sum(self.model._weights.get(k, 0.0) * v for k, v in x.items()) + self.model.intercept
+            self.calibrator.learn_one({"z": z}, y)
+        self.model.learn_one(x, y, w=weight)
+        if stream:
+            self.n_labels += 1
+            self.n_positive += int(y)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the stream features' weights from the River model (the fast scoring path)."""
         weights = self.model._weights
         self._w = [float(weights.get(f, 0.0)) for f in FEATURES]
         self._b = float(self.model.intercept)
-        return p
+        self._ca = float(self.calibrator._weights.get("z", 1.0))
+        self._cb = float(self.calibrator.intercept)
 
 
 class PartitionCore:
@@ -169,14 +214,20 @@ class PartitionCore:
         self.ttl_ms = int(getattr(settings, "state_ttl_days", 30.0) * 24 * HOUR_MS)
         self.state_loader = state_loader
         self.clock_ms = clock_ms or wall_clock_ms
-        self.model = RiskModel()
+        start_from = getattr(settings, "model_checkpoint", None)
+        if start_from:
+            from monitor.warmstart import load_model
+
+            self.model = load_model(start_from)  # a warm start; a partition checkpoint overrides it
+        else:
+            self.model = RiskModel()
         self.states: dict[str, SubscriberState] = {}
         self.dirty: set[str] = set()
         self.evicted: set[str] = set()
         self.watermark_ms = 0
         self.labels_dropped = 0
-        #: ``(partition, kind, prediction before learning, label)`` for every label learned
-        self.on_label: Callable[[int, str, float, bool], None] | None = None
+        #: called with a :class:`LabelJoin` for every label learned (metrics, feature exports)
+        self.on_label: Callable[[LabelJoin], None] | None = None
         self.duplicates = 0
         self.events = 0
         self._since_evict = 0
@@ -282,9 +333,9 @@ class PartitionCore:
         else:
             self.labels_dropped += 1
             return
-        p = self.model.learn(x, label, weight)
+        p = self.model.learn(x, label, weight, calibrate=kind == "survey")
         if self.on_label is not None:
-            self.on_label(self.partition, kind, p, label)
+            self.on_label(LabelJoin(self.partition, event.subscriber_id, kind, x, p, label))
 
     def scores_at(self, t_ms: int) -> Iterator[tuple[str, float]]:
         """``(subscriber_id, score)`` of every cached subscriber as of event time ``t_ms``, from the

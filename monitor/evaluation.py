@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-from monitor.core import HOUR_MS, PartitionCore
+from monitor.core import HOUR_MS, LabelJoin, PartitionCore
 from monitor.errors import InvalidEventError, MonitorError
 from monitor.events import INPUT_TOPICS, RiskScore, decode
 
@@ -54,9 +54,13 @@ def read_events(sim_dir: str | Path) -> tuple[list[Any], int]:
     return events, invalid
 
 
-def replay(events: list[Any], *, partitions: int = 4, settings: Any = None) -> Iterator[RiskScore]:
-    """Run ``events`` through per-partition cores; yield every emitted score in order."""
+def replay(events: list[Any], *, partitions: int = 4, settings: Any = None,
+           on_label: Callable[[LabelJoin], None] | None = None) -> Iterator[RiskScore]:
+    """Run ``events`` through per-partition cores; yield every emitted score in order (``on_label``
+    sees every label the cores learn)."""
     cores = [PartitionCore(p, settings=settings, clock_ms=lambda: 0) for p in range(partitions)]
+    for core in cores:
+        core.on_label = on_label
     cache: dict[str, int] = {}
     for event in events:
         sid = event.subscriber_id

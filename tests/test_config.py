@@ -24,6 +24,7 @@ GOOD = {
     "alertmanager_url": ("http://am:9093/", "http://am:9093"),
     "at_risk_threshold": ("0.8", 0.8),
     "label_horizon_hours": ("24", 24.0),
+    "model_checkpoint": ("/srv/satmon/model.ckpt", "/srv/satmon/model.ckpt"),
     "state_ttl_days": ("0.5", 0.5),
     "checkpoint_interval_s": ("5", 5.0),
     "pseudonymise": ("off", False),

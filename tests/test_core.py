@@ -95,9 +95,9 @@ def _record_labels(core: PartitionCore) -> list[tuple[list[float], bool, float]]
     seen: list[tuple[list[float], bool, float]] = []
     learn = core.model.learn
 
-    def spy(x, y, weight=1.0):
+    def spy(x, y, weight=1.0, *, calibrate=True):
         seen.append((list(x), y, weight))
-        return learn(x, y, weight)
+        return learn(x, y, weight, calibrate=calibrate)
 
     core.model.learn = spy
     return seen
@@ -194,3 +194,12 @@ def test_replay_and_core_agree(tmp_path):
         if s:
             direct.append((s.subscriber_id, s.score))
     assert via_replay == direct and len(direct) > 100
+
+
+def test_only_survey_answers_move_the_calibrator():
+    core = PartitionCore(0)
+    core.process(net(1, bad=True))
+    core.process(ticket(30))  # a complaint teaches what makes people unhappy, not how many are
+    assert (core.model._ca, core.model._cb) == (1.0, 0.0) and core.model.n_labels == 1
+    core.process(survey(40, 2))
+    assert (core.model._ca, core.model._cb) != (1.0, 0.0) and core.model.n_labels == 2

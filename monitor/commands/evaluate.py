@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="output directory of `satmon simulate`")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     parser.add_argument("--no-hotspots", action="store_true", help="skip the hot-spot and drift section")
-    add_flags(parser, ("partitions", "at_risk_threshold", "label_horizon_hours"))
+    add_flags(parser, ("partitions", "at_risk_threshold", "label_horizon_hours", "model_checkpoint"))
 
 
 def run(args: argparse.Namespace) -> int:
