@@ -149,6 +149,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("at_risk_threshold", _probability, "0.5", "Score at or above which a subscriber is on the at-risk list"),
     Option("label_horizon_hours", _positive_float, "24", "A label arriving late is joined to a feature snapshot at most this much older"),
     Option("state_ttl_days", _positive_float, "30", "Forget a subscriber's state after this long without events"),
+    Option("state_cache_per_partition", _positive_int, "250000", "Subscribers per partition kept in memory; the rest stay in the state table"),
     Option("model_checkpoint", _optional_str, "", "Warm-start model file (from `satmon model warm-start`) new partitions start from"),
     Option("checkpoint_interval_s", _positive_float, "30", "How often the risk model is checkpointed"),
     Option("pseudonymise", _parse_bool, "true", "Replace subscriber ids by a keyed hash at ingest"),
@@ -180,6 +181,7 @@ class Settings:
     at_risk_threshold: float
     label_horizon_hours: float
     model_checkpoint: str | None
+    state_cache_per_partition: int
     state_ttl_days: float
     checkpoint_interval_s: float
     pseudonymise: bool

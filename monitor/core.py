@@ -17,6 +17,7 @@ the tests. Every time-dependent rule runs on event time, so equal input gives eq
 
 from __future__ import annotations
 
+import heapq
 import math
 import pickle
 import time
@@ -35,6 +36,8 @@ from monitor.features import (
     apply_event,
     describe,
     feature_vector,
+    pack,
+    unpack,
 )
 
 HOUR_MS = 3_600_000
@@ -46,6 +49,8 @@ BLEND_HALF_LABELS = 100
 COMPLAINT_WEIGHT = 0.5
 #: at most one feature snapshot per subscriber per this interval is kept for joining late labels
 SNAPSHOT_EVERY_MS = HOUR_MS
+#: default of the ``state_cache_per_partition`` setting
+STATE_CACHE_PER_PARTITION = 250_000
 #: how often (in events) quiet subscribers are evicted from the cache
 EVICT_EVERY = 20_000
 
@@ -226,6 +231,9 @@ class PartitionCore:
         self.evicted: set[str] = set()
         self.watermark_ms = 0
         self.labels_dropped = 0
+        #: subscribers kept in memory when a state table backs the cache (see shrink_cache)
+        self.cache_max = int(getattr(settings, "state_cache_per_partition", STATE_CACHE_PER_PARTITION))
+        self.cache_dropped = 0
         #: called with a :class:`LabelJoin` for every label learned (metrics, feature exports)
         self.on_label: Callable[[LabelJoin], None] | None = None
         self.duplicates = 0
@@ -241,6 +249,21 @@ class PartitionCore:
             if blob:
                 st = self.states[subscriber_id] = _decode_state(blob)
         return st
+
+    def shrink_cache(self) -> int:
+        """With a state table behind the cache (``state_loader``), keep at most ``cache_max``
+        subscribers in memory: drop the quietest (oldest event time) clean ones down to 90 % of it.
+        They stay in the table and come back on their next event. Returns how many were dropped."""
+        if self.state_loader is None or len(self.states) <= self.cache_max:
+            return 0
+        keep = int(self.cache_max * 0.9)
+        excess = len(self.states) - keep
+        dirty = self.dirty
+        victims = heapq.nsmallest(excess, ((st.last_ts, sid) for sid, st in self.states.items() if sid not in dirty))
+        for _, sid in victims:
+            del self.states[sid]
+        self.cache_dropped += len(victims)
+        return len(victims)
 
     def cell_of(self, subscriber_id: str) -> tuple[str | None, str | None]:
         st = self.states.get(subscriber_id)
@@ -302,8 +325,10 @@ class PartitionCore:
         if isinstance(event, NetworkEvent) and ts - st.snap_ts >= SNAPSHOT_EVERY_MS:
             # the snapshot a *late* label is joined to; taken from network activity only, so a
             # label's own event (ticket, survey) is never inside it
-            st.snap_ts, st.snap_x = ts, x
+            st.snap_ts, st.snap_x = ts, pack(x)
         self.dirty.add(sid)
+        if len(self.states) > self.cache_max:
+            self.shrink_cache()  # never drops ``sid``: it is dirty until the next take_dirty
         self._since_evict += 1
         if self._since_evict >= EVICT_EVERY:
             self._since_evict = 0
@@ -329,7 +354,7 @@ class PartitionCore:
         if ts >= st.last_ts:
             x = feature_vector(st, ts)
         elif st.snap_x and st.snap_ts <= ts and ts - st.snap_ts <= self.horizon_ms:
-            x = st.snap_x
+            x = unpack(st.snap_x)
         else:
             self.labels_dropped += 1
             return

@@ -8,6 +8,8 @@ complaints were handled, billing surprises, app failures and bot-to-human bounce
 
 from __future__ import annotations
 
+import struct
+
 import msgspec
 
 from monitor.events import AppEvent, NetworkEvent, TicketEvent
@@ -92,10 +94,19 @@ class SubscriberState(msgspec.Struct, array_like=True, kw_only=True):
     nps_ts: int = 0
     recent_ids: list[str] = msgspec.field(default_factory=list)
     snap_ts: int = 0
-    snap_x: list[float] = msgspec.field(default_factory=list)
+    snap_x: bytes = b""  # the feature vector as float32 (see pack/unpack): 4 bytes a feature
     at_risk_since: int = 0
     last_score: float = -1.0
     last_top: str = ""
+
+
+def pack(x: list[float]) -> bytes:
+    """A feature vector as float32 bytes (a snapshot kept in the state for late labels)."""
+    return struct.pack("<%df" % len(x), *x)
+
+
+def unpack(b: bytes) -> list[float]:
+    return list(struct.unpack("<%df" % (len(b) // 4), b))
 
 
 def _decay(dt_ms: int, half_life_ms: int) -> float:

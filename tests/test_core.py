@@ -9,7 +9,7 @@ import pytest
 
 from monitor.core import COMPLAINT_WEIGHT, PartitionCore, _decode_state, _encode_state
 from monitor.events import AppEvent, NetworkEvent, TicketEvent
-from monitor.features import FEATURES, SubscriberState, apply_event, feature_vector
+from monitor.features import FEATURES, SubscriberState, apply_event, feature_vector, unpack
 
 T0 = 1_740_000_000_000
 MIN = 60_000
@@ -122,7 +122,7 @@ def test_late_label_joins_the_last_snapshot_before_it_within_the_horizon():
     core.process(net(1, bad=True))  # snapshot
     core.process(net(30))  # newer than the survey below: it arrives late
     core.process(survey(20, 3))
-    assert len(seen) == 1 and seen[0][0] == core.states["s1"].snap_x and seen[0][1] is True
+    assert len(seen) == 1 and seen[0][0] == unpack(core.states["s1"].snap_x) and seen[0][1] is True
     core.process(survey(0, 9, ts=T0 - MIN))  # older than every snapshot: dropped and counted
     core.process(ticket(31 * 60, action="resolved"))  # not a label; the subscriber's newest event
     core.process(survey(26 * 60, 9))  # late, and 26 h after the snapshot: beyond the 24 h horizon
@@ -203,3 +203,24 @@ def test_only_survey_answers_move_the_calibrator():
     assert (core.model._ca, core.model._cb) == (1.0, 0.0) and core.model.n_labels == 1
     core.process(survey(40, 2))
     assert (core.model._ca, core.model._cb) != (1.0, 0.0) and core.model.n_labels == 2
+
+
+def test_state_cache_is_bounded_when_a_table_backs_it():
+    """With a state table behind it the core keeps at most ``cache_max`` subscribers in memory;
+    the quietest clean ones go, come back from the table on their next event, and nothing is lost."""
+    table: dict[str, bytes] = {}
+    settings = type("S", (), {"state_cache_per_partition": 10})()
+    bounded = PartitionCore(0, settings=settings, state_loader=table.get)
+    unbounded = PartitionCore(0)
+    for rnd in range(3):
+        for k in range(40):
+            ev = net(rnd * 100 + k, sub=f"s{k}", bad=k % 3 == 0)
+            bounded.process(ev)
+            unbounded.process(ev)
+            for sid, blob in bounded.take_dirty().items():  # what the worker does after each batch
+                table[sid] = blob
+            assert len(bounded.states) <= 11
+    assert bounded.cache_dropped > 0
+    for k in range(40):
+        sid = f"s{k}"
+        assert _decode_state(table[sid]) == unbounded.states[sid]

@@ -1,0 +1,129 @@
+"""Memory per subscriber of the risk core, at 100,000 and 1,000,000 simulated subscribers.
+
+For each population the simulator's default scenario runs for ``--hours`` (streamed, never held in
+memory) through four :class:`monitor.core.PartitionCore` objects, as in a worker with four
+partitions. Reported per subscriber:
+
+* ``state_bytes``: the serialised state (msgpack) -- what the state table and its changelog hold;
+* ``rss_bytes_all_cached``: resident memory growth of the process divided by the subscribers, when
+  every subscriber stays cached in memory (no state table behind the cores);
+* with ``--rocksdb``, the same run with a RocksDB table (rocksdict, as the workers use) behind the
+  cores and the cache bounded by ``state_cache_per_partition``: resident memory stays flat.
+
+    python benchmarks/bench_memory.py --subscribers 100000 1000000 [--rocksdb] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from monitor import simulate  # noqa: E402
+from monitor.core import PartitionCore, _encode_state  # noqa: E402
+from monitor.evaluation import partition_of  # noqa: E402
+from monitor.events import INPUT_TOPICS, decode  # noqa: E402
+from monitor.errors import InvalidEventError  # noqa: E402
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def measure(subscribers: int, hours: float, *, rocksdb: bool, cache: int, partitions: int = 4) -> dict:
+    config = simulate.SimConfig(subscribers=subscribers, hours=hours, seed=3)
+    db = tmpdir = None
+    loader = None
+    if rocksdb:
+        from rocksdict import Rdict
+
+        tmpdir = tempfile.mkdtemp(prefix="satmon-mem-")
+        db = Rdict(tmpdir)
+        loader = db.get
+    settings = type("S", (), {"state_cache_per_partition": cache})()
+    gc.collect()
+    base = rss_bytes()
+    cores = [PartitionCore(p, settings=settings, state_loader=loader, clock_ms=lambda: 0) for p in range(partitions)]
+    part: dict[str, int] = {}
+    schemas = dict(INPUT_TOPICS)
+    events = 0
+    peak = base
+    t0 = time.perf_counter()
+    for topic, key, value in simulate.generate(config):
+        try:
+            ev = decode(schemas[topic], value)
+        except InvalidEventError:
+            continue
+        sid = ev.subscriber_id
+        p = part.get(sid)
+        if p is None:
+            p = part[sid] = partition_of(sid, partitions)
+        core = cores[p]
+        core.process(ev)
+        events += 1
+        if db is not None and len(core.dirty) >= 2000:
+            for k, v in core.take_dirty().items():
+                if v is None:
+                    db.delete(k)
+                else:
+                    db[k] = v
+        if events % 200_000 == 0:
+            peak = max(peak, rss_bytes())
+    if db is not None:
+        for core in cores:
+            for k, v in core.take_dirty().items():
+                db[k] = v
+    elapsed = time.perf_counter() - t0
+    del part
+    gc.collect()
+    grown = rss_bytes() - base
+    peak = max(peak, rss_bytes()) - base
+    cached = sum(len(c.states) for c in cores)
+    sample = [len(_encode_state(st)) for c in cores for st in list(c.states.values())[:20_000]]
+    out = {
+        "subscribers": subscribers, "hours": hours, "events": events, "events_per_s": round(events / elapsed),
+        "seen": cached if db is None else None,
+        "cached": cached, "cache_per_partition": cache if db is not None else None,
+        "state_bytes_mean": round(sum(sample) / len(sample), 1), "state_bytes_max": max(sample),
+        "rss_growth_mb": round(grown / 2**20, 1), "rss_peak_growth_mb": round(peak / 2**20, 1),
+        # per subscriber held in memory (all of them when nothing backs the cache)
+        "rss_bytes_per_cached_subscriber": round(grown / max(1, cached), 1),
+        "store": "rocksdict" if db is not None else "memory (all cached)",
+    }
+    if db is not None:
+        db.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subscribers", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--hours", type=float, default=0.5, help="simulated time per population (default 0.5 h)")
+    ap.add_argument("--rocksdb", action="store_true", help="also run with a RocksDB table and a bounded cache")
+    ap.add_argument("--cache", type=int, default=50_000, help="state_cache_per_partition for the RocksDB run")
+    ap.add_argument("--out", help="write the results as JSON here")
+    args = ap.parse_args()
+    runs = []
+    for n in args.subscribers:
+        runs.append(measure(n, args.hours, rocksdb=False, cache=10**12))
+        print(json.dumps(runs[-1]), flush=True)
+        if args.rocksdb:
+            runs.append(measure(n, args.hours, rocksdb=True, cache=args.cache))
+            print(json.dumps(runs[-1]), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"memory": runs}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
