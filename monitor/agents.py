@@ -264,6 +264,8 @@ class RiskPipeline:
         self.observers: list[BatchObserver] = list(observers)
         #: ``(partition, bytes)`` after each model checkpoint was handed to the producer (metrics)
         self.on_checkpoint: Callable[[int, int], None] | None = None
+        #: ``(topic, partition, n)`` when re-delivered records below the resume floor are skipped (metrics)
+        self.on_skipped: Callable[[str, int, int], None] | None = None
         self.score_partitioner = score_partitioner
         self.clock = clock
         #: ``() -> {TP: next offset}`` whose effects the broker acknowledged (set by the app)
@@ -369,7 +371,10 @@ class RiskPipeline:
                 # Already applied, by a previous owner (acknowledged) or by this process (a
                 # rebalance seeks back to the committed offset, which may lag): skip.
                 records = [r for r in records if r.offset >= floor]
-                self.skipped_below_floor += len(batch[tp]) - len(records)
+                skipped = len(batch[tp]) - len(records)
+                self.skipped_below_floor += skipped
+                if self.on_skipped is not None:
+                    self.on_skipped(tp.topic, tp.partition, skipped)
                 if not records:
                     continue
             # Safe to raise before the sends complete: a failed send crashes the worker (see

@@ -84,6 +84,8 @@ class Worker:
     view: Any = None
     feeder: Any = None
     metrics: Any = None
+    #: :class:`monitor.brokerwatch.BrokerWatchTask`: reports a broker that lost data underneath us
+    broker_watch: Any = None
 
     def assigned_partitions(self) -> list[int]:
         """Input partitions this worker owns (active, not standby)."""
@@ -94,8 +96,12 @@ class Worker:
         return sorted({tp.partition for tp in actives if tp.topic in INPUT_TOPICS})
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness without I/O: partitions recovered, not rebalancing (broker checked by /readyz)."""
+        """Readiness without I/O: partitions recovered, not rebalancing, no broker data loss seen
+        (broker reachability checked by /readyz)."""
         app = self.app
+        if self.broker_watch is not None and self.broker_watch.watch.losses:
+            # first: after a wipe the worker also rejoins and recovers, which would hide the cause
+            return False, "broker lost data: " + "; ".join(self.broker_watch.watch.findings[:3])
         if not app.consumer_generation_id and not app.consumer.assignment():
             return False, "not yet in the consumer group"
         if app.rebalancing:
@@ -253,6 +259,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     worker.metrics = Metrics(registry, worker_id=worker_id)
     pipeline.observers.append(MetricsObserver(worker.metrics, ingest=pipeline.ingest, cores=pipeline.cores))
     pipeline.on_checkpoint = worker.metrics.checkpoint_written
+    pipeline.on_skipped = worker.metrics.records_skipped
     on_alert_metrics.append(worker.metrics.on_alert)
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "satmon_faust"))
 
@@ -264,6 +271,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
 
     pipeline.prepare = declare_outputs
 
+    _add_broker_watch(worker)
     _add_web_views(worker)
     if api:
         _add_api(worker)
@@ -328,6 +336,32 @@ def _add_api(worker: Worker) -> None:
         await feeder.stop()
 
 
+def _add_broker_watch(worker: Worker) -> None:
+    """Look at the broker every few seconds for lost data (``monitor.brokerwatch``)."""
+    from monitor.brokerwatch import BROKER_WATCH_INTERVAL_S, BrokerWatchTask
+    from monitor.kafka import TOPICS
+
+    app = worker.app
+
+    def topics() -> list[str]:
+        changelogs = [t.changelog_topic.get_topic_name() for t in app.tables.values()]
+        return [*TOPICS, *changelogs]
+
+    def on_loss(findings: list[str]) -> None:
+        if worker.metrics is not None:
+            worker.metrics.broker_restart_detected()
+
+    watch = worker.broker_watch = BrokerWatchTask(worker.settings.bootstrap_servers, topics=topics, on_loss=on_loss)
+
+    @app.timer(BROKER_WATCH_INTERVAL_S)
+    async def broker_watch_tick() -> None:
+        await watch.check()
+
+    @app.on_before_shutdown.connect
+    async def stop_broker_watch(_app: Any, **kwargs: Any) -> None:
+        await watch.close()
+
+
 def _add_web_views(worker: Worker) -> None:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -342,7 +376,13 @@ def _add_web_views(worker: Worker) -> None:
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "worker": worker.worker_id})
+        # 200 while serving; a detected broker data loss is reported here (and fails /readyz).
+        body: dict[str, Any] = {"status": "ok", "worker": worker.worker_id}
+        if worker.broker_watch is not None:
+            body["broker"] = worker.broker_watch.watch.status()
+            if body["broker"]["data_loss"]:
+                body["status"] = "broker_data_loss"
+        return web.json(body)
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:

@@ -196,3 +196,72 @@ def test_postable_resolved_end_is_not_in_the_future_nor_before_start():
     p = postable(res, now_ms=50_000, resend_interval_s=60)
     assert p["endsAt"] == "1970-01-01T00:00:50.000Z" and p["startsAt"] == "1970-01-01T00:00:10.000Z"
     assert set(p["annotations"]) == {"summary", "description", "runbook_url", "alert_id"}
+
+
+def test_alertmanager_killed_mid_run_leaves_the_stream_at_full_speed(tmp_path):
+    """Issue 8, "Alertmanager down": a stream loop (real risk core over simulator events, alert
+    state changes sent with ``notify`` every batch, like a worker would) runs while Alertmanager is
+    up, is SIGKILLed, and comes back. Its throughput does not drop while Alertmanager is down, the
+    failed posts are counted and retried with back-off, nothing is delivered meanwhile, and once
+    Alertmanager is back every alert's latest state arrives.
+
+    The worker does not push to Alertmanager itself yet (``alertmanager_url`` is a setting that no
+    shell uses): this is the client a worker would use, under the load of the real core."""
+    from monitor.core import PartitionCore
+    from monitor.events import DeadLetter
+    from monitor.ingest import Ingest
+    from monitor.simulate import SimConfig, generate
+
+    ingest = Ingest(clock_ms=lambda: 0)
+    cfg = SimConfig(subscribers=3_000, hours=3, scenario="quiet", seed=9, malformed_share=0, duplicate_share=0)
+    events = [e for i, (t, k, v) in enumerate(generate(cfg)) if not isinstance(e := ingest.decode(t, 0, i, k, v), DeadLetter)]
+    phase = len(events) // 3
+    am = Alertmanager(tmp_path, _free_port())
+    am.start()
+
+    async def main():
+        client = AlertmanagerClient(am.url, backoff_initial_s=0.05, backoff_max_s=0.4, resend_interval_s=60, seed=1)
+        await client.start()
+        core, lc = PartitionCore(0, clock_ms=lambda: 0), AlertLifecycle()
+        open_alerts: dict[str, object] = {}
+        rates = []
+        for n, chunk in enumerate((events[:phase], events[phase:2 * phase], events[2 * phase:3 * phase])):
+            if n == 1:
+                delivered_before = client.delivered
+                am.proc.kill()                       # SIGKILL: no goodbye
+                am.proc.wait()
+            t = time.perf_counter()
+            for b in range(0, len(chunk), 500):
+                core.process_batch(chunk[b:b + 500])
+                cell = f"c{(b // 500) % 40}"
+                if cell in open_alerts:
+                    del open_alerts[cell]
+                    client.notify(lc.resolve("SatmonHotSpotActive", {"cell_id": cell, "region": "r"}, ts_ms=T0 + b))
+                else:
+                    open_alerts[cell] = lc.fire("SatmonHotSpotActive", {"cell_id": cell, "region": "r"},
+                                                ts_ms=T0 + b, severity="warning", summary="s", description="d")
+                    client.notify(open_alerts[cell])
+                await asyncio.sleep(0)               # the worker's loop yields between batches too
+            rates.append(len(chunk) / (time.perf_counter() - t))
+            if n == 0:
+                await _until(lambda: client.queued == 0 and client.delivered > 0)
+            if n == 1:
+                await _until(lambda: client.failures >= 3, timeout=10)   # retried, each failure counted
+                assert client.delivered == delivered_before and "Connect" in (client.last_error or "")
+                failures_while_down = client.failures
+                await asyncio.to_thread(am.start)     # back on the same port
+        await _until(lambda: client.queued == 0, timeout=15)
+        firing = {a["labels"]["cell_id"] for a in await asyncio.to_thread(am.alerts, alertname="SatmonHotSpotActive")}
+        assert firing == set(open_alerts)             # the latest state of every alert arrived
+        await client.stop()
+        return rates, failures_while_down, client
+
+    try:
+        rates, failures, client = asyncio.run(main())
+    finally:
+        am.stop()
+    up, down, back = rates
+    print(f"\nevents/s with Alertmanager up {up:,.0f}, down {down:,.0f}, back {back:,.0f}; "
+          f"{failures} failed posts while down, {client.delivered} alerts delivered, {client.dropped} dropped")
+    assert down >= 0.75 * up                          # the stream does not wait for Alertmanager
+    assert client.dropped == 0

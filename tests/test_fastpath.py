@@ -16,17 +16,8 @@ from typing import Any
 import pytest
 
 from monitor.fastpath import Outputs, fetch_highwaters
-from test_worker import (  # noqa: F401  (fixtures)
-    PARTITIONS,
-    Broker,
-    broker,
-    committed_offsets,
-    produce,
-    read_topic,
-    run,
-    valid_records,
-    workers,
-)
+from conftest import PARTITIONS, Broker, committed_offsets, produce, read_topic, run
+from test_worker import valid_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
