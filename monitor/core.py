@@ -35,8 +35,10 @@ from monitor.features import (
     SubscriberState,
     apply_event,
     describe,
+    event_key,
     feature_vector,
     pack,
+    seen_before,
     unpack,
 )
 
@@ -313,14 +315,15 @@ class PartitionCore:
         st = self.state(sid)
         if st is None:
             st = self.states[sid] = SubscriberState(last_ts=ts)
-        elif event.event_id in st.recent_ids:
+        key = event_key(event.event_id)
+        if seen_before(st, key):
             self.duplicates += 1
             return None
         self.events += 1
         if ts > self.watermark_ms:
             self.watermark_ms = ts
         self._join_labels(st, event)
-        apply_event(st, event)
+        apply_event(st, event, key)
         x = feature_vector(st, max(ts, st.last_ts))
         if isinstance(event, NetworkEvent) and ts - st.snap_ts >= SNAPSHOT_EVERY_MS:
             # the snapshot a *late* label is joined to; taken from network activity only, so a

@@ -9,6 +9,8 @@ complaints were handled, billing surprises, app failures and bot-to-human bounce
 from __future__ import annotations
 
 import struct
+from hashlib import blake2b
+from sys import intern
 
 import msgspec
 
@@ -22,7 +24,8 @@ EW_HALF_LIFE_MS = 2 * HOUR_MS  # "recent" radio quality
 CARE_HALF_LIFE_MS = 30 * DAY_MS  # complaints weigh for a month (repeat complaints within 30 days)
 APP_HALF_LIFE_MS = 7 * DAY_MS
 SURVEY_HALF_LIFE_MS = 30 * DAY_MS
-RECENT_IDS = 8  # event ids kept per subscriber to drop duplicates
+RECENT_IDS = 8  # event ids kept per subscriber to drop duplicates (as 8-byte keys, see event_key)
+ID_KEY_BYTES = 8
 # Services for which latency is felt most.
 LATENCY_SENSITIVE = {"video": 1.5, "gaming": 2.0, "voice": 1.2}
 # Peak-end: how a subscriber remembers their service is weighted by its worst moment and by the
@@ -92,12 +95,35 @@ class SubscriberState(msgspec.Struct, array_like=True, kw_only=True):
     bot_human: float = 0.0
     nps: int = -1
     nps_ts: int = 0
-    recent_ids: list[str] = msgspec.field(default_factory=list)
+    recent_ids: bytes = b""  # the last RECENT_IDS event keys (event_key), 8 bytes each
     snap_ts: int = 0
     snap_x: bytes = b""  # the feature vector as float32 (see pack/unpack): 4 bytes a feature
     at_risk_since: int = 0
     last_score: float = -1.0
     last_top: str = ""
+
+
+def event_key(event_id: str) -> bytes:
+    """A stable 8-byte key of an event id (BLAKE2b): what the state keeps to drop duplicates.
+    Stable across processes (unlike ``hash``), so a re-delivery after a restart is still caught;
+    a false match needs a 64-bit collision among a subscriber's last 8 events."""
+    return blake2b(event_id.encode(), digest_size=ID_KEY_BYTES).digest()
+
+
+def seen_before(st: SubscriberState, key: bytes) -> bool:
+    """True when ``key`` (:func:`event_key`) is among the subscriber's recent events."""
+    ids = st.recent_ids
+    i = ids.find(key)
+    while i >= 0:
+        if i % ID_KEY_BYTES == 0:
+            return True
+        i = ids.find(key, i + 1)
+    return False
+
+
+def recent_keys(st: SubscriberState) -> list[bytes]:
+    ids = st.recent_ids
+    return [ids[i:i + ID_KEY_BYTES] for i in range(0, len(ids), ID_KEY_BYTES)]
 
 
 def pack(x: list[float]) -> bytes:
@@ -113,24 +139,29 @@ def _decay(dt_ms: int, half_life_ms: int) -> float:
     return 0.5 ** (dt_ms / half_life_ms) if dt_ms > 0 else 1.0
 
 
-def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent) -> None:
-    """Update ``st`` in place with one event (the event itself is never mutated)."""
+def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, key: bytes | None = None) -> None:
+    """Update ``st`` in place with one event (the event itself is never mutated); ``key`` is the
+    event's :func:`event_key` when the caller already has it."""
     ts = ev.ts_ms
-    ids = st.recent_ids
-    ids.append(ev.event_id)
-    if len(ids) > RECENT_IDS:
-        del ids[0]
+    ids = st.recent_ids + (key or event_key(ev.event_id))
+    st.recent_ids = ids[-RECENT_IDS * ID_KEY_BYTES:]
     if ts > st.last_ts:
         st.last_ts = ts
-    if ev.segment is not None:
-        st.segment = ev.segment
+    if ev.segment is not None and ev.segment != st.segment:
+        st.segment = intern(ev.segment)
     if isinstance(ev, NetworkEvent):
         dt = ts - st.net_ts if st.net_ts else 0
         k = _decay(dt, NET_HALF_LIFE_MS)
         a = 1.0 - _decay(dt, EW_HALF_LIFE_MS) if st.net_ts else 1.0
         a = max(a, 0.2)  # every session moves the recent means
         st.net_ts = max(ts, st.net_ts)
-        st.cell, st.region, st.service = ev.cell_id, ev.region, ev.service
+        # interned: a few thousand distinct values shared by millions of states
+        if ev.cell_id != st.cell:
+            st.cell = intern(ev.cell_id)
+        if ev.region != st.region:
+            st.region = intern(ev.region)
+        if ev.service != st.service:
+            st.service = intern(ev.service)
         st.rsrp_ew += a * (ev.rsrp_dbm - st.rsrp_ew)
         st.sinr_ew += a * (ev.sinr_db - st.sinr_ew)
         st.dl_ew += a * (ev.dl_mbps - st.dl_ew)

@@ -164,6 +164,7 @@ def partitions_of(w: WorkerProcess) -> int:
 def test_three_workers_scale_out_survive_sigkill_and_restart_with_every_record_accounted(
         workers: Any, tmp_path: Path) -> None:
     from monitor.core import _decode_state
+    from monitor.features import event_key, recent_keys
     from monitor.events import decode
     from monitor.features import RECENT_IDS
 
@@ -261,11 +262,13 @@ def test_three_workers_scale_out_survive_sigkill_and_restart_with_every_record_a
         for r in sorted(changelog, key=lambda r: (r.partition, r.offset)):
             latest[r.key] = r.value
         states = {k.decode(): _decode_state(v) for k, v in latest.items() if v}
-        applied = Counter(i for st in states.values() for i in st.recent_ids)
-        assert set(applied) == set(valid)                                       # 0 events unaccounted
+        owner = {event_key(i): sid for i, sid in valid.items()}
+        assert len(owner) == len(valid)                                         # no key collisions
+        applied = Counter(k for st in states.values() for k in recent_keys(st))
+        assert set(applied) == set(owner)                                       # 0 events unaccounted
         assert max(applied.values()) == 1                                       # none applied twice
         for sid, st in states.items():
-            assert all(valid[i] == sid for i in st.recent_ids)
+            assert all(owner[k] == sid for k in recent_keys(st))
 
         scores = run(read_topic(broker.bootstrap, "risk-scores", idle_s=2.0))
         import orjson
