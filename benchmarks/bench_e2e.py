@@ -85,7 +85,9 @@ class LocalTansu:
             self.proc.wait(5)
 
 
-async def produce(bootstrap: str, n: int, partitions: int) -> float:
+async def produce(bootstrap: str, n: int, partitions: int,
+                  records: list[tuple[str, bytes, bytes]] | None = None) -> float:
+    """Create the topics, then send ``records`` (default: ``generate(n)``); returns the seconds spent sending."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -94,12 +96,12 @@ async def produce(bootstrap: str, n: int, partitions: int) -> float:
     await admin.create_topics([NewTopic(t, partitions, 1) for t in (*INPUTS, "risk-scores")]
                               + [NewTopic("satmon-dead-letter", 1, 1)])
     await admin.close()
-    if not n:
+    if not n and not records:
         return 0.0
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     t0 = time.perf_counter()
-    futures = [await producer.send(topic, value, key=key) for topic, key, value in generate(n)]
+    futures = [await producer.send(topic, value, key=key) for topic, key, value in (records or generate(n))]
     await asyncio.gather(*futures)
     await producer.stop()
     return time.perf_counter() - t0
