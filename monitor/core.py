@@ -45,6 +45,8 @@ from monitor.features import (
 HOUR_MS = 3_600_000
 #: a score moving by at least this much is a material change worth a ``risk_score.v1`` record
 MATERIAL_DELTA = 0.05
+#: ... and this much while both the old and the new score are below half the at-risk threshold
+LOW_DELTA = 0.15
 #: labels after which the learned model carries half of the blend with the rule-based prior
 BLEND_HALF_LABELS = 100
 #: sample weight of a complaint label relative to a survey answer (see :class:`RiskModel`)
@@ -373,12 +375,24 @@ class PartitionCore:
             yield sid, score(feature_vector(st, max(t_ms, st.last_ts)))
 
     def _maybe_emit(self, sid: str, st: SubscriberState, x: list[float], ts: int) -> RiskScore | None:
+        """A ``risk_score.v1`` record when the change is material: the first score of a subscriber,
+        an at-risk flip, a move of ``MATERIAL_DELTA`` near or above the threshold (``LOW_DELTA``
+        well below it, where nobody acts on the score), or a new top reason while at risk."""
+        was_at_risk = st.at_risk_since > 0
+        if not was_at_risk and st.last_score >= 0:
+            # fast path, most events: a subscriber well clear of the list stays quiet
+            score = self.model.score(x)
+            low = self.threshold * 0.5
+            if score < self.threshold and abs(score - st.last_score) < (
+                    MATERIAL_DELTA if max(score, st.last_score) >= low else LOW_DELTA):
+                return None
         score, prior, contrib = self.model.contributions(x)
         at_risk = score >= self.threshold
         ranked = sorted((c, i) for i, c in enumerate(contrib) if c > 0.05)[::-1][:4]
         top = FEATURES[ranked[0][1]] if ranked else ""
-        changed = (abs(score - st.last_score) >= MATERIAL_DELTA or at_risk != (st.at_risk_since > 0)
-                   or top != st.last_top)
+        delta = MATERIAL_DELTA if max(score, st.last_score) >= self.threshold * 0.5 else LOW_DELTA
+        changed = (abs(score - st.last_score) >= delta or at_risk != was_at_risk
+                   or (at_risk and top != st.last_top))
         if not changed:
             return None
         if at_risk and not st.at_risk_since:
