@@ -95,16 +95,6 @@ def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
     return float((precision * yy).sum() / max(1, yy.sum()))
 
 
-def _ece(y: np.ndarray, s: np.ndarray, bins: int = 10) -> float:
-    idx = np.minimum((s * bins).astype(int), bins - 1)
-    err = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            err += m.sum() / len(s) * abs(s[m].mean() - y[m].mean())
-    return float(err)
-
-
 def _ranking(y: np.ndarray, s: np.ndarray, top_share: float) -> dict[str, Any]:
     k = max(1, int(len(s) * top_share))
     top = np.argsort(-s, kind="mergesort")[:k]
@@ -117,8 +107,8 @@ def _ranking(y: np.ndarray, s: np.ndarray, top_share: float) -> dict[str, Any]:
 
 
 def _calibration_error(p_true: np.ndarray, s: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error against known probabilities: |mean score - mean true probability|
-    per score decile, weighted by the decile's share."""
+    """Expected calibration error: |mean score - mean truth| per score decile, weighted by the
+    decile's share; the truth is known probabilities or 0/1 outcomes."""
     idx = np.minimum((s * bins).astype(int), bins - 1)
     err = 0.0
     for b in range(bins):
@@ -235,7 +225,7 @@ def evaluate(sim_dir: str | Path, *, partitions: int = 4, settings: Any = None, 
     }
     ev = np.array(ev_y, dtype=np.int64)
     out["events_truth"] = {**_ranking(ev, s, top_share), "horizon_hours": horizon_ms / HOUR_MS,
-                           "expected_calibration_error": round(_ece(ev, s), 4)}
+                           "expected_calibration_error": round(_calibration_error(ev, s), 4)}
     if p_latent is not None:
         pl = np.array(lat_y)
         # what a perfect satisfaction model (the simulator's own latent probability) scores on the

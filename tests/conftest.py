@@ -95,11 +95,12 @@ async def create_topics(bootstrap: str, partitions: int = PARTITIONS) -> None:
 
 
 async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes]], *,
-                  linger_ms: int = 5) -> list[tuple[int, int]]:
+                  linger_ms: int = 5, max_request_size: int = 1024 * 1024) -> list[tuple[int, int]]:
     """Send ``(topic, key, value)`` records (batched, like a real producer); returns (partition, offset)."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, max_batch_size=64 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, max_batch_size=64 * 1024,
+                                max_request_size=max_request_size)
     await producer.start()
     try:
         futures = [await producer.send(t, v, key=k) for t, k, v in records]

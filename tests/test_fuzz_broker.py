@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import INPUTS, Broker, read_topic, run
+from conftest import INPUTS, Broker, produce, read_topic, run
 from test_worker import app_event, network_event, ticket_event, valid_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,19 +102,6 @@ def huge_records() -> list[tuple[str, bytes | None, bytes, str]]:
     return out
 
 
-async def produce_big(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]) -> list[tuple[int, int]]:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=4 * 1024 * 1024)
-    await producer.start()
-    try:
-        futures = [await producer.send(t, v, key=k) for t, k, v in records]
-        metas = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    return [(m.partition, m.offset) for m in metas]
-
-
 def test_fuzzed_records_are_processed_or_dead_lettered_with_reasons_and_the_worker_keeps_running(
         broker: Broker, workers: Any, tmp_path: Path) -> None:
     from monitor.events import DeadLetter, decode
@@ -122,7 +109,7 @@ def test_fuzzed_records_are_processed_or_dead_lettered_with_reasons_and_the_work
 
     examples = draw_examples(EXAMPLES) + huge_records()
     sent = [(t, k, v) for t, k, v, _ in examples]
-    positions = run(produce_big(broker.bootstrap, sent))
+    positions = run(produce(broker.bootstrap, sent, max_request_size=4 * 1024 * 1024))
 
     ingest = Ingest(clock_ms=lambda: 0)
     expected: dict[tuple[str, int, int], str] = {}     # origin -> reason, for every expected dead letter
@@ -153,7 +140,7 @@ def test_fuzzed_records_are_processed_or_dead_lettered_with_reasons_and_the_work
     # still alive and still processing
     assert w.proc.poll() is None and w.get("/healthz")[0] == 200
     after = valid_records(200, subscribers=20, start=5_000_000)
-    run(produce_big(broker.bootstrap, after))
+    run(produce(broker.bootstrap, after))
     w.wait_for(lambda: w.total("satmon_worker_events_total") >= valid + len(after), timeout_s=30,
                what="valid records after the fuzz processed")
     assert w.total("satmon_worker_events_total") == valid + len(after)
