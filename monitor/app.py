@@ -52,7 +52,7 @@ BROKER_SETTINGS: dict[str, Any] = {
     "broker_max_poll_records": 2000,   # records per getmany = per fast-path batch
     "producer_max_batch_size": 256 * 1024,
     "producer_linger": 0.0,
-    "table_standby_replicas": 1,
+    # standbys: the standby_replicas setting (default 0, see docs/WORKER.md for the measured cost)
     "recovery_consistency_check": True,
     "consumer_auto_offset_reset": "earliest",
     "stream_wait_empty": True,
@@ -175,7 +175,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     worker_id = settings.worker_id or _default_worker_id()
     datadir = Path(settings.data_dir) / "worker" / worker_id
     datadir.mkdir(parents=True, exist_ok=True)
-    options = {**BROKER_SETTINGS, **faust_overrides}
+    options = {**BROKER_SETTINGS, "table_standby_replicas": settings.standby_replicas, **faust_overrides}
     app = SatmonApp(
         app_id,
         broker=settings.broker,

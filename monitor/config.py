@@ -72,6 +72,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = _number(text, int, "an integer >= 0")
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = _number(text, int, "a TCP port 0-65535")
     if not 0 <= value < 65536:
@@ -150,6 +157,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("label_horizon_hours", _positive_float, "24", "A label arriving late is joined to a feature snapshot at most this much older"),
     Option("state_ttl_days", _positive_float, "30", "Forget a subscriber's state after this long without events"),
     Option("state_cache_per_partition", _positive_int, "250000", "Subscribers per partition kept in memory; the rest stay in the state table"),
+    Option("standby_replicas", _non_negative_int, "0", "Standby copies of each partition's state on other workers (faster failover, costs CPU)"),
     Option("model_checkpoint", _optional_str, "", "Warm-start model file (from `satmon model warm-start`) new partitions start from"),
     Option("checkpoint_interval_s", _positive_float, "30", "How often the risk model is checkpointed"),
     Option("pseudonymise", _parse_bool, "true", "Replace subscriber ids by a keyed hash at ingest"),
@@ -181,6 +189,7 @@ class Settings:
     at_risk_threshold: float
     label_horizon_hours: float
     model_checkpoint: str | None
+    standby_replicas: int
     state_cache_per_partition: int
     state_ttl_days: float
     checkpoint_interval_s: float

@@ -161,6 +161,9 @@ def partitions_of(w: WorkerProcess) -> int:
     return int(w.total("satmon_worker_partitions")) if w.proc is not None and w.proc.poll() is None else 0
 
 
+STANDBY = ("--standby-replicas", "1")
+
+
 def test_three_workers_scale_out_survive_sigkill_and_restart_with_every_record_accounted(
         workers: Any, tmp_path: Path) -> None:
     from monitor.core import _decode_state
@@ -175,7 +178,9 @@ def test_three_workers_scale_out_survive_sigkill_and_restart_with_every_record_a
         n = len(records)
         chunks = [records[: n // 5], records[n // 5: 4 * n // 5], records[4 * n // 5:]]
 
-        ws = [workers(broker, app_id=APP_ID, worker_id=f"w{i}", core="real") for i in range(WORKERS)]
+        # with a standby of every partition: the failover path the setting exists for is tested too
+        ws = [workers(broker, app_id=APP_ID, worker_id=f"w{i}", core="real", extra_args=STANDBY)
+              for i in range(WORKERS)]
         wait(lambda: all(partitions_of(w) > 0 for w in ws) and sum(partitions_of(w) for w in ws) == PARTITIONS
              and all(w.get("/readyz")[0] == 200 for w in ws), 90, "partitions split across 3 ready workers", ws)
         split = {w.worker_id: partitions_of(w) for w in ws}
@@ -219,7 +224,7 @@ def test_three_workers_scale_out_survive_sigkill_and_restart_with_every_record_a
         wait(lambda: caught_up(end2), 60, "survivors committed everything", survivors)
 
         # -- phase 3: clean restart of the killed worker --------------------------------------------
-        back = workers(broker, app_id=APP_ID, worker_id=victim.worker_id, core="real")
+        back = workers(broker, app_id=APP_ID, worker_id=victim.worker_id, core="real", extra_args=STANDBY)
         everyone = [*survivors, back]
         wait(lambda: partitions_of(back) > 0 and sum(partitions_of(w) for w in everyone) == PARTITIONS, 60,
              "the restarted worker owns partitions again", everyone)
