@@ -111,7 +111,7 @@ def _metric_sum(text: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
-def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600) -> dict:
+def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, poll_s: float = 0.5) -> dict:
     """Run a satmon worker process and time it through its /metrics counters."""
     port = free_port()
     data = tempfile.mkdtemp()
@@ -144,8 +144,8 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600) 
                 elapsed = now - t0
                 return {"contender": "satmon", "events": int(count), "seconds": round(elapsed, 3),
                         "events_per_s": round((count - c0) / elapsed) if elapsed > 0 else None, "cores": 1,
-                        "note": "timed by polling /metrics every 0.5 s"}
-            time.sleep(0.5)  # a scrape costs the worker CPU: poll gently (the rate is exact at poll instants)
+                        "note": f"timed by polling /metrics every {poll_s:g} s"}
+            time.sleep(poll_s)  # a scrape costs the worker CPU: poll gently (the rate is exact at poll instants)
         raise RuntimeError("satmon worker did not finish: " + proc.stderr.read(4000).decode(errors="replace"))
     finally:
         proc.terminate()
