@@ -70,6 +70,9 @@ class Metric:
     label: str
     unit: str = ""
     direction: str = "up"
+    #: a window is judged on this metric only with at least this many events (its numerator):
+    #: one complaint in a quiet cell's minute is not a hot spot
+    min_events: float = 0.0
 
     def fmt(self, value: float) -> str:
         if self.unit == "%":
@@ -85,10 +88,14 @@ CELL_METRICS: tuple[Metric, ...] = (
     Metric("drop_rate", "rate", 20, 0.03, 0.005, "dropped calls", "%"),
     Metric("stall_rate", "rate", 20, 0.05, 0.01, "video stalls", "%"),
     Metric("latency_ms", "mean", 20, 25.0, 2.0, "latency", "ms"),
-    Metric("complaint_rate", "rate", 20, 0.02, 0.004, "complaints per session", "%"),
-    Metric("app_failure_rate", "rate", 10, 0.15, 0.02, "app failures", "%"),
+    Metric("complaint_rate", "rate", 20, 0.02, 0.004, "complaints per session", "%", min_events=3),
+    Metric("app_failure_rate", "rate", 10, 0.15, 0.02, "app failures", "%", min_events=3),
     Metric("mean_risk", "mean", 10, 0.10, 0.01, "mean churn risk", ""),
 )
+
+
+#: the symptoms judged on evidence accumulated over windows (see ``HotspotDetector``)
+NETWORK_SYMPTOMS = ("degraded_share", "drop_rate", "stall_rate", "latency_ms")
 
 
 def cell_observation(p: Partial) -> dict[str, tuple[float, float, float | None]]:
@@ -149,9 +156,14 @@ class _Stat:
 
 class _Key:
     __slots__ = ("stats", "hours", "bad_streak", "good_streak", "missing", "active", "since_ms",
-                 "first_bad_ms", "first_good_ms", "severity", "last_ms", "windows")
+                 "first_bad_ms", "first_good_ms", "severity", "last_ms", "windows", "cusum", "seen",
+                 "cusum_since_ms", "raw")
 
     def __init__(self) -> None:
+        self.cusum: dict[str, float] = {}  # per sequential metric: accumulated log-likelihood ratio
+        self.seen = 0.0                     # denominator units observed (sessions): the key's history
+        self.cusum_since_ms: int | None = None  # first window of the current run of evidence
+        self.raw: dict[str, list[float]] = {}  # per sequential metric: EW sums [numerator, denominator]
         self.stats: dict[str, _Stat] = {}
         self.hours: dict[tuple[str, int], _Stat] = {}
         self.bad_streak = self.good_streak = self.missing = 0
@@ -204,6 +216,14 @@ class HotspotDetector:
     adapt_after_windows
         A key that has been firing this long starts learning again: a permanent change becomes
         the new baseline and the alert resolves instead of firing forever.
+    sequential, cusum_h, cusum_shift, cusum_min_history
+        Evidence across windows for the ``rate`` metrics named in ``sequential`` (and ``mean``
+        ones, capped per window): a one-sided CUSUM of the log-likelihood ratio of "a share
+        ``cusum_shift`` of the healthy sessions went bad" against the key's baseline (its upper
+        band, so an uncertain baseline does not fire), firing at ``cusum_h`` nats. So a sparse
+        cell (a handful of sessions a window, below any ``min_support``) fires within a window or
+        two of an outage, while noise needs ~e^h windows to cross once. A key needs
+        ``cusum_min_history`` sessions of history before its evidence counts.
     """
 
     def __init__(self, *, metrics: Sequence[Metric] = CELL_METRICS, z_fire: float = 5.0,
@@ -212,8 +232,16 @@ class HotspotDetector:
                  key_halflife: float = 240.0, prior_weight: float = 200.0,
                  hour_prior_weight: float = 2000.0, rel_floor: float = 0.05, critical_z: float = 15.0,
                  hour_offset_ms: int = 0, adapt_after_windows: int = 120,
-                 level_halflife: float = 15.0) -> None:
+                 level_halflife: float = 15.0, sequential: Sequence[str] = (),
+                 cusum_h: float = 12.0, cusum_shift: float = 0.3, cusum_min_history: float = 20.0,
+                 cusum_prior: float = 20.0, cusum_z: float = 2.3) -> None:
         self.metrics = tuple(metrics)
+        self.sequential = tuple(sequential)
+        self.cusum_prior = cusum_prior
+        self.cusum_z = cusum_z
+        self.cusum_h = cusum_h
+        self.cusum_shift = cusum_shift
+        self.cusum_min_history = cusum_min_history
         self.z_fire = z_fire
         self.z_strong = z_strong
         self.z_clear = z_clear
@@ -291,7 +319,7 @@ class HotspotDetector:
             if o is None:
                 continue
             num, den = o[0], o[1]
-            if den < m.min_support or den <= 0:
+            if den < m.min_support or den <= 0 or num < m.min_events:
                 continue
             value = num / den
             exp = self._expected(m, k, hour)
@@ -306,6 +334,53 @@ class HotspotDetector:
                 excess = abs(excess)
             out[m.name] = (value, mu, excess / sd if sd > 0 else 0.0, excess)
         return out
+
+    def _evidence(self, k: _Key, start_ms: int, obs: Mapping[str, tuple[float, float, float | None]]
+                  ) -> tuple[dict[str, float], bool]:
+        """Per sequential metric the window's log-likelihood ratio (degraded vs baseline), and
+        whether the window looks normal on all of them (every ratio <= 0)."""
+        llrs: dict[str, float] = {}
+        hour = self._hour(start_ms)
+        by = {m.name: m for m in self.metrics}
+        for name in self.sequential:
+            m = by[name]
+            o = obs.get(name)
+            if o is None or o[1] <= 0:
+                continue
+            num, den = o[0], o[1]
+            # the key's own rate (EW sums of its normal windows) shrunk towards the network-wide
+            # rate with ``cusum_prior`` pseudo-sessions, and judged from its upper bound
+            # (``cusum_z`` standard errors): a cell with little history faces a higher bar
+            g = self._global[name]
+            if g.den <= 0:
+                continue
+            c = self.cusum_prior
+            xs, ns = k.raw.get(name, (0.0, 0.0))
+            mu = (xs + c * g.num / g.den) / (ns + c)
+            # over-dispersion (the key's learned relative excess variance, shrunk to the network's):
+            # sessions of one window are not independent (a busy minute, one bad device), so a
+            # dense window's evidence is divided by its design effect
+            phi = g.phi / g.phi_w if g.phi_w > 0 else 0.0
+            st = k.stats.get(name)
+            if st is not None:
+                phi = (st.phi + 5.0 * phi) / (st.phi_w + 5.0)
+            if m.kind == "rate":
+                mu = min(max(mu, 1e-4), 0.9)
+                p0 = min(mu + self.cusum_z * math.sqrt(mu * (1.0 - mu) / (ns + c)), 0.9)
+                p1 = p0 + self.cusum_shift * (1.0 - p0)
+                rho = min(1.0, phi * mu / (1.0 - mu))
+                design = 1.0 + (den - 1.0) * rho
+                llrs[name] = (num * math.log(p1 / p0) + (den - num) * math.log((1.0 - p1) / (1.0 - p0))) / design
+            elif m.kind == "mean" and mu > 0:
+                # the window mean against the bound shifted by cusum_shift of the baseline; one
+                # heavy-tailed window can add at most 3 nats
+                cv2 = self._cv2.get(name, 0.25)
+                base = mu * (1.0 + self.cusum_z * math.sqrt(cv2 / (ns + c)))
+                delta = max(self.cusum_shift * mu, m.min_delta)
+                design = 1.0 + den * phi / cv2
+                llr = delta * den / (cv2 * mu * mu) * (num / den - base - delta / 2.0) / design
+                llrs[name] = max(-3.0, min(3.0, llr))
+        return llrs, all(v <= 0 for v in llrs.values())
 
     def _score(self, scored: Mapping[str, tuple[float, float, float, float]]) -> float:
         best = 0.0
@@ -348,12 +423,39 @@ class HotspotDetector:
             if gap > 1 and not k.active:
                 k.bad_streak = 0
             k.missing = 0
-            v = self._transition(key, k, start_ms, scored, warm)
+            evidence = None
+            if self.sequential:
+                llrs, normal = self._evidence(k, start_ms, obs)
+                for name, llr in llrs.items():
+                    before = k.cusum.get(name, 0.0)
+                    k.cusum[name] = min(max(0.0, before + llr), 1.5 * self.cusum_h)
+                if k.active and normal:
+                    k.cusum.clear()  # a firing key is judged on its latest windows: evidence restarts
+                top = max(k.cusum.values(), default=0.0)
+                if top <= 0:
+                    k.cusum_since_ms = None
+                elif k.cusum_since_ms is None:
+                    k.cusum_since_ms = start_ms
+                seasoned = k.seen >= self.cusum_min_history
+                evidence = (top >= self.cusum_h and seasoned, normal)
+                first = self.sequential[0]
+                k.seen += obs[first][1] if first in obs else 0.0
+            v = self._transition(key, k, start_ms, scored, warm, evidence)
             verdicts[key] = v
             skip = v.bad or v.active or v.event == "resolve"
             if v.active and v.since_ms is not None and self.width_ms and \
                     (start_ms - v.since_ms) // self.width_ms >= self.adapt_after_windows:
                 skip = False   # a lasting change is the new normal: learn it (the alert then resolves)
+            if evidence is not None and max(k.cusum.values(), default=0.0) > self.cusum_h / 3:
+                skip = True   # evidence building up: keep the window out of the baseline
+            if self.sequential and not (skip and warm):
+                lam = 0.5 ** (1.0 / self.key_halflife)
+                for name in self.sequential:
+                    o = obs.get(name)
+                    if o is not None and o[1] > 0:
+                        acc = k.raw.setdefault(name, [0.0, 0.0])
+                        acc[0] = lam * acc[0] + o[0]
+                        acc[1] = lam * acc[1] + o[1]
             learn.append((key, obs, skip))
         for key, k in self._keys.items():
             if key in observations or not k.active:
@@ -366,7 +468,8 @@ class HotspotDetector:
         return verdicts
 
     def _transition(self, key: str, k: _Key, start_ms: int,
-                    scored: Mapping[str, tuple[float, float, float, float]], warm: bool) -> Verdict:
+                    scored: Mapping[str, tuple[float, float, float, float]], warm: bool,
+                    evidence: tuple[bool, bool] | None = None) -> Verdict:
         by = {m.name: m for m in self.metrics}
         bad = strong = False
         clear = True
@@ -384,6 +487,22 @@ class HotspotDetector:
                     worst, worst_rank = name, rank
             if z >= self.z_clear and excess >= m.min_delta / 2:
                 clear = False
+        if evidence is not None:
+            # sequential metrics: the accumulated evidence decides (the z-scores still name the
+            # worst symptom and the severity); a window looks clear only if it looks normal
+            fired, normal = evidence
+            if fired:
+                bad = strong = True
+                if worst is None:
+                    worst = max(k.cusum, key=k.cusum.get)
+                if k.bad_streak == 0 and not k.active:
+                    k.first_bad_ms = k.cusum_since_ms
+            else:
+                seq_only_bad = bad and all(n in self.sequential for n, s in scored.items()
+                                           if s[2] >= self.z_fire and s[3] >= by[n].min_delta)
+                if seq_only_bad:
+                    bad = strong = False
+            clear = clear and normal
         if not warm:
             bad = strong = False
         score = self._score(scored) if warm else 0.0
@@ -393,7 +512,7 @@ class HotspotDetector:
         k.last_ms = start_ms
         if not k.active:
             if bad:
-                if k.bad_streak == 0:
+                if k.bad_streak == 0 and k.first_bad_ms is None:
                     k.first_bad_ms = start_ms
                 k.bad_streak += 1
                 if strong or k.bad_streak >= self.k_fire:
@@ -404,6 +523,7 @@ class HotspotDetector:
                     event = "fire"
             else:
                 k.bad_streak = 0
+                k.first_bad_ms = None
         else:
             if crit:
                 k.severity = "critical"
@@ -429,6 +549,8 @@ class HotspotDetector:
         k.active = False
         k.bad_streak = k.good_streak = k.missing = 0
         k.since_ms = k.first_bad_ms = k.first_good_ms = None
+        k.cusum.clear()
+        k.cusum_since_ms = None
         metrics = {n: (s[0], s[1], s[2]) for n, s in (scored or {}).items()}
         return Verdict(key=key, start_ms=start_ms, score=score, bad=False, active=False, event="resolve",
                        worst=None, since_ms=since, severity=k.severity, metrics=metrics, ends_at_ms=ends,
@@ -449,7 +571,9 @@ class HotspotDetector:
             k = self._keys[key]
             for m in self.metrics:
                 o = obs.get(m.name)
-                if o is None or o[1] < m.min_support or o[1] <= 0:
+                # sequential metrics learn from every window: a sparse cell's baseline is built
+                # from many small windows (their sums are what the baseline is made of)
+                if o is None or o[1] <= 0 or (o[1] < m.min_support and m.name not in self.sequential):
                     continue
                 num, den, sq = o
                 if m.kind == "level":
@@ -466,7 +590,7 @@ class HotspotDetector:
                 st = k.stats.setdefault(m.name, _Stat())
                 # relative excess variance of this window, winsorised so one odd window cannot
                 # blow the band open
-                if exp is not None and exp[0] > 0:
+                if exp is not None and exp[0] > 0 and den >= m.min_support:  # sparse windows: too noisy
                     mu = exp[0]
                     samp = self._sampling_var(m, mu, den)
                     e = ((num / den - mu) ** 2 - samp) / (mu * mu)
@@ -572,8 +696,9 @@ class HotspotEngine:
                  region_min_share: float = 0.3, region_cells_ttl_windows: int = 60,
                  lifecycle: AlertLifecycle | None = None, drift: Any = None,
                  max_affected: int = 200_000) -> None:
-        self.cell_detector = cell_detector or HotspotDetector()
-        self.region_detector = region_detector or HotspotDetector(z_fire=6.0, z_strong=10.0)
+        self.cell_detector = cell_detector or HotspotDetector(sequential=NETWORK_SYMPTOMS)
+        self.region_detector = region_detector or HotspotDetector(z_fire=6.0, z_strong=10.0,
+                                                                  sequential=NETWORK_SYMPTOMS)
         self.region_min_cells = region_min_cells
         self.region_min_share = region_min_share
         self.region_cells_ttl_windows = region_cells_ttl_windows
