@@ -255,3 +255,22 @@ def test_outage_notifies_once_per_region_and_region_alert_inhibits_cells(alertma
         state = json.load(resp)
     inhibited = {a["labels"].get("cell_id") for a in state if a["status"]["inhibitedBy"]}
     assert inhibited == {"cell-10", "cell-11", "cell-12"}
+
+
+@pytest.mark.integration
+def test_region_incident_inhibits_its_data_drift_alert_but_not_others(alertmanager):
+    _post(alertmanager, [{"alertname": "SatmonRegionDegraded", "severity": "critical", "region": "highlands"}])
+    time.sleep(0.5)
+    _post(alertmanager, [{"alertname": "SatmonDataDrift", "severity": "warning", "region": "highlands",
+                          "feature": "latency_ms"},
+                         {"alertname": "SatmonDataDrift", "severity": "warning", "region": "west",
+                          "feature": "rsrp_dbm"}])
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"{alertmanager}/api/v2/alerts", timeout=5) as resp:
+            state = {(a["labels"]["alertname"], a["labels"]["region"]): a["status"] for a in json.load(resp)}
+        if len(state) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert state[("SatmonDataDrift", "highlands")]["inhibitedBy"]
+    assert not state[("SatmonDataDrift", "west")]["inhibitedBy"]
