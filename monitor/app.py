@@ -86,6 +86,8 @@ class Worker:
     metrics: Any = None
     #: :class:`monitor.brokerwatch.BrokerWatchTask`: reports a broker that lost data underneath us
     broker_watch: Any = None
+    #: :class:`monitor.alertmanager.AlertmanagerClient` when ``alertmanager_url`` is set
+    alertmanager: Any = None
 
     def assigned_partitions(self) -> list[int]:
         """Input partitions this worker owns (active, not standby)."""
@@ -272,6 +274,8 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     pipeline.prepare = declare_outputs
 
     _add_broker_watch(worker)
+    if settings.alertmanager_url:
+        _add_alertmanager(worker, settings.alertmanager_url, on_alert_metrics)
     _add_web_views(worker)
     if api:
         _add_api(worker)
@@ -334,6 +338,27 @@ def _add_api(worker: Worker) -> None:
     @app.on_before_shutdown.connect
     async def stop_view(_app: Any, **kwargs: Any) -> None:
         await feeder.stop()
+
+
+def _add_alertmanager(worker: Worker, url: str, on_alert: list[Callable[[Any], None]]) -> None:
+    """Push every alert the worker's detectors emit to Alertmanager's v2 API
+    (``monitor.alertmanager``: queued, coalesced, retried with back-off; never blocks the stream)."""
+    from monitor.alertmanager import AlertmanagerClient
+
+    client = worker.alertmanager = AlertmanagerClient(url)
+    on_alert.append(client.notify)
+    if worker.metrics is not None:
+        worker.metrics.track_alertmanager(client)
+    app = worker.app
+
+    @app.task
+    async def start_alertmanager_client() -> None:
+        await client.start()
+        log.info("pushing alerts to Alertmanager at %s", url)
+
+    @app.on_before_shutdown.connect
+    async def stop_alertmanager_client(_app: Any, **kwargs: Any) -> None:
+        await client.stop()
 
 
 def _add_broker_watch(worker: Worker) -> None:

@@ -73,6 +73,9 @@ class Metric:
     #: a window is judged on this metric only with at least this many events (its numerator):
     #: one complaint in a quiet cell's minute is not a hot spot
     min_events: float = 0.0
+    #: an outcome that trails the network (complaints, risk): it can fire, but does not keep a
+    #: hot spot open once the network symptoms are back to normal
+    lagging: bool = False
 
     def fmt(self, value: float) -> str:
         if self.unit == "%":
@@ -88,9 +91,9 @@ CELL_METRICS: tuple[Metric, ...] = (
     Metric("drop_rate", "rate", 20, 0.03, 0.005, "dropped calls", "%"),
     Metric("stall_rate", "rate", 20, 0.05, 0.01, "video stalls", "%"),
     Metric("latency_ms", "mean", 20, 25.0, 2.0, "latency", "ms"),
-    Metric("complaint_rate", "rate", 20, 0.02, 0.004, "complaints per session", "%", min_events=3),
+    Metric("complaint_rate", "rate", 20, 0.02, 0.004, "complaints per session", "%", min_events=3, lagging=True),
     Metric("app_failure_rate", "rate", 10, 0.15, 0.02, "app failures", "%", min_events=3),
-    Metric("mean_risk", "mean", 10, 0.10, 0.01, "mean churn risk", ""),
+    Metric("mean_risk", "mean", 10, 0.10, 0.01, "mean churn risk", "", lagging=True),
 )
 
 
@@ -485,7 +488,7 @@ class HotspotDetector:
                 rank = min(z / self.z_fire, excess / m.min_delta if m.min_delta else z)
                 if rank > worst_rank:
                     worst, worst_rank = name, rank
-            if z >= self.z_clear and excess >= m.min_delta / 2:
+            if z >= self.z_clear and excess >= m.min_delta / 2 and not m.lagging:
                 clear = False
         if evidence is not None:
             # sequential metrics: the accumulated evidence decides (the z-scores still name the
