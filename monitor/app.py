@@ -301,6 +301,7 @@ def _add_api(worker: Worker) -> None:
 
     view, board = RiskView(), HotspotBoard()
     store = OutreachStore(sink=publish)
+    worker.pipeline.observers.append(OutcomeObserver())
     feeder = feeder_for(settings.bootstrap_servers, view, board, store, client_id=f"view-{worker.worker_id}")
     api = build_api(settings, view, store, AuditLog(Path(settings.data_dir) / "audit" / "audit.jsonl"),
                     worker.registry, hotspots=board, ready=lambda: feeder.caught_up)
@@ -338,6 +339,21 @@ def _add_api(worker: Worker) -> None:
     @app.on_before_shutdown.connect
     async def stop_view(_app: Any, **kwargs: Any) -> None:
         await feeder.stop()
+
+
+class OutcomeObserver:
+    """Publishes the outcomes ingest implies (a complaint opened, a detractor answer) to
+    ``satmon-outreach``, where every worker's outreach store reads them for
+    ``/api/v1/outreach/effect`` (record ids derive from event ids: replays do not double count)."""
+
+    def on_batch(self, partition: int, events: Any, scores: Any, letters: Any, out: Any) -> None:
+        from monitor.outreach import OUTREACH_TOPIC, encode_record, outcome_for_event
+
+        for event in events:
+            if event.stream != "network":
+                record = outcome_for_event(event)
+                if record is not None:
+                    out.add(OUTREACH_TOPIC, 0, record.subscriber_id.encode(), encode_record(record))
 
 
 def _add_alertmanager(worker: Worker, url: str, on_alert: list[Callable[[Any], None]]) -> None:

@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from monitor.config import add_flags
 
     add_flags(parser, ("broker", "data_dir", "partitions", "store", "web_host", "web_port", "worker_id",
-                       "log_level", "alertmanager_url", "checkpoint_interval_s", "at_risk_threshold", "label_horizon_hours",
-                       "state_ttl_days", "state_cache_per_partition", "standby_replicas", "model_checkpoint", "pseudonymise", "pseudonym_key_file"))
+                       "log_level", "alertmanager_url", "checkpoint_interval_s", "at_risk_threshold",
+                       "label_horizon_hours", "state_ttl_days", "state_cache_per_partition", "standby_replicas",
+                       "model_checkpoint", "pseudonymise", "pseudonym_key_file", "tokens_file"))
     parser.add_argument("--embedded", action="store_true",
                         help="no broker configured: start the embedded Tansu broker in this process")
     parser.add_argument("--app-id", default="satmon",
