@@ -38,9 +38,16 @@ def call(port: int, path: str, role: str = "outreach", body: dict | None = None)
 
 
 def at_risk(port: int) -> list[str]:
-    status, body = call(port, "/api/v1/at-risk?limit=1000")
-    assert status == 200, body
-    return [r["subscriber_id"] for r in body["rows"]]
+    """The whole list, page after page (stable cursor)."""
+    out: list[str] = []
+    cursor = ""
+    while True:
+        status, body = call(port, "/api/v1/at-risk?limit=500" + (f"&cursor={cursor}" if cursor else ""))
+        assert status == 200, body
+        out += [r["subscriber_id"] for r in body["rows"]]
+        cursor = body.get("next_cursor")
+        if not cursor:
+            return out
 
 
 def test_any_worker_serves_the_complete_list_and_contacts_suppress_everywhere(broker: Broker, workers: Any,
@@ -51,6 +58,8 @@ def test_any_worker_serves_the_complete_list_and_contacts_suppress_everywhere(br
                                 malformed_share=0, duplicate_share=0, late_share=0)
     records = list(simulate.generate(config))
     args = ("--tokens-file", str(tokens))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     a = workers(broker, app_id="t-api2", worker_id="wa", data_dir=tmp_path / "a", extra_args=args)
     b = workers(broker, app_id="t-api2", worker_id="wb", data_dir=tmp_path / "b", extra_args=args)
     for w in (a, b):
