@@ -266,6 +266,8 @@ class RiskPipeline:
         self.on_checkpoint: Callable[[int, int], None] | None = None
         #: ``(topic, partition, n)`` when re-delivered records below the resume floor are skipped (metrics)
         self.on_skipped: Callable[[str, int, int], None] | None = None
+        #: given to every core: called with a :class:`monitor.core.LabelJoin` per label learned
+        self.on_label: Callable[[Any], None] | None = None
         self.score_partitioner = score_partitioner
         self.clock = clock
         #: ``() -> {TP: next offset}`` whose effects the broker acknowledged (set by the app)
@@ -304,6 +306,8 @@ class RiskPipeline:
                 return state.get(_p, subscriber_id.encode())
 
             core = self.make_core(partition, load)
+            if self.on_label is not None and hasattr(core, "on_label"):
+                core.on_label = self.on_label
             blob = self.model_table.get(partition, str(partition).encode())
             if blob is not None:
                 core.restore(blob)

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ from monitor.fastpath import FastTransport
 log = logging.getLogger(__name__)
 
 APP_ID = "satmon"
+#: how often the rolling model-quality gauges are recomputed (seconds)
+MODEL_QUALITY_INTERVAL_S = 10.0
 STATE_TABLE = "subscriber-state"
 MODEL_TABLE = "risk-model"
 
@@ -263,6 +266,13 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     pipeline.on_checkpoint = worker.metrics.checkpoint_written
     pipeline.on_skipped = worker.metrics.records_skipped
     on_alert_metrics.append(worker.metrics.on_alert)
+    quality = ModelQualityFeed(worker.metrics, on_alert_metrics)
+    pipeline.on_label = quality.on_label
+    pipeline.observers.append(quality)
+
+    @app.timer(MODEL_QUALITY_INTERVAL_S)
+    async def export_model_quality() -> None:
+        quality.export()
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "satmon_faust"))
 
     async def declare_outputs() -> None:
@@ -339,6 +349,58 @@ def _add_api(worker: Worker) -> None:
     @app.on_before_shutdown.connect
     async def stop_view(_app: Any, **kwargs: Any) -> None:
         await feeder.stop()
+
+
+class ModelQualityFeed:
+    """The labels the cores learn, turned into model-quality metrics and concept-drift alerts.
+
+    Per partition: labels received (by kind), a :class:`monitor.metrics.RollingQuality` of the
+    test-then-train predictions (exported by a timer), and the label's log-loss fed to a
+    :class:`monitor.drift.ConceptDriftMonitor`, whose alerts go out with the next batch (the
+    ``alerts`` topic, the metrics, Alertmanager) through ``on_alert``."""
+
+    def __init__(self, metrics: Any, on_alert: list[Callable[[Any], None]],
+                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+        from monitor.drift import ConceptDriftMonitor
+
+        self.metrics = metrics
+        self.on_alert = on_alert
+        self.clock_ms = clock_ms
+        self.concept = ConceptDriftMonitor()
+        self.quality: dict[int, Any] = {}
+        self._pending: list[Any] = []
+
+    def on_label(self, join: Any) -> None:
+        import math
+
+        from monitor.metrics import RollingQuality
+
+        kind = "complaint" if join.kind == "complaint" else ("detractor" if join.y else "survey_ok")
+        self.metrics.label_received(join.partition, kind)
+        q = self.quality.get(join.partition)
+        if q is None:
+            q = self.quality[join.partition] = RollingQuality()
+        q.update(join.p, join.y)
+        p = min(max(join.p, 1e-7), 1 - 1e-7)
+        loss = -math.log(p if join.y else 1 - p)
+        self._pending.extend(self.concept.update(str(join.partition), loss, self.clock_ms()))
+
+    def on_batch(self, partition: int, events: Any, scores: Any, letters: Any, out: Any) -> None:
+        if not self._pending:
+            return
+        from monitor.events import encode
+
+        for alert in self._pending:
+            out.add(ALERTS_TOPIC, 0, alert.alert_id.encode(), encode(alert))
+            for hook in self.on_alert:
+                hook(alert)
+        self._pending.clear()
+
+    def export(self) -> None:
+        for partition, q in self.quality.items():
+            if len(q):
+                ll, auc, ece = q.snapshot()
+                self.metrics.set_model_quality(partition, log_loss=ll, roc_auc=auc, calibration_error=ece)
 
 
 class OutcomeObserver:

@@ -358,3 +358,25 @@ def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> N
     obs.on_revoked(2, out)  # the open window (s3 on cA) is flushed, not dropped
     flushed = [part for recs in out.records().values() for _, v in recs for part in decode_batch(v).partials]
     assert [(p.cell_id, p.sessions) for p in flushed] == [("cA", 1)]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_labels_feed_model_quality_metrics(broker: Broker, workers: Any, tmp_path: Path) -> None:
+    """Complaints and survey answers learned by the real core show up as labels received and as
+    rolling model-quality gauges on /metrics (by partition, never by subscriber)."""
+    from monitor import simulate
+
+    config = simulate.SimConfig(subscribers=3000, hours=2, seed=4, malformed_share=0, duplicate_share=0,
+                                late_share=0)
+    records = list(simulate.generate(config))
+    run(produce(broker.bootstrap, records))
+    w = workers(broker, app_id="t-quality", core="real")
+    w.wait_for(lambda: w.total("satmon_worker_events_total") >= len(records), timeout_s=120, what="all events")
+    w.wait_for(lambda: w.total("satmon_model_roc_auc") > 0, timeout_s=30, what="model-quality gauges")
+    m = w.metrics()
+    labels = {k: v for k, v in m.items() if k.startswith("satmon_model_labels_received_total")}
+    assert sum(labels.values()) > 20 and any('kind="complaint"' in k for k in labels)
+    assert any(k.startswith("satmon_model_log_loss") and v > 0 for k, v in m.items())
+    assert not any("sub-" in k for k in m)
+    assert w.stop() == 0
