@@ -13,7 +13,7 @@ resolve) either read :meth:`AlertLifecycle.active` or register ``on_change`` cal
 >>> a = lc.fire("SatmonHotSpotActive", {"cell_id": "c1", "region": "north"}, ts_ms=60_000,
 ...             severity="warning", summary="Cell c1 is a hot spot", description="drops 5x")
 >>> a.status, a.sequence, a.runbook_url
-('firing', 0, 'docs/runbook/SatmonHotSpotActive.md')
+('firing', 0, 'https://github.com/satmon/satmon/blob/main/docs/runbook/SatmonHotSpotActive.md')
 >>> lc.fire("SatmonHotSpotActive", {"cell_id": "c1", "region": "north"}, ts_ms=120_000,
 ...         severity="warning", summary="Cell c1 is a hot spot", description="drops 5x") is None
 True
@@ -46,9 +46,11 @@ ALERT_KINDS: dict[str, str] = {
 }
 _ID_PREFIX = {"hotspot_cell": "hs", "hotspot_region": "rg", "data_drift": "dd", "concept_drift": "md"}
 
-# Runbooks live in the repository (docs/runbook/<alertname>.md); deployments point this at the
-# rendered copy (e.g. https://git.example/satmon/blob/main/docs/runbook).
-DEFAULT_RUNBOOK_BASE = "docs/runbook"
+# Runbooks live in the repository (docs/runbook/<alertname>.md). The alerts the workers push and the
+# ones Prometheus evaluates (deploy/prometheus/rules) link to the same rendered copy, so Alertmanager
+# merges them with identical annotations; a fork changes this and the rules together
+# (tests/test_rules.py checks that they agree and that every page exists).
+DEFAULT_RUNBOOK_BASE = "https://github.com/satmon/satmon/blob/main/docs/runbook"
 SEVERITIES = ("info", "warning", "critical")
 
 

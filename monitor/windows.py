@@ -31,6 +31,7 @@ Late events (older than the windows already closed) are counted per stream in
 from __future__ import annotations
 
 import hashlib
+import time
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -452,9 +453,11 @@ class WindowMerger:
     A window is *complete* once every expected source has closed it (its ``closed_before_ms``
     passed the window's start) — sources send a :class:`WindowBatch` on every close even with no
     partials, so a source without traffic for a cell still says so. A source that stops reporting
-    (idle or lost partition) holds windows back at most ``max_skew_ms`` behind the most advanced
-    source; then they are completed without it. Partials arriving for an already completed window
-    are counted in :attr:`late_partials`.
+    (idle or lost partition) for ``max_silence_s`` of *wall-clock* time no longer holds windows
+    back: they are completed without it. Event-time skew between sources is normal while a worker
+    catches up a backlog (one partition's batch can be many minutes of event time ahead of
+    another's), so it is not a reason to give up on a source unless ``max_skew_ms`` is set.
+    Partials arriving for an already completed window are counted in :attr:`late_partials`.
 
     >>> m = WindowMerger(sources=["0", "1"])
     >>> m.add(WindowBatch(source="0", closed_before_ms=60_000,
@@ -467,15 +470,21 @@ class WindowMerger:
     [('c', 5, ['0', '1'])]
     """
 
-    def __init__(self, *, sources: Iterable[str], max_skew_ms: int = 180_000) -> None:
+    def __init__(self, *, sources: Iterable[str], max_skew_ms: int | None = None, max_silence_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.sources = frozenset(sources)
         self.max_skew_ms = max_skew_ms
+        self.max_silence_s = max_silence_s
+        self.clock = clock
+        self._born = clock()
+        self._heard: dict[str, float] = {}
         self._pending: dict[tuple[int, str], Partial] = {}
         self._closed: dict[str, int] = {}
         self.completed_before_ms: int | None = None
         self.late_partials = 0
 
     def add(self, batch: WindowBatch) -> None:
+        self._heard[batch.source] = self.clock()
         prev = self._closed.get(batch.source)
         if prev is None or batch.closed_before_ms > prev:
             self._closed[batch.source] = batch.closed_before_ms
@@ -494,13 +503,19 @@ class WindowMerger:
         """Merged partials of every complete window, ordered by window start then cell."""
         if not self._closed:
             return []
-        known = [self._closed[s] for s in self.sources if s in self._closed]
+        now = self.clock()
         newest = max(self._closed.values())
-        if len(known) == len(self.sources):
-            horizon = min(known)
-        else:
-            horizon = -1 << 62
-        horizon = max(horizon, newest - self.max_skew_ms)
+        waiting = []   # the closes of the sources still worth waiting for
+        for src in self.sources:
+            heard = self._heard.get(src, self._born)
+            if now - heard <= self.max_silence_s:
+                if src not in self._closed:
+                    waiting.append(-1 << 62)   # not heard from yet, but not silent for long either
+                else:
+                    waiting.append(self._closed[src])
+        horizon = min(waiting) if waiting else newest
+        if self.max_skew_ms is not None:
+            horizon = max(horizon, newest - self.max_skew_ms)
         if self.completed_before_ms is not None and horizon <= self.completed_before_ms:
             return []
         self.completed_before_ms = horizon

@@ -274,3 +274,13 @@ def test_region_incident_inhibits_its_data_drift_alert_but_not_others(alertmanag
         time.sleep(0.2)
     assert state[("SatmonDataDrift", "highlands")]["inhibitedBy"]
     assert not state[("SatmonDataDrift", "west")]["inhibitedBy"]
+
+
+def test_worker_alerts_and_rules_link_the_same_runbooks():
+    """The detectors' alerts (pushed by the workers) and the rules' use one runbook base, and every
+    alert the detectors can raise has its page."""
+    from monitor.alerting import DATA_DRIFT, DEFAULT_RUNBOOK_BASE, HOTSPOT_CELL, HOTSPOT_REGION, MODEL_DRIFT
+
+    assert DEFAULT_RUNBOOK_BASE == f"{RUNBOOK_BASE}docs/runbook"
+    for name in (HOTSPOT_CELL, HOTSPOT_REGION, DATA_DRIFT, MODEL_DRIFT):
+        assert (ROOT / "docs" / "runbook" / f"{name}.md").is_file(), name

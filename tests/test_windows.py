@@ -148,6 +148,20 @@ def test_merger_does_not_wait_forever_for_a_silent_source():
     assert [p.start_ms for p in m.pop_complete()] == [T0, T0 + W]      # 2 windows behind the newest
 
 
+def test_merger_waits_for_a_lagging_source_but_not_for_a_silent_one():
+    """Event-time skew (a source catching up a backlog) is waited out; wall-clock silence is not."""
+    now = [0.0]
+    m = WindowMerger(sources=["0", "1"], max_silence_s=30.0, clock=lambda: now[0])
+    m.add(WindowBatch(source="1", closed_before_ms=T0 + W, partials=[]))
+    for k in range(30):   # source 0 runs 30 windows ahead in event time
+        m.add(WindowBatch(source="0", closed_before_ms=T0 + (k + 1) * W,
+                          partials=[Partial(cell_id="c", region="r", start_ms=T0 + k * W, width_ms=W, sessions=1)]))
+    assert [p.start_ms for p in m.pop_complete()] == [T0]      # only what source 1 has closed too
+    now[0] = 31.0                                               # source 1 silent for 31 s of wall clock
+    m.add(WindowBatch(source="0", closed_before_ms=T0 + 31 * W, partials=[]))
+    assert len(m.pop_complete()) == 29 and m.late_partials == 0
+
+
 def test_partial_serialises_compactly_and_round_trips():
     [p] = [q for q in _random_partials(3, 1)]
     raw = encode_batch(WindowBatch(source="0", closed_before_ms=T0 + W, partials=[p]))
