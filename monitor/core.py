@@ -11,7 +11,7 @@ the tests. Every time-dependent rule runs on event time, so equal input gives eq
 ...        b'"dl_mbps":0.5,"ul_mbps":0.1,"latency_ms":250,"jitter_ms":40,"packet_loss_pct":6,'
 ...        b'"call_drop":true,"video_stall_s":30}')
 >>> [s] = core.process_batch([decode("network_event.v1", raw)])
->>> s.at_risk, s.reasons[0].code in {"weak_coverage", "drops", "stalls", "latency", "throughput"}
+>>> s.at_risk, s.reasons[0].code in {"worst_moment", "recent_moments", "weak_coverage", "drops", "stalls", "latency"}
 (True, True)
 """
 
