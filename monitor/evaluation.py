@@ -61,15 +61,25 @@ def replay(events: list[Any], *, partitions: int = 4, settings: Any = None,
     cores = [PartitionCore(p, settings=settings, clock_ms=lambda: 0) for p in range(partitions)]
     for core in cores:
         core.on_label = on_label
-    cache: dict[str, int] = {}
+    core_of = _router(cores)
     for event in events:
-        sid = event.subscriber_id
-        p = cache.get(sid)
-        if p is None:
-            p = cache[sid] = partition_of(sid, partitions)
-        score = cores[p].process(event)
+        score = core_of(event.subscriber_id).process(event)
         if score is not None:
             yield score
+
+
+def _router(cores: list[PartitionCore]) -> Callable[[str], PartitionCore]:
+    """``subscriber_id -> core`` by Kafka's default partitioner, cached per subscriber."""
+    cache: dict[str, PartitionCore] = {}
+    n = len(cores)
+
+    def core_of(sid: str) -> PartitionCore:
+        core = cache.get(sid)
+        if core is None:
+            core = cache[sid] = cores[partition_of(sid, n)]
+        return core
+
+    return core_of
 
 
 def _auc(y: np.ndarray, s: np.ndarray) -> float:
@@ -163,7 +173,6 @@ def evaluate(sim_dir: str | Path, *, partitions: int = 4, settings: Any = None, 
         instants = list(range(start - start % HOUR_MS + HOUR_MS, end, HOUR_MS))
         p_latent = None
     cores = [PartitionCore(p, settings=settings, clock_ms=lambda: 0) for p in range(partitions)]
-    part: dict[str, int] = {}
     first_at_risk: dict[str, int] = {}
     ev_y: list[int] = []
     lat_y: list[float] = []
@@ -187,15 +196,13 @@ def evaluate(sim_dir: str | Path, *, partitions: int = 4, settings: Any = None, 
                     lat_y.append(p_latent[j, int(sid.rsplit("-", 1)[1])])
 
     j = 0
+    core_of = _router(cores)
     for event in events:
         while j < len(instants) and event.ts_ms > instants[j]:
             score_all(j)
             j += 1
         sid = event.subscriber_id
-        p = part.get(sid)
-        if p is None:
-            p = part[sid] = partition_of(sid, partitions)
-        sc = cores[p].process(event)
+        sc = core_of(sid).process(event)
         if sc is not None:
             emitted += 1
             if sc.at_risk and sid not in first_at_risk:
