@@ -376,7 +376,7 @@ def test_labels_feed_model_quality_metrics(broker: Broker, workers: Any, tmp_pat
     w.wait_for(lambda: w.total("satmon_model_roc_auc") > 0, timeout_s=30, what="model-quality gauges")
     m = w.metrics()
     labels = {k: v for k, v in m.items() if k.startswith("satmon_model_labels_received_total")}
-    assert sum(labels.values()) > 20 and any('kind="complaint"' in k for k in labels)
+    assert sum(labels.values()) >= 10 and any('kind="complaint"' in k for k in labels)
     assert any(k.startswith("satmon_model_log_loss") and v > 0 for k, v in m.items())
     assert not any("sub-" in k for k in m)
     assert w.stop() == 0
