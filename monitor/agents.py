@@ -40,6 +40,8 @@ RISK_SCORES_TOPIC = "risk-scores"
 DEAD_LETTER_TOPIC = "satmon-dead-letter"
 CELL_WINDOWS_TOPIC = "satmon-cell-windows"
 ALERTS_TOPIC = "alerts"
+#: input topic -> the ``stream`` of its events
+TOPIC_STREAMS = {"network-events": "network", "care-tickets": "tickets", "app-interactions": "app"}
 
 
 class BatchObserver(Protocol):
@@ -65,10 +67,29 @@ class CellWindows:
     partials of the regions that partition owns (murmur2 of the region, like a keyed record): the
     hot-spot engine rolls cells up into their region, so a region's cells must meet in one place.
     On revocation and shutdown open windows are flushed rather than dropped.
+
+    **Three streams, one watermark.** A partition's three streams are produced by different systems
+    and fetched at different paces: while a backlog is read, a sparse stream's whole backlog can come
+    in one fetch, an hour of event time ahead of the dense one; even live, one stream's records of a
+    second can reach the broker after another's. Closing windows by the largest event time of any
+    stream turned the slower stream's records into late events (seen through the worker: an
+    outage's sessions vanished from its cell's windows). So, as in Flink's multi-input watermarks
+    with idleness, windows close up to the *smallest* watermark of the streams that are **active**:
+    records seen within ``idle_s`` of wall-clock time, or records still waiting in Kafka
+    (``backlog(topic, partition)`` -> count or None, see
+    :meth:`monitor.fastpath.FastConsumer.backlog`). A stream that has gone quiet holds nothing back.
     """
 
-    def __init__(self, *, partitions: int, width_ms: int = 60_000, allowed_lateness_ms: int = 30_000) -> None:
+    def __init__(self, *, partitions: int, width_ms: int = 60_000, allowed_lateness_ms: int = 30_000,
+                 backlog: Callable[[str, int], int | None] | None = None, idle_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.partitions = partitions
+        self.backlog = backlog
+        self.idle_s = idle_s
+        self.clock = clock
+        self.holds = 0   # batches whose closing a slower active stream held back
+        self._late_retired: dict[str, int] = {}   # late events of aggregators since revoked
+        self._seen: dict[int, dict[str, float]] = {}   # partition -> stream -> wall clock last seen
         self.width_ms = width_ms
         self.allowed_lateness_ms = allowed_lateness_ms
         self.aggregators: dict[int, Any] = {}
@@ -88,19 +109,58 @@ class CellWindows:
                  dead_letters: Sequence[ev.DeadLetter], out: Outputs) -> None:
         agg = self._aggregator(partition)
         cells = self._cells.setdefault(partition, {})
+        present: set[str] = set()
+        add = present.add
         for event in events:
-            if event.stream == "network":
+            stream = event.stream
+            if stream == "network":
                 cells[event.subscriber_id] = (event.cell_id, event.region)
+            add(stream)
         agg.add_batch(events, scores, cells.get)
         before = agg.closed_before_ms
-        partials = agg.close()
+        partials = agg.close(hold_ms=self._hold(partition, agg, present))
         if agg.closed_before_ms != before:
             self._ship(agg, partials, out)
+
+    def _hold(self, partition: int, agg: Any, present: set[str]) -> float | None:
+        now = self.clock()
+        seen = self._seen.setdefault(partition, {})
+        for stream in present:
+            seen[stream] = now
+        active = []
+        for topic, stream in TOPIC_STREAMS.items():
+            if now - seen.get(stream, float("-inf")) < self.idle_s or (
+                    self.backlog is not None and self.backlog(topic, partition)):
+                active.append(stream)
+        hold = agg.holds(active)
+        if hold is not None and agg.watermark_ms is not None and hold < agg.watermark_ms:
+            self.holds += 1
+        return hold
+
+    def tick(self, out: Outputs) -> None:
+        """Re-close every partition's windows by wall-clock time: a stream that went quiet since
+        the last batch (the end of a burst, a source that stopped) no longer holds them."""
+        for partition, agg in self.aggregators.items():
+            before = agg.closed_before_ms
+            partials = agg.close(hold_ms=self._hold(partition, agg, set()))
+            if agg.closed_before_ms != before:
+                self._ship(agg, partials, out)
+
+    def late_events(self) -> dict[str, int]:
+        """Events left out of closed windows, per stream, since start (revoked partitions included)."""
+        total = dict(self._late_retired)
+        for agg in self.aggregators.values():
+            for stream, n in agg.late_events.items():
+                total[stream] = total.get(stream, 0) + n
+        return total
 
     def on_revoked(self, partition: int, out: Outputs) -> None:
         agg = self.aggregators.pop(partition, None)
         self._cells.pop(partition, None)
+        self._seen.pop(partition, None)
         if agg is not None:
+            for stream, n in agg.late_events.items():
+                self._late_retired[stream] = self._late_retired.get(stream, 0) + n
             self._ship(agg, agg.flush(), out)
 
     def flush_all(self, out: Outputs) -> None:
@@ -142,6 +202,10 @@ class HotspotStage:
         self.stages: dict[int, tuple[Any, Any]] = {}
         self.windows_in = 0
         self.alerts_out = 0
+
+    def late_partials(self) -> int:
+        """Partials that reached a merger after their window was complete (left out, counted)."""
+        return sum(merger.late_partials for merger, _engine in self.stages.values())
 
     def on_window_batch(self, partition: int, raw: bytes) -> list[ev.Alert]:
         from monitor.hotspots import HotspotEngine
@@ -439,6 +503,16 @@ class RiskPipeline:
                 log.info("partition %d revoked: state flushed, model checkpointed", partition)
             self._floors.pop(partition, None)
             self._floors_written.pop(partition, None)
+
+    def tick(self, out: Outputs) -> None:
+        """Wall-clock work of the observers (about once a second, see ``BatchHandler``)."""
+        for observer in self.observers:
+            tick = getattr(observer, "tick", None)
+            if tick is not None:
+                try:
+                    tick(out)
+                except Exception:  # a timer must not stop the drain loop
+                    log.exception("tick of %r failed", observer)
 
     def flush_all(self, out: Outputs, *, checkpoint: bool = True) -> None:
         """Flush every partition's dirty state (and checkpoint its model): used at shutdown."""

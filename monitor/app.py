@@ -84,6 +84,8 @@ class Worker:
     settings: Settings
     worker_id: str
     hotspots: HotspotStage | None = None
+    #: the :class:`monitor.agents.CellWindows` observer (None with ``cell_windows=False``)
+    cell_windows: CellWindows | None = None
     view: Any = None
     feeder: Any = None
     metrics: Any = None
@@ -145,6 +147,20 @@ class _PipelineCollector:
                                       value=h.windows_in)
             yield CounterMetricFamily("satmon_worker_alerts", "alert.v1 records emitted by the hot-spot engine",
                                       value=h.alerts_out)
+            yield CounterMetricFamily("satmon_worker_window_late_partials",
+                                      "Cell-window partials that arrived after their window was merged (left out)",
+                                      value=h.late_partials())
+        cw = self.worker.cell_windows
+        if cw is not None:
+            late = CounterMetricFamily("satmon_worker_window_late_events",
+                                       "Events older than their cell's closed window: counted, left out of hot-spot windows",
+                                       labels=["stream"])
+            for stream, n in sorted(cw.late_events().items()):
+                late.add_metric([stream], n)
+            yield late
+            yield CounterMetricFamily("satmon_worker_window_held_batches",
+                                      "Batches whose window closing waited for a stream with a backlog in Kafka",
+                                      value=cw.holds)
         yield GaugeMetricFamily("satmon_worker_partitions", "Input partitions assigned to this worker (active)",
                                 value=len(self.worker.assigned_partitions()))
         yield GaugeMetricFamily("satmon_worker_cores", "Input partitions with a live risk core in memory",
@@ -153,6 +169,16 @@ class _PipelineCollector:
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _backlog_of(app: Any) -> Callable[[str, int], int | None]:
+    """``backlog(topic, partition)`` of the app's consumer (None until it is a running FastConsumer)."""
+
+    def backlog(topic: str, partition: int) -> int | None:
+        probe = getattr(app._consumer, "backlog", None)   # never create a consumer just to ask
+        return probe(topic, partition) if probe is not None else None
+
+    return backlog
 
 
 def build_worker(settings: Settings, *, app_id: str = APP_ID,
@@ -241,13 +267,14 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
             p = score_partition_cache[key] = (murmur2(key) & 0x7FFFFFFF) % n
         return p
 
+    windows_obs = CellWindows(partitions=n, backlog=_backlog_of(app)) if cell_windows else None
     pipeline = RiskPipeline(
         state_table=TableStore(state_table),
         model_table=TableStore(model_table),
         make_core=make_core or default_core_factory(settings),
         checkpoint_interval_s=settings.checkpoint_interval_s,
         worker_id=worker_id,
-        observers=[CellWindows(partitions=n), *observers] if cell_windows else list(observers),
+        observers=[windows_obs, *observers] if windows_obs is not None else list(observers),
         score_partitioner=score_partition,
         pseudonymise=pseudonymise,
     )
@@ -255,7 +282,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     pipeline.durable_offsets = lambda: app.consumer.durable_offsets()
     registry = registry if registry is not None else CollectorRegistry()
     worker = Worker(app=app, pipeline=pipeline, registry=registry, settings=settings, worker_id=worker_id,
-                    hotspots=hotspots)
+                    hotspots=hotspots, cell_windows=windows_obs)
     registry.register(_PipelineCollector(worker))
     # The documented metric set (monitor/metrics.py, docs/OPERATIONS.md) that the rules and
     # dashboards in deploy/ query: kept current by an observer of every batch.

@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 FETCH_MAX_WAIT_MS = 100
 
 
+#: how often the drain loop calls the handler's ``tick`` (seconds)
+TICK_S = 1.0
+
+
 class BatchHandler(Protocol):
     """What :class:`FastConsumer` hands fast-topic batches to (``monitor.agents.RiskPipeline``)."""
 
@@ -65,6 +69,9 @@ class BatchHandler(Protocol):
 
     def flush_all(self, out: "Outputs") -> None:
         """Flush everything kept in memory (at shutdown), adding records to ``out``."""
+
+    # Optional: ``tick(out)``, called about once a second between batches (also when no records
+    # come), for work driven by wall-clock time, e.g. closing windows a stream that went quiet held.
 
 
 class Outputs:
@@ -263,6 +270,21 @@ class FastConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> FastConsumerThread:
         return FastConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def backlog(self, topic: str, partition: int) -> int | None:
+        """Records of ``topic``/``partition`` still waiting in Kafka: the high-water of the last
+        fetch response minus the fetch position (the next offset ``getmany`` returns, so what was
+        handed to the batch handler is behind it). None when unknown (not assigned, or not fetched
+        yet). Reads aiokafka's partition state directly: the public ``position()`` is a coroutine."""
+        try:
+            consumer = self._thread._ensure_consumer()
+            assignment = consumer._subscription.subscription.assignment
+            state = assignment.state_value(TopicPartition(topic, partition)) if assignment else None
+        except Exception:  # no consumer yet, or a rebalance in progress
+            return None
+        if state is None or state.highwater is None or not state.has_valid_position:
+            return None
+        return max(0, state.highwater - state.position)
+
     # -- acknowledgement and commit -------------------------------------------------------------
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterable[TP]:
@@ -384,10 +406,21 @@ class FastConsumer(faust_aiokafka.Consumer):
         inbound = monitor.stream_inbound_time if monitor is not None else {}
         acks_enabled_for = self.app.topics.acks_enabled_for
         out = Outputs()
+        tick = getattr(handler, "tick", None)
+        next_tick = time.monotonic() + TICK_S
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 records, active = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)
+                if tick is not None and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TICK_S
+                    if self.flow_active and not self.suspend_flow.is_set():
+                        self._batch_idle.clear()
+                        try:
+                            tick(out)
+                            await self._send(out)
+                        finally:
+                            self._batch_idle.set()
                 if records is None or self.should_stop or not records:
                     continue
                 if not self.flow_active:

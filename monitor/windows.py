@@ -251,6 +251,8 @@ class WindowAggregator:
         self.degraded_min_sinr_db = degraded_min_sinr_db
         self._open: dict[tuple[str, int], _Acc] = {}
         self.watermark_ms: int | None = None
+        # largest event time per stream: a stream with a backlog holds windows back (see close)
+        self.stream_watermarks: dict[str, int] = {}
         self.closed_before_ms: int | None = None  # windows starting before this are closed
         self.late_events: dict[str, int] = dict.fromkeys(STREAMS, 0)
         self.events: dict[str, int] = dict.fromkeys(STREAMS, 0)
@@ -263,6 +265,9 @@ class WindowAggregator:
         wm = self.watermark_ms
         if wm is None or ts_ms > wm:
             self.watermark_ms = wm = ts_ms
+        swm = self.stream_watermarks.get(stream)
+        if swm is None or ts_ms > swm:
+            self.stream_watermarks[stream] = ts_ms
         start = ts_ms - ts_ms % self.width_ms
         closed = self.closed_before_ms
         if closed is not None and start < closed:
@@ -379,22 +384,45 @@ class WindowAggregator:
                 self.add_risk(s.subscriber_id, s.ts_ms, s.score, *where)
 
     # -- closing -------------------------------------------------------------------------------
-    def close(self, watermark_ms: int | None = None) -> list[Partial]:
+    def close(self, watermark_ms: int | None = None, *, hold_ms: float | None = None) -> list[Partial]:
         """Close every window the watermark has passed (by more than the allowed lateness).
 
         ``watermark_ms`` may advance the watermark beyond the events seen (e.g. an idle partition
-        driven by wall-clock time); it never moves it back. Returns the partials, oldest first.
+        driven by wall-clock time); it never moves it back. ``hold_ms`` caps the horizon for this
+        call without changing the watermark: the caller passes the event time of a stream that still
+        has records waiting in Kafka (see :meth:`holds`), so a sparse stream fetched ahead of a dense
+        one cannot close the dense stream's windows before its backlog is read. Returns the
+        partials, oldest first.
+
+        >>> agg = WindowAggregator(width_ms=60_000, allowed_lateness_ms=0)
+        >>> agg.add_network_kpis("s1", 10_000, "c1", "r")
+        >>> agg.add_app(type("App", (), {"ts_ms": 300_000, "kind": "error", "subscriber_id": "s1"})(), "c1", "r")
+        >>> agg.close(hold_ms=agg.stream_watermarks["network"])   # network still has a backlog
+        []
+        >>> agg.add_network_kpis("s2", 50_000, "c1", "r")          # ... which is not late
+        >>> [(p.start_ms, p.sessions) for p in agg.close()]
+        [(0, 2)]
         """
         if watermark_ms is not None and (self.watermark_ms is None or watermark_ms > self.watermark_ms):
             self.watermark_ms = watermark_ms
         if self.watermark_ms is None:
             return []
-        horizon = self.watermark_ms - self.allowed_lateness_ms
+        effective = self.watermark_ms if hold_ms is None else min(self.watermark_ms, hold_ms)
+        if effective < 0:
+            return []
+        horizon = int(effective) - self.allowed_lateness_ms
         closed_before = horizon - horizon % self.width_ms
         if self.closed_before_ms is not None and closed_before <= self.closed_before_ms:
             return []
         self.closed_before_ms = closed_before
         return self._pop(lambda start: start < closed_before)
+
+    def holds(self, backlogged: Iterable[str]) -> float | None:
+        """The ``hold_ms`` for :meth:`close` given the streams that still have records waiting:
+        the smallest of their watermarks (``-inf`` for one not seen yet: nothing can close), or
+        None when no stream is behind."""
+        marks = [float(self.stream_watermarks.get(s, float("-inf"))) for s in backlogged]
+        return min(marks) if marks else None
 
     def flush(self) -> list[Partial]:
         """Close every open window (end of a replay, or a partition being revoked)."""

@@ -184,3 +184,81 @@ def test_aggregator_pickles_mid_window():
     clone.add_network(net("b", T0 + 5, call_drop=True))
     agg.add_network(net("b", T0 + 5, call_drop=True))
     assert clone.flush() == agg.flush()
+
+
+def _app(sid, ts, kind="self_service_success"):
+    return AppEvent(event_id=f"a-{sid}-{ts}", session_id=f"x-{ts}", subscriber_id=sid, ts_ms=ts, kind=kind)
+
+
+@pytest.mark.parametrize("idle_s, probe, late_expected", [
+    (0.0, False, 40),     # idle_s 0 = no activity hold: by the largest event time of any stream: the failure the holds prevent
+    (0.0, True, 0),       # held by the network backlog Kafka reports
+    (5.0, False, 0),      # held because the network stream is active (seen within idle_s)
+])
+def test_the_slower_active_stream_holds_windows_so_its_records_are_not_late(idle_s, probe, late_expected):
+    """Catching up a backlog, a sparse stream (app) can be fetched an hour ahead of the dense one
+    (network): closing by its watermark turned the rest of the network backlog into late events
+    (seen through the worker: an outage's sessions vanished from its cell's windows)."""
+    from monitor.agents import CellWindows
+    from monitor.fastpath import Outputs
+
+    pending = {"network-events": 40, "care-tickets": 0, "app-interactions": 0}
+    cw = CellWindows(partitions=1, idle_s=idle_s, clock=lambda: 100.0,
+                     backlog=(lambda t, p: pending[t]) if probe else None)
+    out = Outputs()
+    cw.on_batch(0, [net("s1", T0 + i * 1000) for i in range(20)] + [_app("s1", T0 + 60 * W)], [], [], out)
+    pending["network-events"] = 0                         # the rest of the network backlog arrives
+    cw.on_batch(0, [net("s2", T0 + 30 * W + i * 1000) for i in range(40)], [], [], out)
+    assert cw.late_events()["network"] == late_expected
+    assert (cw.holds > 0) == (late_expected == 0)
+    cw.flush_all(out)
+    sessions = sum(p.sessions for _t, _p, b in _batches(out) for p in b.partials)
+    assert sessions == 60 - late_expected                 # every other session reached a closed window
+
+
+def test_a_quiet_stream_does_not_hold_windows():
+    from monitor.agents import CellWindows
+    from monitor.fastpath import Outputs
+
+    now = [0.0]
+    cw = CellWindows(partitions=1, idle_s=5.0, clock=lambda: now[0])
+    out = Outputs()
+    cw.on_batch(0, [net("s1", T0), _app("s1", T0 + 1000)], [], [], out)
+    now[0] = 2.0                                          # app active, network still active
+    cw.on_batch(0, [_app("s1", T0 + 10 * W)], [], [], out)
+    assert not any(b.partials for _t, _p, b in _batches(out))
+    now[0] = 60.0                                         # network quiet for a minute: no hold
+    cw.on_batch(0, [_app("s1", T0 + 11 * W)], [], [], out)
+    assert [p.start_ms for _t, _p, b in _batches(out) for p in b.partials] == [T0]
+
+
+def test_tick_releases_windows_once_the_holding_stream_goes_quiet():
+    """The end of a burst: no more batches come, so the wall clock (tick) must close what the
+    slower stream held (without it the last windows waited for the next record)."""
+    from monitor.agents import CellWindows
+    from monitor.fastpath import Outputs
+
+    now = [0.0]
+    cw = CellWindows(partitions=1, idle_s=5.0, clock=lambda: now[0])
+    out = Outputs()
+    cw.on_batch(0, [_app("s1", T0), net("s1", T0 + 10 * W)], [], [], out)   # app is the slower stream
+    cw.tick(out)
+    assert not any(b.partials for _t, _p, b in _batches(out))
+    now[0] = 6.0
+    cw.tick(out)
+    assert [p.start_ms for _t, _p, b in _batches(out) for p in b.partials] == [T0]
+
+
+def test_an_unseen_stream_with_a_backlog_holds_everything_and_no_backlog_holds_nothing():
+    agg = WindowAggregator(width_ms=W, allowed_lateness_ms=0)
+    agg.add_network(net("s1", T0))
+    agg.add_network(net("s1", T0 + 5 * W))
+    assert agg.holds([]) is None
+    assert agg.close(hold_ms=agg.holds(["tickets"])) == []        # tickets behind, position unknown
+    assert [p.start_ms for p in agg.close(hold_ms=agg.holds(["network"]))] == [T0]
+
+
+def _batches(out):
+    for (topic, partition), records in out.records().items():
+        for _key, value in records:
+            yield topic, partition, decode_batch(value)

@@ -331,7 +331,8 @@ def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> N
         return decode("network_event.v1", orjson.dumps(network_event(i, sub, ts_ms=ts, cell_id=cell, **kw)))
 
     t0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
-    obs = CellWindows(partitions=PARTITIONS, width_ms=60_000, allowed_lateness_ms=10_000)
+    # idle_s=0: no stream holds the others (tests/test_windows.py covers the holds)
+    obs = CellWindows(partitions=PARTITIONS, width_ms=60_000, allowed_lateness_ms=10_000, idle_s=0)
     out = Outputs()
     first = [net(1, "s1", t0 + 1_000, "cA", call_drop=True), net(2, "s2", t0 + 2_000, "cB"),
              decode("ticket_event.v1", orjson.dumps(ticket_event(3, "s1", ts_ms=t0 + 3_000)))]
