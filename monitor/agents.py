@@ -195,10 +195,16 @@ class HotspotStage:
 
     Low volume (one batch per source per closed window), so it runs as an ordinary Faust agent.
     Detector baselines live in memory: a restarted or reassigned owner relearns them.
+
+    With ``data_drift`` (default) the engine also runs a :class:`~monitor.drift.DataDriftMonitor`
+    over the region windows it owns (``SatmonDataDrift``, what ``replay`` and ``detect`` run too);
+    every alert links its runbook under ``runbook_base``.
     """
 
-    def __init__(self, *, partitions: int) -> None:
+    def __init__(self, *, partitions: int, data_drift: bool = True, runbook_base: str | None = None) -> None:
         self.sources = [str(p) for p in range(partitions)]
+        self.data_drift = data_drift
+        self.runbook_base = runbook_base
         self.stages: dict[int, tuple[Any, Any]] = {}
         self.windows_in = 0
         self.alerts_out = 0
@@ -207,13 +213,20 @@ class HotspotStage:
         """Partials that reached a merger after their window was complete (left out, counted)."""
         return sum(merger.late_partials for merger, _engine in self.stages.values())
 
-    def on_window_batch(self, partition: int, raw: bytes) -> list[ev.Alert]:
+    def _engine(self) -> Any:
+        from monitor.alerting import AlertLifecycle
+        from monitor.drift import DataDriftMonitor
         from monitor.hotspots import HotspotEngine
+
+        lifecycle = AlertLifecycle(runbook_base=self.runbook_base) if self.runbook_base else None
+        return HotspotEngine(lifecycle=lifecycle, drift=DataDriftMonitor() if self.data_drift else None)
+
+    def on_window_batch(self, partition: int, raw: bytes) -> list[ev.Alert]:
         from monitor.windows import WindowMerger, decode_batch
 
         stage = self.stages.get(partition)
         if stage is None:
-            stage = self.stages[partition] = (WindowMerger(sources=self.sources), HotspotEngine())
+            stage = self.stages[partition] = (WindowMerger(sources=self.sources), self._engine())
         merger, engine = stage
         merger.add(decode_batch(raw))
         self.windows_in += 1

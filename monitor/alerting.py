@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from monitor.config import DEFAULT_RUNBOOK_BASE
 from monitor.events import Alert
 
 HOTSPOT_CELL = "SatmonHotSpotActive"
@@ -50,7 +51,7 @@ _ID_PREFIX = {"hotspot_cell": "hs", "hotspot_region": "rg", "data_drift": "dd", 
 # ones Prometheus evaluates (deploy/prometheus/rules) link to the same rendered copy, so Alertmanager
 # merges them with identical annotations; a fork changes this and the rules together
 # (tests/test_rules.py checks that they agree and that every page exists).
-DEFAULT_RUNBOOK_BASE = "https://github.com/satmon/satmon/blob/main/docs/runbook"
+# The base is a setting (``runbook_base``, SATMON_RUNBOOK_BASE); DEFAULT_RUNBOOK_BASE is its default.
 SEVERITIES = ("info", "warning", "critical")
 
 

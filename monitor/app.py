@@ -229,7 +229,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
                app.topic(DEAD_LETTER_TOPIC, partitions=1, internal=True), alerts_topic]
     windows_topic = app.topic(CELL_WINDOWS_TOPIC, partitions=n, internal=True, key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw")
-    hotspots = HotspotStage(partitions=n)
+    hotspots = HotspotStage(partitions=n, runbook_base=settings.runbook_base)
     on_alert_metrics: list[Callable[[Any], None]] = []  # filled once the metrics exist
 
     if cell_windows:
@@ -286,14 +286,14 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     registry.register(_PipelineCollector(worker))
     # The documented metric set (monitor/metrics.py, docs/OPERATIONS.md) that the rules and
     # dashboards in deploy/ query: kept current by an observer of every batch.
-    from monitor.metrics import Metrics, MetricsObserver
+    from monitor.metrics import Metrics, MetricsObserver, load_cell_locations
 
-    worker.metrics = Metrics(registry, worker_id=worker_id)
+    worker.metrics = Metrics(registry, worker_id=worker_id, cell_locations=load_cell_locations(settings.cell_inventory))
     pipeline.observers.append(MetricsObserver(worker.metrics, ingest=pipeline.ingest, cores=pipeline.cores))
     pipeline.on_checkpoint = worker.metrics.checkpoint_written
     pipeline.on_skipped = worker.metrics.records_skipped
     on_alert_metrics.append(worker.metrics.on_alert)
-    quality = ModelQualityFeed(worker.metrics, on_alert_metrics)
+    quality = ModelQualityFeed(worker.metrics, on_alert_metrics, runbook_base=settings.runbook_base)
     pipeline.on_label = quality.on_label
     pipeline.observers.append(quality)
 
@@ -387,13 +387,16 @@ class ModelQualityFeed:
     ``alerts`` topic, the metrics, Alertmanager) through ``on_alert``."""
 
     def __init__(self, metrics: Any, on_alert: list[Callable[[Any], None]],
-                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> None:
+                 clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+                 runbook_base: str | None = None) -> None:
+        from monitor.alerting import AlertLifecycle
         from monitor.drift import ConceptDriftMonitor
 
         self.metrics = metrics
         self.on_alert = on_alert
         self.clock_ms = clock_ms
         self.concept = ConceptDriftMonitor()
+        self.lifecycle = AlertLifecycle(runbook_base=runbook_base) if runbook_base else self.concept.lifecycle
         self.quality: dict[int, Any] = {}
         self._pending: list[Any] = []
 
@@ -410,7 +413,7 @@ class ModelQualityFeed:
         q.update(join.p, join.y)
         p = min(max(join.p, 1e-7), 1 - 1e-7)
         loss = -math.log(p if join.y else 1 - p)
-        self._pending.extend(self.concept.update(str(join.partition), loss, self.clock_ms()))
+        self._pending.extend(self.concept.update(str(join.partition), loss, self.clock_ms(), self.lifecycle))
 
     def on_batch(self, partition: int, events: Any, scores: Any, letters: Any, out: Any) -> None:
         if not self._pending:

@@ -65,6 +65,21 @@ def _number(text: str, kind: type, expected: str) -> Any:
         raise ValueError(f"expected {expected}, got {text!r}") from None
 
 
+#: docs/runbook/ of this repository, rendered: the base of every alert's runbook_url, for the alerts
+#: the workers push and for deploy/prometheus/rules (tests/test_rules.py keeps them equal)
+DEFAULT_RUNBOOK_BASE = "https://github.com/satmon/satmon/blob/main/docs/runbook"
+
+
+def _runbook_base(text: str) -> str:
+    # a URL (the rendered repository, a wiki) or a path (file:// or relative, for air-gapped sites)
+    if not text:
+        return DEFAULT_RUNBOOK_BASE
+    base = text.strip().rstrip("/")
+    if not base or any(c.isspace() for c in base):
+        raise ValueError(f"expected a URL or path prefix without spaces, got {text!r}")
+    return base
+
+
 def _positive_int(text: str) -> int:
     value = _number(text, int, "a positive integer")
     if value <= 0:
@@ -153,6 +168,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("worker_id", _optional_str, "", "Name of this worker in logs, metrics and dead letters (default: host-pid)"),
     Option("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", "Log level"),
     Option("alertmanager_url", _parse_url, "", "Alertmanager base URL (http://host:9093); empty = do not push alerts"),
+    Option("runbook_base", _runbook_base, "",
+           "Prefix of every alert's runbook_url (<base>/<alertname>.md); empty = this repository's docs/runbook "
+           "on GitHub, which the rules in deploy/prometheus link to"),
+    Option("cell_inventory", _optional_str, "",
+           "JSON cell inventory [{cell_id, lat, lon}] (what `satmon simulate --out` writes as cells.json): places active hot spots on the geo map"),
     Option("at_risk_threshold", _probability, "0.5", "Score at or above which a subscriber is on the at-risk list"),
     Option("label_horizon_hours", _positive_float, "24", "A label arriving late is joined to a feature snapshot at most this much older"),
     Option("state_ttl_days", _positive_float, "30", "Forget a subscriber's state after this long without events"),
@@ -186,6 +206,8 @@ class Settings:
     worker_id: str | None
     log_level: str
     alertmanager_url: str | None
+    runbook_base: str
+    cell_inventory: str | None
     at_risk_threshold: float
     label_horizon_hours: float
     model_checkpoint: str | None

@@ -142,6 +142,25 @@ def attach_faust_sensor(app: Any, registry: CollectorRegistry, prefix: str = "sa
     return faust_metrics
 
 
+def load_cell_locations(path: str | None) -> dict[str, tuple[float, float]]:
+    """``cell_id -> (latitude, longitude)`` from a JSON cell inventory: a list of
+    ``{"cell_id", "lat", "lon"}`` (``latitude``/``longitude`` also accepted), as ``satmon simulate
+    --out`` writes ``cells.json``. ``None`` or ``""``: no inventory (no geo series)."""
+    if not path:
+        return {}
+    import json
+    from pathlib import Path
+
+    from monitor.errors import ConfigError
+
+    try:
+        rows = json.loads(Path(path).read_text())
+        return {str(r["cell_id"]): (float(r.get("lat", r.get("latitude"))), float(r.get("lon", r.get("longitude"))))
+                for r in rows}
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ConfigError([f"SATMON_CELL_INVENTORY: cannot read cell locations from {path}: {err!r}"]) from err
+
+
 class _AlertmanagerCollector:
     """Reads an :class:`monitor.alertmanager.AlertmanagerClient`'s plain-int counters at scrape time."""
 

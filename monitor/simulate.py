@@ -207,8 +207,20 @@ class SimConfig:
 
 # --- scenarios ----------------------------------------------------------------------------------
 
-INCIDENT_TYPES = ("cell_outage", "cell_congestion", "regional_latency", "billing_error", "app_bug", "kpi_drift")
+INCIDENT_TYPES = ("cell_outage", "cell_congestion", "regional_latency", "billing_error", "app_bug", "kpi_drift",
+                  "survey_campaign")
+#: share of a survey campaign's target invited per hour at severity 1 (most answer within minutes)
+CAMPAIGN_INVITES_PER_HOUR = 1.0
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
+
+
+def duration_ms(value: Any, what: str) -> int:
+    """A duration like ``"80m"``, ``"1h30m"``, ``"90s"`` (or ms) in milliseconds.
+
+    >>> duration_ms("1h30m", "--history")
+    5400000
+    """
+    return _time_ms(value, 0, what)
 
 
 def _time_ms(value: Any, start_ms: int, what: str) -> int:
@@ -263,6 +275,8 @@ class Incident:
     segments: list[int]
     app_version: str | None = None
     shift_db: float = 0.0
+    #: billing_error: share of the segment given a wrong bill per hour at severity 1
+    share_per_hour: float = 0.10
 
     def active_at(self, ts: int) -> bool:
         return self.onset_ms <= ts and (self.end_ms is None or ts < self.end_ms)
@@ -331,7 +345,8 @@ def _resolve_incidents(doc: Mapping[str, Any], start_ms: int, world: "World", se
         out.append(Incident(id=str(spec.get("id", f"{kind}-{i + 1}")), type=kind, onset_ms=onset, end_ms=end,
                             severity=severity, cells=cells, regions=regions, segments=segments,
                             app_version=version if kind == "app_bug" else None,
-                            shift_db=float(spec.get("shift_db", 6.0 * severity))))
+                            shift_db=float(spec.get("shift_db", 6.0 * severity)),
+                            share_per_hour=float(spec.get("share_per_hour", 0.10))))
     if problems:
         raise ConfigError(problems)
     return out
@@ -605,7 +620,7 @@ class Simulator:
         app = self._app_events(t0, span, load, active, touched_s, touched_b, touched_c)
         self._billing(t0, span, active, touched_s, touched_b, touched_c)
         self._experience(t1, t_min, touched_s, touched_b, touched_c)
-        self._surveys(t0, span)
+        self._surveys(t0, span, active)
         tix_lines, tix_subs, tix_ts, app_extra = self._due(t1)
         # app lines from the heap (survey answers) merge with the vectorised ones by time
         app_lines, app_subs, app_ts = app
@@ -807,8 +822,8 @@ class Simulator:
             on = max(t0, inc.onset_ms)
             off = t0 + span if inc.end_ms is None else min(t0 + span, inc.end_ms)
             share = sum(SEGMENT_SHARE[s] for s in inc.segments)
-            # while the wave lasts ~10 %/h of the segment get a wrong bill (at severity 1)
-            m = rng.poisson(w.n * share * 0.10 * inc.severity * (off - on) / HOUR_MS)
+            # while the wave lasts ~10 %/h (``share_per_hour``) of the segment get a wrong bill (at severity 1)
+            m = rng.poisson(w.n * share * inc.share_per_hour * inc.severity * (off - on) / HOUR_MS)
             cand = rng.integers(0, w.n, int(m / max(share, 1e-6) * 1.3) + 8)
             cand = cand[np.isin(w.segment[cand], inc.segments)][:m]
             subs.append(cand)
@@ -849,11 +864,29 @@ class Simulator:
         for s, ts, c in zip(who.tolist(), at.tolist(), w.cause[who].tolist()):
             self._push(ts, "complain", (s, CAUSES[c]))
 
-    def _surveys(self, t0, span) -> None:
+    def _surveys(self, t0, span, active=()) -> None:
         rng, w = self.rng, self.world
         k = rng.poisson(w.n * RELATIONSHIP_SURVEY_PER_HOUR * span / HOUR_MS)
         for s, ts in zip(rng.integers(0, w.n, k).tolist(), (t0 + rng.integers(0, span, k)).tolist()):
             self._push(ts + self._answer_delay(), "survey", (s,))
+        for inc in active:
+            # an NPS campaign (by SMS/app): many answers within minutes, every one a label
+            if inc.type != "survey_campaign":
+                continue
+            on = max(t0, inc.onset_ms)
+            off = t0 + span if inc.end_ms is None else min(t0 + span, inc.end_ms)
+            target = np.ones(w.n, bool)
+            if inc.segments:
+                target &= np.isin(w.segment, inc.segments)
+            if inc.regions:
+                target &= np.isin(w.cell_region[w.home], inc.regions)
+            pool = np.flatnonzero(target)
+            m = rng.poisson(len(pool) * CAMPAIGN_INVITES_PER_HOUR * inc.severity * (off - on) / HOUR_MS)
+            if not len(pool) or not m:
+                continue
+            delays = np.minimum(HOUR_MS, rng.lognormal(math.log(4 * MINUTE_MS), 0.6, m)).astype(np.int64)
+            for s, ts in zip(rng.choice(pool, m).tolist(), (on + rng.integers(0, max(off - on, 1), m) + delays).tolist()):
+                self._push(ts, "survey", (s,))
 
     def _answer_delay(self) -> int:
         # answers arrive a while after the invitation: median ~40 min, from minutes to a day
@@ -1085,7 +1118,8 @@ class Simulator:
                    "cells": [cell_id(c) for c in inc.cells], "regions": [REGION_NAMES[r] for r in inc.regions],
                    "segments": [SEGMENTS[s] for s in inc.segments], "severity": inc.severity,
                    "scope": {"cell_outage": "cell", "cell_congestion": "cell", "regional_latency": "region",
-                             "kpi_drift": "region", "billing_error": "segment", "app_bug": "app"}[inc.type]}
+                             "kpi_drift": "region", "billing_error": "segment", "app_bug": "app",
+                             "survey_campaign": "survey"}[inc.type]}
             if len(inc.regions) == 1:
                 rec["region"] = REGION_NAMES[inc.regions[0]]
             if inc.app_version:
@@ -1169,6 +1203,16 @@ def write_ground_truth(sim: Simulator, out_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def write_cells(config: SimConfig, path: str | Path) -> int:
+    """The cell inventory of ``config``'s world (``cells.json``: ``[{cell_id, region, lat, lon}]``)
+    without running the simulation; returns the number of cells."""
+    w = Simulator(config).world
+    cells = [{"cell_id": cell_id(i), "region": REGION_NAMES[r], "lat": float(la), "lon": float(lo)}
+             for i, (r, la, lo) in enumerate(zip(w.cell_region.tolist(), w.cell_lat.tolist(), w.cell_lon.tolist()))]
+    Path(path).write_text(json.dumps(cells) + "\n")
+    return len(cells)
+
+
 def load_ground_truth(out_dir: str | Path) -> dict[str, Any]:
     """The ground truth of a run written by :func:`write_files`: ``manifest``, ``incidents``,
     ``drifts``, ``cells``, ``labels`` (subscriber id -> record) and ``faults``."""
@@ -1187,12 +1231,14 @@ def load_ground_truth(out_dir: str | Path) -> dict[str, Any]:
 
 async def produce(config: SimConfig, bootstrap: str, *, rate: float | None = None, realtime: bool = False,
                   out_dir: str | Path | None = None, stop: asyncio.Event | None = None,
-                  progress: Any = None) -> dict[str, Any]:
+                  progress: Any = None, on_caught_up: Any = None) -> dict[str, Any]:
     """Send the run to Kafka (``bootstrap`` = ``host:port[,host:port]``), keyed by subscriber id so
     the default (murmur2) partitioner co-partitions the three topics.
 
     ``rate`` paces to that many records per second; ``realtime`` sends each step once the wall
     clock has reached its end (use with ``start_ms`` = now). ``out_dir`` also writes the ground truth.
+    With ``realtime`` and a ``start_ms`` in the past, the history up to now goes out unpaced (``rate``
+    applies from then on) and ``on_caught_up(records sent)`` is called once it is acknowledged.
     """
     from aiokafka import AIOKafkaProducer
 
@@ -1200,19 +1246,29 @@ async def produce(config: SimConfig, bootstrap: str, *, rate: float | None = Non
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap.split(","), enable_idempotence=False, acks=1,
                                 linger_ms=20, max_batch_size=256 * 1024, compression_type=None)
     await producer.start()
-    sent = 0
+    sent = paced_from = 0
     t_start = time.monotonic()
+    catching_up = realtime and config.start_ms is not None and config.start_ms < time.time() * 1000 - 60_000
     try:
         pending = []
         for topic, key, value in generate(config, sim):
             if stop is not None and stop.is_set():
                 break
             if realtime and sim.last_ts_ms > time.time() * 1000:
+                if catching_up:
+                    # the history is out: acknowledged, announced, and pacing starts from here
+                    await asyncio.gather(*pending)
+                    pending.clear()
+                    await producer.flush()
+                    catching_up = False
+                    if on_caught_up is not None:
+                        on_caught_up(sent)
+                    paced_from, t_start = sent, time.monotonic()
                 await asyncio.sleep(max(0.0, sim.last_ts_ms / 1000 - time.time()))
             pending.append(await producer.send(topic, value, key=key))
             sent += 1
-            if rate:
-                ahead = sent / rate - (time.monotonic() - t_start)
+            if rate and not catching_up:
+                ahead = (sent - paced_from) / rate - (time.monotonic() - t_start)
                 if ahead > 0.005:
                     await asyncio.sleep(ahead)
             if len(pending) >= 5000:

@@ -32,9 +32,16 @@ def call(port: int, path: str, role: str = "outreach", body: dict | None = None)
                                  headers={"Authorization": f"Bearer {TOKENS[role]}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
+            status, answer = resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
+        status, answer = err.code, json.loads(err.read() or b"null")
+    if path.startswith("/api/v1/at-risk") and status != 429:   # rate-limited calls never reach a handler
+        READS.setdefault(port, []).append((role, status, len(answer["rows"]) if status == 200 else 0))
+    return status, answer
+
+
+#: port -> [(role, status, rows)] of every at-risk read this test made (to check the audit logs)
+READS: dict[int, list[tuple[str, int, int]]] = {}
 
 
 def at_risk(port: int) -> list[str]:
@@ -114,7 +121,12 @@ def test_any_worker_serves_the_complete_list_and_contacts_suppress_everywhere(br
     assert groups["treatment"]["subscribers"] + groups["control"]["subscribers"] > 0
     assert groups["treatment"]["complained"] + groups["control"]["complained"] > 0
 
+    # every read -- served or refused -- is in the audit log of the worker that answered it, in order,
+    # with who, the filter and the row count
     for w, root in ((a, tmp_path / "a"), (b, tmp_path / "b")):
         entries = [json.loads(x) for x in (root / "audit" / "audit.jsonl").read_text().splitlines() if x]
-        reads = [e for e in entries if "/api/v1/at-risk" in json.dumps(e)]
-        assert reads and all(e.get("rows") is not None for e in reads), entries[-3:]
+        reads = [e for e in entries if e.get("endpoint", "").startswith("GET /api/v1/at-risk")]
+        made = READS[w.port]
+        assert [(e["who"], e["status"], e["rows"]) for e in reads] == [(f"test-{r}", st, n) for r, st, n in made]
+        assert all("filter" in e and e["ts_ms"] > 0 for e in reads)
+        assert any(e["status"] == 403 and e["role"] == "noc" for e in reads) == (w is b)

@@ -17,6 +17,8 @@ GOOD = {
     "data_dir": ("/srv/satmon", Path("/srv/satmon")),
     "partitions": ("12", 12),
     "store": ("memory://", "memory://"),
+    "runbook_base": ("https://wiki.example/noc/runbooks/", "https://wiki.example/noc/runbooks"),
+    "cell_inventory": ("/etc/satmon/cells.json", "/etc/satmon/cells.json"),
     "web_host": ("0.0.0.0", "0.0.0.0"),
     "web_port": ("0", 0),
     "worker_id": ("w-7", "w-7"),
@@ -60,6 +62,7 @@ BAD = {
     "rate_per_s": "-5",
     "rate_burst": "0",
     "effect_horizon_days": "x",
+    "runbook_base": "  ",
 }
 
 

@@ -5,8 +5,7 @@ The endpoint comes from :func:`start_metrics_endpoint`, the one function to chan
 at something else. By default it serves a :class:`monitor.metrics.Metrics` registry fed the way the
 worker feeds it (simulator records through the real ingest and per-partition risk cores, Faust's own
 Prometheus sensor, the alert lifecycle); with ``SATMON_PROMQL_TARGET=demo`` it runs ``satmon demo``
-(embedded broker, a real worker, the simulator) instead -- use that once the worker exports
-:class:`~monitor.metrics.Metrics`.
+(embedded broker, a real worker, the simulator replaying the demo scenario's history) instead.
 
 Expressions that are empty in a healthy system (alert conditions) are listed in
 :data:`EXPECTED_EMPTY` with the reason: for those the query must succeed and every metric it reads
@@ -172,24 +171,36 @@ def _fed_registry_endpoint() -> Endpoint:
 
 
 def _demo_endpoint(tmp: Path) -> Endpoint:
-    """``satmon demo`` with one worker and no Prometheus of its own: broker, worker, simulator."""
+    """``satmon demo`` with one worker and no Prometheus of its own: broker, worker, simulator.
+
+    The demo replays its scenario's history (80 simulated minutes with an outage, drift, a billing
+    wave under an NPS campaign) before going live; the endpoint is ready once the demo says the
+    history is processed (:data:`monitor.commands.demo.HISTORY_DONE`)."""
+    from monitor.commands.demo import HISTORY_DONE
+
     port = _free_port()
     # SATMON_PROMQL_TARGET is this test's switch, not a satmon setting (satmon rejects unknown ones)
     env = {k: v for k, v in os.environ.items() if k != "SATMON_PROMQL_TARGET"}
     env["SATMON_DATA_DIR"] = str(tmp / "demo")
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "demo", "--workers", "1", "--no-prometheus",
-                             "--web-port", str(port), "--rate", "500", "--subscribers", "5000"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("satmon demo did not serve /metrics") from None
-            time.sleep(0.5)
+                             "--web-port", str(port), "--rate", "500"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:   # also keeps the pipe drained for the demo's whole life
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith(HISTORY_DONE):
+                ready.set()
+
+    threading.Thread(target=read, name="demo-stdout", daemon=True).start()
+    deadline = time.monotonic() + 150
+    while not ready.wait(0.5):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("satmon demo did not replay its history: " + "".join(lines[-20:]))
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
     def shutdown() -> None:
         proc.terminate()

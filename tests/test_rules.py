@@ -284,3 +284,39 @@ def test_worker_alerts_and_rules_link_the_same_runbooks():
     assert DEFAULT_RUNBOOK_BASE == f"{RUNBOOK_BASE}docs/runbook"
     for name in (HOTSPOT_CELL, HOTSPOT_REGION, DATA_DRIFT, MODEL_DRIFT):
         assert (ROOT / "docs" / "runbook" / f"{name}.md").is_file(), name
+
+
+def test_runbook_base_is_one_setting_for_every_alert_the_worker_raises():
+    """SATMON_RUNBOOK_BASE (default: the rules' base) sets the runbook link of the hot-spot, region,
+    data-drift (HotspotStage) and concept-drift (ModelQualityFeed) alerts a worker raises."""
+    from monitor.agents import HotspotStage
+    from monitor.app import ModelQualityFeed
+    from monitor.config import DEFAULT_RUNBOOK_BASE, load
+
+    assert load({}).runbook_base == DEFAULT_RUNBOOK_BASE == f"{RUNBOOK_BASE}docs/runbook"
+    base = load({"SATMON_RUNBOOK_BASE": "https://noc.example/runbooks/"}).runbook_base
+    engine = HotspotStage(partitions=2, runbook_base=base)._engine()
+    assert engine.drift is not None and engine.drift.__class__.__name__ == "DataDriftMonitor"
+    alert = engine.lifecycle.fire("SatmonHotSpotActive", {"cell_id": "c1", "region": "r"}, ts_ms=1,
+                                  severity="warning", summary="s", description="d")
+    assert alert.runbook_url == "https://noc.example/runbooks/SatmonHotSpotActive.md"
+
+    class _M:
+        def label_received(self, *a): pass
+
+    alerts: list = []
+    feed = ModelQualityFeed(_M(), [alerts.append], clock_ms=lambda: 0, runbook_base=base)
+    fired = feed.lifecycle.fire("SatmonModelDrift", {"model": "risk", "partition": "0"}, ts_ms=1,
+                                severity="info", summary="s", description="d")
+    assert fired.runbook_url == "https://noc.example/runbooks/SatmonModelDrift.md"
+
+
+def test_every_alert_anywhere_has_its_runbook_page():
+    """Rules, the detectors' alert names and Alertmanager's routes: each alertname has docs/runbook/<name>.md."""
+    from monitor.alerting import ALERT_KINDS
+
+    names = set(ALERT_KINDS)
+    for f in (ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"):
+        names |= {r["alert"] for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"] if "alert" in r}
+    missing = sorted(n for n in names if not (ROOT / "docs" / "runbook" / f"{n}.md").is_file())
+    assert not missing

@@ -1,6 +1,12 @@
 """``satmon demo``: the live local demo — embedded broker, workers, simulated traffic with incidents,
 Prometheus and Alertmanager (when installed), the API and the outreach page.
 
+The simulator starts ``--history`` (default 80 min) in the past with the ``demo`` scenario, whose
+incidents are placed so that by the time that history is processed there are active hot spots, a
+degraded region, data and concept drift, labels for the model-quality panels, and at-risk lists;
+then it follows the wall clock. Once the workers have processed the history and exported the
+gauges that come from timers, the demo prints :data:`HISTORY_DONE` (tests wait for that line).
+
 Everything runs on loopback and is stopped on Ctrl-C (or after ``--duration`` seconds). With
 ``SATMON_BROKER`` set it uses that Kafka instead of starting the embedded broker.
 """
@@ -22,6 +28,11 @@ HELP = "live local demo: embedded broker, workers, simulated traffic with incide
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_BIN = "/usr/bin/prometheus"
+#: printed once the history is processed and the dashboards have data
+HISTORY_DONE = "history replayed"
+#: how often the demo's workers checkpoint (the default 30 s would leave the checkpoint panels
+#: empty for the first half minute)
+DEMO_CHECKPOINT_INTERVAL_S = "10"
 ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"
 
 
@@ -32,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--subscribers", type=int, default=20_000, help="simulated subscribers (default 20000)")
     parser.add_argument("--rate", type=float, default=2_000, help="simulated events per second (default 2000)")
-    parser.add_argument("--scenario", default="default", help="simulator scenario (default: default)")
+    parser.add_argument("--scenario", default="demo", help="simulator scenario (default: demo)")
+    parser.add_argument("--history", default="80m",
+                        help="simulated history sent before going live, e.g. 80m, 1h30m; 0 = none (default 80m)")
     parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
     parser.add_argument("--web-port", type=int, default=6066, help="first worker's HTTP port (default 6066)")
     parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus/Alertmanager")
@@ -89,6 +102,65 @@ class _Procs:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """``{metric name: sum over its series}`` from a worker's /metrics (empty if unreachable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            name = name.split("{", 1)[0]
+            try:
+                out[name] = out.get(name, 0.0) + float(value)
+            except ValueError:
+                pass
+    return out
+
+
+#: seconds without a new cell-window batch or alert after which the hot-spot stage is caught up
+STAGE_SETTLED_S = 5.0
+#: gauges exported by timers (every 10-15 s), not per batch: the history is "in" once they exist
+_TIMER_GAUGES = ("satmon_risk_at_risk_subscribers", "satmon_model_log_loss_nats")
+
+
+def _wait_history(sim_log: Path, log_start: int, ports: list[int], procs: _Procs, stop: dict[str, bool],
+                  timeout_s: float = 300) -> int | None:
+    """Wait for the simulator to send the history, the workers to process it and the timer gauges
+    to appear; returns the records of history, or None on timeout / stop / a dead child."""
+    from monitor.commands.simulate import CAUGHT_UP
+
+    deadline = time.monotonic() + timeout_s
+    sent = None
+    # the hot-spot stage consumes satmon-cell-windows behind the input: its backlog is drained once
+    # its counters stop moving (live, a window closes once a minute)
+    settled: tuple[float, float] | None = None
+    settled_since = 0.0
+    while not stop["now"] and not procs.dead() and time.monotonic() < deadline:
+        if sent is None and sim_log.exists():
+            with sim_log.open("rb") as f:
+                f.seek(log_start)
+                for line in f.read().decode(errors="replace").splitlines():
+                    if line.startswith(CAUGHT_UP):
+                        sent = int(line.split(":", 1)[1].split()[0])
+        if sent is not None:
+            scraped = [_scrape(p) for p in ports]
+            done = sum(m.get("satmon_worker_events_total", 0) + m.get("satmon_worker_dead_letters_total", 0)
+                       for m in scraped)
+            stage = (sum(m.get("satmon_worker_window_batches_total", 0) for m in scraped),
+                     sum(m.get("satmon_worker_alerts_total", 0) for m in scraped))
+            if stage != settled:
+                settled, settled_since = stage, time.monotonic()
+            if (done >= sent and all(any(g in m for m in scraped) for g in _TIMER_GAUGES) and stage[0] > 0
+                    and time.monotonic() - settled_since >= STAGE_SETTLED_S):
+                return sent
+        time.sleep(1)
+    return None
 
 
 def _prometheus_config(path: Path, worker_ports: list[int], am_port: int | None) -> None:
@@ -149,6 +221,14 @@ def run(args: argparse.Namespace) -> int:
                                          f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="])
 
         env = dict(os.environ)
+        env.setdefault("SATMON_CHECKPOINT_INTERVAL_S", DEMO_CHECKPOINT_INTERVAL_S)
+        # the simulated network's cell inventory, so active hot spots show on the geo map
+        from monitor import simulate
+
+        cells_file = root / "cells.json"
+        simulate.write_cells(simulate.SimConfig(subscribers=args.subscribers, hours=0, scenario=args.scenario),
+                             cells_file)
+        env.setdefault("SATMON_CELL_INVENTORY", str(cells_file))
         env.update({"SATMON_BROKER": url, "SATMON_PARTITIONS": str(settings.partitions),
                     "SATMON_PSEUDONYM_KEY_FILE": str(key_file), "SATMON_TOKENS_FILE": str(root / "tokens.json"),
                     "SATMON_LOG_LEVEL": settings.log_level})
@@ -176,9 +256,12 @@ def run(args: argparse.Namespace) -> int:
             if not _wait_http(f"http://127.0.0.1:{port}/healthz", 90):
                 print(f"worker on port {port} did not come up: see {logs}", file=sys.stderr)
                 return 1
+        history = [] if args.history in ("", "0") else ["--history", args.history]
+        sim_log = logs / "simulator.log"
+        sim_log_start = sim_log.stat().st_size if sim_log.exists() else 0
         procs.start("simulator", satmon + ["simulate", "--broker", url, "--start", "now", "--rate", str(args.rate),
                                            "--subscribers", str(args.subscribers), "--scenario", args.scenario,
-                                           "--loop"], env)
+                                           "--loop", *history], env)
 
         print("\nsatmon demo is running (Ctrl-C stops it)\n")
         print(f"  broker            {url}" + ("  (embedded Tansu, memory only)" if broker else ""))
@@ -195,6 +278,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  logs              {logs}\n", flush=True)
 
         started = time.monotonic()
+        if history:
+            print(f"replaying {args.history} of history (the demo scenario's incidents) ...", flush=True)
+            done = _wait_history(sim_log, sim_log_start, ports, procs, stop)
+            if done is not None:
+                print(f"{HISTORY_DONE}: {done} records; hot spots, drift and model quality are on /metrics "
+                      "and in Prometheus", flush=True)
         while not stop["now"]:
             if args.duration and time.monotonic() - started >= args.duration:
                 break

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, help="pace Kafka output to N records/s (default: as fast as possible)")
     parser.add_argument("--start", help="event time of the start: 'now' (tracks the wall clock, for live demos), "
                                         "epoch ms, or ISO-8601 (default 2025-03-03T06:00Z)")
+    parser.add_argument("--history", default=None,
+                        help="with --start now: begin this long ago (e.g. 80m, 1h30m), send that history as fast as "
+                             "the broker takes it, then follow the wall clock")
     parser.add_argument("--step-s", type=float, default=None, help="simulation step in seconds (default 60, less for huge populations; 5 with --start now)")
     parser.add_argument("--cells", type=int, help="number of cells (default ~subscribers/45)")
     parser.add_argument("--malformed-share", type=float, default=0.001, help="share of malformed records (default 0.001)")
@@ -55,6 +58,15 @@ def _start_ms(text: str | None) -> tuple[int | None, bool]:
         raise ConfigError([f"--start: expected 'now', epoch ms or an ISO time, got {text!r}"]) from None
 
 
+#: printed (and flushed) once the history is sent and the run follows the wall clock: ``satmon demo``
+#: waits for it
+CAUGHT_UP = "caught up with the wall clock"
+
+
+def _caught_up(sent: int) -> None:
+    print(f"{CAUGHT_UP}: {sent} records of history sent", flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import time
@@ -63,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
     from monitor.errors import ConfigError
 
     start_ms, live = _start_ms(args.start)
+    if args.history:
+        if not live:
+            raise ConfigError(["--history needs --start now"])
+        start_ms -= simulate.duration_ms(args.history, "--history")
     hours = 0.0 if args.loop else args.hours
     if not args.out and not args.broker:
         raise ConfigError(["give --out DIR (files) and/or --broker kafka://host:port"])
@@ -78,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError([f"--broker: expected kafka://host:port, got {args.broker!r}"])
         try:
             manifest = asyncio.run(simulate.produce(config, args.broker[len("kafka://"):], rate=args.rate,
-                                                    realtime=live, out_dir=args.out))
+                                                    realtime=live, out_dir=args.out, on_caught_up=_caught_up))
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
             return 130
