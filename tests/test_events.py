@@ -317,8 +317,8 @@ def test_valid_path_costs_little_more_than_msgspec():
 
 # The core modules (docs/ARCHITECTURE.md): their doctests run wherever they exist. The foundation's
 # own must have examples.
-CORE_MODULES = ["errors", "events", "config", "ingest", "features", "risk", "core", "windows",
-                "hotspots", "drift", "alerting", "simulate"]
+CORE_MODULES = ["errors", "events", "config", "ingest", "features", "core", "riskview", "windows", "agents",
+                "hotspots", "drift", "alerting", "simulate", "evaluation", "warmstart", "outreach", "privacy"]
 MUST_HAVE_EXAMPLES = {"events", "config", "ingest"}
 
 
