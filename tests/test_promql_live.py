@@ -2,10 +2,11 @@
 annotations -- executed by a real Prometheus scraping a live satmon metrics endpoint.
 
 The endpoint comes from :func:`start_metrics_endpoint`, the one function to change to point the test
-at something else. By default it serves a :class:`monitor.metrics.Metrics` registry fed the way the
-worker feeds it (simulator records through the real ingest and per-partition risk cores, Faust's own
-Prometheus sensor, the alert lifecycle); with ``SATMON_PROMQL_TARGET=demo`` it runs ``satmon demo``
-(embedded broker, a real worker, the simulator replaying the demo scenario's history) instead.
+at something else. By default it runs ``satmon demo`` (embedded broker, a real worker, the simulator
+replaying the demo scenario's history: ~40 s); with ``SATMON_PROMQL_TARGET=registry`` it serves a
+:class:`monitor.metrics.Metrics` registry fed the way the worker feeds it (simulator records through
+the real ingest and per-partition risk cores, Faust's own Prometheus sensor, the alert lifecycle),
+a quicker check while editing rules.
 
 Expressions that are empty in a healthy system (alert conditions) are listed in
 :data:`EXPECTED_EMPTY` with the reason: for those the query must succeed and every metric it reads
@@ -71,9 +72,9 @@ class Endpoint:
 
 def start_metrics_endpoint(tmp: Path) -> Endpoint:
     """The satmon metrics endpoint under test. Switch here (or with ``SATMON_PROMQL_TARGET``)."""
-    if os.environ.get("SATMON_PROMQL_TARGET") == "demo":
-        return _demo_endpoint(tmp)
-    return _fed_registry_endpoint()
+    if os.environ.get("SATMON_PROMQL_TARGET") == "registry":
+        return _fed_registry_endpoint()
+    return _demo_endpoint(tmp)
 
 
 def _free_port() -> int:
