@@ -52,12 +52,24 @@ APP_FAILURE_KINDS = frozenset({"self_service_failure", "error", "bot_to_human"})
 STREAMS = ("network", "tickets", "app", "risk")
 
 
+#: subscriber id -> its 64-bit hash, bounded (cleared when full): blake2b costs ~0.5 µs and a
+#: degraded subscriber is hashed once per window it is affected in
+_HASHES: dict[str, int] = {}
+HASH_CACHE_MAX = 300_000
+
+
 def subscriber_hash(subscriber_id: str) -> int:
     """Stable 64-bit hash of a subscriber id (same on every worker and every run).
 
     Collisions are negligible for distinct counts: ~n²/2⁶⁵, i.e. 3·10⁻¹¹ for 10,000 subscribers.
     """
-    return int.from_bytes(hashlib.blake2b(subscriber_id.encode(), digest_size=8).digest(), "little")
+    h = _HASHES.get(subscriber_id)
+    if h is None:
+        if len(_HASHES) >= HASH_CACHE_MAX:
+            _HASHES.clear()
+        h = _HASHES[subscriber_id] = int.from_bytes(
+            hashlib.blake2b(subscriber_id.encode(), digest_size=8).digest(), "little")
+    return h
 
 
 class Partial(msgspec.Struct, array_like=True, kw_only=True):
@@ -249,7 +261,7 @@ class WindowAggregator:
         self.degraded_loss_pct = degraded_loss_pct
         self.degraded_min_dl_mbps = degraded_min_dl_mbps
         self.degraded_min_sinr_db = degraded_min_sinr_db
-        self._open: dict[tuple[str, int], _Acc] = {}
+        self._open: dict[int, dict[str, _Acc]] = {}   # window start -> cell -> accumulator
         self.watermark_ms: int | None = None
         # largest event time per stream: a stream with a backlog holds windows back (see close)
         self.stream_watermarks: dict[str, int] = {}
@@ -259,6 +271,7 @@ class WindowAggregator:
         self.unattributed = 0  # tickets/app events/scores add_batch could not place on a cell
         # cell -> subscriber id -> last event time it was affected (for the outreach API)
         self._recent: dict[str, dict[str, int]] = {}
+        self._pruned_at = -(1 << 62)
 
     # -- feeding -------------------------------------------------------------------------------
     def _acc(self, stream: str, ts_ms: int, cell_id: str, region: str) -> _Acc | None:
@@ -274,9 +287,12 @@ class WindowAggregator:
             self.late_events[stream] += 1
             return None
         self.events[stream] += 1
-        acc = self._open.get((cell_id, start))
+        cells = self._open.get(start)
+        if cells is None:
+            cells = self._open[start] = {}
+        acc = cells.get(cell_id)
         if acc is None:
-            acc = self._open[(cell_id, start)] = _Acc(region)
+            acc = cells[cell_id] = _Acc(region)
         return acc
 
     def add_network(self, ev: Any) -> None:
@@ -415,7 +431,7 @@ class WindowAggregator:
         if self.closed_before_ms is not None and closed_before <= self.closed_before_ms:
             return []
         self.closed_before_ms = closed_before
-        return self._pop(lambda start: start < closed_before)
+        return self._pop(closed_before)
 
     def holds(self, backlogged: Iterable[str]) -> float | None:
         """The ``hold_ms`` for :meth:`close` given the streams that still have records waiting:
@@ -427,29 +443,33 @@ class WindowAggregator:
     def flush(self) -> list[Partial]:
         """Close every open window (end of a replay, or a partition being revoked)."""
         if self._open:
-            last = max(start for _, start in self._open) + self.width_ms
+            last = max(self._open) + self.width_ms
             if self.closed_before_ms is None or last > self.closed_before_ms:
                 self.closed_before_ms = last
-        return self._pop(lambda start: True)
+        return self._pop(None)
 
-    def _pop(self, due: Callable[[int], bool]) -> list[Partial]:
-        keys = sorted((k for k in self._open if due(k[1])), key=lambda k: (k[1], k[0]))
+    def _pop(self, before: int | None) -> list[Partial]:
+        # open windows are indexed by start: closing costs what it closes, not what stays open
         out = []
-        for cell_id, start in keys:
-            acc = self._open.pop((cell_id, start))
-            out.append(acc.to_partial(cell_id, start, self.width_ms, self.source))
-            if acc.affected:
-                recent = self._recent.setdefault(cell_id, {})
-                last = start + self.width_ms - 1
-                for sid in acc.affected:
-                    if recent.get(sid, -1) < last:
-                        recent[sid] = last
+        for start in sorted(st for st in self._open if before is None or st < before):
+            cells = self._open.pop(start)
+            last = start + self.width_ms - 1
+            for cell_id in sorted(cells):
+                acc = cells[cell_id]
+                out.append(acc.to_partial(cell_id, start, self.width_ms, self.source))
+                if acc.affected:
+                    recent = self._recent.setdefault(cell_id, {})
+                    for sid in acc.affected:
+                        if recent.get(sid, -1) < last:
+                            recent[sid] = last
         self._prune()
         return out
 
     def _prune(self) -> None:
-        if self.watermark_ms is None:
+        # at most once per window of watermark progress: a full pass over the retained ids
+        if self.watermark_ms is None or self.watermark_ms < self._pruned_at + self.width_ms:
             return
+        self._pruned_at = self.watermark_ms
         cutoff = self.watermark_ms - self.retention_ms
         for cell in list(self._recent):
             subs = self._recent[cell]
@@ -472,7 +492,7 @@ class WindowAggregator:
 
     @property
     def open_windows(self) -> int:
-        return len(self._open)
+        return sum(len(cells) for cells in self._open.values())
 
 
 class WindowMerger:
