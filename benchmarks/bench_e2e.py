@@ -111,6 +111,15 @@ def _metric_sum(text: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 when unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, poll_s: float = 0.5) -> dict:
     """Run a satmon worker process and time it through its /metrics counters."""
     port = free_port()
@@ -123,6 +132,7 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
         "from faust.worker import Worker\n"
         "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='bench', pseudonymise='false')\n"
         "w = build_worker(s, app_id='bench-satmon-%d', make_core=core_factory()[1])\n"
+        "from monitor.fastpath import tune_gc; tune_gc()  # as `satmon worker` does\n"
         "Worker(w.app, loglevel='warning', quiet=True, redirect_stdouts=False).execute_from_commandline()\n"
     ) % (str(HERE / "peers"), str(HERE.parent), broker, data, str(port), str(partitions), os.getpid())
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -139,11 +149,14 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
             now = time.perf_counter()
             count = _metric_sum(text, "satmon_worker_events_total") + _metric_sum(text, "satmon_worker_dead_letters_total")
             if count > 0 and t0 is None:
-                t0, c0 = now, count
+                t0, c0, cpu0 = now, count, _cpu_s(proc.pid)
             if count >= n:
                 elapsed = now - t0
+                cpu = _cpu_s(proc.pid) - cpu0
                 return {"contender": "satmon", "events": int(count), "seconds": round(elapsed, 3),
                         "events_per_s": round((count - c0) / elapsed) if elapsed > 0 else None, "cores": 1,
+                        "worker_cpu_s": round(cpu, 2),
+                        "events_per_cpu_s": round((count - c0) / cpu) if cpu > 0 else None,
                         "note": f"timed by polling /metrics every {poll_s:g} s"}
             time.sleep(poll_s)  # a scrape costs the worker CPU: poll gently (the rate is exact at poll instants)
         raise RuntimeError("satmon worker did not finish: " + proc.stderr.read(4000).decode(errors="replace"))
@@ -175,6 +188,7 @@ def measure_latency(partitions: int, rate: int, seconds: float) -> dict:
         "from faust.worker import Worker\n"
         "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='lat', pseudonymise='false')\n"
         "w = build_worker(s, app_id='bench-latency', make_core=core_factory()[1])\n"
+        "from monitor.fastpath import tune_gc; tune_gc()  # as `satmon worker` does\n"
         "Worker(w.app, loglevel='warning', quiet=True, redirect_stdouts=False).execute_from_commandline()\n"
     ) % (str(HERE / "peers"), str(HERE.parent), url, tempfile.mkdtemp(), str(port), str(partitions))
     asyncio.run(produce(bootstrap, 0, partitions))

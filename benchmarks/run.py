@@ -143,7 +143,8 @@ def end_to_end(system: str, records: list, partitions: int, timeout_s: float) ->
                 args += ["--web-port", str(e2e.free_port())]
             r = e2e.run_peer(script, args, timeout_s=timeout_s)
         return entry(system, "end-to-end", events_per_s=r["events_per_s"], cores=r.get("cores", 1),
-                     events=r["events"], seconds=r["seconds"], workers=1, core=r.get("core") or CORE_NAME)
+                     events=r["events"], seconds=r["seconds"], workers=1, core=r.get("core") or CORE_NAME,
+                     **{k: r[k] for k in ("worker_cpu_s", "events_per_cpu_s") if k in r})
     except Exception as err:  # noqa: BLE001 - recorded in the results, the other systems still run
         return entry(system, "end-to-end", error=_short(err), workers=1)
     finally:
@@ -231,11 +232,7 @@ class SatmonWorker:
 
 def _cpu_s(pid: int | None) -> float:
     """User + system CPU seconds of process ``pid`` so far (0 when unknown)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, TypeError):
-        return 0.0
+    return e2e._cpu_s(pid) if pid is not None else 0.0
 
 
 def scale_out(records: list, partitions: int, workers: int, timeout_s: float) -> dict[str, Any]:
@@ -346,6 +343,8 @@ def median_run(tries: list[dict[str, Any]]) -> dict[str, Any]:
         return tries[-1]
     best = dict(ok[(len(ok) - 1) // 2])
     best["samples_events_per_s"] = [t.get("events_per_s") for t in tries]
+    if any("events_per_cpu_s" in t for t in tries):
+        best["samples_events_per_cpu_s"] = [t.get("events_per_cpu_s") for t in tries]
     return best
 
 

@@ -109,14 +109,7 @@ class CellWindows:
                  dead_letters: Sequence[ev.DeadLetter], out: Outputs) -> None:
         agg = self._aggregator(partition)
         cells = self._cells.setdefault(partition, {})
-        present: set[str] = set()
-        add = present.add
-        for event in events:
-            stream = event.stream
-            if stream == "network":
-                cells[event.subscriber_id] = (event.cell_id, event.region)
-            add(stream)
-        agg.add_batch(events, scores, cells.get)
+        present = agg.add_batch(events, scores, cells.get, located=cells)
         before = agg.closed_before_ms
         partials = agg.close(hold_ms=self._hold(partition, agg, present))
         if agg.closed_before_ms != before:

@@ -53,6 +53,26 @@ FETCH_MAX_WAIT_MS = 100
 #: how often the drain loop calls the handler's ``tick`` (seconds)
 TICK_S = 1.0
 
+#: cyclic-GC thresholds of a worker process (CPython's default is (700, 10, 10)). A batch allocates
+#: tens of thousands of short-lived containers (decoded events, window accumulators, outputs): with
+#: the default the collector runs a young collection every 700 allocations and traverses them --
+#: measured as the largest single cost of the windows path, and ~15 % of a worker's throughput. The
+#: objects a batch creates are freed by reference counting; the collector is only needed for the
+#: rare cycle, so here a young collection runs every 200,000 net allocations (~0.1 s at full load),
+#: an older one every 50 of those and a full one every 100 older ones (minutes, not never: a
+#: cycle that survives still gets freed). ``benchmarks/run.py`` measures the worker with these.
+GC_THRESHOLDS = (200_000, 50, 100)
+
+
+def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """Move everything alive now (modules, the app, the model) out of the collector's sight with
+    :func:`gc.freeze` and raise its thresholds: call once at start-up, after the worker is built."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
+
 
 class BatchHandler(Protocol):
     """What :class:`FastConsumer` hands fast-topic batches to (``monitor.agents.RiskPipeline``)."""

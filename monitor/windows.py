@@ -211,7 +211,13 @@ class _Acc:
         self.lat_sq = self.lat_max = 0.0
         self.tickets = self.complaints = self.app_events = self.app_failures = self.risk_n = 0
         self.risk_sum = self.risk_sq = self.risk_max = 0.0
-        self.affected: set[str] = set()
+        self.affected: set[str] | None = None   # made on the first affected subscriber (most cells have none)
+
+    def affect(self, subscriber_id: str) -> None:
+        affected = self.affected
+        if affected is None:
+            affected = self.affected = set()
+        affected.add(subscriber_id)
 
     def to_partial(self, cell_id: str, start_ms: int, width_ms: int, source: str) -> Partial:
         return Partial(
@@ -221,7 +227,8 @@ class _Acc:
             tickets=self.tickets, complaints=self.complaints, app_events=self.app_events,
             app_failures=self.app_failures, risk_n=self.risk_n, risk_sum=self.risk_sum,
             risk_sumsq=self.risk_sq, risk_max=self.risk_max,
-            affected=sorted({subscriber_hash(s) for s in self.affected}), sources=[source],
+            affected=sorted({subscriber_hash(s) for s in self.affected}) if self.affected else [],
+            sources=[source],
         )
 
 
@@ -338,7 +345,7 @@ class WindowAggregator:
             degraded = True
         if degraded:
             acc.degraded += 1
-            acc.affected.add(subscriber_id)
+            acc.affect(subscriber_id)
 
     def add_ticket(self, ev: Any, cell_id: str, region: str) -> None:
         """Fold a ``TicketEvent`` into the window of the cell the caller attributes it to (the
@@ -349,7 +356,7 @@ class WindowAggregator:
         acc.tickets += 1
         if ev.action in COMPLAINT_ACTIONS:
             acc.complaints += 1
-            acc.affected.add(ev.subscriber_id)
+            acc.affect(ev.subscriber_id)
 
     def add_app(self, ev: Any, cell_id: str, region: str) -> None:
         """Fold an ``AppEvent`` into the window of the cell the caller attributes it to."""
@@ -359,7 +366,7 @@ class WindowAggregator:
         acc.app_events += 1
         if ev.kind in APP_FAILURE_KINDS:
             acc.app_failures += 1
-            acc.affected.add(ev.subscriber_id)
+            acc.affect(ev.subscriber_id)
 
     def add_risk(self, subscriber_id: str, ts_ms: int, score: float, cell_id: str, region: str) -> None:
         """Fold a risk score (``RiskScore.score``) of a subscriber on ``cell_id``."""
@@ -373,17 +380,83 @@ class WindowAggregator:
             acc.risk_max = score
 
     def add_batch(self, events: Iterable[Any], scores: Iterable[Any] = (),
-                  cell_of: Callable[[str], tuple[str, str] | None] | None = None) -> None:
-        """Fold a batch of decoded input records and risk scores.
+                  cell_of: Callable[[str], tuple[str, str] | None] | None = None,
+                  located: dict[str, tuple[str, str]] | None = None) -> set[str]:
+        """Fold a batch of decoded input records and risk scores; returns the streams seen.
 
         ``cell_of(subscriber_id) -> (cell_id, region) | None`` attributes tickets, app events and
         scores without a cell; records it cannot attribute are skipped (counted in ``unattributed``).
+        ``located``, if given, is updated with each network event's ``(cell_id, region)`` by
+        subscriber (the caller's attribution map): the batch's sessions are folded first, so a
+        ticket or app event is placed on its subscriber's last cell as of the end of the batch.
+
+        Network sessions, most of the input, take an inlined path (same arithmetic as
+        :meth:`add_network_kpis`, without a call and keyword arguments per event).
         """
+        width = self.width_ms
+        closed = self.closed_before_ms
+        opened = self._open
+        lat_lim, loss_lim = self.degraded_latency_ms, self.degraded_loss_pct
+        dl_lim, sinr_lim = self.degraded_min_dl_mbps, self.degraded_min_sinr_db
+        net_wm = self.stream_watermarks.get("network")
+        n_net = late_net = 0
+        cur_start: int | None = None
+        cells: dict[str, _Acc] = {}
+        present: set[str] = set()
+        others: list[Any] = []
         for ev in events:
             stream = getattr(ev, "stream", None)
             if stream == "network":
-                self.add_network(ev)
+                ts = ev.ts_ms
+                if net_wm is None or ts > net_wm:
+                    net_wm = ts
+                cell = ev.cell_id
+                if located is not None:
+                    located[ev.subscriber_id] = (cell, ev.region)
+                start = ts - ts % width
+                if closed is not None and start < closed:
+                    late_net += 1
+                    continue
+                n_net += 1
+                if start != cur_start:
+                    cur_start = start
+                    cells = opened.get(start)  # type: ignore[assignment]
+                    if cells is None:
+                        cells = opened[start] = {}
+                acc = cells.get(cell)
+                if acc is None:
+                    acc = cells[cell] = _Acc(ev.region)
+                latency, loss, dl, sinr, stall = ev.latency_ms, ev.packet_loss_pct, ev.dl_mbps, ev.sinr_db, ev.video_stall_s
+                acc.sessions += 1
+                k = acc.kpi
+                k[0] += latency
+                k[1] += ev.jitter_ms
+                k[2] += loss
+                k[3] += dl
+                k[4] += ev.ul_mbps
+                k[5] += ev.rsrp_dbm
+                k[6] += sinr
+                k[7] += stall
+                acc.lat_sq += latency * latency
+                if latency > acc.lat_max:
+                    acc.lat_max = latency
+                degraded = False
+                if ev.call_drop:
+                    acc.drops += 1
+                    degraded = True
+                if stall > 0:
+                    acc.stalls += 1
+                    degraded = True
+                if degraded or latency > lat_lim or loss > loss_lim or sinr < sinr_lim or (
+                        dl < dl_lim and ev.service in ("video", "download")):
+                    acc.degraded += 1
+                    acc.affect(ev.subscriber_id)
                 continue
+            others.append(ev)
+        for ev in others:  # after the sessions: a subscriber's cell as of the end of the batch
+            stream = getattr(ev, "stream", None)
+            if stream is not None:
+                present.add(stream)
             where = cell_of(ev.subscriber_id) if cell_of is not None else None
             if where is None:
                 self.unattributed += 1
@@ -391,6 +464,13 @@ class WindowAggregator:
                 self.add_ticket(ev, *where)
             elif stream == "app":
                 self.add_app(ev, *where)
+        if n_net or late_net:
+            present.add("network")
+            self.stream_watermarks["network"] = net_wm  # type: ignore[assignment]
+            if self.watermark_ms is None or net_wm > self.watermark_ms:
+                self.watermark_ms = net_wm
+            self.events["network"] += n_net
+            self.late_events["network"] += late_net
         for s in scores:
             where = (s.cell_id, s.region) if s.cell_id is not None and s.region is not None else (
                 cell_of(s.subscriber_id) if cell_of is not None else None)
@@ -398,6 +478,7 @@ class WindowAggregator:
                 self.unattributed += 1
             else:
                 self.add_risk(s.subscriber_id, s.ts_ms, s.score, *where)
+        return present
 
     # -- closing -------------------------------------------------------------------------------
     def close(self, watermark_ms: int | None = None, *, hold_ms: float | None = None) -> list[Partial]:

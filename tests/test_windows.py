@@ -80,6 +80,37 @@ def test_add_batch_attributes_tickets_via_callback():
     assert parts["c9"].complaints == 2 and parts["c1"].sessions == 1 and agg.unattributed == 1
 
 
+def test_batch_path_equals_event_by_event_path():
+    """add_batch inlines the session arithmetic: it must give exactly what add_network gives, on
+    random sessions (degraded by each symptom, late ones included) across windows and cells."""
+    rnd = random.Random(11)
+    events = []
+    for i in range(3_000):
+        ts = T0 + i * 97 - (rnd.randrange(200_000) if rnd.random() < 0.05 else 0)   # some late
+        events.append(net(f"s{rnd.randrange(300)}", ts, cell=f"c{rnd.randrange(12)}",
+                          region=f"r{rnd.randrange(3)}", service=rnd.choice(("video", "web", "voice")),
+                          latency_ms=rnd.choice((30.0, 200.0)), packet_loss_pct=rnd.choice((0.1, 3.0)),
+                          dl_mbps=rnd.choice((80.0, 1.0)), sinr_db=rnd.choice((12.0, -5.0)),
+                          call_drop=rnd.random() < 0.05, video_stall_s=rnd.choice((0.0, 0.0, 4.0)),
+                          rsrp_dbm=-80 - rnd.random() * 40, jitter_ms=rnd.random() * 9))
+    one, batched = (WindowAggregator(width_ms=W, allowed_lateness_ms=10_000) for _ in range(2))
+    got_one, got_batched = [], []
+    for k in range(0, len(events), 250):
+        chunk = events[k:k + 250]
+        for e in chunk:
+            one.add_network(e)
+        assert batched.add_batch(chunk) == {"network"}
+        got_one += one.close()
+        got_batched += batched.close()
+    got_one += one.flush()
+    got_batched += batched.flush()
+    assert got_batched == got_one and sum(p.n_affected for p in got_one) > 0
+    assert batched.late_events == one.late_events and one.late_events["network"] > 0
+    assert (batched.events, batched.watermark_ms, batched.stream_watermarks) == (
+        one.events, one.watermark_ms, one.stream_watermarks)
+    assert batched.affected("c3") == one.affected("c3")
+
+
 def _random_partials(seed: int, n: int) -> list[Partial]:
     rng = random.Random(seed)
     out = []

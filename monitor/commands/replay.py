@@ -28,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     settings = from_args(args)
     t0 = time.perf_counter()
     events, invalid = read_events(args.dir)
+    from monitor.fastpath import tune_gc
+
+    tune_gc()  # as the worker: the loaded events are frozen, not traversed by every collection
     out = open(args.out, "wb") if args.out else None
     labels = open(args.labels_csv, "w", newline="") if args.labels_csv else None
     n = 0

@@ -55,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
     from monitor.app import build_worker
 
+    from monitor.fastpath import tune_gc
+
     worker = build_worker(settings, app_id=args.app_id)
+    tune_gc()
     print(f"satmon worker {worker.worker_id}: broker {settings.broker}, "
           f"http://{settings.web_host}:{settings.web_port}/metrics", flush=True)
     try:
