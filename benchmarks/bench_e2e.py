@@ -120,8 +120,13 @@ def _cpu_s(pid: int) -> float:
         return 0.0
 
 
-def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, poll_s: float = 0.5) -> dict:
-    """Run a satmon worker process and time it through its /metrics counters."""
+def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, poll_s: float = 0.5,
+               full: bool = True) -> dict:
+    """Run a satmon worker process and time it through its /metrics counters.
+
+    ``full``: the production worker (hot-spot windows and detection, the outreach API and its view
+    of ``risk-scores``); without it the worker does the peers' per-event work only (decode,
+    validate, score, state changelog, model checkpoints), for a like-for-like comparison."""
     port = free_port()
     data = tempfile.mkdtemp()
     code = (
@@ -131,10 +136,10 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
         "from monitor.app import build_worker\n"
         "from faust.worker import Worker\n"
         "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='bench', pseudonymise='false')\n"
-        "w = build_worker(s, app_id='bench-satmon-%d', make_core=core_factory()[1])\n"
+        "w = build_worker(s, app_id='bench-satmon-%d', make_core=core_factory()[1], cell_windows=%r, api=%r)\n"
         "from monitor.fastpath import tune_gc; tune_gc()  # as `satmon worker` does\n"
         "Worker(w.app, loglevel='warning', quiet=True, redirect_stdouts=False).execute_from_commandline()\n"
-    ) % (str(HERE / "peers"), str(HERE.parent), broker, data, str(port), str(partitions), os.getpid())
+    ) % (str(HERE / "peers"), str(HERE.parent), broker, data, str(port), str(partitions), os.getpid(), full, full)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/metrics"
     t0 = c0 = None

@@ -7,16 +7,19 @@ Workloads (``benchmarks/results.json`` lists each as one entry of ``runs``):
   ``quixstreams`` and ``bytewax`` (``benchmarks/peers/``, all doing the same per-event work through
   ``benchmarks/peers/common.py``). Every system reads the same records (one generated list, produced
   to a fresh broker per system). Timed from the first event processed to the last: group join and
-  recovery are not included.
-* ``latency`` -- satmon's produce->score latency p50/p99 at half of its measured end-to-end rate
-  (``bench_e2e.measure_latency``).
+  recovery are not included. satmon's worker runs here with its hot-spot windows and outreach API
+  switched off, so that it does what the peers do.
+* ``end-to-end-full`` -- satmon's production worker on the same records: the above plus hot-spot
+  windows and detectors, data drift, and the outreach API's view of ``risk-scores``.
+* ``latency`` -- satmon's produce->score latency p50/p99 at half of its measured end-to-end-full
+  rate (``bench_e2e.measure_latency``, the production worker).
 * ``replay`` -- ``satmon replay`` over the same records written as simulator files (no broker).
 * ``scale-out-K`` -- K satmon worker processes in one consumer group: the workers join first, then
   the records are produced and the group's total rate is measured (``cores`` is what the machine can
   give them: K workers on a 2-core machine share 2 cores with the broker and the producer).
 
 A system that cannot run records an ``error`` instead of a number. ``ratios`` compare satmon's
-end-to-end events/s per core with each peer's.
+end-to-end (and end-to-end-full) events/s per core with each peer's end-to-end.
 
     python -m benchmarks.run                      # full run (200,000 events), what ./run bench does
     python -m benchmarks.run --quick --events 20000   # smoke run
@@ -125,8 +128,10 @@ def _short(err: BaseException) -> str:
 
 # -- end-to-end -------------------------------------------------------------------------------------
 
-def end_to_end(system: str, records: list, partitions: int, timeout_s: float) -> dict[str, Any]:
-    """One system on a fresh broker holding ``records``."""
+def end_to_end(system: str, records: list, partitions: int, timeout_s: float,
+               workload: str = "end-to-end") -> dict[str, Any]:
+    """One system on a fresh broker holding ``records``. ``end-to-end-full`` (satmon only): the
+    production worker, hot-spot windows and outreach API included -- work the peers do not do."""
     broker = e2e.LocalTansu(partitions)
     try:
         url = broker.start()
@@ -134,7 +139,8 @@ def end_to_end(system: str, records: list, partitions: int, timeout_s: float) ->
         asyncio.run(e2e.produce(bootstrap, len(records), partitions, records))
         n = len(records)
         if system == "satmon":
-            r = e2e.run_satmon(url, n, partitions, timeout_s=timeout_s, poll_s=POLL_S)
+            r = e2e.run_satmon(url, n, partitions, timeout_s=timeout_s, poll_s=POLL_S,
+                               full=workload == "end-to-end-full")
         else:
             script, how = PEERS[system]
             args = ["--broker", url] if how == "url" else ["--bootstrap", bootstrap]
@@ -142,11 +148,11 @@ def end_to_end(system: str, records: list, partitions: int, timeout_s: float) ->
             if system == "faust-plain":
                 args += ["--web-port", str(e2e.free_port())]
             r = e2e.run_peer(script, args, timeout_s=timeout_s)
-        return entry(system, "end-to-end", events_per_s=r["events_per_s"], cores=r.get("cores", 1),
+        return entry(system, workload, events_per_s=r["events_per_s"], cores=r.get("cores", 1),
                      events=r["events"], seconds=r["seconds"], workers=1, core=r.get("core") or CORE_NAME,
                      **{k: r[k] for k in ("worker_cpu_s", "events_per_cpu_s") if k in r})
     except Exception as err:  # noqa: BLE001 - recorded in the results, the other systems still run
-        return entry(system, "end-to-end", error=_short(err), workers=1)
+        return entry(system, workload, error=_short(err), workers=1)
     finally:
         broker.stop()
 
@@ -331,7 +337,7 @@ def latency(partitions: int, rate: int, seconds: float) -> dict[str, Any]:
         return entry("satmon", "latency", error=f"no latency samples: {r}", rate_events_per_s=rate)
     return entry("satmon", "latency", events_per_s=rate, p50_ms=r["latency_ms_p50"], p99_ms=r["latency_ms_p99"],
                  rate_events_per_s=rate, seconds=seconds, scores_sampled=r["scores_sampled"],
-                 max_ms=r["latency_ms_max"], note="events_per_s is the offered rate: half of satmon's end-to-end rate")
+                 max_ms=r["latency_ms_max"], note="events_per_s is the offered rate: half of satmon's end-to-end-full rate")
 
 
 # -- ratios and the report --------------------------------------------------------------------------
@@ -357,9 +363,13 @@ def ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     satmon = per_core("satmon", "end-to-end")
+    full = per_core("satmon", "end-to-end-full")
     for peer in SYSTEMS[1:]:
         theirs = per_core(peer, "end-to-end")
         out[f"satmon_over_{peer}_per_core"] = round(satmon / theirs, 2) if satmon and theirs else None
+    for peer in SYSTEMS[1:]:
+        theirs = per_core(peer, "end-to-end")
+        out[f"satmon_full_over_{peer}_per_core"] = round(full / theirs, 2) if full and theirs else None
     one = per_core("satmon", "scale-out-1")
     for r in runs:
         if r["workload"].startswith("scale-out-") and r.get("events_per_s") and one:
@@ -412,8 +422,12 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "End-to-end is timed from the first event processed to the last, per worker process (group join and "
         "table recovery excluded). Every system does the same per-event work (`benchmarks/peers/common.py`: "
-        "msgspec decode and validate, `monitor.core.PartitionCore`, scores encoded and produced). Latency is "
-        "produce→score at half of satmon's end-to-end rate, satmon only (the peers' latency is not measured). "
+        "msgspec decode and validate, `monitor.core.PartitionCore`, scores encoded and produced). satmon's "
+        "`end-to-end-full` is its production worker, which also folds every event into the hot-spot windows, "
+        "runs the hot-spot and data-drift detectors and keeps the outreach API's view of `risk-scores` -- work "
+        "no peer does; `satmon_full_over_*` ratios compare it with the peers anyway. Latency is produce→score "
+        "of the production worker at half of its `end-to-end-full` rate, satmon only (the peers' latency is "
+        "not measured). "
         "Tansu is not a production Kafka: see docs/BROKER.md for what only a real cluster can show.",
         "",
         "Where each system keeps subscriber state: satmon -- Faust tables (memory store) with changelog topics, "
@@ -465,25 +479,28 @@ def main(argv: list[str] | None = None) -> int:
     runs = result["runs"]
     repeat = args.repeat or (1 if args.quick else 3)
     result["repeat"] = repeat
-    samples: dict[str, list[dict[str, Any]]] = {s: [] for s in args.only or SYSTEMS}
+    samples: dict[tuple[str, str], list[dict[str, Any]]] = {(s, "end-to-end"): [] for s in args.only or SYSTEMS}
+    if "satmon" in (args.only or SYSTEMS):
+        samples[("satmon", "end-to-end-full")] = []
     for i in range(repeat):  # round-robin, so a noisy minute hits every system alike
-        for system in samples:
-            say(f"end-to-end: {system} ({i + 1}/{repeat})")
-            samples[system].append(end_to_end(system, records, args.partitions, timeout_s))
-            say(json.dumps(samples[system][-1]))
-    for system, tries in samples.items():
+        for system, workload in samples:
+            say(f"{workload}: {system} ({i + 1}/{repeat})")
+            tries = samples[(system, workload)]
+            tries.append(end_to_end(system, records, args.partitions, timeout_s, workload))
+            say(json.dumps(tries[-1]))
+    for tries in samples.values():
         runs.append(median_run(tries))
     say("replay: satmon")
     runs.append(replay(records, args.partitions, timeout_s))
     say(json.dumps(runs[-1]))
     satmon_eps = next((r["events_per_s"] for r in runs if r["system"] == "satmon"
-                       and r["workload"] == "end-to-end" and r.get("events_per_s")), None)
+                       and r["workload"] == "end-to-end-full" and r.get("events_per_s")), None)
     if satmon_eps:
         rate = max(1, int(satmon_eps * 0.5))
         say(f"latency: satmon at {rate:,} events/s for {lat_s:.0f} s")
         runs.append(latency(args.partitions, rate, lat_s))
     else:
-        runs.append(entry("satmon", "latency", error="no end-to-end rate for satmon to take half of"))
+        runs.append(entry("satmon", "latency", error="no end-to-end-full rate for satmon to take half of"))
     say(json.dumps(runs[-1]))
     for k in (int(x) for x in args.scale_out.split(",") if x.strip()):
         say(f"scale-out: {k} satmon worker(s)")

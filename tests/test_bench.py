@@ -42,10 +42,13 @@ def test_quick_run_measures_every_system(tmp_path: Path) -> None:
     end_to_end = {r["system"] for r in runs if r["workload"] == "end-to-end"}
     assert end_to_end == SYSTEMS
     workloads = {(r["system"], r["workload"]) for r in runs}
-    assert {("satmon", "replay"), ("satmon", "latency"), ("satmon", "scale-out-1"),
+    assert {("satmon", "end-to-end-full"), ("satmon", "replay"), ("satmon", "latency"), ("satmon", "scale-out-1"),
             ("satmon", "scale-out-2")} <= workloads
+    full = next(r for r in runs if r["workload"] == "end-to-end-full")
+    assert full.get("worker_cpu_s", 0) > 0 or full.get("error"), full
     latency = next(r for r in runs if r["workload"] == "latency")
     if not latency.get("error"):
         assert 0 < latency["p50_ms"] <= latency["p99_ms"]
     assert any(k.startswith("satmon_over_") for k in result["ratios"])
+    assert any(k.startswith("satmon_full_over_") for k in result["ratios"])
     assert "| system | workload |" in out.with_suffix(".md").read_text()
