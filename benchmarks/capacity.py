@@ -53,7 +53,7 @@ def main() -> int:
     x = args.events_per_s
     if args.results:
         runs = json.loads(args.results.read_text())["runs"]
-        x = next(r["events_per_s"] for r in runs if r["system"] == "satmon" and r["workload"] == "end-to-end")
+        x = next(r["events_per_s"] for r in runs if r["system"] == "satmon" and r["workload"] == "end-to-end-full")
     if not x:
         ap.error("give --events-per-s or --results")
     print(json.dumps({"events_per_s_per_worker": x, "plans": [plan(n, x) for n in args.subscribers]}, indent=1))
