@@ -1,0 +1,152 @@
+"""Soak: one production worker under steady simulated load for many minutes; is its memory flat?
+
+Starts the embedded Tansu broker, one ``satmon worker`` (RocksDB store, the production defaults:
+hot-spot windows, detectors, the outreach view) and the simulator (default scenario, its
+incidents and noise, ``--loop`` at a fixed rate), then samples the worker's resident memory and
+its processed-event counter every ``--every`` seconds. After a warm-up (``--warmup``, the first
+third by default: every subscriber seen, caches filled, each subscriber's score history in the
+outreach view full) the resident memory must stop growing: the report gives the slope of a
+least-squares line through the post-warm-up samples, in MB per million events, and the growth as a
+share of the memory at the end of the warm-up.
+
+At 4,000 records/s the default 10,000 subscribers live ~27 simulated hours in 12 minutes, so every
+time-of-day structure (the hot-spot baselines by hour) is filled too.
+
+    python benchmarks/bench_soak.py --minutes 12 --rate 4000 --subscribers 10000
+    # -> benchmarks/soak.json (every sample) and a summary line
+
+The broker keeps every record in memory (Tansu, memory storage); it is measured separately
+(``broker_rss_mb``) and is not the worker's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` in MB (0 when it is gone)."""
+    try:
+        m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    except OSError:
+        return 0.0
+    return int(m.group(1)) / 1024 if m else 0.0
+
+
+def processed(port: int) -> float | None:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    total = 0.0
+    for name in ("satmon_worker_events_total", "satmon_worker_dead_letters_total"):
+        total += sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    return total
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ``ys`` over ``xs`` (0 with fewer than two distinct xs)."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=12.0)
+    ap.add_argument("--rate", type=float, default=4000, help="simulated records/s (default 4000)")
+    ap.add_argument("--subscribers", type=int, default=10_000)
+    ap.add_argument("--warmup", type=float, default=1 / 3, help="share of the run that is warm-up (default 1/3)")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--every", type=float, default=10.0, help="sampling period, seconds")
+    ap.add_argument("--out", type=Path, default=HERE / "soak.json")
+    args = ap.parse_args(argv)
+
+    from monitor.broker import EmbeddedBroker
+    from monitor.kafka import create_topics
+
+    tmp = Path(tempfile.mkdtemp(prefix="satmon-soak-"))
+    broker = EmbeddedBroker(data_dir=tmp / "broker", partitions=args.partitions)
+    url = broker.start()
+    create_topics(url, args.partitions)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    from monitor.privacy import ensure_key_file
+
+    key_file = ensure_key_file(tmp / "pseudonym.key")   # production default: pseudonymised at ingest
+    env = dict(os.environ, SATMON_PSEUDONYM_KEY_FILE=str(key_file), SATMON_BROKER=url, SATMON_PARTITIONS=str(args.partitions),
+               SATMON_DATA_DIR=str(tmp / "worker"), SATMON_WEB_PORT=str(port), SATMON_LOG_LEVEL="WARNING")
+    satmon = [sys.executable, "-m", "monitor"]
+    logs = open(tmp / "worker.log", "wb")
+    worker = subprocess.Popen(satmon + ["worker"], env=env, stdout=logs, stderr=subprocess.STDOUT)
+    sim = None
+    samples: list[dict[str, float]] = []
+    try:
+        deadline = time.monotonic() + 120
+        while processed(port) is None:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"worker did not come up: see {tmp / 'worker.log'}")
+            time.sleep(0.5)
+        sim = subprocess.Popen(satmon + ["simulate", "--broker", url, "--rate", str(args.rate), "--loop",
+                                         "--subscribers", str(args.subscribers), "--scenario", "default"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "simulator.log", "wb"))
+        t0 = time.monotonic()
+        end = t0 + args.minutes * 60
+        while time.monotonic() < end:
+            time.sleep(args.every)
+            if worker.poll() is not None:
+                raise SystemExit(f"worker exited {worker.returncode}: see {tmp / 'worker.log'}")
+            n = processed(port)
+            samples.append({"t_s": round(time.monotonic() - t0, 1), "events": n or 0.0,
+                            "worker_rss_mb": round(rss_mb(worker.pid), 1),
+                            "broker_rss_mb": round(rss_mb(broker.proc.pid), 1) if broker.proc else None})
+            print(json.dumps(samples[-1]), flush=True)
+    finally:
+        for p in (sim, worker):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        broker.stop()
+
+    warm = samples[int(len(samples) * args.warmup):]
+    ev = [s["events"] / 1e6 for s in warm]
+    rss = [s["worker_rss_mb"] for s in warm]
+    per_m = slope(ev, rss)
+    growth = (rss[-1] - rss[0]) / rss[0] if rss and rss[0] else None
+    result = {
+        "minutes": args.minutes, "rate": args.rate, "subscribers": args.subscribers,
+        "partitions": args.partitions, "events": samples[-1]["events"] if samples else 0,
+        "rss_after_warmup_mb": rss[0] if rss else None, "rss_end_mb": rss[-1] if rss else None,
+        "rss_max_mb": max(s["worker_rss_mb"] for s in samples) if samples else None,
+        "warmup": round(args.warmup, 3), "slope_mb_per_million_events": round(per_m, 2),
+        "growth_after_warmup": round(growth, 4) if growth is not None else None,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "samples": samples,
+    }
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"soak: {result['events']:,.0f} events in {args.minutes:g} min; worker RSS after warm-up "
+          f"{result['rss_after_warmup_mb']} MB, at the end {result['rss_end_mb']} MB, max {result['rss_max_mb']} MB; "
+          f"slope {per_m:+.2f} MB per million events -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
