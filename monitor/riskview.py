@@ -159,7 +159,11 @@ class RiskView:
         self._next[partition] = offset + 1
         sid = score.subscriber_id
         entry = self._entries.get(sid)
-        if entry is not None and score.ts_ms < entry.latest.ts_ms:
+        # One subscriber's scores share a partition, and a later offset is the core's later state,
+        # even when its triggering event is older in event time (a ticket fetched after a newer
+        # network session): offset order wins. Event time only orders records from another
+        # partition (the topic was repartitioned).
+        if entry is not None and partition != entry.partition and score.ts_ms < entry.latest.ts_ms:
             self.records_stale += 1
             return False
         prev = entry.current if entry is not None else None

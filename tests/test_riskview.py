@@ -60,15 +60,26 @@ def test_update_moves_subscriber_and_leaving_risk_removes_it():
     assert view.at_risk_count == 1
 
 
-def test_older_event_time_and_duplicate_offsets_are_ignored():
+def test_duplicate_offsets_are_ignored_and_offset_order_wins_within_a_partition():
     view = RiskView()
     assert view.apply(score("a", 0.9, ts=T0 + 10), partition=1, offset=5)
     assert not view.apply(score("a", 0.2, ts=T0 + 10), partition=1, offset=5)  # same offset again
-    assert not view.apply(score("a", 0.2, ts=T0 + 1), partition=1, offset=6)   # replayed older state
-    assert view.get("a").latest.score == 0.9
+    # A later offset is the core's later state even when its event is older (a ticket fetched
+    # after a newer network session): seen in the two-worker test, a subscriber stayed listed.
+    assert view.apply(score("a", 0.2, ts=T0 + 1), partition=1, offset=6)
+    assert view.get("a").latest.score == 0.2 and ids(view.page(limit=10)) == []
     assert view.position() == (0, 7)
-    assert view.apply(score("a", 0.3, ts=T0 + 10), partition=1, offset=7)  # same event time: later wins
+    assert view.apply(score("a", 0.3, ts=T0 + 10), partition=1, offset=7)
     assert view.get("a").latest.score == 0.3
+
+
+def test_older_event_time_from_another_partition_is_ignored():
+    view = RiskView()
+    assert view.apply(score("a", 0.9, ts=T0 + 10), partition=1, offset=5)
+    assert not view.apply(score("a", 0.2, ts=T0 + 1), partition=0, offset=0)   # repartitioned: older
+    assert view.get("a").latest.score == 0.9 and view.records_stale == 1
+    assert view.apply(score("a", 0.4, ts=T0 + 20), partition=0, offset=1)      # newer: moves
+    assert view.get("a").latest.score == 0.4
 
 
 def test_at_risk_since_is_kept_while_at_risk_and_reset_after():
