@@ -236,9 +236,7 @@ class SatmonWorker:
                 self.proc.wait(10)
 
 
-def _cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of process ``pid`` so far (0 when unknown)."""
-    return e2e._cpu_s(pid) if pid is not None else 0.0
+_cpu_s = e2e._cpu_s
 
 
 def scale_out(records: list, partitions: int, workers: int, timeout_s: float) -> dict[str, Any]:
@@ -364,12 +362,10 @@ def ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     satmon = per_core("satmon", "end-to-end")
     full = per_core("satmon", "end-to-end-full")
-    for peer in SYSTEMS[1:]:
-        theirs = per_core(peer, "end-to-end")
-        out[f"satmon_over_{peer}_per_core"] = round(satmon / theirs, 2) if satmon and theirs else None
-    for peer in SYSTEMS[1:]:
-        theirs = per_core(peer, "end-to-end")
-        out[f"satmon_full_over_{peer}_per_core"] = round(full / theirs, 2) if full and theirs else None
+    for name, ours in (("satmon", satmon), ("satmon_full", full)):
+        for peer in SYSTEMS[1:]:
+            theirs = per_core(peer, "end-to-end")
+            out[f"{name}_over_{peer}_per_core"] = round(ours / theirs, 2) if ours and theirs else None
     one = per_core("satmon", "scale-out-1")
     for r in runs:
         if r["workload"].startswith("scale-out-") and r.get("events_per_s") and one:
