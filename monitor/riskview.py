@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from array import array
 import logging
 import sys
 from collections import deque
@@ -79,9 +80,12 @@ class Version(NamedTuple):
 class Entry:
     """Everything the view knows about one subscriber."""
 
-    __slots__ = ("latest", "partition", "history", "first_offset", "first_at_risk_ms")
+    __slots__ = ("sid", "latest", "partition", "history", "first_offset", "first_at_risk_ms")
 
     def __init__(self, latest: RiskScore, partition: int, offset: int, history: int):
+        # The one string object of this subscriber id: the change log and the ranked index refer
+        # to it, not to each decoded record's own copy (which would keep every copy alive).
+        self.sid = latest.subscriber_id
         self.latest = latest
         self.partition = partition
         self.first_offset = offset
@@ -133,8 +137,10 @@ class RiskView:
         self._by_region: dict[str | None, list[Key]] = {}
         self._by_cell: dict[str, set[str]] = {}
         self._next: list[int] = []  # next offset per partition
-        self._log_offsets: list[list[int]] = []
+        # The change log, compact: 8 bytes of offset and one reference to the entry's id per change.
+        self._log_offsets: list[array[int]] = []
         self._log_sids: list[list[str]] = []
+        self._reason_sets: dict[tuple[str, ...], tuple[str, ...]] = {}  # shared reason-code tuples
         self._log_floor: list[int] = []  # changes below this offset were dropped from the log
         self.records_applied = 0
         self.records_stale = 0
@@ -144,7 +150,7 @@ class RiskView:
     def _grow(self, partition: int) -> None:
         while len(self._next) <= partition:
             self._next.append(0)
-            self._log_offsets.append([])
+            self._log_offsets.append(array("q"))
             self._log_sids.append([])
             self._log_floor.append(0)
 
@@ -157,8 +163,7 @@ class RiskView:
         elif offset < self._next[partition]:
             return False
         self._next[partition] = offset + 1
-        sid = score.subscriber_id
-        entry = self._entries.get(sid)
+        entry = self._entries.get(score.subscriber_id)
         # One subscriber's scores share a partition, and a later offset is the core's later state,
         # even when its triggering event is older in event time (a ticket fetched after a newer
         # network session): offset order wins. Event time only orders records from another
@@ -172,10 +177,13 @@ class RiskView:
             since = prev.at_risk_since_ms if prev is not None and prev.at_risk else score.ts_ms
         version = Version(offset, score.ts_ms, score.scored_at_ms, score.score, score.at_risk,
                           since if score.at_risk else None, _intern(score.region), _intern(score.segment),
-                          _intern(score.cell_id), tuple(_intern(r.code) for r in score.reasons))
+                          _intern(score.cell_id), self._reason_set(score.reasons))
         if entry is None:
-            entry = self._entries[sid] = Entry(score, partition, offset, self.history)
+            entry = Entry(score, partition, offset, self.history)
+            sid = entry.sid
+            self._entries[sid] = entry
         else:
+            sid = entry.sid
             self._unindex(sid, prev)
             entry.latest = score
             entry.partition = partition
@@ -186,6 +194,15 @@ class RiskView:
         self._log(partition, offset, sid)
         self.records_applied += 1
         return True
+
+    def _reason_set(self, reasons: Sequence[Any]) -> tuple[str, ...]:
+        codes = tuple(_intern(r.code) for r in reasons)
+        shared = self._reason_sets.get(codes)
+        if shared is not None:
+            return shared
+        if len(self._reason_sets) < 100_000:   # the combinations seen are few; bound them anyway
+            self._reason_sets[codes] = codes
+        return codes  # type: ignore[return-value]
 
     def _index(self, sid: str, v: Version) -> None:
         if v.at_risk:

@@ -387,3 +387,38 @@ def test_at_risk_by_region_segment_counts_only_current_at_risk():
     score("d", 0.1, "south", "business", 4)
     score("b", 0.2, "north", "prepaid", 5)  # no longer at risk
     assert view.at_risk_by_region_segment() == {("north", "prepaid"): 1, ("south", "business"): 1}
+
+
+def test_memory_once_every_ring_is_full_grows_only_by_the_compact_change_log():
+    """A soak found the view still growing long after every subscriber was known: each change-log
+    entry kept its decoded record's own copy of the subscriber id (and a boxed offset) alive, about
+    100 bytes per score. Once the history rings are full, a score may cost only the change log's
+    offset (8 bytes) and one reference to the entry's single id string (8 bytes)."""
+    import tracemalloc
+
+    subscribers, per_phase = 200, 20_000
+    view = RiskView(history=4, change_log=10 * per_phase)
+    raws = [encode(score(f"sub-{i:04d}", 0.4 + (i % 50) / 100, reasons=("video_stall", "dropped_calls")))
+            for i in range(subscribers)]
+    offset = 0
+
+    def feed(n: int) -> None:
+        nonlocal offset
+        for _ in range(n):
+            view.apply_raw(raws[offset % subscribers], 0, offset)  # a fresh decode each time, as from Kafka
+            offset += 1
+
+    feed(per_phase)  # every ring full
+    tracemalloc.start()
+    try:
+        feed(per_phase)  # every ring's content replaced by traced allocations
+        before = tracemalloc.get_traced_memory()[0]
+        feed(per_phase)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown / per_phase < 24, f"{grown / per_phase:.0f} bytes per applied score"  # was 104
+    first = view._log_sids[0][0]
+    assert first is view.get(first).sid and view._log_sids[0][-1] is view.get(view._log_sids[0][-1]).sid
+    walked = walk(view, limit=7)   # page walks still work on the compact log
+    assert walked == ids(view.page(limit=1000)) and len(walked) == view.at_risk_count
