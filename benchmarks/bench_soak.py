@@ -64,6 +64,26 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
 
 
+def trace_report(trace_dir: Path, warmup: float, top: int = 25) -> dict[str, object]:
+    """Compare the heap snapshot at the end of the warm-up with the last one: Python-traced memory
+    against resident memory, and the source lines whose allocations grew the most."""
+    import tracemalloc
+
+    snaps = sorted(trace_dir.glob("*.snap"))
+    if len(snaps) < 2:
+        return {"error": f"{len(snaps)} snapshot(s) in {trace_dir}: run longer than two trace periods"}
+    first, last = snaps[min(int(len(snaps) * warmup), len(snaps) - 2)], snaps[-1]
+    meta = [json.loads(p.with_suffix(".json").read_text()) for p in (first, last)]
+    diff = tracemalloc.Snapshot.load(str(last)).compare_to(tracemalloc.Snapshot.load(str(first)), "lineno")
+    rows = [{"where": str(d.traceback), "size_diff_kb": round(d.size_diff / 1024, 1),
+             "count_diff": d.count_diff, "size_kb": round(d.size / 1024, 1)} for d in diff[:top]]
+    return {"from": first.name, "to": last.name,
+            "rss_mb": [round(m["rss_mb"], 1) for m in meta], "traced_mb": [round(m["traced_mb"], 1) for m in meta],
+            "snapshots": [{"rss_mb": round(m["rss_mb"], 1), "traced_mb": round(m["traced_mb"], 1)}
+                          for m in (json.loads(p.with_suffix(".json").read_text()) for p in snaps)],
+            "top_growth": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=12.0)
@@ -73,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--every", type=float, default=10.0, help="sampling period, seconds")
     ap.add_argument("--out", type=Path, default=HERE / "soak.json")
+    ap.add_argument("--trace", type=float, default=0.0, metavar="SECONDS",
+                    help="run the worker under tracemalloc, a heap snapshot every SECONDS; the report then "
+                         "names the source lines whose memory grew after the warm-up (slows the worker)")
     args = ap.parse_args(argv)
+    import signal
+
+    # Stopped early (kill, Ctrl-C): still stop the broker, worker and simulator in ``finally``.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     from monitor.broker import EmbeddedBroker
     from monitor.kafka import create_topics
@@ -94,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                SATMON_DATA_DIR=str(tmp / "worker"), SATMON_WEB_PORT=str(port), SATMON_LOG_LEVEL="WARNING")
     satmon = [sys.executable, "-m", "monitor"]
     logs = open(tmp / "worker.log", "wb")
-    worker = subprocess.Popen(satmon + ["worker"], env=env, stdout=logs, stderr=subprocess.STDOUT)
+    trace_dir = tmp / "memtrace"
+    if args.trace:
+        env.update(SOAK_TRACE_DIR=str(trace_dir), SOAK_TRACE_EVERY=str(args.trace))
+        worker_cmd = [sys.executable, "-X", "tracemalloc=1", str(HERE / "memtrace.py"), "worker"]
+    else:
+        worker_cmd = satmon + ["worker"]
+    worker = subprocess.Popen(worker_cmd, env=env, stdout=logs, stderr=subprocess.STDOUT)
     sim = None
     samples: list[dict[str, float]] = []
     try:
@@ -141,10 +174,18 @@ def main(argv: list[str] | None = None) -> int:
         "growth_after_warmup": round(growth, 4) if growth is not None else None,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "samples": samples,
     }
+    if args.trace:
+        result["trace"] = trace_report(trace_dir, args.warmup)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"soak: {result['events']:,.0f} events in {args.minutes:g} min; worker RSS after warm-up "
           f"{result['rss_after_warmup_mb']} MB, at the end {result['rss_end_mb']} MB, max {result['rss_max_mb']} MB; "
           f"slope {per_m:+.2f} MB per million events -> {args.out}")
+    if args.trace and "top_growth" in result["trace"]:
+        t = result["trace"]
+        print(f"traced (Python) memory {t['traced_mb'][0]} -> {t['traced_mb'][1]} MB while resident went "
+              f"{t['rss_mb'][0]} -> {t['rss_mb'][1]} MB; largest growth:")
+        for row in t["top_growth"][:12]:
+            print(f"  {row['size_diff_kb']:+10.1f} KB {row['count_diff']:+9d} blocks  {row['where']}")
     return 0
 
 
