@@ -105,15 +105,65 @@ def measure(subscribers: int, hours: float, *, rocksdb: bool, cache: int, partit
     return out
 
 
+def measure_view(subscribers: int, *, history: int | None = None, pool_hours: float = 2.0) -> dict:
+    """Memory of the outreach view (:class:`monitor.riskview.RiskView`) per subscriber, every
+    subscriber with a full history ring (the steady state), measured with tracemalloc.
+
+    The scores are real: the risk core's emitted scores from a simulator run (``pool_hours`` of
+    5,000 subscribers), re-keyed to ``subscribers`` ids and applied as the view's feeder does
+    (encoded, decoded, applied), ``history`` of them per subscriber. The change log (a fixed 16
+    bytes per score up to its bound) is reported separately."""
+    import msgspec
+    import tracemalloc
+
+    from monitor.events import encode
+    from monitor.riskview import DEFAULT_HISTORY, RiskView
+
+    history = history or DEFAULT_HISTORY
+    settings = type("S", (), {"state_cache_per_partition": 10**12})()
+    core = PartitionCore(0, settings=settings, clock_ms=lambda: 0)
+    schemas = dict(INPUT_TOPICS)
+    pool = []
+    for topic, _key, value in simulate.generate(simulate.SimConfig(subscribers=5_000, hours=pool_hours, seed=5)):
+        try:
+            score = core.process(decode(schemas[topic], value))
+        except InvalidEventError:
+            continue
+        if score is not None:
+            pool.append(score)
+    ids = [f"{i:032x}" for i in range(subscribers)]   # as long as a pseudonymised id
+    gc.collect()
+    tracemalloc.start()
+    view = RiskView(history=history, change_log=subscribers * history + 1)
+    offset = 0
+    for k in range(history):
+        for i, sid in enumerate(ids):
+            view.apply_raw(encode(msgspec.structs.replace(pool[(i * history + k) % len(pool)], subscriber_id=sid)),
+                           0, offset)
+            offset += 1
+    held = tracemalloc.get_traced_memory()[0]
+    log_bytes = sum(len(o) * o.itemsize for o in view._log_offsets) + sum(8 * len(s) for s in view._log_sids)
+    tracemalloc.stop()
+    return {"view_subscribers": subscribers, "history": history, "scores_applied": offset,
+            "at_risk": view.at_risk_count, "score_pool": len(pool),
+            "view_bytes_per_subscriber": round((held - log_bytes) / subscribers, 1),
+            "change_log_bytes_per_score": round(log_bytes / offset, 1)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subscribers", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--subscribers", type=int, nargs="*", default=[100_000, 1_000_000])
     ap.add_argument("--hours", type=float, default=0.5, help="simulated time per population (default 0.5 h)")
     ap.add_argument("--rocksdb", action="store_true", help="also run with a RocksDB table and a bounded cache")
     ap.add_argument("--cache", type=int, default=50_000, help="state_cache_per_partition for the RocksDB run")
+    ap.add_argument("--view", type=int, default=0, metavar="N",
+                    help="also measure the outreach view with N subscribers, full history rings")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     runs = []
+    if args.view:
+        runs.append(measure_view(args.view))
+        print(json.dumps(runs[-1]), flush=True)
     for n in args.subscribers:
         runs.append(measure(n, args.hours, rocksdb=False, cache=10**12))
         print(json.dumps(runs[-1]), flush=True)

@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.trace:
         result["trace"] = trace_report(trace_dir, args.warmup)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)   # kept (logs, snapshots) only when the run failed
     print(f"soak: {result['events']:,.0f} events in {args.minutes:g} min; worker RSS after warm-up "
           f"{result['rss_after_warmup_mb']} MB, at the end {result['rss_end_mb']} MB, max {result['rss_max_mb']} MB; "
           f"slope {per_m:+.2f} MB per million events -> {args.out}")

@@ -1,0 +1,55 @@
+"""The memory tools behind the soak and the capacity model: ``bench_soak.trace_report`` names the
+source line whose allocations grew between two heap snapshots, and ``bench_memory.measure_view``
+measures the outreach view per subscriber (full history rings) with its change log apart."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tracemalloc
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_memory  # noqa: E402
+import bench_soak  # noqa: E402
+
+KEPT: list[bytes] = []
+
+
+def grow(n: int) -> None:
+    KEPT.extend(bytes(1000) + bytes([i % 256]) for i in range(n))  # the line that leaks
+
+
+def test_trace_report_names_the_line_that_grew_after_the_warm_up(tmp_path: Path) -> None:
+    tracemalloc.start(1)
+    try:
+        for n, count in enumerate((10, 20, 2_020)):   # warm-up, then 2,000 more kept blocks
+            grow(count)
+            tracemalloc.take_snapshot().dump(str(tmp_path / f"{n:04d}.snap"))
+            traced = tracemalloc.get_traced_memory()[0]
+            (tmp_path / f"{n:04d}.json").write_text(json.dumps({"rss_mb": 1.0, "traced_mb": traced / 2**20}))
+    finally:
+        tracemalloc.stop()
+        KEPT.clear()
+    report = bench_soak.trace_report(tmp_path, warmup=0.4)
+    assert (report["from"], report["to"]) == ("0001.snap", "0002.snap")
+    top = report["top_growth"][0]
+    assert "test_memtools.py" in top["where"] and top["count_diff"] == 2_020
+    assert 1_900 < top["size_diff_kb"] < 2_400
+    assert report["traced_mb"][1] > report["traced_mb"][0] + 1.9
+    assert bench_soak.trace_report(tmp_path / "none", warmup=0.5)["error"].startswith("0 snapshot(s)")
+
+
+def test_view_measured_per_subscriber_with_the_change_log_apart() -> None:
+    result = bench_memory.measure_view(300, history=4, pool_hours=0.5)
+    assert result["scores_applied"] == 1_200 and result["score_pool"] > 50
+    assert result["change_log_bytes_per_score"] == 16.0   # 8 B offset + one reference
+    # four versions and the latest full record: well over a few hundred bytes, far under 10 KB
+    assert 800 < result["view_bytes_per_subscriber"] < 10_000
+
+
+def test_slope_is_per_unit_of_x() -> None:
+    assert bench_soak.slope([0, 1, 2, 3], [10, 12, 14, 16]) == 2.0
+    assert bench_soak.slope([1, 1], [3, 5]) == 0.0
