@@ -19,7 +19,7 @@ RECORD_BYTES = 346        # input JSON record (default simulator run)
 STATE_BYTES = 375         # serialised state per subscriber (bench_memory.py)
 CACHE_BYTES = 1450        # in-memory state per cached subscriber (bench_memory.py)
 CACHE_PER_PARTITION = 250_000
-VIEW_BYTES = 4500         # outreach view per scored subscriber, in every worker
+VIEW_BYTES = 4935         # outreach view per scored subscriber, full history (bench_memory.py --view)
 SCORES_PER_EVENT = 0.14
 SCORE_BYTES = 420
 
