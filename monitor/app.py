@@ -328,6 +328,15 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     _add_broker_watch(worker)
     if settings.alertmanager_url:
         _add_alertmanager(worker, settings.alertmanager_url, on_alert_metrics)
+    if settings.malloc_trim_s > 0:
+        from monitor.fastpath import trim_malloc
+
+        @app.timer(settings.malloc_trim_s)
+        async def return_freed_memory() -> None:
+            # glibc keeps freed heap memory; without this a worker's resident memory ratchets up
+            # at every load peak (measured in the soak, benchmarks/bench_soak.py).
+            trim_malloc()
+
     _add_web_views(worker)
     if api:
         _add_api(worker)

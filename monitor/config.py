@@ -108,6 +108,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = _number(text, float, "a number >= 0")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _probability(text: str) -> float:
     value = _number(text, float, "a number in [0, 1]")
     if not 0.0 <= value <= 1.0:
@@ -180,6 +187,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("standby_replicas", _non_negative_int, "0", "Standby copies of each partition's state on other workers (faster failover, costs CPU)"),
     Option("model_checkpoint", _optional_str, "", "Warm-start model file (from `satmon model warm-start`) new partitions start from"),
     Option("checkpoint_interval_s", _positive_float, "30", "How often the risk model is checkpointed"),
+    Option("malloc_trim_s", _non_negative_float, "30", "How often a worker hands freed heap memory back to the "
+           "OS (glibc malloc_trim, with at most 2 malloc arenas); 0 leaves the allocator alone"),
     Option("pseudonymise", _parse_bool, "true", "Replace subscriber ids by a keyed hash at ingest"),
     Option("pseudonym_key_file", _optional_str, "", "File holding the secret key for pseudonymisation (else SATMON_PSEUDONYM_KEY)"),
     Option("tokens_file", _optional_str, "", "JSON file of API tokens and roles (else SATMON_API_TOKENS)"),
@@ -215,6 +224,7 @@ class Settings:
     state_cache_per_partition: int
     state_ttl_days: float
     checkpoint_interval_s: float
+    malloc_trim_s: float
     pseudonymise: bool
     pseudonym_key_file: str | None
     tokens_file: str | None

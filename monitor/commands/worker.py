@@ -33,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from monitor.errors import ConfigError
 
     settings = from_args(args)
+    if settings.malloc_trim_s > 0:
+        from monitor.fastpath import tune_malloc
+
+        tune_malloc()   # before any thread starts (the broker watch, Faust's consumer thread)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     broker = None
     if settings.broker is None:
