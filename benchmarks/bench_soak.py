@@ -45,15 +45,23 @@ def rss_mb(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else 0.0
 
 
-def processed(port: int) -> float | None:
+def _metric(text: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def counters(port: int) -> tuple[float, float] | None:
+    """(records processed or dead-lettered, batches handled) from the worker's /metrics."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     except OSError:
         return None
-    total = 0.0
-    for name in ("satmon_worker_events_total", "satmon_worker_dead_letters_total"):
-        total += sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-    return total
+    return (_metric(text, "satmon_worker_events_total") + _metric(text, "satmon_worker_dead_letters_total"),
+            _metric(text, "satmon_worker_batches_total"))
+
+
+def processed(port: int) -> float | None:
+    c = counters(port)
+    return None if c is None else c[0]
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -145,8 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.every)
             if worker.poll() is not None:
                 raise SystemExit(f"worker exited {worker.returncode}: see {tmp / 'worker.log'}")
-            n = processed(port)
-            samples.append({"t_s": round(time.monotonic() - t0, 1), "events": n or 0.0,
+            n, batches = counters(port) or (0.0, 0.0)
+            # records per batch since the last sample: a broker falling behind means bigger batches
+            # (a higher high-water mark of transient memory), which the soak should be able to see
+            per_batch = ((n - samples[-1]["events"]) / (batches - samples[-1]["batches"])
+                         if samples and batches > samples[-1]["batches"] else None)
+            samples.append({"t_s": round(time.monotonic() - t0, 1), "events": n, "batches": batches,
+                            "records_per_batch": round(per_batch, 1) if per_batch is not None else None,
                             "worker_rss_mb": round(rss_mb(worker.pid), 1),
                             "broker_rss_mb": round(rss_mb(broker.proc.pid), 1) if broker.proc else None})
             print(json.dumps(samples[-1]), flush=True)
