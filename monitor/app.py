@@ -57,6 +57,15 @@ ROCKSDB_OPTIONS: dict[str, int] = {
     "max_write_buffer_number": 2,
     "block_cache_size": 32 * 1024 * 1024,
 }
+#: The model table is written once per checkpoint interval per partition (one model of ~40 KB,
+#: always the same key): an 8 MiB memtable took ~100 minutes to fill, keeping every superseded
+#: checkpoint in memory until then -- a slow climb the soak saw. 1 MiB memtables flush every few
+#: minutes; reads are rare (start-up and takeover).
+MODEL_ROCKSDB_OPTIONS: dict[str, int] = {
+    "write_buffer_size": 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 4 * 1024 * 1024,
+}
 
 # Consumer/producer settings measured to work on Tansu and valid on Kafka (see docs/WORKER.md).
 BROKER_SETTINGS: dict[str, Any] = {
@@ -260,7 +269,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     store_options = dict(ROCKSDB_OPTIONS) if settings.store.startswith("rocksdb") else None
     state_table = app.Table(STATE_TABLE, partitions=n, key_type=bytes, value_type=bytes, options=store_options)
     model_table = app.Table(MODEL_TABLE, partitions=n, key_type=bytes, value_type=bytes,
-                            options=dict(store_options) if store_options else None)
+                            options=dict(MODEL_ROCKSDB_OPTIONS) if store_options else None)
     for topic in input_topics:
         app.topics.add(topic)   # subscribe without a per-message agent: the fast path consumes them
 
