@@ -4,7 +4,7 @@ Starts the embedded Tansu broker, one ``satmon worker`` (RocksDB store, the prod
 hot-spot windows, detectors, the outreach view) and the simulator (default scenario, its
 incidents and noise, ``--loop`` at a fixed rate), then samples the worker's resident memory and
 its processed-event counter every ``--every`` seconds. After a warm-up (``--warmup``, the first
-third by default: every subscriber seen, caches filled, each subscriber's score history in the
+half by default: every subscriber seen, caches filled, each subscriber's score history in the
 outreach view full) the resident memory must stop growing: the report gives the slope of a
 least-squares line through the post-warm-up samples, in MB per million events, and the growth as a
 share of the memory at the end of the warm-up.
@@ -12,7 +12,7 @@ share of the memory at the end of the warm-up.
 At 4,000 records/s the default 10,000 subscribers live ~27 simulated hours in 12 minutes, so every
 time-of-day structure (the hot-spot baselines by hour) is filled too.
 
-    python benchmarks/bench_soak.py --minutes 12 --rate 4000 --subscribers 10000
+    python benchmarks/bench_soak.py --minutes 30 --rate 4000 --subscribers 10000   # ./run soak
     # -> benchmarks/soak.json (every sample) and a summary line
 
 The broker keeps every record in memory (Tansu, memory storage); it is measured separately
@@ -94,12 +94,12 @@ def trace_report(trace_dir: Path, warmup: float, top: int = 25) -> dict[str, obj
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=12.0)
+    ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--rate", type=float, default=4000, help="simulated records/s (default 4000)")
     ap.add_argument("--subscribers", type=int, default=10_000)
-    ap.add_argument("--warmup", type=float, default=1 / 3, help="share of the run that is warm-up (default 1/3)")
+    ap.add_argument("--warmup", type=float, default=0.5, help="share of the run that is warm-up (default 1/2)")
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--every", type=float, default=10.0, help="sampling period, seconds")
+    ap.add_argument("--every", type=float, default=20.0, help="sampling period, seconds")
     ap.add_argument("--out", type=Path, default=HERE / "soak.json")
     ap.add_argument("--trace", type=float, default=0.0, metavar="SECONDS",
                     help="run the worker under tracemalloc, a heap snapshot every SECONDS; the report then "
