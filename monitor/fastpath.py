@@ -32,6 +32,7 @@ table recovery from changelogs, commits, the producer, web views and sensors. Wh
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -78,8 +79,9 @@ def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
 _M_ARENA_MAX = -8
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc() -> Any:
-    """The C library if it is glibc (``mallopt``/``malloc_trim``), else None (musl, macOS)."""
+    """The C library if it is glibc (``mallopt``/``malloc_trim``), else None (musl, macOS); loaded once."""
     import ctypes
     import ctypes.util
 

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from array import array
 import logging
 import sys
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
