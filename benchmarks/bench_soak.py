@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,18 +44,15 @@ def rss_mb(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else 0.0
 
 
-def _metric(text: str, name: str) -> float:
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
-
-
 def counters(port: int) -> tuple[float, float] | None:
     """(records processed or dead-lettered, batches handled) from the worker's /metrics."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    except OSError:
+    from monitor.commands.demo import scrape
+
+    m = scrape(port)
+    if not m:
         return None
-    return (_metric(text, "satmon_worker_events_total") + _metric(text, "satmon_worker_dead_letters_total"),
-            _metric(text, "satmon_worker_batches_total"))
+    return (m.get("satmon_worker_events_total", 0.0) + m.get("satmon_worker_dead_letters_total", 0.0),
+            m.get("satmon_worker_batches_total", 0.0))
 
 
 def processed(port: int) -> float | None:

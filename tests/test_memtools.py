@@ -53,3 +53,29 @@ def test_view_measured_per_subscriber_with_the_change_log_apart() -> None:
 def test_slope_is_per_unit_of_x() -> None:
     assert bench_soak.slope([0, 1, 2, 3], [10, 12, 14, 16]) == 2.0
     assert bench_soak.slope([1, 1], [3, 5]) == 0.0
+
+
+def test_soak_counters_sum_a_workers_series_and_report_an_unreachable_worker() -> None:
+    import http.server
+    import threading
+
+    body = (b'# HELP satmon_worker_events_total x\nsatmon_worker_events_total{stream="network"} 3.0\n'
+            b'satmon_worker_events_total{stream="app"} 4.0\n'
+            b'satmon_worker_dead_letters_total{stream="app",reason="schema"} 1.0\nsatmon_worker_batches_total 2.0\n')
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert bench_soak.counters(server.server_address[1]) == (8.0, 2.0)
+    finally:
+        server.shutdown()
+    assert bench_soak.counters(1) is None

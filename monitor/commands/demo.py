@@ -104,7 +104,7 @@ class _Procs:
                 proc.wait()
 
 
-def _scrape(port: int) -> dict[str, float]:
+def scrape(port: int) -> dict[str, float]:
     """``{metric name: sum over its series}`` from a worker's /metrics (empty if unreachable)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
@@ -149,7 +149,7 @@ def _wait_history(sim_log: Path, log_start: int, ports: list[int], procs: _Procs
                     if line.startswith(CAUGHT_UP):
                         sent = int(line.split(":", 1)[1].split()[0])
         if sent is not None:
-            scraped = [_scrape(p) for p in ports]
+            scraped = [scrape(p) for p in ports]
             done = sum(m.get("satmon_worker_events_total", 0) + m.get("satmon_worker_dead_letters_total", 0)
                        for m in scraped)
             stage = (sum(m.get("satmon_worker_window_batches_total", 0) for m in scraped),
