@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import threading
 import time
 import tracemalloc
 from pathlib import Path
 
-
-def _rss_mb() -> float:
-    m = re.search(r"^VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    return int(m.group(1)) / 1024 if m else 0.0
+from bench_soak import rss_mb   # this script's directory is on sys.path
 
 
 def _dump(out: Path, every: float) -> None:
@@ -35,7 +31,7 @@ def _dump(out: Path, every: float) -> None:
         snap.dump(str(out / f"{n:04d}.snap"))
         traced, peak = tracemalloc.get_traced_memory()
         (out / f"{n:04d}.json").write_text(json.dumps(
-            {"t": time.time(), "rss_mb": _rss_mb(), "traced_mb": traced / 2**20, "peak_mb": peak / 2**20}))
+            {"t": time.time(), "rss_mb": rss_mb(os.getpid()), "traced_mb": traced / 2**20, "peak_mb": peak / 2**20}))
         n += 1
 
 
