@@ -44,6 +44,39 @@ def rss_mb(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else 0.0
 
 
+def rss_split_mb(pid: int) -> dict[str, float]:
+    """Anonymous (heap, arenas, stacks) and file-backed (code, libraries) resident memory, MB."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return {f"{key.lower()}_mb": round(int(m.group(1)) / 1024, 1)
+            for key in ("RssAnon", "RssFile") if (m := re.search(rf"^{key}:\s+(\d+) kB", text, re.M))}
+
+
+def memory_parts(port: int) -> dict[str, float]:
+    """The worker's own account of its memory, MB: RocksDB by table and kind
+    (``satmon_worker_store_memory_bytes``) and the C heap (``satmon_worker_malloc_bytes``)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "satmon_worker_store_memory_bytes":
+            for s in family.samples:
+                out[f"rocksdb_{s.labels['table']}_{s.labels['kind']}_mb"] = round(s.value / 2**20, 2)
+        elif family.name == "satmon_worker_malloc_bytes":
+            for s in family.samples:
+                out[f"malloc_{s.labels['kind']}_mb"] = round(s.value / 2**20, 1)
+    return out
+
+
 def counters(port: int) -> tuple[float, float] | None:
     """(records processed or dead-lettered, batches handled) from the worker's /metrics."""
     from monitor.commands.demo import scrape
@@ -157,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             samples.append({"t_s": round(time.monotonic() - t0, 1), "events": n, "batches": batches,
                             "records_per_batch": round(per_batch, 1) if per_batch is not None else None,
                             "worker_rss_mb": round(rss_mb(worker.pid), 1),
-                            "broker_rss_mb": round(rss_mb(broker.proc.pid), 1) if broker.proc else None})
+                            "broker_rss_mb": round(rss_mb(broker.proc.pid), 1) if broker.proc else None,
+                            **rss_split_mb(worker.pid), **memory_parts(port)})
             print(json.dumps(samples[-1]), flush=True)
     finally:
         for p in (sim, worker):
@@ -174,12 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     rss = [s["worker_rss_mb"] for s in warm]
     per_m = slope(ev, rss)
     growth = (rss[-1] - rss[0]) / rss[0] if rss and rss[0] else None
+    # where the growth went: the same slope for every part of the worker's memory it reports
+    parts = sorted({k for s in warm for k in s if k.endswith("_mb") and k not in ("worker_rss_mb", "broker_rss_mb")})
+    part_slopes = {k: round(slope([s["events"] / 1e6 for s in warm if s.get(k) is not None],
+                                  [s[k] for s in warm if s.get(k) is not None]), 2)
+                   for k in parts if sum(s.get(k) is not None for s in warm) > 1}
     result = {
         "minutes": args.minutes, "rate": args.rate, "subscribers": args.subscribers,
         "partitions": args.partitions, "events": samples[-1]["events"] if samples else 0,
         "rss_after_warmup_mb": rss[0] if rss else None, "rss_end_mb": rss[-1] if rss else None,
         "rss_max_mb": max(s["worker_rss_mb"] for s in samples) if samples else None,
         "warmup": round(args.warmup, 3), "slope_mb_per_million_events": round(per_m, 2),
+        "part_slopes_mb_per_million_events": part_slopes,
         "growth_after_warmup": round(growth, 4) if growth is not None else None,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "samples": samples,
     }
@@ -192,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: {result['events']:,.0f} events in {args.minutes:g} min; worker RSS after warm-up "
           f"{result['rss_after_warmup_mb']} MB, at the end {result['rss_end_mb']} MB, max {result['rss_max_mb']} MB; "
           f"slope {per_m:+.2f} MB per million events -> {args.out}")
+    print("by part (MB per million events): " + ", ".join(f"{k[:-3]} {v:+.2f}" for k, v in part_slopes.items()))
     if args.trace and "top_growth" in result["trace"]:
         t = result["trace"]
         print(f"traced (Python) memory {t['traced_mb'][0]} -> {t['traced_mb'][1]} MB while resident went "

@@ -245,6 +245,27 @@ class TableStore:
     def _store(self) -> Any:
         return self.table.data
 
+    #: RocksDB's own memory, by the name satmon exports it under (``satmon_worker_store_memory_bytes``)
+    ROCKSDB_MEMORY = (("memtables", "rocksdb.cur-size-all-mem-tables"),
+                      ("block_cache", "rocksdb.block-cache-usage"),
+                      ("table_readers", "rocksdb.estimate-table-readers-mem"))
+
+    def memory(self) -> dict[str, int]:
+        """RocksDB's memory summed over this worker's open databases of the table (one per
+        partition): memtables, block cache in use, index and filter blocks of open files. Empty for
+        the memory store, whose data is ordinary Python objects."""
+        dbs = getattr(self._store, "_dbs", None)
+        if dbs is None:
+            return {}
+        totals = dict.fromkeys((kind for kind, _ in self.ROCKSDB_MEMORY), 0)
+        for db in list(dbs.values()):
+            for kind, prop in self.ROCKSDB_MEMORY:
+                try:
+                    totals[kind] += db.property_int_value(prop) or 0
+                except Exception:  # noqa: BLE001 - a database closed by a rebalance meanwhile
+                    continue
+        return totals
+
     def get(self, partition: int, key: bytes) -> bytes | None:
         store = self._store
         if hasattr(store, "_db_for_partition"):

@@ -35,7 +35,7 @@ from monitor.agents import (ALERTS_TOPIC, CELL_WINDOWS_TOPIC, DEAD_LETTER_TOPIC,
                             CellWindows, HotspotStage, RiskPipeline, TableStore)
 from monitor.config import Settings
 from monitor.events import INPUT_TOPICS
-from monitor.fastpath import FastTransport
+from monitor.fastpath import FastTransport, malloc_stats
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,19 @@ class _PipelineCollector:
             yield CounterMetricFamily("satmon_worker_window_held_batches",
                                       "Batches whose window closing waited for a stream with a backlog in Kafka",
                                       value=cw.holds)
+        store = GaugeMetricFamily("satmon_worker_store_memory_bytes",
+                                  "RocksDB memory of the worker's table stores (all its partitions), by table and kind",
+                                  labels=["table", "kind"])
+        for table, ts in (("state", p.state_table), ("model", p.model_table)):
+            for kind, n in ts.memory().items():
+                store.add_metric([table, kind], n)
+        yield store
+        heap = GaugeMetricFamily("satmon_worker_malloc_bytes",
+                                 "The C heap (glibc mallinfo2): in_use, free (held, not returned) and mmapped",
+                                 labels=["kind"])
+        for kind, n in malloc_stats().items():
+            heap.add_metric([kind], n)
+        yield heap
         yield GaugeMetricFamily("satmon_worker_partitions", "Input partitions assigned to this worker (active)",
                                 value=len(self.worker.assigned_partitions()))
         yield GaugeMetricFamily("satmon_worker_cores", "Input partitions with a live risk core in memory",

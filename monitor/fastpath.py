@@ -32,6 +32,7 @@ table recovery from changelogs, commits, the producer, web views and sensors. Wh
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import logging
 import time
@@ -101,6 +102,27 @@ def tune_malloc(arena_max: int = 2) -> bool:
     Returns False where the C library is not glibc."""
     libc = _glibc()
     return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arena_max))
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def malloc_stats() -> dict[str, int]:
+    """glibc's heap, summed over its arenas (``mallinfo2``): ``in_use`` (allocated chunks, which
+    includes RocksDB and every C extension but not Python's small-object arenas, which are
+    mmapped directly), ``free`` (freed but still held: fragmentation, or not yet trimmed) and
+    ``mmapped`` (large allocations in their own mappings). Empty where the C library is not glibc
+    2.33 or later."""
+    libc = _glibc()
+    fn = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if fn is None:
+        return {}
+    fn.restype = _Mallinfo2
+    info = fn()
+    return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
 
 
 def trim_malloc() -> bool:

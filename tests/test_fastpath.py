@@ -217,3 +217,31 @@ def test_trim_malloc_hands_fragmented_free_memory_back_to_the_os(tmp_path) -> No
     full, freed, trimmed, released = float(out[0]), float(out[1]), float(out[2]), out[3]
     assert freed > full - 20, "freeing 7 of every 8 blocks already shrank the heap: nothing to show"
     assert released == "True" and freed - trimmed > 50, (full, freed, trimmed)
+
+
+def test_malloc_stats_tell_held_free_memory_from_memory_in_use(tmp_path) -> None:
+    """The soak's breakdown of resident memory: blocks freed among live ones move from ``in_use``
+    to ``free`` (fragmentation glibc still holds). Fresh process, as above."""
+    import subprocess
+    import sys
+
+    from monitor.fastpath import malloc_stats
+
+    if not malloc_stats():
+        pytest.skip("not glibc >= 2.33")
+    script = tmp_path / "stats.py"
+    script.write_text(
+        "from monitor.fastpath import malloc_stats\n"
+        "before = malloc_stats()\n"
+        "blocks = [bytes(1000) + i.to_bytes(4, 'little') for i in range(100_000)]\n"
+        "full = malloc_stats()\n"
+        "kept = blocks[::8]\n"
+        "del blocks\n"
+        "freed = malloc_stats()\n"
+        "print(before['in_use'], full['in_use'], freed['in_use'], before['free'], freed['free'])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    use0, use_full, use_freed, free0, free_freed = map(int, out)
+    assert use_full - use0 > 95_000_000, out            # 100k blocks of ~1 KB
+    assert use_full - use_freed > 80_000_000, out       # 7 of 8 freed ...
+    assert free_freed - free0 > 80_000_000, out         # ... and held by glibc, not returned

@@ -61,7 +61,11 @@ def test_soak_counters_sum_a_workers_series_and_report_an_unreachable_worker() -
 
     body = (b'# HELP satmon_worker_events_total x\nsatmon_worker_events_total{stream="network"} 3.0\n'
             b'satmon_worker_events_total{stream="app"} 4.0\n'
-            b'satmon_worker_dead_letters_total{stream="app",reason="schema"} 1.0\nsatmon_worker_batches_total 2.0\n')
+            b'satmon_worker_dead_letters_total{stream="app",reason="schema"} 1.0\nsatmon_worker_batches_total 2.0\n'
+            b'# TYPE satmon_worker_store_memory_bytes gauge\n'
+            b'satmon_worker_store_memory_bytes{table="state",kind="memtables"} 2097152.0\n'
+            b'satmon_worker_store_memory_bytes{table="model",kind="memtables"} 1048576.0\n'
+            b'# TYPE satmon_worker_malloc_bytes gauge\nsatmon_worker_malloc_bytes{kind="free"} 3145728.0\n')
 
     class Metrics(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -76,6 +80,16 @@ def test_soak_counters_sum_a_workers_series_and_report_an_unreachable_worker() -
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         assert bench_soak.counters(server.server_address[1]) == (8.0, 2.0)
+        assert bench_soak.memory_parts(server.server_address[1]) == {
+            "rocksdb_state_memtables_mb": 2.0, "rocksdb_model_memtables_mb": 1.0, "malloc_free_mb": 3.0}
     finally:
         server.shutdown()
-    assert bench_soak.counters(1) is None
+    assert bench_soak.counters(1) is None and bench_soak.memory_parts(1) == {}
+
+
+def test_resident_memory_splits_into_anonymous_and_file_backed() -> None:
+    import os
+
+    split = bench_soak.rss_split_mb(os.getpid())
+    assert abs(split["rssanon_mb"] + split["rssfile_mb"] - bench_soak.rss_mb(os.getpid())) < 5
+    assert bench_soak.rss_split_mb(2**22 + 1) == {}

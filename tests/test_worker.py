@@ -333,6 +333,34 @@ def test_rocksdb_stores_are_bounded_not_faust_defaults(tmp_path: Path) -> None:
     assert MODEL_ROCKSDB_OPTIONS["write_buffer_size"] <= 1024 * 1024
 
 
+def test_store_memory_is_exported_per_table_and_kind(tmp_path: Path) -> None:
+    """RocksDB's own memory is on /metrics (the soak attributes resident memory with it): a state
+    write shows up in the state table's memtables, the model table stays apart, and the C heap's
+    in-use bytes are there too."""
+    from monitor.agents import TableStore
+    from monitor.app import STATE_TABLE, build_worker
+    from monitor.config import load
+    from monitor.fastpath import Outputs
+
+    worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), store="rocksdb://",
+                               pseudonymise="false"), api=False)
+
+    def gauge(table: str, kind: str) -> float | None:
+        return worker.registry.get_sample_value("satmon_worker_store_memory_bytes", {"table": table, "kind": kind})
+
+    assert gauge("state", "memtables") == 0           # no partition's database open yet
+    state = TableStore(worker.app.tables[STATE_TABLE])
+    state._store._db_for_partition(0)
+    empty = gauge("state", "memtables")
+    assert empty is not None and gauge("state", "block_cache") is not None
+    state.write(0, {f"sub-{i}".encode(): bytes(200) + i.to_bytes(4, "little") for i in range(5000)}, Outputs())
+    assert gauge("state", "memtables") - empty > 5000 * 200      # every version lives in the memtable
+    assert gauge("model", "memtables") == 0            # the model table's databases are its own
+    assert state.memory()["memtables"] == gauge("state", "memtables")
+    in_use = worker.registry.get_sample_value("satmon_worker_malloc_bytes", {"kind": "in_use"})
+    assert in_use is None or in_use > 1_000_000     # None only where the C library is not glibc
+
+
 def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> None:
     """The CellWindows observer (no Kafka): windows close on the watermark, every destination
     partition gets a WindowBatch (empty ones too), partials go to their region's partition, and a
