@@ -56,7 +56,8 @@ def rss_split_mb(pid: int) -> dict[str, float]:
 
 def memory_parts(port: int) -> dict[str, float]:
     """The worker's own account of its memory, MB: RocksDB by table and kind
-    (``satmon_worker_store_memory_bytes``) and the C heap (``satmon_worker_malloc_bytes``)."""
+    (``satmon_worker_store_memory_bytes``) and the C heap (``satmon_worker_malloc_bytes``); and
+    what its outreach view holds (history versions, change-log entries: counts, not MB)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -74,6 +75,9 @@ def memory_parts(port: int) -> dict[str, float]:
         elif family.name == "satmon_worker_malloc_bytes":
             for s in family.samples:
                 out[f"malloc_{s.labels['kind']}_mb"] = round(s.value / 2**20, 1)
+        elif family.name in ("satmon_view_history_versions", "satmon_view_change_log_entries"):
+            # what the view holds grows until every ring and change log is full: the warm-up's end
+            out[family.name.removeprefix("satmon_")] = family.samples[0].value
     return out
 
 

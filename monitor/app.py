@@ -202,6 +202,25 @@ class _PipelineCollector:
                                 value=len(p.cores))
 
 
+class _ViewCollector:
+    """The outreach view's size at scrape time: what it holds grows until every subscriber's
+    history ring and every partition's change log is full, then stays (docs/WORKER.md, memory)."""
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+
+    def collect(self) -> Iterable[Any]:
+        v = self.view
+        yield GaugeMetricFamily("satmon_view_subscribers", "Subscribers in this worker's outreach view", value=len(v))
+        yield GaugeMetricFamily("satmon_view_history_versions", "Score versions held in the view's history rings",
+                                value=v.versions)
+        yield GaugeMetricFamily("satmon_view_change_log_entries",
+                                "Entries in the view's change log (page walks replay it; bounded per partition)",
+                                value=v.change_log_entries())
+        yield CounterMetricFamily("satmon_view_records_applied", "risk_score.v1 records applied to the view",
+                                  value=v.records_applied)
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -410,6 +429,8 @@ def _add_api(worker: Worker) -> None:
             except Exception as err:  # noqa: BLE001 - reported and retried
                 log.error("risk view could not start (retrying in 5 s): %r", err)
                 await asyncio.sleep(5)
+
+    worker.registry.register(_ViewCollector(view))
 
     # At-risk gauges from the complete view (every worker has it; dashboards aggregate with max).
     AT_RISK_GAUGE_INTERVAL_S = 15.0

@@ -144,6 +144,7 @@ class RiskView:
         self._log_floor: list[int] = []  # changes below this offset were dropped from the log
         self.records_applied = 0
         self.records_stale = 0
+        self.versions = 0  # history versions held, all rings (grows until every ring is full)
 
     # ------------------------------------------------------------------ writes
 
@@ -187,6 +188,8 @@ class RiskView:
             self._unindex(sid, prev)
             entry.latest = score
             entry.partition = partition
+        if len(entry.history) < self.history:
+            self.versions += 1
         entry.history.append(version)
         if score.at_risk and entry.first_at_risk_ms is None:
             entry.first_at_risk_ms = since if since is not None else score.ts_ms
@@ -252,6 +255,10 @@ class RiskView:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def change_log_entries(self) -> int:
+        """Change-log entries held, all partitions (bounded: ``change_log`` per partition)."""
+        return sum(len(offsets) for offsets in self._log_offsets)
 
     @property
     def at_risk_count(self) -> int:

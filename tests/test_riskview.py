@@ -101,6 +101,16 @@ def test_history_ring_is_bounded_and_ordered():
     for i in range(5):
         view.apply(score("a", 0.1 * i, ts=T0 + i))
     assert [round(v.score, 1) for v in view.get("a").history] == [0.2, 0.3, 0.4]
+    view.apply(score("b", 0.5, ts=T0))
+    assert view.versions == 4 == sum(len(view.get(s).history) for s in "ab")
+
+
+def test_change_log_size_is_reported_and_bounded_per_partition():
+    view = RiskView(change_log=10)
+    for i in range(25):
+        view.apply(score(f"s{i}", 0.5), partition=i % 2)
+    assert view.change_log_entries() == sum(len(o) for o in view._log_offsets) <= 2 * 10
+    assert view.change_log_entries() >= 2 * 5     # trimmed by halves, never emptied
 
 
 def _populate(view: RiskView, rng: random.Random, n: int, partitions: int = 3) -> None:

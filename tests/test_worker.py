@@ -361,6 +361,31 @@ def test_store_memory_is_exported_per_table_and_kind(tmp_path: Path) -> None:
     assert in_use is None or in_use > 1_000_000     # None only where the C library is not glibc
 
 
+def test_view_size_is_exported(tmp_path: Path) -> None:
+    """The outreach view's size is on /metrics (what the soak's memory grows with until every ring
+    and change log is full): subscribers, history versions, change-log entries, records applied."""
+    from monitor.app import build_worker
+    from monitor.config import load
+    from monitor.events import RiskScore
+
+    worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), pseudonymise="false"))
+    for i in range(30):
+        worker.view.apply(RiskScore(subscriber_id=f"s{i % 4}", ts_ms=1000 + i, scored_at_ms=1000 + i, score=0.5,
+                                    at_risk=False, model_version=1, reasons=[]), partition=i % 2)
+
+    def get(name: str) -> float | None:
+        return worker.registry.get_sample_value(name)
+
+    assert get("satmon_view_subscribers") == 4
+    assert get("satmon_view_history_versions") == 30        # 7-8 scores each: no ring of 12 is full yet
+    for i in range(30):
+        worker.view.apply(RiskScore(subscriber_id="s0", ts_ms=2000 + i, scored_at_ms=2000 + i, score=0.5,
+                                    at_risk=False, model_version=1, reasons=[]), partition=0)
+    assert get("satmon_view_history_versions") == 30 - 8 + 12  # s0's ring is full: it stops growing
+    assert get("satmon_view_change_log_entries") == 60
+    assert get("satmon_view_records_applied_total") == 60
+
+
 def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> None:
     """The CellWindows observer (no Kafka): windows close on the watermark, every destination
     partition gets a WindowBatch (empty ones too), partials go to their region's partition, and a
