@@ -77,16 +77,25 @@ def test_every_dashboard_query_parses(tmp_path):
 
 
 def _exported_names() -> set[str]:
-    """Series names satmon's registry can expose: Metrics, Faust's sensor, Prometheus' own."""
+    """Series names satmon's registry can expose: Metrics, Faust's sensor, Prometheus' own, and a
+    real worker's registry (its pipeline, memory and view collectors, the process metrics)."""
+    import tempfile
+
     import faust
 
+    from monitor.app import build_worker
+    from monitor.config import load
     from monitor.metrics import Metrics, attach_faust_sensor
 
     reg = CollectorRegistry()
     Metrics(reg, worker_id="w", process_metrics=False)
     attach_faust_sensor(faust.App("satmon-names", broker="memory://", store="memory://"), reg)
     names = {"up", "ALERTS", "ALERTS_FOR_STATE"}
-    for fam in reg.collect():
+    with tempfile.TemporaryDirectory() as tmp:
+        worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=tmp, store="rocksdb://",
+                                   pseudonymise="false"))
+        families = list(reg.collect()) + list(worker.registry.collect())
+    for fam in families:
         if fam.type == "counter":
             names |= {fam.name + "_total"}
         elif fam.type == "histogram":

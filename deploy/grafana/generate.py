@@ -175,6 +175,20 @@ def model() -> Any:
     d = d.with_panel(ts("Duplicates dropped", "Events dropped by the risk core as already seen, per second.",
                         q("sum(rate(satmon_pipeline_duplicates_dropped_total[$__rate_interval]))", "duplicates/s"),
                         unit="ops", w=12))
+
+    d = d.with_row(dashboard.Row("Worker memory"))
+    d = d.with_panel(ts("Resident memory per worker", "Resident set size of each worker process.",
+                        q('process_resident_memory_bytes{job="satmon"}', "{{instance}}"), unit="bytes", w=8))
+    d = d.with_panel(ts("Native memory by part",
+                        "RocksDB (memtables, block cache, index and filter blocks) per table, and the C heap "
+                        "in use and held free (glibc), summed over workers.",
+                        q("sum by (table, kind) (satmon_worker_store_memory_bytes)", "rocksdb {{table}} {{kind}}"),
+                        q("sum by (kind) (satmon_worker_malloc_bytes)", "heap {{kind}}", ref="B"),
+                        unit="bytes", w=8))
+    d = d.with_panel(ts("Outreach view size", "What each worker's view holds: score versions in the history "
+                        "rings and change-log entries (both bounded; they stop growing once full).",
+                        q("satmon_view_history_versions", "versions {{instance}}"),
+                        q("satmon_view_change_log_entries", "change log {{instance}}", ref="B"), w=8))
     return d
 
 
