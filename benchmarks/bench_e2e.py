@@ -134,6 +134,7 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
     code = (
         "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
         "from common import core_factory\n"
+        "from monitor.fastpath import tune_malloc; tune_malloc()  # as `satmon worker` does, before threads\n"
         "from monitor.config import load\n"
         "from monitor.app import build_worker\n"
         "from faust.worker import Worker\n"
@@ -190,6 +191,7 @@ def measure_latency(partitions: int, rate: int, seconds: float) -> dict:
     code = (
         "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
         "from common import core_factory\n"
+        "from monitor.fastpath import tune_malloc; tune_malloc()  # as `satmon worker` does, before threads\n"
         "from monitor.config import load\n"
         "from monitor.app import build_worker\n"
         "from faust.worker import Worker\n"

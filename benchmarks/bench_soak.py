@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     part_slopes = {k: round(slope([s["events"] / 1e6 for s in warm if s.get(k) is not None],
                                   [s[k] for s in warm if s.get(k) is not None]), 2)
                    for k in parts if sum(s.get(k) is not None for s in warm) > 1}
+    # the view's bounds: its change log is full once it was first trimmed (it drops by half)
+    log = [(s["events"], s.get("view_change_log_entries")) for s in samples]
+    trimmed_at = next((e for (_, a), (e, b) in zip(log, log[1:]) if a is not None and b is not None and b < a), None)
     result = {
         "minutes": args.minutes, "rate": args.rate, "subscribers": args.subscribers,
         "partitions": args.partitions, "events": samples[-1]["events"] if samples else 0,
@@ -224,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "rss_max_mb": max(s["worker_rss_mb"] for s in samples) if samples else None,
         "warmup": round(args.warmup, 3), "slope_mb_per_million_events": round(per_m, 2),
         "part_slopes_mb_per_million_events": part_slopes,
+        "view_change_log_first_trimmed_at_events": trimmed_at,
+        "warmup_ends_at_events": warm[0]["events"] if warm else None,
         "growth_after_warmup": round(growth, 4) if growth is not None else None,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "samples": samples,
     }
@@ -236,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: {result['events']:,.0f} events in {args.minutes:g} min; worker RSS after warm-up "
           f"{result['rss_after_warmup_mb']} MB, at the end {result['rss_end_mb']} MB, max {result['rss_max_mb']} MB; "
           f"slope {per_m:+.2f} MB per million events -> {args.out}")
+    if trimmed_at is None or (warm and trimmed_at > warm[0]["events"]):
+        print(f"note: the outreach view's change log (bounded per partition) was still filling after the warm-up "
+              f"(first trimmed at {trimmed_at or 'never'} events): part of the slope is that bound being reached")
     print("by part (MB per million events): " + ", ".join(f"{k[:-3]} {v:+.2f}" for k, v in part_slopes.items()))
     if args.trace and "top_growth" in result["trace"]:
         t = result["trace"]

@@ -76,8 +76,15 @@ def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
     gc.set_threshold(*thresholds)
 
 
-#: glibc's mallopt parameter for the number of malloc arenas
+#: glibc's mallopt parameters: the number of malloc arenas; the size from which an allocation gets
+#: its own mapping
 _M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
+#: satmon's mmap threshold (glibc's initial default). Setting it turns off glibc's *dynamic*
+#: threshold, which rises to the size of every large block freed (up to 32 MiB) and from then on
+#: serves fetch buffers and batch-sized lists from the heap, where each bigger batch raises a
+#: high-water mark that trimming cannot lower while a live block sits above it.
+MMAP_THRESHOLD = 128 * 1024
 
 
 @functools.lru_cache(maxsize=1)
@@ -94,14 +101,21 @@ def _glibc() -> Any:
     return libc
 
 
-def tune_malloc(arena_max: int = 2) -> bool:
-    """Cap glibc's malloc arenas (call before threads start). A worker allocates fetch buffers in
-    the Kafka consumer thread and frees them in the event loop's, and RocksDB allocates from its
-    own threads: with glibc's default of 8 arenas per core the freed memory stays spread over
-    arenas that are never reused, and resident memory ratchets up a little at every load peak.
-    Returns False where the C library is not glibc."""
+def tune_malloc(arena_max: int = 2, mmap_threshold: int | None = MMAP_THRESHOLD) -> bool:
+    """Cap glibc's malloc arenas and fix its mmap threshold (call before threads start). A worker
+    allocates fetch buffers in the Kafka consumer thread and frees them in the event loop's, and
+    RocksDB allocates from its own threads: with glibc's default of 8 arenas per core the freed
+    memory stays spread over arenas that are never reused, and resident memory ratchets up a
+    little at every load peak. Large blocks (``mmap_threshold`` and up, None = glibc's dynamic
+    default) are mapped and unmapped on their own instead. Returns False where the C library is
+    not glibc."""
     libc = _glibc()
-    return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arena_max))
+    if libc is None:
+        return False
+    ok = bool(libc.mallopt(_M_ARENA_MAX, arena_max))
+    if mmap_threshold is not None:
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and ok
+    return ok
 
 
 class _Mallinfo2(ctypes.Structure):

@@ -245,3 +245,33 @@ def test_malloc_stats_tell_held_free_memory_from_memory_in_use(tmp_path) -> None
     assert use_full - use0 > 95_000_000, out            # 100k blocks of ~1 KB
     assert use_full - use_freed > 80_000_000, out       # 7 of 8 freed ...
     assert free_freed - free0 > 80_000_000, out         # ... and held by glibc, not returned
+
+
+@pytest.mark.parametrize("tuned", [False, True])
+def test_fixed_mmap_threshold_keeps_large_blocks_out_of_the_heap(tmp_path, tuned: bool) -> None:
+    """glibc's dynamic mmap threshold rises to the size of a large block once it is freed; later
+    batch-sized blocks then come from the heap (``mmapped`` stays flat). ``tune_malloc`` fixes the
+    threshold, so they keep their own mappings and leave nothing behind when freed."""
+    import subprocess
+    import sys
+
+    from monitor.fastpath import malloc_stats
+
+    if not malloc_stats():
+        pytest.skip("not glibc >= 2.33")
+    script = tmp_path / "mmap.py"
+    script.write_text(
+        "import sys\n"
+        "from monitor.fastpath import malloc_stats, tune_malloc\n"
+        f"if {tuned}: tune_malloc()\n"
+        "big = bytearray(4 << 20)\n"
+        "del big                              # glibc: threshold := 4 MiB unless fixed\n"
+        "before = malloc_stats()['mmapped']\n"
+        "block = bytearray(1 << 20)\n"
+        "print(malloc_stats()['mmapped'] - before)\n")
+    grew = int(subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parents[1]).stdout)
+    if tuned:
+        assert grew >= 1 << 20       # the 1 MiB block has its own mapping
+    else:
+        assert grew == 0             # the dynamic threshold moved it into the heap
