@@ -196,6 +196,10 @@ class _PipelineCollector:
         for kind, n in malloc_stats().items():
             heap.add_metric([kind], n)
         yield heap
+        consumer = getattr(self.worker.app, "_consumer", None)
+        yield CounterMetricFamily("satmon_worker_commits_not_done",
+                                  "Offset commits that did not happen (a rebalance, a failed send); retried",
+                                  value=getattr(consumer, "commits_not_done", 0))
         yield GaugeMetricFamily("satmon_worker_partitions", "Input partitions assigned to this worker (active)",
                                 value=len(self.worker.assigned_partitions()))
         yield GaugeMetricFamily("satmon_worker_cores", "Input partitions with a live risk core in memory",

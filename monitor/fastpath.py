@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 FETCH_MAX_WAIT_MS = 100
 
 
+#: a commit waits for the sends behind its offsets; it says so every this many seconds while it waits
+COMMIT_SEND_WARN_S = 10.0
+
 #: how often the drain loop calls the handler's ``tick`` (seconds)
 TICK_S = 1.0
 
@@ -358,6 +361,8 @@ class FastConsumer(faust_aiokafka.Consumer):
         self._batch_idle.set()
         self.fast_batches = 0
         self.fast_records = 0
+        #: commits Faust attempted that did not happen (retried at the next commit)
+        self.commits_not_done = 0
 
     def _new_consumer_thread(self) -> FastConsumerThread:
         return FastConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -394,12 +399,38 @@ class FastConsumer(faust_aiokafka.Consumer):
             return offset
         return super()._new_offset(tp)
 
+    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        # Faust records every offset it tried to commit as committed, even when the commit did not
+        # happen (aiokafka's "already rebalanced" answer, a partition revoked meanwhile), and from
+        # then on commits a partition only above that offset. When no newer record arrives, the
+        # group's committed offset stays behind for good and the next owner re-reads the tail.
+        # Put the last offsets really committed back, so the next commit tries again.
+        before = {tp: self._committed_offset.get(tp) for tp in offsets}
+        did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        if not did_commit:
+            for tp, offset in before.items():
+                if offset is None:
+                    self._committed_offset.pop(tp, None)
+                else:
+                    self._committed_offset[tp] = offset
+            self.commits_not_done += 1
+            log.info("commit of %s not done (a rebalance, or a send failed): retried at the next commit",
+                     {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()})
+        return did_commit
+
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         # Faust flushed the producer just before calling us; make sure every send behind these
         # offsets was acknowledged, and never commit past a failed one.
         sends, self._fast_sends = self._fast_sends, []
         if sends:
-            await asyncio.wait(sends)
+            waited = 0.0
+            pending = set(sends)
+            while pending:
+                _, pending = await asyncio.wait(pending, timeout=COMMIT_SEND_WARN_S)
+                if pending:
+                    waited += COMMIT_SEND_WARN_S
+                    log.warning("commit waiting %.0f s for %d of %d sends to be acknowledged", waited,
+                                len(pending), len(sends))
             for fut in sends:
                 if not fut.cancelled() and fut.exception() is not None and self._send_error is None:
                     self._send_error = fut.exception()

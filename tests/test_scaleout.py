@@ -145,7 +145,9 @@ def expected_outcomes(records: list[tuple[str, bytes | None, bytes]],
     return valid, invalid
 
 
-def wait(predicate: Any, timeout_s: float, what: str, ws: list[WorkerProcess]) -> None:
+def wait(predicate: Any, timeout_s: float, what: str, ws: list[WorkerProcess],
+         detail: Any = None) -> None:
+    """Poll ``predicate`` until true; on timeout fail with the workers' logs and ``detail()``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for w in ws:
@@ -154,7 +156,9 @@ def wait(predicate: Any, timeout_s: float, what: str, ws: list[WorkerProcess]) -
         if predicate():
             return
         time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}:\n" + "\n".join(f"--- {w.worker_id}\n{w.tail(25)}" for w in ws))
+    extra = f"\n{detail()}" if detail is not None else ""
+    raise AssertionError(f"timed out waiting for {what}:{extra}\n"
+                         + "\n".join(f"--- {w.worker_id}\n{w.tail(25)}" for w in ws))
 
 
 def partitions_of(w: WorkerProcess) -> int:
@@ -221,7 +225,19 @@ def test_three_workers_scale_out_survive_sigkill_and_restart_with_every_record_a
             committed = run(committed_offsets(broker.bootstrap, APP_ID, partitions=PARTITIONS))
             return all(committed.get(tp, 0) >= n_ for tp, n_ in end.items())
 
-        wait(lambda: caught_up(end2), 60, "survivors committed everything", survivors)
+        def lag(end: Counter, ws_: list[WorkerProcess]) -> Any:
+            def report() -> str:
+                committed = run(committed_offsets(broker.bootstrap, APP_ID, partitions=PARTITIONS))
+                behind = {f"{t}/{p}": (committed.get((t, p), 0), n_) for (t, p), n_ in sorted(end.items())
+                          if committed.get((t, p), 0) < n_}
+                seen = {w.worker_id: {f"{t}/{p}": o for (t, p), o in sorted(tp_counts(w).items())} for w in ws_}
+                offsets = {w.worker_id: {k.split("_topic_partition_")[1]: v for k, v in w.metrics().items()
+                                         if "_topic_partition_end_offset" in k or "_offset_commited" in k}
+                           for w in ws_}
+                return f"committed < produced: {behind}\nper worker: {seen}\nend/committed offsets: {offsets}"
+            return report
+
+        wait(lambda: caught_up(end2), 60, "survivors committed everything", survivors, lag(end2, survivors))
 
         # -- phase 3: clean restart of the killed worker --------------------------------------------
         back = workers(broker, app_id=APP_ID, worker_id=victim.worker_id, core="real", extra_args=STANDBY)
@@ -230,7 +246,7 @@ def test_three_workers_scale_out_survive_sigkill_and_restart_with_every_record_a
              "the restarted worker owns partitions again", everyone)
         pos3 = produce_all(broker.bootstrap, chunks[2])
         end3 = end2 + Counter((t, p) for t, p, _ in pos3)
-        wait(lambda: caught_up(end3), 60, "all traffic committed", everyone)
+        wait(lambda: caught_up(end3), 60, "all traffic committed", everyone, lag(end3, everyone))
         # The killed worker accounted for everything below its committed offsets (a commit implies
         # the effects were acknowledged); everything from there on was delivered to the others, and
         # none of it processed twice (re-deliveries below a resume floor are counted as skipped).
