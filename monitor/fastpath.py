@@ -52,8 +52,9 @@ log = logging.getLogger(__name__)
 FETCH_MAX_WAIT_MS = 100
 
 
-#: a commit waits for the sends behind its offsets; it says so every this many seconds while it waits
-COMMIT_SEND_WARN_S = 10.0
+#: a commit still in progress after this many seconds is logged, with what it waits for, and again
+#: every as many seconds
+COMMIT_SLOW_WARN_S = 10.0
 
 #: how often the drain loop calls the handler's ``tick`` (seconds)
 TICK_S = 1.0
@@ -351,6 +352,7 @@ class FastConsumer(faust_aiokafka.Consumer):
     _fast_sends: list[asyncio.Future]
     _batch_idle: asyncio.Event
     _send_error: BaseException | None = None
+    _commit_stage = ""
 
     def on_init(self) -> None:
         super().on_init()
@@ -406,7 +408,12 @@ class FastConsumer(faust_aiokafka.Consumer):
         # group's committed offset stays behind for good and the next owner re-reads the tail.
         # Put the last offsets really committed back, so the next commit tries again.
         before = {tp: self._committed_offset.get(tp) for tp in offsets}
-        did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        self._commit_stage = "flushing the producer"
+        watchdog = asyncio.ensure_future(self._commit_watchdog(len(offsets)))
+        try:
+            did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        finally:
+            watchdog.cancel()
         if not did_commit:
             for tp, offset in before.items():
                 if offset is None:
@@ -423,14 +430,8 @@ class FastConsumer(faust_aiokafka.Consumer):
         # offsets was acknowledged, and never commit past a failed one.
         sends, self._fast_sends = self._fast_sends, []
         if sends:
-            waited = 0.0
-            pending = set(sends)
-            while pending:
-                _, pending = await asyncio.wait(pending, timeout=COMMIT_SEND_WARN_S)
-                if pending:
-                    waited += COMMIT_SEND_WARN_S
-                    log.warning("commit waiting %.0f s for %d of %d sends to be acknowledged", waited,
-                                len(pending), len(sends))
+            self._commit_stage = f"waiting for {len(sends)} sends to be acknowledged"
+            await asyncio.wait(sends)
             for fut in sends:
                 if not fut.cancelled() and fut.exception() is not None and self._send_error is None:
                     self._send_error = fut.exception()
@@ -439,7 +440,18 @@ class FastConsumer(faust_aiokafka.Consumer):
                       {f"{tp.topic}/{tp.partition}": o for tp, o in offsets.items()}, self._send_error)
             await self.crash(self._send_error)
             return False
+        self._commit_stage = "committing to the broker"
         return await super()._commit(offsets)
+
+    async def _commit_watchdog(self, n: int) -> None:
+        """Say, every ``COMMIT_SLOW_WARN_S`` seconds, where a commit still in progress is waiting
+        (Faust's own flight recorder speaks only after 300 s; commits stop while one hangs)."""
+        waited = 0.0
+        while True:
+            await asyncio.sleep(COMMIT_SLOW_WARN_S)
+            waited += COMMIT_SLOW_WARN_S
+            log.warning("a commit of %d partitions has been in progress for %.0f s: %s", n, waited,
+                        self._commit_stage)
 
     # -- rebalance ------------------------------------------------------------------------------
 

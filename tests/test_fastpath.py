@@ -310,3 +310,40 @@ def test_a_commit_that_did_not_happen_is_retried_at_the_next_commit(tmp_path: Pa
     calls, committed, not_done = asyncio.run(scenario())
     assert calls == [{TP("network-events", 0): 10}] * 2
     assert committed == 10 and not_done == 1
+
+
+def test_a_commit_in_progress_for_long_says_what_it_waits_for(tmp_path: Path, monkeypatch: Any,
+                                                               caplog: Any) -> None:
+    """Commits stop while one hangs, and Faust's own flight recorder speaks only after 300 s: a commit
+    slower than ``COMMIT_SLOW_WARN_S`` is logged with the stage it waits in. The broker's answer is
+    delayed here the way a stalled broker delays it."""
+    import logging
+
+    from faust.types import TP
+
+    from monitor import fastpath
+    from monitor.app import build_worker
+    from monitor.config import load
+
+    monkeypatch.setattr(fastpath, "COMMIT_SLOW_WARN_S", 0.05)
+
+    async def scenario() -> bool:
+        settings = load({}, broker="kafka://127.0.0.1:1", store="memory://", data_dir=str(tmp_path),
+                        pseudonymise="false")
+        consumer = build_worker(settings, app_id="t-slow-commit").app.consumer
+        tp = TP("network-events", 0)
+
+        async def thread_commit(offsets: dict) -> bool:
+            await asyncio.sleep(0.3)
+            return True
+
+        consumer._thread.commit = thread_commit
+        consumer._thread.assignment = lambda: {tp}
+        consumer._fast_next[tp] = 5
+        return await consumer.commit()
+
+    with caplog.at_level(logging.WARNING, logger="monitor.fastpath"):
+        assert asyncio.run(scenario()) is True
+    slow = [r.getMessage() for r in caplog.records if "in progress" in r.getMessage()]
+    assert slow and all("committing to the broker" in m for m in slow), slow
+    assert len(slow) < 10          # the watchdog stopped with the commit
