@@ -61,7 +61,8 @@ def rss_split_mb(pid: int) -> dict[str, float]:
 def memory_parts(port: int) -> dict[str, float]:
     """The worker's own account of its memory, MB: RocksDB by table and kind
     (``satmon_worker_store_memory_bytes``) and the C heap (``satmon_worker_malloc_bytes``); and
-    what its outreach view holds (history versions, change-log entries: counts, not MB)."""
+    what its outreach view holds (history versions, change-log entries) and the hot-spot windows
+    held open (counts, not MB)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -79,6 +80,10 @@ def memory_parts(port: int) -> dict[str, float]:
         elif family.name == "satmon_worker_malloc_bytes":
             for s in family.samples:
                 out[f"malloc_{s.labels['kind']}_mb"] = round(s.value / 2**20, 1)
+        elif family.name == "satmon_worker_window_cells_open":
+            # hot-spot windows held open (a backlog holds closing back): a count, not MB
+            for s in family.samples:
+                out[f"window_cells_open_{s.labels['side']}"] = s.value
         elif family.name in ("satmon_view_history_versions", "satmon_view_change_log_entries"):
             # what the view holds grows until every ring and change log is full: the warm-up's end
             out[family.name.removeprefix("satmon_")] = family.samples[0].value

@@ -180,6 +180,14 @@ class _PipelineCollector:
             for stream, n in sorted(cw.late_events().items()):
                 late.add_metric([stream], n)
             yield late
+            open_cells = GaugeMetricFamily("satmon_worker_window_cells_open",
+                                           "(cell, window) accumulators open: per input partition before "
+                                           "closing (aggregator), per region owner before all sources "
+                                           "closed (merger)", labels=["side"])
+            open_cells.add_metric(["aggregator"], sum(a.open_cells for a in list(cw.aggregators.values())))
+            if h is not None:
+                open_cells.add_metric(["merger"], sum(m.open_windows for m, _e in list(h.stages.values())))
+            yield open_cells
             yield CounterMetricFamily("satmon_worker_window_held_batches",
                                       "Batches whose window closing waited for a stream with a backlog in Kafka",
                                       value=cw.holds)

@@ -511,6 +511,11 @@ class WindowAggregator:
         marks = [float(self.stream_watermarks.get(s, float("-inf"))) for s in backlogged]
         return min(marks) if marks else None
 
+    @property
+    def open_cells(self) -> int:
+        """(cell, window) accumulators still open: what a held-back close keeps in memory."""
+        return sum(len(cells) for cells in self._open.values())
+
     def flush(self) -> list[Partial]:
         """Close every open window (end of a replay, or a partition being revoked)."""
         if self._open:

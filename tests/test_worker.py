@@ -386,6 +386,33 @@ def test_view_size_is_exported(tmp_path: Path) -> None:
     assert get("satmon_view_records_applied_total") == 60
 
 
+def test_open_hot_spot_windows_are_exported(tmp_path: Path) -> None:
+    """The (cell, window) accumulators a worker holds open are on /metrics: they grow while windows
+    cannot close (a watermark held back) and fall back when they do."""
+    from monitor.app import build_worker
+    from monitor.config import load
+    from monitor.events import decode
+    from monitor.fastpath import Outputs
+
+    worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), pseudonymise="false"))
+    cw = worker.cell_windows
+    assert cw is not None
+    cw.idle_s = 0                      # no stream holds the others back here
+
+    def open_cells(side: str) -> float | None:
+        return worker.registry.get_sample_value("satmon_worker_window_cells_open", {"side": side})
+
+    def net(i: int, ts: int, cell: str) -> Any:
+        return decode("network_event.v1", orjson.dumps(network_event(i, f"s{i}", ts_ms=ts, cell_id=cell)))
+
+    t0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
+    assert open_cells("aggregator") == 0 and open_cells("merger") == 0
+    cw.on_batch(1, [net(1, t0 + 1_000, "cA"), net(2, t0 + 2_000, "cB"), net(3, t0 + 61_000, "cA")], [], [], Outputs())
+    assert open_cells("aggregator") == 3          # two cells in the first window, one in the second
+    cw.on_batch(1, [net(4, t0 + 200_000, "cC")], [], [], Outputs())   # both windows pass their lateness
+    assert open_cells("aggregator") == 1
+
+
 def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> None:
     """The CellWindows observer (no Kafka): windows close on the watermark, every destination
     partition gets a WindowBatch (empty ones too), partials go to their region's partition, and a

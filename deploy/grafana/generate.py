@@ -185,10 +185,14 @@ def model() -> Any:
                         q("sum by (table, kind) (satmon_worker_store_memory_bytes)", "rocksdb {{table}} {{kind}}"),
                         q("sum by (kind) (satmon_worker_malloc_bytes)", "heap {{kind}}", ref="B"),
                         unit="bytes", w=8))
-    d = d.with_panel(ts("Outreach view size", "What each worker's view holds: score versions in the history "
-                        "rings and change-log entries (both bounded; they stop growing once full).",
+    d = d.with_panel(ts("Outreach view and window sizes", "What each worker's view holds: score versions in "
+                        "the history rings and change-log entries (both bounded; they stop growing once full); "
+                        "and the (cell, window) accumulators held open, which grow while a backlog holds "
+                        "window closing back.",
                         q("satmon_view_history_versions", "versions {{instance}}"),
-                        q("satmon_view_change_log_entries", "change log {{instance}}", ref="B"), w=8))
+                        q("satmon_view_change_log_entries", "change log {{instance}}", ref="B"),
+                        q("sum by (side) (satmon_worker_window_cells_open)", "hot-spot windows open ({{side}})",
+                          ref="C"), w=8))
     return d
 
 
