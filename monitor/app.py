@@ -188,6 +188,9 @@ class _PipelineCollector:
             if h is not None:
                 open_cells.add_metric(["merger"], sum(m.open_windows for m, _e in list(h.stages.values())))
             yield open_cells
+            yield CounterMetricFamily("satmon_worker_window_hold_capped_batches",
+                                      "Batches whose window hold was cut at max_hold_ms behind the newest event "
+                                      "(a stream further behind turns late)", value=cw.hold_capped)
             yield CounterMetricFamily("satmon_worker_window_held_batches",
                                       "Batches whose window closing waited for a stream with a backlog in Kafka",
                                       value=cw.holds)

@@ -293,3 +293,30 @@ def _batches(out):
     for (topic, partition), records in out.records().items():
         for _key, value in records:
             yield topic, partition, decode_batch(value)
+
+
+def test_a_hold_never_keeps_windows_open_beyond_max_hold():
+    """A lagging worker has a backlog on every stream; the slowest one must not keep every window
+    since its watermark open (memory grew without bound): windows close at ``max_hold_ms`` behind
+    the newest event, the held-back stream's older records become counted late events."""
+    from monitor.agents import CellWindows
+    from monitor.fastpath import Outputs
+
+    backlog = {"network-events": 10, "care-tickets": 10, "app-interactions": 10}
+    cw = CellWindows(partitions=1, idle_s=5.0, clock=lambda: 100.0, max_hold_ms=10 * W,
+                     backlog=lambda t, p: backlog[t])
+    out = Outputs()
+    cw.on_batch(0, [_app("s1", T0)], [], [], out)                      # app stays at T0
+    for minute in range(0, 60):                                        # network runs an hour ahead
+        cw.on_batch(0, [net(f"s{minute}", T0 + minute * W + 1)], [], [], out)
+    agg = cw.aggregators[0]
+    assert agg.open_cells <= 12                                        # ~10 windows, not 60
+    assert cw.hold_capped > 0
+    cw.on_batch(0, [_app("s1", T0 + 5 * W)], [], [], out)             # far behind: late, counted
+    assert cw.late_events()["app"] == 1
+    unbounded = CellWindows(partitions=1, idle_s=5.0, clock=lambda: 100.0, max_hold_ms=10**12,
+                            backlog=lambda t, p: backlog[t])
+    unbounded.on_batch(0, [_app("s1", T0)], [], [], Outputs())
+    for minute in range(0, 60):
+        unbounded.on_batch(0, [net(f"s{minute}", T0 + minute * W + 1)], [], [], Outputs())
+    assert unbounded.aggregators[0].open_cells >= 60                   # what the cap prevents
