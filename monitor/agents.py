@@ -55,6 +55,11 @@ class BatchObserver(Protocol):
         ``flush_all(out)`` at shutdown."""
 
 
+#: how far (event time) hot-spot windows may be held open behind the newest event: by a slower
+#: stream of one input partition (CellWindows) or a slower partition at a region's owner (HotSpots)
+MAX_HOLD_MS = 7_200_000
+
+
 class CellWindows:
     """:class:`BatchObserver` that folds every batch into per-(cell, window) aggregates and ships
     closed windows to ``satmon-cell-windows`` (see :mod:`monitor.windows`).
@@ -90,9 +95,9 @@ class CellWindows:
 
     def __init__(self, *, partitions: int, width_ms: int = 60_000, allowed_lateness_ms: int = 30_000,
                  backlog: Callable[[str, int], int | None] | None = None, idle_s: float = 5.0,
-                 max_hold_ms: int = 7_200_000, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_hold_ms: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.partitions = partitions
-        self.max_hold_ms = max_hold_ms
+        self.max_hold_ms = MAX_HOLD_MS if max_hold_ms is None else max_hold_ms
         self.hold_capped = 0   # batches whose hold max_hold_ms cut short
         self.backlog = backlog
         self.idle_s = idle_s
@@ -208,8 +213,12 @@ class HotspotStage:
     every alert links its runbook under ``runbook_base``.
     """
 
-    def __init__(self, *, partitions: int, data_drift: bool = True, runbook_base: str | None = None) -> None:
+    def __init__(self, *, partitions: int, data_drift: bool = True, runbook_base: str | None = None,
+                 max_skew_ms: int | None = None) -> None:
         self.sources = [str(p) for p in range(partitions)]
+        # a source (input partition) more than this far behind the newest one no longer holds merged
+        # windows back (a lagging worker reads its partitions at different paces): bounded memory
+        self.max_skew_ms = MAX_HOLD_MS if max_skew_ms is None else max_skew_ms
         self.data_drift = data_drift
         self.runbook_base = runbook_base
         self.stages: dict[int, tuple[Any, Any]] = {}
@@ -233,7 +242,8 @@ class HotspotStage:
 
         stage = self.stages.get(partition)
         if stage is None:
-            stage = self.stages[partition] = (WindowMerger(sources=self.sources), self._engine())
+            stage = self.stages[partition] = (WindowMerger(sources=self.sources, max_skew_ms=self.max_skew_ms),
+                                              self._engine())
         merger, engine = stage
         merger.add(decode_batch(raw))
         self.windows_in += 1

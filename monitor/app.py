@@ -184,7 +184,7 @@ class _PipelineCollector:
                                            "(cell, window) accumulators open: per input partition before "
                                            "closing (aggregator), per region owner before all sources "
                                            "closed (merger)", labels=["side"])
-            open_cells.add_metric(["aggregator"], sum(a.open_cells for a in list(cw.aggregators.values())))
+            open_cells.add_metric(["aggregator"], sum(a.open_windows for a in list(cw.aggregators.values())))
             if h is not None:
                 open_cells.add_metric(["merger"], sum(m.open_windows for m, _e in list(h.stages.values())))
             yield open_cells

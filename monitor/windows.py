@@ -511,11 +511,6 @@ class WindowAggregator:
         marks = [float(self.stream_watermarks.get(s, float("-inf"))) for s in backlogged]
         return min(marks) if marks else None
 
-    @property
-    def open_cells(self) -> int:
-        """(cell, window) accumulators still open: what a held-back close keeps in memory."""
-        return sum(len(cells) for cells in self._open.values())
-
     def flush(self) -> list[Partial]:
         """Close every open window (end of a replay, or a partition being revoked)."""
         if self._open:
@@ -568,6 +563,7 @@ class WindowAggregator:
 
     @property
     def open_windows(self) -> int:
+        """(cell, window) accumulators still open: what a held-back close keeps in memory."""
         return sum(len(cells) for cells in self._open.values())
 
 
@@ -622,6 +618,11 @@ class WindowMerger:
             key = (p.start_ms, p.cell_id)
             cur = self._pending.get(key)
             self._pending[key] = p if cur is None else merge(cur, p)
+
+    @property
+    def open_windows(self) -> int:
+        """(cell, window) partials waiting for every source to close their window."""
+        return len(self._pending)
 
     def pop_complete(self) -> list[Partial]:
         """Merged partials of every complete window, ordered by window start then cell."""

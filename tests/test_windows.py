@@ -310,7 +310,7 @@ def test_a_hold_never_keeps_windows_open_beyond_max_hold():
     for minute in range(0, 60):                                        # network runs an hour ahead
         cw.on_batch(0, [net(f"s{minute}", T0 + minute * W + 1)], [], [], out)
     agg = cw.aggregators[0]
-    assert agg.open_cells <= 12                                        # ~10 windows, not 60
+    assert agg.open_windows <= 12                                        # ~10 windows, not 60
     assert cw.hold_capped > 0
     cw.on_batch(0, [_app("s1", T0 + 5 * W)], [], [], out)             # far behind: late, counted
     assert cw.late_events()["app"] == 1
@@ -319,4 +319,4 @@ def test_a_hold_never_keeps_windows_open_beyond_max_hold():
     unbounded.on_batch(0, [_app("s1", T0)], [], [], Outputs())
     for minute in range(0, 60):
         unbounded.on_batch(0, [net(f"s{minute}", T0 + minute * W + 1)], [], [], Outputs())
-    assert unbounded.aggregators[0].open_cells >= 60                   # what the cap prevents
+    assert unbounded.aggregators[0].open_windows >= 60                   # what the cap prevents

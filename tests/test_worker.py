@@ -409,8 +409,18 @@ def test_open_hot_spot_windows_are_exported(tmp_path: Path) -> None:
     assert open_cells("aggregator") == 0 and open_cells("merger") == 0
     cw.on_batch(1, [net(1, t0 + 1_000, "cA"), net(2, t0 + 2_000, "cB"), net(3, t0 + 61_000, "cA")], [], [], Outputs())
     assert open_cells("aggregator") == 3          # two cells in the first window, one in the second
-    cw.on_batch(1, [net(4, t0 + 200_000, "cC")], [], [], Outputs())   # both windows pass their lateness
+    out = Outputs()
+    cw.on_batch(1, [net(4, t0 + 200_000, "cC")], [], [], out)   # both windows pass their lateness
     assert open_cells("aggregator") == 1
+    # the closed windows reach their regions' owners, which wait for the other partitions' closes
+    shipped = [(p, v) for (topic, p), recs in out.records().items() for _k, v in recs]
+    assert shipped
+    for p, raw in shipped:
+        worker.hotspots.on_window_batch(p, raw)
+    assert open_cells("merger") == 3
+    from monitor.agents import MAX_HOLD_MS
+
+    assert {m.max_skew_ms for m, _engine in worker.hotspots.stages.values()} == {MAX_HOLD_MS}   # bounded too
 
 
 def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> None:
