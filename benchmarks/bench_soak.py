@@ -80,6 +80,9 @@ def memory_parts(port: int) -> dict[str, float]:
         elif family.name == "satmon_worker_malloc_bytes":
             for s in family.samples:
                 out[f"malloc_{s.labels['kind']}_mb"] = round(s.value / 2**20, 1)
+        elif family.name == "satmon_worker_python_blocks":
+            # live Python allocations (a count): flat while the arenas grow means fragmentation
+            out["python_blocks"] = family.samples[0].value
         elif family.name == "satmon_worker_window_cells_open":
             # hot-spot windows held open (a backlog holds closing back): a count, not MB
             for s in family.samples:

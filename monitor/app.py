@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -201,6 +202,10 @@ class _PipelineCollector:
             for kind, n in ts.memory().items():
                 store.add_metric([table, kind], n)
         yield store
+        yield GaugeMetricFamily("satmon_worker_python_blocks",
+                                "Memory blocks Python's allocator has handed out and not freed (sys.getallocatedblocks): "
+                                "flat while resident memory grows means fragmentation, not live objects",
+                                value=sys.getallocatedblocks())
         heap = GaugeMetricFamily("satmon_worker_malloc_bytes",
                                  "The C heap (glibc mallinfo2): in_use, free (held, not returned) and mmapped",
                                  labels=["kind"])

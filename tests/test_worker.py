@@ -357,6 +357,10 @@ def test_store_memory_is_exported_per_table_and_kind(tmp_path: Path) -> None:
     assert gauge("state", "memtables") - empty > 5000 * 200      # every version lives in the memtable
     assert gauge("model", "memtables") == 0            # the model table's databases are its own
     assert state.memory()["memtables"] == gauge("state", "memtables")
+    blocks = worker.registry.get_sample_value("satmon_worker_python_blocks")
+    keep = [object() for _ in range(100_000)]                     # live Python objects: counted
+    assert worker.registry.get_sample_value("satmon_worker_python_blocks") - blocks >= 100_000
+    del keep
     in_use = worker.registry.get_sample_value("satmon_worker_malloc_bytes", {"kind": "in_use"})
     assert in_use is None or in_use > 1_000_000     # None only where the C library is not glibc
 
