@@ -216,6 +216,9 @@ class _PipelineCollector:
         yield CounterMetricFamily("satmon_worker_commits_not_done",
                                   "Offset commits that did not happen (a rebalance, a failed send); retried",
                                   value=getattr(consumer, "commits_not_done", 0))
+        yield CounterMetricFamily("satmon_worker_records_rewound",
+                                  "Input records fetched, dropped while flow was stopped (rebalance, recovery) "
+                                  "and rewound to be fetched again", value=getattr(consumer, "records_rewound", 0))
         yield GaugeMetricFamily("satmon_worker_partitions", "Input partitions assigned to this worker (active)",
                                 value=len(self.worker.assigned_partitions()))
         yield GaugeMetricFamily("satmon_worker_cores", "Input partitions with a live risk core in memory",

@@ -347,3 +347,38 @@ def test_a_commit_in_progress_for_long_says_what_it_waits_for(tmp_path: Path, mo
     slow = [r.getMessage() for r in caplog.records if "in progress" in r.getMessage()]
     assert slow and all("committing to the broker" in m for m in slow), slow
     assert len(slow) < 10          # the watchdog stopped with the commit
+
+
+def test_records_dropped_while_flow_is_stopped_are_rewound_even_without_a_commit(tmp_path: Path) -> None:
+    """A batch fetched while a rebalance or recovery stops the flow is dropped; Faust's seek to the
+    committed offsets moves only partitions with a commit above 0, so in a partition nobody had
+    committed yet (one care ticket, in the CI failure of the scale-out test) the dropped records
+    were never fetched again. The drain loop rewinds every still-assigned partition to the first
+    dropped record. The consumer thread's seek is recorded here instead of moving a live fetcher."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from monitor.app import build_worker
+    from monitor.config import load
+
+    async def scenario() -> tuple[list[tuple[TP, int]], Any, int]:
+        settings = load({}, broker="kafka://127.0.0.1:1", store="memory://", data_dir=str(tmp_path),
+                        pseudonymise="false")
+        consumer = build_worker(settings, app_id="t-rewind").app.consumer
+        kept, gone = TP("care-tickets", 1), TP("network-events", 3)
+        seeks: list[tuple[TP, int]] = []
+
+        def thread_seek(tp: TP, offset: int) -> None:     # Faust's thread seek is synchronous
+            seeks.append((tp, offset))
+
+        consumer._thread.seek = thread_seek
+        consumer._thread.assignment = lambda: {kept}
+        rec = lambda o: SimpleNamespace(offset=o)  # noqa: E731 -- only the offset is read
+        await consumer._rewind({kept: [rec(0), rec(1)], gone: [rec(7)]})   # `gone` was revoked
+        return seeks, consumer._read_offset.get(kept), consumer.records_rewound
+
+    seeks, read_offset, rewound = asyncio.run(scenario())
+    assert seeks == [(TP("care-tickets", 1), 0)]
+    assert read_offset is None          # offset 0: nothing below it to filter out
+    assert rewound == 2
