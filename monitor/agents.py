@@ -388,6 +388,9 @@ class RiskPipeline:
         #: ``() -> {TP: next offset}`` whose effects the broker acknowledged (set by the app)
         self.durable_offsets: Callable[[], Mapping[Any, int]] = dict
         self._floors: dict[int, dict[str, int]] = {}
+        #: floors read from the table (a previous owner's acknowledged offsets) not yet taken by
+        #: the consumer, which commits them (see :meth:`pop_inherited_floors`)
+        self._inherited: dict[int, dict[str, int]] = {}
         self._floors_written: dict[int, dict[str, int]] = {}
         #: awaited by the consumer before the first batch (the app declares output topics)
         self.prepare: Callable[[], Awaitable[None]] | None = None
@@ -453,8 +456,18 @@ class RiskPipeline:
             if floor:
                 log.info("partition %d: resuming above offsets %s (acknowledged by the previous owner)",
                          partition, floor)
+                self._inherited[partition] = dict(floor)
             self._floors_written[partition] = dict(floor)
         return floor
+
+    def pop_inherited_floors(self) -> dict[int, dict[str, int]]:
+        """``{partition: {topic: next offset}}`` a previous owner acknowledged, once per takeover.
+
+        The consumer commits them: everything below was applied and its effects are durable, but
+        the previous owner may have died before committing, and a topic of the partition that gets
+        no new record (a sparse one) would otherwise keep the group's offset behind for good."""
+        inherited, self._inherited = self._inherited, {}
+        return inherited
 
     def _write_floor(self, partition: int, out: Outputs) -> None:
         durable = {tp.topic: o for tp, o in self.durable_offsets().items()
@@ -553,6 +566,7 @@ class RiskPipeline:
                 self._checkpointed_at.pop(partition, None)
                 log.info("partition %d revoked: state flushed, model checkpointed", partition)
             self._floors.pop(partition, None)
+            self._inherited.pop(partition, None)
             self._floors_written.pop(partition, None)
 
     def tick(self, out: Outputs) -> None:

@@ -219,6 +219,9 @@ class _PipelineCollector:
         yield CounterMetricFamily("satmon_worker_records_rewound",
                                   "Input records fetched, dropped while flow was stopped (rebalance, recovery) "
                                   "and rewound to be fetched again", value=getattr(consumer, "records_rewound", 0))
+        yield CounterMetricFamily("satmon_worker_floors_committed",
+                                  "Input topic-partitions taken over whose commit was advanced to the previous owner's "
+                                  "acknowledged offsets", value=getattr(consumer, "floors_committed", 0))
         yield GaugeMetricFamily("satmon_worker_partitions", "Input partitions assigned to this worker (active)",
                                 value=len(self.worker.assigned_partitions()))
         yield GaugeMetricFamily("satmon_worker_cores", "Input partitions with a live risk core in memory",

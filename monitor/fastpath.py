@@ -367,6 +367,8 @@ class FastConsumer(faust_aiokafka.Consumer):
         self.commits_not_done = 0
         #: records fetched, dropped (flow stopped for a rebalance or recovery) and fetched again
         self.records_rewound = 0
+        #: topic-partitions whose commit was advanced to a previous owner's acknowledged floor
+        self.floors_committed = 0
 
     def _new_consumer_thread(self) -> FastConsumerThread:
         return FastConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -444,6 +446,25 @@ class FastConsumer(faust_aiokafka.Consumer):
             return False
         self._commit_stage = "committing to the broker"
         return await super()._commit(offsets)
+
+    def _take_inherited_floors(self, handler: Any) -> None:
+        """Commit what a partition's previous owner acknowledged but had not committed (see
+        ``RiskPipeline.pop_inherited_floors``): offsets below a floor are applied and durable."""
+        pop = getattr(handler, "pop_inherited_floors", None)
+        if pop is None:
+            return
+        inherited = pop()
+        if not inherited:
+            return
+        assigned = self.assignment()
+        for partition, floors in inherited.items():
+            for topic, offset in floors.items():
+                tp = TP(topic, partition)
+                if tp in assigned and self._fast_next.get(tp, -1) < offset:
+                    self._fast_next[tp] = offset
+                    if self._durable_next.get(tp, -1) < offset:
+                        self._durable_next[tp] = offset
+                    self.floors_committed += 1
 
     async def _rewind(self, records: Mapping[TP, list[Any]]) -> None:
         """Seek every still-assigned partition of dropped ``records`` back to the first of them.
@@ -616,12 +637,14 @@ class FastConsumer(faust_aiokafka.Consumer):
                         nexts = {}
                         for tp, recs in fast.items():
                             nxt = nexts[tp] = recs[-1].offset + 1
-                            self._fast_next[tp] = nxt
+                            if self._fast_next.get(tp, -1) < nxt:
+                                self._fast_next[tp] = nxt
                             read_offset[tp] = nxt
                             inbound[tp] = now
                             self.fast_records += len(recs)
                         self._on_durable(futures, nexts)
                         self.fast_batches += 1
+                        self._take_inherited_floors(handler)
                     finally:
                         self._batch_idle.set()
                 for tp, record in slow:
