@@ -87,7 +87,7 @@ class CellWindows:
     **Bounded hold.** A lagging worker has a backlog on every stream, and the streams are read at
     different event-time paces, so the spread between them can keep widening; every window in that
     spread stays open (a tracemalloc soak whose worker lagged: ``monitor/windows.py`` 8 -> 44 MB in
-    18 minutes). So windows never stay open more than ``max_hold_ms`` of event time behind the
+    13 minutes). So windows never stay open more than ``max_hold_ms`` of event time behind the
     partition's largest watermark (default 2 h, twice the hour a sparse stream's backlog was seen
     ahead); records of a stream further behind are late events, counted, and each batch whose
     hold was capped is counted too (``hold_capped``).

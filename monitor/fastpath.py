@@ -472,8 +472,8 @@ class FastConsumer(faust_aiokafka.Consumer):
         Faust's ``perform_seek`` (aiokafka's ``seek_to_committed``) only moves partitions with a
         committed offset above 0: in a partition nobody committed yet (a sparse topic, a new
         partition), records fetched and then dropped were never fetched again, and once a later
-        record was committed they were lost without a trace (seen as a care ticket the scale-out
-        test never saw accounted)."""
+        record was committed they were lost without a trace (found reading the code while chasing
+        the scale-out test's lost commit; not seen to fire there)."""
         try:
             assigned = self.assignment()
         except Exception:  # no consumer (stopping)
