@@ -95,9 +95,9 @@ class CellWindows:
 
     def __init__(self, *, partitions: int, width_ms: int = 60_000, allowed_lateness_ms: int = 30_000,
                  backlog: Callable[[str, int], int | None] | None = None, idle_s: float = 5.0,
-                 max_hold_ms: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_hold_ms: int = MAX_HOLD_MS, clock: Callable[[], float] = time.monotonic) -> None:
         self.partitions = partitions
-        self.max_hold_ms = MAX_HOLD_MS if max_hold_ms is None else max_hold_ms
+        self.max_hold_ms = max_hold_ms
         self.hold_capped = 0   # batches whose hold max_hold_ms cut short
         self.backlog = backlog
         self.idle_s = idle_s
@@ -214,11 +214,11 @@ class HotspotStage:
     """
 
     def __init__(self, *, partitions: int, data_drift: bool = True, runbook_base: str | None = None,
-                 max_skew_ms: int | None = None) -> None:
+                 max_skew_ms: int = MAX_HOLD_MS) -> None:
         self.sources = [str(p) for p in range(partitions)]
         # a source (input partition) more than this far behind the newest one no longer holds merged
         # windows back (a lagging worker reads its partitions at different paces): bounded memory
-        self.max_skew_ms = MAX_HOLD_MS if max_skew_ms is None else max_skew_ms
+        self.max_skew_ms = max_skew_ms
         self.data_drift = data_drift
         self.runbook_base = runbook_base
         self.stages: dict[int, tuple[Any, Any]] = {}

@@ -447,13 +447,9 @@ class FastConsumer(faust_aiokafka.Consumer):
         self._commit_stage = "committing to the broker"
         return await super()._commit(offsets)
 
-    def _take_inherited_floors(self, handler: Any) -> None:
-        """Commit what a partition's previous owner acknowledged but had not committed (see
-        ``RiskPipeline.pop_inherited_floors``): offsets below a floor are applied and durable."""
-        pop = getattr(handler, "pop_inherited_floors", None)
-        if pop is None:
-            return
-        inherited = pop()
+    def _take_inherited_floors(self, inherited: Mapping[int, Mapping[str, int]]) -> None:
+        """Commit what a partition's previous owner acknowledged but had not committed (``inherited``
+        from ``RiskPipeline.pop_inherited_floors``): offsets below a floor are applied and durable."""
         if not inherited:
             return
         assigned = self.assignment()
@@ -586,6 +582,7 @@ class FastConsumer(faust_aiokafka.Consumer):
         acks_enabled_for = self.app.topics.acks_enabled_for
         out = Outputs()
         tick = getattr(handler, "tick", None)
+        pop_inherited = getattr(handler, "pop_inherited_floors", None)
         next_tick = time.monotonic() + TICK_S
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -644,7 +641,8 @@ class FastConsumer(faust_aiokafka.Consumer):
                             self.fast_records += len(recs)
                         self._on_durable(futures, nexts)
                         self.fast_batches += 1
-                        self._take_inherited_floors(handler)
+                        if pop_inherited is not None:
+                            self._take_inherited_floors(pop_inherited())
                     finally:
                         self._batch_idle.set()
                 for tp, record in slow:

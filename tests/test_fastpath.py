@@ -277,6 +277,16 @@ def test_fixed_mmap_threshold_keeps_large_blocks_out_of_the_heap(tmp_path, tuned
         assert grew == 0             # the dynamic threshold moved it into the heap
 
 
+def offline_worker(tmp_path: Path, app_id: str) -> Any:
+    """A worker built but never started (its broker address refuses connections): for the consumer
+    logic that a test drives by substituting the consumer thread's commit, seek or assignment."""
+    from monitor.app import build_worker
+    from monitor.config import load
+
+    settings = load({}, broker="kafka://127.0.0.1:1", store="memory://", data_dir=str(tmp_path), pseudonymise="false")
+    return build_worker(settings, app_id=app_id)
+
+
 def test_a_commit_that_did_not_happen_is_retried_at_the_next_commit(tmp_path: Path) -> None:
     """Faust marks the offsets of a commit as committed even when the commit did not happen (aiokafka
     answers "already rebalanced" when a rebalance races the commit timer), and then commits a
@@ -285,13 +295,9 @@ def test_a_commit_that_did_not_happen_is_retried_at_the_next_commit(tmp_path: Pa
     broker, so the consumer thread's commit answers as aiokafka does in it: first not done, then done."""
     from faust.types import TP
 
-    from monitor.app import build_worker
-    from monitor.config import load
 
     async def scenario() -> tuple[list[dict], int | None, int]:
-        settings = load({}, broker="kafka://127.0.0.1:1", store="memory://", data_dir=str(tmp_path),
-                        pseudonymise="false")
-        consumer = build_worker(settings, app_id="t-commit").app.consumer
+        consumer = offline_worker(tmp_path, "t-commit").app.consumer
         tp = TP("network-events", 0)
         answers, calls = [False, True], []
 
@@ -322,15 +328,11 @@ def test_a_commit_in_progress_for_long_says_what_it_waits_for(tmp_path: Path, mo
     from faust.types import TP
 
     from monitor import fastpath
-    from monitor.app import build_worker
-    from monitor.config import load
 
     monkeypatch.setattr(fastpath, "COMMIT_SLOW_WARN_S", 0.05)
 
     async def scenario() -> bool:
-        settings = load({}, broker="kafka://127.0.0.1:1", store="memory://", data_dir=str(tmp_path),
-                        pseudonymise="false")
-        consumer = build_worker(settings, app_id="t-slow-commit").app.consumer
+        consumer = offline_worker(tmp_path, "t-slow-commit").app.consumer
         tp = TP("network-events", 0)
 
         async def thread_commit(offsets: dict) -> bool:
@@ -359,13 +361,9 @@ def test_records_dropped_while_flow_is_stopped_are_rewound_even_without_a_commit
 
     from faust.types import TP
 
-    from monitor.app import build_worker
-    from monitor.config import load
 
     async def scenario() -> tuple[list[tuple[TP, int]], Any, int]:
-        settings = load({}, broker="kafka://127.0.0.1:1", store="memory://", data_dir=str(tmp_path),
-                        pseudonymise="false")
-        consumer = build_worker(settings, app_id="t-rewind").app.consumer
+        consumer = offline_worker(tmp_path, "t-rewind").app.consumer
         kept, gone = TP("care-tickets", 1), TP("network-events", 3)
         seeks: list[tuple[TP, int]] = []
 
@@ -391,14 +389,10 @@ def test_a_new_owner_commits_what_the_previous_owner_acknowledged(tmp_path: Path
     and its effects acknowledged, so the consumer commits up to it."""
     from faust.types import TP
 
-    from monitor.app import build_worker
-    from monitor.config import load
     from monitor.fastpath import Outputs
 
     async def scenario() -> tuple[list[dict], int]:
-        settings = load({}, broker="kafka://127.0.0.1:1", store="memory://", data_dir=str(tmp_path),
-                        pseudonymise="false")
-        worker = build_worker(settings, app_id="t-floors")
+        worker = offline_worker(tmp_path, "t-floors")
         consumer, pipeline = worker.app.consumer, worker.pipeline
         tickets, network = TP("care-tickets", 1), TP("network-events", 1)
         import msgspec
@@ -416,8 +410,8 @@ def test_a_new_owner_commits_what_the_previous_owner_acknowledged(tmp_path: Path
 
         consumer._thread.commit = thread_commit
         consumer._thread.assignment = lambda: {tickets, network}
-        consumer._take_inherited_floors(pipeline)
-        consumer._take_inherited_floors(pipeline)        # once per takeover
+        consumer._take_inherited_floors(pipeline.pop_inherited_floors())
+        consumer._take_inherited_floors(pipeline.pop_inherited_floors())   # once per takeover
         assert await consumer.commit() is True
         return calls, consumer.floors_committed
 
