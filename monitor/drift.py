@@ -80,6 +80,9 @@ DRIFT_FEATURES: dict[str, Callable[[Partial], tuple[float, float]]] = {
 #: make them too noisy to call drift on (measured: a false drift alert on the quiet scenario)
 DEFAULT_DRIFT_FEATURES: tuple[str, ...] = (*NETWORK_KPIS, "degraded_share")
 
+#: drift events a detector keeps for inspection (the alerts are the record; these ride in checkpoints)
+EVENTS_KEPT = 64
+
 
 def _median_sorted(xs: Sequence[float]) -> float:
     n = len(xs)
@@ -199,12 +202,16 @@ class DataDriftMonitor:
         self.seed = seed
         self.on_drift: list[Callable[[DriftEvent], Any]] = []
         self._series: dict[tuple[str, str], _Series] = {}
-        self.events: list[DriftEvent] = []
+        self.events: deque[DriftEvent] = deque(maxlen=EVENTS_KEPT)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["on_drift"] = []
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["events"] = deque(state.get("events", ()), maxlen=EVENTS_KEPT)   # a list before the bound
+        self.__dict__.update(state)
 
     def update_one(self, region: str, feature: str, value: float, ts_ms: int) -> DriftEvent | None:
         """Feed one window's value of ``feature`` in ``region``; a :class:`DriftEvent` on drift."""
@@ -318,12 +325,16 @@ class ConceptDriftMonitor:
         self._n: dict[str, int] = {}
         self._last: dict[str, int] = {}
         self.lifecycle = AlertLifecycle()
-        self.events: list[DriftEvent] = []
+        self.events: deque[DriftEvent] = deque(maxlen=EVENTS_KEPT)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["on_concept_drift"] = []
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["events"] = deque(state.get("events", ()), maxlen=EVENTS_KEPT)   # a list before the bound
+        self.__dict__.update(state)
 
     def update(self, key: str, loss: float, ts_ms: int, lifecycle: AlertLifecycle | None = None) -> list[Alert]:
         """Feed one label's log-loss for model ``key``; returns alert records (fire / resolve)."""

@@ -104,3 +104,27 @@ def test_concept_drift_on_rising_loss_alerts_and_calls_the_hook():
 def test_concept_drift_ignores_improvement_and_noise():
     assert _losses(ConceptDriftMonitor(), 0.8, 0.3) == []
     assert _losses(ConceptDriftMonitor(), 0.4, 0.4, seed=5) == []
+
+
+def test_drift_events_kept_for_inspection_are_bounded_also_across_checkpoints():
+    # the monitors ride in checkpoints: a worker running for months must not carry every drift it saw
+    import pickle
+
+    from monitor.drift import EVENTS_KEPT
+
+    mon = DataDriftMonitor(hold_ms=0)
+    flips = EVENTS_KEPT + 16
+    out, _ = run(mon, lambda t: 40 if (t // 60) % 2 == 0 else 55, n=60 * (flips + 1))
+    fired = [a for _, a in out if a.status == "firing"]
+    assert len(fired) > EVENTS_KEPT                                      # it kept detecting...
+    assert len(mon.events) == EVENTS_KEPT                                # ...and kept only the latest
+    assert mon.events[-1].detected_at_ms == max(a.details["detected_at_ms"] for a in fired)
+    back = pickle.loads(pickle.dumps(mon))
+    assert len(back.events) == EVENTS_KEPT and back.events.maxlen == EVENTS_KEPT
+    state = mon.__getstate__()                                           # a checkpoint written before the bound
+    state["events"] = list(mon.events) * 4
+    old = DataDriftMonitor.__new__(DataDriftMonitor)
+    old.__setstate__(state)
+    assert len(old.events) == EVENTS_KEPT and old.events.maxlen == EVENTS_KEPT
+    concept = pickle.loads(pickle.dumps(ConceptDriftMonitor()))
+    assert concept.events.maxlen == EVENTS_KEPT
