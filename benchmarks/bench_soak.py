@@ -118,23 +118,40 @@ def slope(xs: list[float], ys: list[float]) -> float:
 
 
 def trace_report(trace_dir: Path, warmup: float, top: int = 25) -> dict[str, object]:
-    """Compare the heap snapshot at the end of the warm-up with the last one: Python-traced memory
-    against resident memory, and the source lines whose allocations grew the most."""
-    import tracemalloc
+    """What ``memtrace.py`` wrote, from the end of the warm-up to the last sample: resident memory
+    against pymalloc's arenas and live bytes (and tracemalloc's total, when tracing); the source
+    lines whose allocations grew the most (``--trace``); the object types and large containers
+    that grew, with what holds them (``--census``)."""
+    metas = sorted(trace_dir.glob("*.json"))
+    metas = [m for m in metas if m.name.count(".") == 1]
+    if len(metas) < 2:
+        return {"error": f"{len(metas)} sample(s) in {trace_dir}: run longer than two trace periods"}
+    i = min(int(len(metas) * warmup), len(metas) - 2)
+    first, last = metas[i], metas[-1]
+    series = [json.loads(p.read_text()) for p in metas]
+    out: dict[str, object] = {"from": first.stem, "to": last.stem, "samples": [
+        {"rss_mb": round(m["rss_mb"], 1), **({"traced_mb": round(m["traced_mb"], 1)} if "traced_mb" in m else {}),
+         **{f"pymalloc_{k}_mb" if k.endswith("bytes") else f"pymalloc_{k}":
+            (round(v / 2**20, 1) if k.endswith("bytes") else v) for k, v in m.get("pymalloc", {}).items()}}
+        for m in series]}
+    snap = (first.with_suffix(".snap"), last.with_suffix(".snap"))
+    if all(p.exists() for p in snap):
+        import tracemalloc
 
-    snaps = sorted(trace_dir.glob("*.snap"))
-    if len(snaps) < 2:
-        return {"error": f"{len(snaps)} snapshot(s) in {trace_dir}: run longer than two trace periods"}
-    first, last = snaps[min(int(len(snaps) * warmup), len(snaps) - 2)], snaps[-1]
-    meta = [json.loads(p.with_suffix(".json").read_text()) for p in (first, last)]
-    diff = tracemalloc.Snapshot.load(str(last)).compare_to(tracemalloc.Snapshot.load(str(first)), "lineno")
-    rows = [{"where": str(d.traceback), "size_diff_kb": round(d.size_diff / 1024, 1),
-             "count_diff": d.count_diff, "size_kb": round(d.size / 1024, 1)} for d in diff[:top]]
-    return {"from": first.name, "to": last.name,
-            "rss_mb": [round(m["rss_mb"], 1) for m in meta], "traced_mb": [round(m["traced_mb"], 1) for m in meta],
-            "snapshots": [{"rss_mb": round(m["rss_mb"], 1), "traced_mb": round(m["traced_mb"], 1)}
-                          for m in (json.loads(p.with_suffix(".json").read_text()) for p in snaps)],
-            "top_growth": rows}
+        diff = tracemalloc.Snapshot.load(str(snap[1])).compare_to(tracemalloc.Snapshot.load(str(snap[0])), "lineno")
+        out["top_growth"] = [{"where": str(d.traceback), "size_diff_kb": round(d.size_diff / 1024, 1),
+                              "count_diff": d.count_diff, "size_kb": round(d.size / 1024, 1)} for d in diff[:top]]
+    census = [trace_dir / f"{p.stem}.census.json" for p in (first, last)]
+    if all(p.exists() for p in census):
+        a, b = (json.loads(p.read_text()) for p in census)
+        types = {t: b["by_type"].get(t, 0) - a["by_type"].get(t, 0) for t in set(a["by_type"]) | set(b["by_type"])}
+        out["types_grown"] = dict(sorted(((t, d) for t, d in types.items() if d), key=lambda x: -abs(x[1]))[:top])
+        before = {(r["type"], tuple(r["held_by"])): r["len"] for r in a["large"]}
+        out["containers_grown"] = sorted(
+            ({**r, "len_before": before.get((r["type"], tuple(r["held_by"])))} for r in b["large"]
+             if r["len"] > before.get((r["type"], tuple(r["held_by"])), 0)),
+            key=lambda r: -(r["len"] - (r["len_before"] or 0)))[:top]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,9 +164,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="partitions per topic (default 2: the view's change log is full within the warm-up)")
     ap.add_argument("--every", type=float, default=20.0, help="sampling period, seconds")
     ap.add_argument("--out", type=Path, default=HERE / "soak.json")
+    ap.add_argument("--trace-frames", type=int, default=1, metavar="N",
+                    help="frames kept per traced allocation (more names the caller, and slows the worker more)")
     ap.add_argument("--trace", type=float, default=0.0, metavar="SECONDS",
                     help="run the worker under tracemalloc, a heap snapshot every SECONDS; the report then "
                          "names the source lines whose memory grew after the warm-up (slows the worker)")
+    ap.add_argument("--census", type=float, default=0.0, metavar="SECONDS",
+                    help="every SECONDS count the worker's objects by type, list its large containers and what "
+                         "holds them, and read pymalloc's arena accounting (no tracing: full speed)")
     args = ap.parse_args(argv)
     import signal
 
@@ -176,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     satmon = [sys.executable, "-m", "monitor"]
     logs = open(tmp / "worker.log", "wb")
     trace_dir = tmp / "memtrace"
-    if args.trace:
-        env.update(SOAK_TRACE_DIR=str(trace_dir), SOAK_TRACE_EVERY=str(args.trace))
-        worker_cmd = [sys.executable, "-X", "tracemalloc=1", str(HERE / "memtrace.py"), "worker"]
+    if args.trace or args.census:
+        env.update(SOAK_TRACE_DIR=str(trace_dir), SOAK_TRACE_EVERY=str(args.trace or args.census))
+        worker_cmd = [sys.executable, *(["-X", f"tracemalloc={args.trace_frames}"] if args.trace else []),
+                      str(HERE / "memtrace.py"), "worker"]
+        if args.census:
+            env["SOAK_CENSUS"] = "1"
     else:
         worker_cmd = satmon + ["worker"]
     worker = subprocess.Popen(worker_cmd, env=env, stdout=logs, stderr=subprocess.STDOUT)
@@ -245,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "growth_after_warmup": round(growth, 4) if growth is not None else None,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "samples": samples,
     }
-    if args.trace:
+    if args.trace or args.census:
         result["trace"] = trace_report(trace_dir, args.warmup)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     import shutil
@@ -258,12 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: the outreach view's change log (bounded per partition) was still filling after the warm-up "
               f"(first trimmed at {trimmed_at or 'never'} events): part of the slope is that bound being reached")
     print("by part (MB per million events): " + ", ".join(f"{k[:-3]} {v:+.2f}" for k, v in part_slopes.items()))
-    if args.trace and "top_growth" in result["trace"]:
-        t = result["trace"]
-        print(f"traced (Python) memory {t['traced_mb'][0]} -> {t['traced_mb'][1]} MB while resident went "
-              f"{t['rss_mb'][0]} -> {t['rss_mb'][1]} MB; largest growth:")
-        for row in t["top_growth"][:12]:
-            print(f"  {row['size_diff_kb']:+10.1f} KB {row['count_diff']:+9d} blocks  {row['where']}")
+    t = result.get("trace", {})
+    if "samples" in t:
+        a, b = t["samples"][int(t["from"])], t["samples"][-1]
+        print("from the end of the warm-up: " + ", ".join(f"{k} {a[k]} -> {b[k]}" for k in b if k in a))
+    for row in t.get("top_growth", [])[:12]:
+        print(f"  {row['size_diff_kb']:+10.1f} KB {row['count_diff']:+9d} blocks  {row['where']}")
+    if "types_grown" in t:
+        print("objects grown by type: " + ", ".join(f"{k} {v:+d}" for k, v in list(t["types_grown"].items())[:12]))
+        for row in t["containers_grown"][:12]:
+            print(f"  {row['type']} {row['len_before']} -> {row['len']}  held by {row['held_by']}")
     return 0
 
 

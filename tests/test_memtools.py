@@ -34,12 +34,37 @@ def test_trace_report_names_the_line_that_grew_after_the_warm_up(tmp_path: Path)
         tracemalloc.stop()
         KEPT.clear()
     report = bench_soak.trace_report(tmp_path, warmup=0.4)
-    assert (report["from"], report["to"]) == ("0001.snap", "0002.snap")
+    assert (report["from"], report["to"]) == ("0001", "0002")
     top = report["top_growth"][0]
     assert "test_memtools.py" in top["where"] and top["count_diff"] == 2_020
     assert 1_900 < top["size_diff_kb"] < 2_400
-    assert report["traced_mb"][1] > report["traced_mb"][0] + 1.9
-    assert bench_soak.trace_report(tmp_path / "none", warmup=0.5)["error"].startswith("0 snapshot(s)")
+    traced = [s["traced_mb"] for s in report["samples"]]
+    assert traced[2] > traced[1] + 1.9
+    assert bench_soak.trace_report(tmp_path / "none", warmup=0.5)["error"].startswith("0 sample(s)")
+
+
+class Holder:
+    def __init__(self) -> None:
+        self.backlog: dict[int, list[int]] = {}
+
+
+def test_census_names_the_container_that_grew_and_what_holds_it(tmp_path: Path) -> None:
+    # what the soak's --census writes (no tracing): the report says which object grew and who holds it
+    import memtrace
+
+    holder = Holder()
+    for n, count in enumerate((2_500, 2_600, 9_000)):
+        holder.backlog.update((i, [i]) for i in range(len(holder.backlog), count))
+        (tmp_path / f"{n:04d}.census.json").write_text(json.dumps(memtrace.census()))
+        (tmp_path / f"{n:04d}.json").write_text(json.dumps(
+            {"rss_mb": 1.0, "pymalloc": memtrace.pymalloc_stats()}))
+    report = bench_soak.trace_report(tmp_path, warmup=0.4)
+    grown = report["containers_grown"][0]
+    assert grown["type"] == "dict" and (grown["len_before"], grown["len"]) == (2_600, 9_000)
+    assert "Holder.backlog" in grown["held_by"]
+    assert report["types_grown"]["list"] >= 6_400
+    first, last = report["samples"][1], report["samples"][2]
+    assert last["pymalloc_arenas"] >= 1 and last["pymalloc_live_bytes_mb"] > first["pymalloc_live_bytes_mb"]
 
 
 def test_view_measured_per_subscriber_with_the_change_log_apart() -> None:
