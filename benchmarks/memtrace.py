@@ -28,7 +28,7 @@ from pathlib import Path
 from bench_soak import rss_mb   # this script's directory is on sys.path
 
 
-def census(big: int = 2000) -> dict[str, object]:
+def census(big: int = 2000, top: int = 24) -> dict[str, object]:
     """Objects the garbage collector tracks, counted by type, and the large containers with what
     holds them (``Owner.attribute`` for an instance's attribute): names the holder of a slow
     accumulation that tracemalloc's allocation sites do not."""
@@ -45,6 +45,7 @@ def census(big: int = 2000) -> dict[str, object]:
     objs = gc.get_objects()
     by_type = Counter(type(o).__qualname__ for o in objs)
     large = [o for o in objs if isinstance(o, (dict, list, set, deque)) and len(o) >= big]
+    large = sorted(large, key=len, reverse=True)[:top]   # each holder lookup scans every object
     rows = []
     for o in large:
         holders = set()
@@ -64,7 +65,7 @@ def census(big: int = 2000) -> dict[str, object]:
                 holders.add(type(r).__qualname__)
         rows.append({"type": type(o).__qualname__, "len": len(o), "held_by": sorted(holders)[:4]})
     del objs, large
-    return {"by_type": dict(by_type.most_common(60)), "large": sorted(rows, key=lambda r: -r["len"])[:40]}
+    return {"by_type": dict(by_type.most_common(80)), "large": rows}
 
 
 _PYMALLOC = {"# arenas allocated current": "arenas", "# arenas highwater mark": "arenas_highwater",
