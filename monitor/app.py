@@ -232,10 +232,15 @@ class _ViewCollector:
     """The outreach view's size at scrape time: what it holds grows until every subscriber's
     history ring and every partition's change log is full, then stays (docs/WORKER.md, memory)."""
 
-    def __init__(self, view: Any) -> None:
+    def __init__(self, view: Any, store: Any = None) -> None:
         self.view = view
+        self.store = store
 
     def collect(self) -> Iterable[Any]:
+        if self.store is not None:
+            yield CounterMetricFamily("satmon_outreach_records_trimmed",
+                                      "Outreach contacts and outcomes dropped as older than the newest kept per "
+                                      "subscriber (bounded memory)", value=self.store.trimmed)
         v = self.view
         yield GaugeMetricFamily("satmon_view_subscribers", "Subscribers in this worker's outreach view", value=len(v))
         yield GaugeMetricFamily("satmon_view_history_versions", "Score versions held in the view's history rings",
@@ -456,7 +461,7 @@ def _add_api(worker: Worker) -> None:
                 log.error("risk view could not start (retrying in 5 s): %r", err)
                 await asyncio.sleep(5)
 
-    worker.registry.register(_ViewCollector(view))
+    worker.registry.register(_ViewCollector(view, store))
 
     # At-risk gauges from the complete view (every worker has it; dashboards aggregate with max).
     AT_RISK_GAUGE_INTERVAL_S = 15.0

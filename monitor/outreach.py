@@ -31,6 +31,7 @@ True
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import math
@@ -115,6 +116,10 @@ def outcome_for_event(event: Any) -> OutreachRecord | None:
 Sink = Callable[[OutreachRecord], Awaitable[None]]
 
 
+def _ts(item: OutreachRecord | tuple[int, str, str]) -> int:
+    return item.ts_ms if isinstance(item, OutreachRecord) else item[0]
+
+
 def kafka_sink(producer: Any, topic: str = OUTREACH_TOPIC) -> Sink:
     """A sink publishing records with an aiokafka-style producer (``send_and_wait``), keyed by
     subscriber. The call returns once the broker acknowledged the record."""
@@ -128,42 +133,70 @@ def kafka_sink(producer: Any, topic: str = OUTREACH_TOPIC) -> Sink:
 class OutreachStore:
     """Contacts, do-not-contact flags and outcomes per subscriber, built from outreach records.
 
+    Memory is bounded per subscriber: the latest ``max_contacts`` contacts and ``max_outcomes``
+    outcomes by event time are kept (a record older than all of them once the list is full is
+    dropped, and counted in ``trimmed``), and a consent change keeps only the newest. A record is
+    recognised as already applied by its ``record_id`` among what is kept, so the copy coming back
+    from the topic, or an outcome re-derived from a replayed event, is not counted twice.
+
     Parameters
     ----------
     sink
         Async callable that publishes a record to ``satmon-outreach`` (the shell passes
         :func:`kafka_sink`); ``None`` keeps records local (tests, single process).
+    max_contacts, max_outcomes
+        Records kept per subscriber. The effect report counts outcomes within a horizon after a
+        subscriber became at risk: only a subscriber with more than ``max_outcomes`` complaints
+        and detractor answers since could lose one from its count.
     """
 
-    def __init__(self, sink: Sink | None = None):
+    def __init__(self, sink: Sink | None = None, *, max_contacts: int = 32, max_outcomes: int = 64):
         self.sink = sink
-        self._seen: set[str] = set()
-        self._contacts: dict[str, list[OutreachRecord]] = {}
-        self._dnc: dict[str, int] = {}  # subscriber -> ts_ms of the latest consent change
+        self.max_contacts = max_contacts
+        self.max_outcomes = max_outcomes
+        self.trimmed = 0
+        self._contacts: dict[str, list[OutreachRecord]] = {}   # sorted by ts_ms
+        self._dnc: dict[str, tuple[int, str]] = {}   # subscriber -> (ts_ms, record_id) of the latest consent change
         self._dnc_on: set[str] = set()
-        self._outcomes: dict[str, list[tuple[int, str]]] = {}
+        self._outcomes: dict[str, list[tuple[int, str, str]]] = {}   # (ts_ms, event, record_id), sorted
 
     def apply(self, record: OutreachRecord) -> bool:
-        """Apply one record; ``False`` if it was already applied (same ``record_id``)."""
-        if record.record_id in self._seen:
-            return False
-        self._seen.add(record.record_id)
+        """Apply one record; ``False`` if it was already applied (same ``record_id``) or is older
+        than every record kept for the subscriber in a full list."""
         sid = record.subscriber_id
+        rid = record.record_id
         if record.kind == "contact":
-            self._contacts.setdefault(sid, []).append(record)
-            if record.outcome == "opted_out":
-                self._set_dnc(sid, True, record.ts_ms)
-        elif record.kind == "consent":
-            self._set_dnc(sid, bool(record.do_not_contact), record.ts_ms)
-        else:
-            self._outcomes.setdefault(sid, []).append((record.ts_ms, record.event or ""))
-        return True
+            contacts = self._contacts.setdefault(sid, [])
+            if any(c.record_id == rid for c in contacts):
+                return False
+            kept = self._insort(contacts, record, self.max_contacts)
+            if record.outcome == "opted_out":   # honoured even when the contact itself is too old to keep
+                self._set_dnc(sid, True, record.ts_ms, rid)
+            return kept
+        if record.kind == "consent":
+            held = self._dnc.get(sid)
+            if held is not None and held[1] == rid:
+                return False
+            self._set_dnc(sid, bool(record.do_not_contact), record.ts_ms, rid)
+            return True
+        outcomes = self._outcomes.setdefault(sid, [])
+        if any(o[2] == rid for o in outcomes):
+            return False
+        return self._insort(outcomes, (record.ts_ms, record.event or "", rid), self.max_outcomes)
 
-    def _set_dnc(self, sid: str, on: bool, ts_ms: int) -> None:
+    def _insort(self, kept: list[Any], item: Any, cap: int) -> bool:
+        bisect.insort(kept, item, key=_ts)
+        if len(kept) <= cap:
+            return True
+        self.trimmed += 1
+        return kept.pop(0) is not item
+
+    def _set_dnc(self, sid: str, on: bool, ts_ms: int, record_id: str) -> None:
         # The newest consent change wins, whatever order the records arrive in.
-        if ts_ms < self._dnc.get(sid, -1):
+        held = self._dnc.get(sid)
+        if held is not None and ts_ms < held[0]:
             return
-        self._dnc[sid] = ts_ms
+        self._dnc[sid] = (ts_ms, record_id)
         (self._dnc_on.add if on else self._dnc_on.discard)(sid)
 
     async def record(self, record: OutreachRecord) -> OutreachRecord:
@@ -181,10 +214,11 @@ class OutreachStore:
 
     def last_contact_ms(self, sid: str) -> int | None:
         contacts = self._contacts.get(sid)
-        return max(c.ts_ms for c in contacts) if contacts else None
+        return contacts[-1].ts_ms if contacts else None
 
     def outcomes(self, sid: str) -> list[tuple[int, str]]:
-        return list(self._outcomes.get(sid, ()))
+        """``(ts_ms, event)`` of the outcomes kept for ``sid``, oldest first."""
+        return [(ts, ev) for ts, ev, _ in self._outcomes.get(sid, ())]
 
     @property
     def dnc_count(self) -> int:

@@ -46,6 +46,30 @@ def test_store_ignores_the_same_record_twice():
     assert len(store.contacts("p1")) == 1 and store.last_contact_ms("p1") == T0
 
 
+def test_store_keeps_a_bounded_newest_history_per_subscriber_and_still_recognises_copies():
+    # every complaint and detractor answer becomes an outcome record: kept without bound, a
+    # long-running worker's store grew for ever (seen in the soak's heap snapshots)
+    store = OutreachStore(max_contacts=4, max_outcomes=8)
+    for sid in ("p1", "p2"):
+        for i in range(100):
+            assert store.apply(outcome(sid, T0 + i * DAY, "complaint"))
+    kept = store.outcomes("p1")
+    assert [ts for ts, _ in kept] == [T0 + i * DAY for i in range(92, 100)] and store.trimmed == 2 * 92
+    assert not store.apply(outcome("p1", T0 + 99 * DAY, "complaint"))      # a copy of a kept one
+    assert not store.apply(outcome("p1", T0 + 3 * DAY, "detractor"))       # older than all kept: dropped
+    assert store.apply(outcome("p1", T0 + 95 * DAY, "detractor"))          # late but within: kept, in order
+    assert store.outcomes("p1")[3] == (T0 + 95 * DAY, "detractor") and len(store.outcomes("p1")) == 8
+    for i in (5, 1, 9, 7, 3, 8, 2):                                        # out of order
+        store.apply(contact("p1", T0 + i))
+    assert [c.ts_ms for c in store.contacts("p1")] == [T0 + 5, T0 + 7, T0 + 8, T0 + 9]
+    assert store.last_contact_ms("p1") == T0 + 9
+    assert not store.apply(contact("p1", T0 + 8))
+    assert not store.apply(contact("p1", T0, outcome="opted_out"))        # too old to keep, but honoured
+    assert store.is_dnc("p1")
+    assert store.apply(consent("p1", T0 + 20, False)) and not store.apply(consent("p1", T0 + 20, False))
+    assert not store.is_dnc("p1")
+
+
 def test_latest_consent_wins_in_any_order_and_opt_out_sets_dnc():
     store = OutreachStore()
     store.apply(consent("p1", T0 + 10, False))

@@ -388,6 +388,7 @@ def test_view_size_is_exported(tmp_path: Path) -> None:
     assert get("satmon_view_history_versions") == 30 - 8 + 12  # s0's ring is full: it stops growing
     assert get("satmon_view_change_log_entries") == 60
     assert get("satmon_view_records_applied_total") == 60
+    assert get("satmon_outreach_records_trimmed_total") == 0   # the outreach store's bound, exported
 
 
 def test_open_hot_spot_windows_are_exported(tmp_path: Path) -> None:
