@@ -61,8 +61,8 @@ def rss_split_mb(pid: int) -> dict[str, float]:
 def memory_parts(port: int) -> dict[str, float]:
     """The worker's own account of its memory, MB: RocksDB by table and kind
     (``satmon_worker_store_memory_bytes``) and the C heap (``satmon_worker_malloc_bytes``); and
-    what its outreach view holds (history versions, change-log entries) and the hot-spot windows
-    held open (counts, not MB)."""
+    what its outreach view holds (subscribers, history versions, change-log entries), the hot-spot
+    windows held open and baselines learnt (counts, not MB)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -87,6 +87,9 @@ def memory_parts(port: int) -> dict[str, float]:
             # hot-spot windows held open (a backlog holds closing back): a count, not MB
             for s in family.samples:
                 out[f"window_cells_open_{s.labels['side']}"] = s.value
+        elif family.name in ("satmon_worker_hotspot_baselines", "satmon_view_subscribers"):
+            # bounded counts that take a long time to fill: hour-of-day baselines of sparse cells
+            out[family.name.removeprefix("satmon_worker_").removeprefix("satmon_")] = family.samples[0].value
         elif family.name in ("satmon_view_history_versions", "satmon_view_change_log_entries"):
             # what the view holds grows until every ring and change log is full: the warm-up's end
             out[family.name.removeprefix("satmon_")] = family.samples[0].value

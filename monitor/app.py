@@ -170,6 +170,10 @@ class _PipelineCollector:
                                       value=h.windows_in)
             yield CounterMetricFamily("satmon_worker_alerts", "alert.v1 records emitted by the hot-spot engine",
                                       value=h.alerts_out)
+            yield GaugeMetricFamily("satmon_worker_hotspot_baselines",
+                                    "Hot-spot baseline accumulators held (per cell and region: per metric, and per "
+                                    "metric and hour of day; bounded, fills as cells reach support in every hour)",
+                                    value=sum(e.baselines for _m, e in list(h.stages.values())))
             yield CounterMetricFamily("satmon_worker_window_late_partials",
                                       "Cell-window partials that arrived after their window was merged (left out)",
                                       value=h.late_partials())

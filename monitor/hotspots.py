@@ -647,6 +647,13 @@ class HotspotDetector:
     def active_keys(self) -> list[str]:
         return sorted(k for k, s in self._keys.items() if s.active)
 
+    @property
+    def baselines(self) -> int:
+        """Baseline accumulators held (per key: one per metric, one per metric and hour of day).
+        Bounded by keys x metrics x 25; a sparse key's hours fill only as its traffic reaches
+        the support a metric needs in that hour, so the bound can take simulated days to fill."""
+        return sum(len(k.stats) + len(k.hours) for k in self._keys.values())
+
     def is_active(self, key: str) -> bool:
         k = self._keys.get(key)
         return bool(k and k.active)
@@ -717,6 +724,11 @@ class HotspotEngine:
         self.last_verdicts: dict[str, Verdict] = {}
         self._last_worst: dict[str, str] = {}   # active cell -> its latest named symptom
         self.windows = 0
+
+    @property
+    def baselines(self) -> int:
+        """Baseline accumulators of the cell and region detectors (see HotspotDetector.baselines)."""
+        return self.cell_detector.baselines + self.region_detector.baselines
 
     def process(self, partials: Iterable[Partial]) -> list[Alert]:
         """Run the detectors over merged windows (grouped by window start, oldest first)."""

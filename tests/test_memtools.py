@@ -91,7 +91,8 @@ def test_soak_counters_sum_a_workers_series_and_report_an_unreachable_worker() -
             b'satmon_worker_store_memory_bytes{table="state",kind="memtables"} 2097152.0\n'
             b'satmon_worker_store_memory_bytes{table="model",kind="memtables"} 1048576.0\n'
             b'# TYPE satmon_worker_malloc_bytes gauge\nsatmon_worker_malloc_bytes{kind="free"} 3145728.0\n'
-            b'# TYPE satmon_view_change_log_entries gauge\nsatmon_view_change_log_entries 12.0\n')
+            b'# TYPE satmon_view_change_log_entries gauge\nsatmon_view_change_log_entries 12.0\n'
+            b'# TYPE satmon_worker_hotspot_baselines gauge\nsatmon_worker_hotspot_baselines 640.0\n')
 
     class Metrics(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -108,7 +109,7 @@ def test_soak_counters_sum_a_workers_series_and_report_an_unreachable_worker() -
         assert bench_soak.counters(server.server_address[1]) == (8.0, 2.0)
         assert bench_soak.memory_parts(server.server_address[1]) == {
             "rocksdb_state_memtables_mb": 2.0, "rocksdb_model_memtables_mb": 1.0, "malloc_free_mb": 3.0,
-            "view_change_log_entries": 12.0}
+            "view_change_log_entries": 12.0, "hotspot_baselines": 640.0}
     finally:
         server.shutdown()
     assert bench_soak.counters(1) is None and bench_soak.memory_parts(1) == {}

@@ -426,6 +426,14 @@ def test_open_hot_spot_windows_are_exported(tmp_path: Path) -> None:
     from monitor.agents import MAX_HOLD_MS
 
     assert {m.max_skew_ms for m, _engine in worker.hotspots.stages.values()} == {MAX_HOLD_MS}   # bounded too
+    # the hot-spot baselines the region owners learn are on /metrics too
+    from monitor.hotspots_eval import synthetic_cell_windows
+
+    assert worker.registry.get_sample_value("satmon_worker_hotspot_baselines") == 0
+    _merger, engine = next(iter(worker.hotspots.stages.values()))
+    engine.process(synthetic_cell_windows(n_cells=3, n_windows=30))
+    assert engine.baselines > 0
+    assert worker.registry.get_sample_value("satmon_worker_hotspot_baselines") == engine.baselines
 
 
 def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> None:
