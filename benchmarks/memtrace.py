@@ -42,6 +42,11 @@ def census(big: int = 2000, top: int = 24) -> dict[str, object]:
                 return f"{type(owner).__qualname__}.{k}"
         return type(owner).__qualname__
 
+    # The worker freezes what it built at start-up (``gc.freeze``): neither ``get_objects`` nor
+    # ``get_referrers`` sees the permanent generation, so a holder built then would go unnamed.
+    # Unfrozen once, here: the worker's full collections traverse those objects again (slower,
+    # not a product setting).
+    gc.unfreeze()
     objs = gc.get_objects()
     by_type = Counter(type(o).__qualname__ for o in objs)
     large = [o for o in objs if isinstance(o, (dict, list, set, deque)) and len(o) >= big]

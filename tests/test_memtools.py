@@ -121,3 +121,19 @@ def test_resident_memory_splits_into_anonymous_and_file_backed() -> None:
     split = bench_soak.rss_split_mb(os.getpid())
     assert abs(split["rssanon_mb"] + split["rssfile_mb"] - bench_soak.rss_mb(os.getpid())) < 5
     assert bench_soak.rss_split_mb(2**22 + 1) == {}
+
+
+def test_census_sees_holders_the_worker_froze_at_start_up() -> None:
+    # the worker calls gc.freeze() once built: the census must still name what holds a container
+    import gc
+
+    import memtrace
+
+    holder = Holder()
+    gc.freeze()
+    try:
+        holder.backlog.update((i, [i]) for i in range(5_000))
+        rows = [r for r in memtrace.census()["large"] if r["len"] == 5_000]
+    finally:
+        gc.unfreeze()
+    assert rows and "Holder.backlog" in rows[0]["held_by"]
