@@ -38,6 +38,7 @@ and ``SatmonDataDrift`` from an optional :class:`monitor.drift.DataDriftMonitor`
 from __future__ import annotations
 
 import dataclasses
+from array import array
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -157,6 +158,24 @@ class _Stat:
             setattr(self, s, v)
 
 
+#: per metric of a key: EW sums (numerator, expected denominator) for each hour of day, in one
+#: array of doubles -- all 24 hours from the first window that teaches the metric
+_NO_HOURS = array("d", bytes(8 * 2 * 24))
+
+
+def _hours_from_stats(hours: dict) -> dict[str, array]:
+    """Hour baselines of a checkpoint written when each (metric, hour) was its own ``_Stat``."""
+    out: dict[str, array] = {}
+    for key, st in hours.items():
+        if isinstance(key, tuple):
+            name, hour = key
+            sums = out.setdefault(name, array("d", _NO_HOURS))
+            sums[2 * hour], sums[2 * hour + 1] = st.num, st.den
+        else:
+            out[key] = st
+    return out
+
+
 class _Key:
     __slots__ = ("stats", "hours", "bad_streak", "good_streak", "missing", "active", "since_ms",
                  "first_bad_ms", "first_good_ms", "severity", "last_ms", "windows", "cusum", "seen",
@@ -168,7 +187,7 @@ class _Key:
         self.cusum_since_ms: int | None = None  # first window of the current run of evidence
         self.raw: dict[str, list[float]] = {}  # per sequential metric: EW sums [numerator, denominator]
         self.stats: dict[str, _Stat] = {}
-        self.hours: dict[tuple[str, int], _Stat] = {}
+        self.hours: dict[str, array] = {}   # metric -> [num, den] x 24 hours of day
         self.bad_streak = self.good_streak = self.missing = 0
         self.active = False
         self.since_ms: int | None = None
@@ -184,6 +203,7 @@ class _Key:
     def __setstate__(self, state: tuple) -> None:
         for s, v in zip(self.__slots__, state):
             setattr(self, s, v)
+        self.hours = _hours_from_stats(self.hours)
 
 
 class HotspotDetector:
@@ -296,10 +316,10 @@ class HotspotDetector:
                 factor = (st.num + c) / (st.den + c) if st.den + c > 0 else 1.0
                 cp = 5.0
                 phi = (st.phi + cp * phi) / (st.phi_w + cp)
-                hs = key.hours.get((m.name, hour))
-                if hs is not None:
+                hs = key.hours.get(m.name)
+                if hs is not None and hs[2 * hour + 1] > 0:
                     ch = self.hour_prior_weight * rate
-                    factor = (hs.num + ch * factor) / (hs.den + ch) if hs.den + ch > 0 else factor
+                    factor = (hs[2 * hour] + ch * factor) / (hs[2 * hour + 1] + ch)
         mu = rate * factor
         return mu, phi * mu * mu + (self.rel_floor * mu) ** 2 + m.floor ** 2
 
@@ -609,9 +629,11 @@ class HotspotDetector:
                     self._cv2[m.name] = within if prev is None else 0.99 * prev + 0.01 * within
                 st.num = lam_k * st.num + num
                 st.den = lam_k * st.den + den * rate
-                hs = k.hours.setdefault((m.name, hour), _Stat())
-                hs.num = lam_k * hs.num + num
-                hs.den = lam_k * hs.den + den * rate
+                hs = k.hours.get(m.name)
+                if hs is None:
+                    hs = k.hours[m.name] = array("d", _NO_HOURS)
+                hs[2 * hour] = lam_k * hs[2 * hour] + num
+                hs[2 * hour + 1] = lam_k * hs[2 * hour + 1] + den * rate
         for m in self.metrics:
             g = self._global[m.name]
             if m.kind == "level":
@@ -649,9 +671,9 @@ class HotspotDetector:
 
     @property
     def baselines(self) -> int:
-        """Baseline accumulators held (per key: one per metric, one per metric and hour of day).
-        Bounded by keys x metrics x 25; a sparse key's hours fill only as its traffic reaches
-        the support a metric needs in that hour, so the bound can take simulated days to fill."""
+        """Baseline accumulators held: per key, one per metric and one array of the 24 hours of
+        day per metric -- at most keys x metrics x 2, each allocated by the first window that
+        teaches the key that metric (not hour by hour)."""
         return sum(len(k.stats) + len(k.hours) for k in self._keys.values())
 
     def is_active(self, key: str) -> bool:

@@ -203,21 +203,36 @@ def test_replay_over_events_across_partitions_detects_the_outage():
     assert results[0] == results[1]      # the partition split does not change a single alert
 
 
-def test_baselines_are_bounded_by_keys_metrics_and_hours_of_day():
-    # per key: one accumulator per metric and one per metric and hour of day. A sparse metric's
-    # hour fills only once a window of that hour has the support it needs, so the bound can take
-    # simulated days to reach: the soak reads this gauge to tell a bound still filling from a leak
+def test_baselines_are_bounded_by_keys_and_metrics_and_full_from_the_first_day():
+    # per key and metric: one accumulator and one array of 24 hours of day. Allocated hour by hour,
+    # a sparse metric's hours filled only as windows of that hour reached its support, so the bound
+    # took simulated days to reach (the soak's heap snapshots: linear growth for 45 minutes)
     det = HotspotDetector(warmup_windows=5)
-    step = 10 * W                                       # 6 windows an hour, 4 days
-    wins = list(group_by_window(synthetic_cell_windows(n_cells=4, n_windows=4 * 24 * 6, width_ms=step,
+    step = 10 * W                                       # 6 windows an hour, 3 days
+    wins = list(group_by_window(synthetic_cell_windows(n_cells=4, n_windows=3 * 24 * 6, width_ms=step,
                                                        incidents=[], seed=3)))
-    bound = 4 * len(CELL_METRICS) * 25
     held = []
     for i, (start, ws) in enumerate(wins, 1):
         det.step(start, {p.cell_id: cell_observation(p) for p in ws})
         if i % (24 * 6) == 0:
             held.append(det.baselines)
-    assert held == sorted(held) and held[-1] <= bound
-    assert held[0] >= 0.9 * held[-1] and held[-1] - held[-2] <= held[1] - held[0]   # filling, slower each day
+    assert held == [held[0]] * 3 and 4 * 2 <= held[0] <= 4 * len(CELL_METRICS) * 2
     engine = HotspotEngine(cell_detector=det)
-    assert engine.baselines == held[-1] + engine.region_detector.baselines
+    assert engine.baselines == held[0] + engine.region_detector.baselines
+
+
+def test_hour_baselines_of_an_older_checkpoint_load_into_the_arrays():
+    # checkpoints written when every (metric, hour) was its own _Stat load with the same sums
+    from monitor.hotspots import _Key, _Stat
+
+    key = _Key()
+    old = _Stat()
+    old.num, old.den = 3.5, 70.0
+    state = list(key.__getstate__())
+    state[_Key.__slots__.index("hours")] = {("drop_rate", 7): old}
+    back = _Key.__new__(_Key)
+    back.__setstate__(tuple(state))
+    sums = back.hours["drop_rate"]
+    assert (sums[14], sums[15]) == (3.5, 70.0) and sum(sums) == 73.5
+    again = pickle.loads(pickle.dumps(back))
+    assert list(again.hours["drop_rate"]) == list(sums)
