@@ -261,7 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     # the view's bounds: its change log is full once it was first trimmed (it drops by half)
     log = [(s["events"], s.get("view_change_log_entries")) for s in samples]
     trimmed_at = next((e for (_, a), (e, b) in zip(log, log[1:]) if a is not None and b is not None and b < a), None)
+    # thirds of the run after the warm-up: a leak rises third by third; a bound still being reached
+    # (records per batch as the embedded broker slows) moves with its cause
+    def thirds(key: str) -> list[float | None]:
+        parts = [warm[i * len(warm) // 3:(i + 1) * len(warm) // 3] for i in range(3)]
+        return [round(sum(v) / len(v), 1) if (v := [x[key] for x in part if x.get(key) is not None]) else None
+                for part in parts]
+
+    blocks = [(s["events"] / 1e6, s["python_blocks"]) for s in warm if s.get("python_blocks") is not None]
     result = {
+        "rss_thirds_mb": thirds("worker_rss_mb"), "records_per_batch_thirds": thirds("records_per_batch"),
+        "python_blocks_thirds": thirds("python_blocks"),
+        "python_blocks_per_million_events": round(slope(*zip(*blocks))) if len(blocks) > 1 else None,
+        "hotspot_baselines_thirds": thirds("hotspot_baselines"),
         "minutes": args.minutes, "rate": args.rate, "subscribers": args.subscribers,
         "partitions": args.partitions, "events": samples[-1]["events"] if samples else 0,
         "rss_after_warmup_mb": rss[0] if rss else None, "rss_end_mb": rss[-1] if rss else None,
@@ -286,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: the outreach view's change log (bounded per partition) was still filling after the warm-up "
               f"(first trimmed at {trimmed_at or 'never'} events): part of the slope is that bound being reached")
     print("by part (MB per million events): " + ", ".join(f"{k[:-3]} {v:+.2f}" for k, v in part_slopes.items()))
+    print(f"by thirds after the warm-up: RSS {result['rss_thirds_mb']} MB, records per batch "
+          f"{result['records_per_batch_thirds']}, Python blocks {result['python_blocks_thirds']} "
+          f"({result['python_blocks_per_million_events']} per million events), hot-spot baselines "
+          f"{result['hotspot_baselines_thirds']}")
     t = result.get("trace", {})
     if "samples" in t:
         a, b = t["samples"][int(t["from"])], t["samples"][-1]
