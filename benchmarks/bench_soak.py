@@ -87,6 +87,11 @@ def memory_parts(port: int) -> dict[str, float]:
             # hot-spot windows held open (a backlog holds closing back): a count, not MB
             for s in family.samples:
                 out[f"window_cells_open_{s.labels['side']}"] = s.value
+        elif family.name == "python_gc_collections":
+            # the worker raises the cyclic collector's thresholds: how often each generation still runs
+            for s in family.samples:
+                if s.name.endswith("_total"):
+                    out[f"gc_collections_gen{s.labels['generation']}"] = s.value
         elif family.name in ("satmon_worker_hotspot_baselines", "satmon_view_subscribers"):
             # bounded counts that take a long time to fill: hour-of-day baselines of sparse cells
             out[family.name.removeprefix("satmon_worker_").removeprefix("satmon_")] = family.samples[0].value

@@ -189,6 +189,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("checkpoint_interval_s", _positive_float, "30", "How often the risk model is checkpointed"),
     Option("malloc_trim_s", _non_negative_float, "30", "How often a worker hands freed heap memory back to the "
            "OS (glibc malloc_trim, with at most 2 malloc arenas); 0 leaves the allocator alone"),
+    Option("gc_full_s", _non_negative_float, "600", "How often a worker runs a full cyclic garbage collection: its "
+           "collector's thresholds are raised for speed, so a reference cycle that outlived a young collection "
+           "would otherwise wait for hours; 0 never"),
     Option("pseudonymise", _parse_bool, "true", "Replace subscriber ids by a keyed hash at ingest"),
     Option("pseudonym_key_file", _optional_str, "", "File holding the secret key for pseudonymisation (else SATMON_PSEUDONYM_KEY)"),
     Option("tokens_file", _optional_str, "", "JSON file of API tokens and roles (else SATMON_API_TOKENS)"),
@@ -225,6 +228,7 @@ class Settings:
     state_ttl_days: float
     checkpoint_interval_s: float
     malloc_trim_s: float
+    gc_full_s: float
     pseudonymise: bool
     pseudonym_key_file: str | None
     tokens_file: str | None

@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, GCCollector, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import monitor
@@ -229,6 +229,9 @@ class Metrics:
         r = registry
         if process_metrics:
             ProcessCollector(registry=r)
+            # python_gc_collections_total{generation}: the worker raises the collector's thresholds
+            # (monitor.fastpath.GC_THRESHOLDS), so how often each generation is still collected shows
+            GCCollector(registry=r)
 
         # -- worker ------------------------------------------------------------------------------
         self.worker_info = Gauge("satmon_worker_info", "Always 1: this worker's version and id",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from monitor.fastpath import Outputs, fetch_highwaters
+from monitor.fastpath import GC_THRESHOLDS, Outputs, fetch_highwaters
 from conftest import PARTITIONS, Broker, committed_offsets, produce, read_topic, run
 from test_worker import valid_records
 
@@ -418,3 +418,31 @@ def test_a_new_owner_commits_what_the_previous_owner_acknowledged(tmp_path: Path
     calls, taken = asyncio.run(scenario())
     assert calls == [{TP("care-tickets", 1): 1, TP("network-events", 1): 40}]
     assert taken == 2
+
+
+def test_a_cycle_that_outlived_young_collections_waits_for_the_full_collection() -> None:
+    """The worker's raised GC thresholds leave the oldest generation uncollected in steady state: a
+    reference cycle promoted there (an HTTP connection's transport and protocol, in the soak) is
+    freed only by the timed full collection (``gc_full_s``)."""
+    import gc
+    import weakref
+
+    from monitor.app import full_collection
+
+    class Node:
+        pass
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(*GC_THRESHOLDS)
+        a, b = Node(), Node()
+        a.peer, b.peer = b, a
+        alive = weakref.ref(a)
+        gc.collect(1)                      # alive through the young collections: promoted to the oldest
+        del a, b                           # ...where it becomes garbage
+        gc.collect(0)
+        gc.collect(1)
+        assert alive() is not None         # the young collections do not see it
+        assert full_collection() >= 0 and alive() is None
+    finally:
+        gc.set_threshold(*saved)

@@ -389,6 +389,11 @@ def test_view_size_is_exported(tmp_path: Path) -> None:
     assert get("satmon_view_change_log_entries") == 60
     assert get("satmon_view_records_applied_total") == 60
     assert get("satmon_outreach_records_trimmed_total") == 0   # the outreach store's bound, exported
+    import gc
+
+    before = worker.registry.get_sample_value("python_gc_collections_total", {"generation": "2"})
+    gc.collect()
+    assert worker.registry.get_sample_value("python_gc_collections_total", {"generation": "2"}) == before + 1
 
 
 def test_open_hot_spot_windows_are_exported(tmp_path: Path) -> None:
