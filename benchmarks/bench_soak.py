@@ -125,6 +125,23 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
 
 
+def slope_at_fixed_batch(samples: list[dict[str, float]]) -> dict[str, float] | None:
+    """Resident memory regressed on events *and* records per batch: the embedded broker slows as it
+    fills, batches grow (towards ``broker_max_poll_records``) and so does the transient high-water
+    mark of each batch. The first coefficient is the growth per million events a worker would show at
+    an unchanged batch size, the second what each extra 100 records per batch costs."""
+    import numpy as np
+
+    rows = [(s["events"] / 1e6, s["records_per_batch"], s["worker_rss_mb"]) for s in samples
+            if s.get("records_per_batch") is not None]
+    if len(rows) < 4:
+        return None
+    x = np.array([[1.0, e, b / 100] for e, b, _ in rows])
+    y = np.array([r for _, _, r in rows])
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return {"mb_per_million_events": round(float(coef[1]), 2), "mb_per_100_records_per_batch": round(float(coef[2]), 2)}
+
+
 def trace_report(trace_dir: Path, warmup: float, top: int = 25) -> dict[str, object]:
     """What ``memtrace.py`` wrote, from the end of the warm-up to the last sample: resident memory
     against pymalloc's arenas and live bytes (and tracemalloc's total, when tracing); the source
@@ -277,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "rss_thirds_mb": thirds("worker_rss_mb"), "records_per_batch_thirds": thirds("records_per_batch"),
         "python_blocks_thirds": thirds("python_blocks"),
+        "slope_at_fixed_batch": slope_at_fixed_batch(warm),
         "python_blocks_per_million_events": round(slope(*zip(*blocks))) if len(blocks) > 1 else None,
         "hotspot_baselines_thirds": thirds("hotspot_baselines"),
         "minutes": args.minutes, "rate": args.rate, "subscribers": args.subscribers,
@@ -307,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['records_per_batch_thirds']}, Python blocks {result['python_blocks_thirds']} "
           f"({result['python_blocks_per_million_events']} per million events), hot-spot baselines "
           f"{result['hotspot_baselines_thirds']}")
+    if result["slope_at_fixed_batch"]:
+        f = result["slope_at_fixed_batch"]
+        print(f"at a fixed batch size: {f['mb_per_million_events']:+.2f} MB per million events "
+              f"({f['mb_per_100_records_per_batch']:+.2f} MB per 100 more records per batch)")
     t = result.get("trace", {})
     if "samples" in t:
         a, b = t["samples"][int(t["from"])], t["samples"][-1]

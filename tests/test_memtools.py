@@ -137,3 +137,16 @@ def test_census_sees_holders_the_worker_froze_at_start_up() -> None:
     finally:
         gc.unfreeze()
     assert rows and "Holder.backlog" in rows[0]["held_by"]
+
+
+def test_slope_at_a_fixed_batch_size_separates_growing_batches_from_growth_per_event() -> None:
+    # a worker whose memory only follows its batch size (the broker slowing) is flat per event;
+    # one that also grows per event shows it, whatever the batches do
+    rows = [{"events": i * 1e5, "records_per_batch": 100 + 40 * i + (i % 3) * 50} for i in range(30)]
+    flat = [r | {"worker_rss_mb": 250 + 1.5 * r["records_per_batch"] / 100} for r in rows]
+    leak = [r | {"worker_rss_mb": s["worker_rss_mb"] + 4.0 * r["events"] / 1e6} for r, s in zip(rows, flat)]
+    assert bench_soak.slope([r["events"] / 1e6 for r in flat], [r["worker_rss_mb"] for r in flat]) > 5
+    fixed = bench_soak.slope_at_fixed_batch(flat)
+    assert abs(fixed["mb_per_million_events"]) < 0.01 and abs(fixed["mb_per_100_records_per_batch"] - 1.5) < 0.01
+    assert abs(bench_soak.slope_at_fixed_batch(leak)["mb_per_million_events"] - 4.0) < 0.01
+    assert bench_soak.slope_at_fixed_batch(flat[:3]) is None
