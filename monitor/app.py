@@ -171,8 +171,8 @@ class _PipelineCollector:
             yield CounterMetricFamily("satmon_worker_alerts", "alert.v1 records emitted by the hot-spot engine",
                                       value=h.alerts_out)
             yield GaugeMetricFamily("satmon_worker_hotspot_baselines",
-                                    "Hot-spot baseline accumulators held (per cell and region: per metric, and per "
-                                    "metric and hour of day; bounded, fills as cells reach support in every hour)",
+                                    "Hot-spot baseline accumulators held (per cell and region: one per metric and one "
+                                    "24-hour array per metric; at most keys x metrics x 2)",
                                     value=sum(e.baselines for _m, e in list(h.stages.values())))
             yield CounterMetricFamily("satmon_worker_window_late_partials",
                                       "Cell-window partials that arrived after their window was merged (left out)",
