@@ -38,8 +38,8 @@ and ``SatmonDataDrift`` from an optional :class:`monitor.drift.DataDriftMonitor`
 from __future__ import annotations
 
 import dataclasses
-from array import array
 import math
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
