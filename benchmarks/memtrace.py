@@ -47,8 +47,16 @@ def census(big: int = 2000, top: int = 24) -> dict[str, object]:
     # Unfrozen once, here: the worker's full collections traverse those objects again (slower,
     # not a product setting).
     gc.unfreeze()
+    # Counted right after a full collection, so that two samples compare live objects, not how
+    # much garbage happened to wait for the next collection.
+    garbage = gc.collect()
     objs = gc.get_objects()
-    by_type = Counter(type(o).__qualname__ for o in objs)
+    by_type: Counter[str] = Counter()
+    bytes_by_type: Counter[str] = Counter()
+    for o in objs:
+        name = type(o).__qualname__
+        by_type[name] += 1
+        bytes_by_type[name] += sys.getsizeof(o)
     large = [o for o in objs if isinstance(o, (dict, list, set, deque)) and len(o) >= big]
     large = sorted(large, key=len, reverse=True)[:top]   # each holder lookup scans every object
     rows = []
@@ -70,7 +78,8 @@ def census(big: int = 2000, top: int = 24) -> dict[str, object]:
                 holders.add(type(r).__qualname__)
         rows.append({"type": type(o).__qualname__, "len": len(o), "held_by": sorted(holders)[:4]})
     del objs, large
-    return {"by_type": dict(by_type.most_common(80)), "large": rows}
+    return {"collected": garbage, "by_type": dict(by_type), "bytes_by_type": dict(bytes_by_type.most_common(80)),
+            "large": rows}
 
 
 _PYMALLOC = {"# arenas allocated current": "arenas", "# arenas highwater mark": "arenas_highwater",

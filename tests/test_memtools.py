@@ -63,8 +63,31 @@ def test_census_names_the_container_that_grew_and_what_holds_it(tmp_path: Path) 
     assert grown["type"] == "dict" and (grown["len_before"], grown["len"]) == (2_600, 9_000)
     assert "Holder.backlog" in grown["held_by"]
     assert report["types_grown"]["list"] >= 6_400
+    assert report["type_bytes_grown_kb"]["list"] >= 6_400 * 56 / 1024   # an empty list's header, each
     first, last = report["samples"][1], report["samples"][2]
     assert last["pymalloc_arenas"] >= 1 and last["pymalloc_live_bytes_mb"] > first["pymalloc_live_bytes_mb"]
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_census_counts_live_objects_not_garbage_waiting_for_a_collection() -> None:
+    import gc
+
+    import memtrace
+
+    gc.disable()   # as between the worker's rare collections: cycles wait as garbage
+    try:
+        for _ in range(3_000):
+            Cycle()
+        kept = [Cycle() for _ in range(100)]
+        counted = memtrace.census()
+    finally:
+        gc.enable()
+    assert counted["by_type"]["Cycle"] == len(kept)
+    assert counted["collected"] >= 3_000
 
 
 def test_view_measured_per_subscriber_with_the_change_log_apart() -> None:
