@@ -75,10 +75,10 @@ BROKER_SETTINGS: dict[str, Any] = {
     "broker_rebalance_timeout": 3,
     "processing_guarantee": "at_least_once",  # Tansu fails InitProducerId: no idempotence
     "broker_commit_interval": 1.0,     # bounds the at-least-once replay window
-    "broker_max_poll_records": 2000,   # records per getmany = per fast-path batch
     "producer_max_batch_size": 256 * 1024,
     "producer_linger": 0.0,
-    # standbys: the standby_replicas setting (default 0, see docs/WORKER.md for the measured cost)
+    # standbys: the standby_replicas setting (default 0, see docs/WORKER.md for the measured cost);
+    # records per getmany (= per fast-path batch): the max_poll_records setting (default 2000)
     "recovery_consistency_check": True,
     "consumer_auto_offset_reset": "earliest",
     "stream_wait_empty": True,
@@ -295,7 +295,8 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     worker_id = settings.worker_id or _default_worker_id()
     datadir = Path(settings.data_dir) / "worker" / worker_id
     datadir.mkdir(parents=True, exist_ok=True)
-    options = {**BROKER_SETTINGS, "table_standby_replicas": settings.standby_replicas, **faust_overrides}
+    options = {**BROKER_SETTINGS, "table_standby_replicas": settings.standby_replicas,
+               "broker_max_poll_records": settings.max_poll_records, **faust_overrides}
     app = SatmonApp(
         app_id,
         broker=settings.broker,

@@ -189,6 +189,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("checkpoint_interval_s", _positive_float, "30", "How often the risk model is checkpointed"),
     Option("malloc_trim_s", _non_negative_float, "30", "How often a worker hands freed heap memory back to the "
            "OS (glibc malloc_trim, with at most 2 malloc arenas); 0 leaves the allocator alone"),
+    Option("max_poll_records", _positive_int, "2000", "Input records a worker takes from the broker per batch: "
+           "bounds one batch's memory and latency (a worker catching up takes full batches)"),
     Option("gc_full_s", _non_negative_float, "600", "How often a worker runs a full cyclic garbage collection: its "
            "collector's thresholds are raised for speed, so a reference cycle that outlived a young collection "
            "would otherwise wait for hours; 0 never"),
@@ -228,6 +230,7 @@ class Settings:
     state_ttl_days: float
     checkpoint_interval_s: float
     malloc_trim_s: float
+    max_poll_records: int
     gc_full_s: float
     pseudonymise: bool
     pseudonym_key_file: str | None

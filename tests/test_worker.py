@@ -506,3 +506,18 @@ def test_labels_feed_model_quality_metrics(broker: Broker, workers: Any, tmp_pat
     assert any(k.startswith("satmon_model_log_loss") and v > 0 for k, v in m.items())
     assert not any("sub-" in k for k in m)
     assert w.stop() == 0
+
+
+def test_the_batch_bound_is_the_max_poll_records_setting(tmp_path: Path) -> None:
+    """``max_poll_records`` bounds what one getmany hands the fast path (Faust passes it to aiokafka's
+    consumer): the soak pins it below what arrives per fetch so that batches keep one size."""
+    from monitor.app import build_worker
+    from monitor.config import load
+
+    def bound(**over: str) -> int:
+        worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), pseudonymise="false",
+                                   **over), api=False)
+        return worker.app.conf.broker_max_poll_records
+
+    assert bound() == 2000
+    assert bound(max_poll_records="400") == 400
