@@ -70,6 +70,32 @@ def test_store_keeps_a_bounded_newest_history_per_subscriber_and_still_recognise
     assert not store.is_dnc("p1")
 
 
+def test_a_full_outcome_history_costs_about_16_bytes_per_outcome():
+    # kept as (ts, event, record id) tuples they took ~190 bytes each: ~12 KB per subscriber at the
+    # bound of 64, a bound the soaks saw filling for as long as they ran
+    import tracemalloc
+
+    records = [outcome(f"p{s}", T0 + i * 60_000, ("complaint", "detractor")[i % 2]) for s in range(200)
+               for i in range(64)]
+    store = OutreachStore()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for r in records:
+            assert store.apply(r)
+        per_subscriber = (tracemalloc.get_traced_memory()[0] - before) / 200
+    finally:
+        tracemalloc.stop()
+    assert per_subscriber < 64 * 16 + 400   # the pairs, the array and dict slot, the id key is shared
+    assert store.outcomes("p3")[:2] == [(T0, "complaint"), (T0 + 60_000, "detractor")]
+    assert len(store.outcomes("p3")) == 64 and store.trimmed == 0
+    assert not store.apply(records[64 + 5])                               # a copy, recognised by its id hash
+    # the time is packed with the kind into 64 bits: a record out of range is refused at decoding,
+    # where the outreach feeder counts it as invalid, not when the store packs it
+    with pytest.raises(msgspec.ValidationError, match="ts_ms"):
+        decode_record(encode_record(outcome("p1", T0, "complaint")).replace(str(T0).encode(), str(1 << 62).encode()))
+
+
 def test_latest_consent_wins_in_any_order_and_opt_out_sets_dnc():
     store = OutreachStore()
     store.apply(consent("p1", T0 + 10, False))
