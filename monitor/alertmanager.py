@@ -113,6 +113,7 @@ class AlertmanagerClient:
         self.clock = clock
         self._rng = random.Random(seed)
         self._pending: OrderedDict[str, Alert] = OrderedDict()
+        self._in_flight = 0   # alerts of the POST under way: popped from _pending, not yet delivered
         self._firing: dict[str, Alert] = {}
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -146,7 +147,9 @@ class AlertmanagerClient:
 
     @property
     def queued(self) -> int:
-        return len(self._pending)
+        """Alert states not yet accepted by Alertmanager: waiting, plus those of the POST under way
+        (a caller that waits for ``queued == 0`` has seen every state delivered)."""
+        return len(self._pending) + self._in_flight
 
     @property
     def firing(self) -> list[Alert]:
@@ -176,7 +179,7 @@ class AlertmanagerClient:
         if self._task is None:
             return
         deadline = time.monotonic() + flush_timeout_s
-        while self._pending and time.monotonic() < deadline and self._attempt == 0:
+        while self.queued and time.monotonic() < deadline and self._attempt == 0:
             await asyncio.sleep(0.02)
         for task in (self._resend_task, self._task):
             if task is not None:
@@ -213,7 +216,11 @@ class AlertmanagerClient:
             batch = []
             while self._pending and len(batch) < self.batch_size:
                 batch.append(self._pending.popitem(last=False)[1])
-            outcome = await self._post(batch)
+            self._in_flight = len(batch)
+            try:
+                outcome = await self._post(batch)
+            finally:
+                self._in_flight = 0
             if outcome == "ok":
                 self._attempt = 0
                 self.delivered += len(batch)

@@ -171,6 +171,33 @@ def test_down_alertmanager_never_blocks_then_delivers(tmp_path):
         am.stop()
 
 
+def test_a_post_under_way_counts_as_queued_until_alertmanager_answers(alertmanager):
+    """``queued`` is what Alertmanager has not accepted yet, including the batch of the POST under
+    way: a caller waiting for ``queued == 0`` (``stop`` flushing, a test reading Alertmanager back)
+    must not see 0 while the last states are still on the wire. Alertmanager is SIGSTOPped so that
+    the kernel takes the connection and the answer waits; SIGCONT lets it answer."""
+    import signal
+
+    async def main():
+        client = AlertmanagerClient(alertmanager.url, timeout_s=30, resend_interval_s=60)
+        await client.start()
+        lc = AlertLifecycle()
+        alertmanager.proc.send_signal(signal.SIGSTOP)
+        try:
+            client.notify(lc.fire("SatmonHotSpotActive", {"cell_id": "c-held", "region": "r"}, ts_ms=T0,
+                                  severity="warning", summary="s", description="d"))
+            await asyncio.sleep(0.5)                  # the sender has taken it and is waiting for the answer
+            assert client.queued == 1 and client.delivered == 0 and client.failures == 0
+        finally:
+            alertmanager.proc.send_signal(signal.SIGCONT)
+        await _until(lambda: client.queued == 0, timeout=15)
+        assert client.delivered == 1
+        assert len(await asyncio.to_thread(alertmanager.alerts, cell_id="c-held")) == 1
+        await client.stop()
+
+    asyncio.run(main())
+
+
 def test_backoff_grows_exponentially_with_jitter_and_is_capped():
     c = AlertmanagerClient("http://127.0.0.1:9", backoff_initial_s=1, backoff_max_s=10, seed=0)
     delays = [c.backoff_s(n) for n in range(1, 8)]
