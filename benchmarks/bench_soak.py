@@ -125,6 +125,22 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
 
 
+def slope_halfwidth(xs: list[float], ys: list[float], z: float = 1.96) -> float | None:
+    """Half-width of the slope's ~95% interval (``z`` standard errors of the least-squares slope,
+    from the scatter around the line): a slope inside its own half-width of zero is one the
+    samples cannot tell from flat. ``None`` with fewer than three points or distinct xs."""
+    n = len(xs)
+    if n < 3:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if not sxx:
+        return None
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    resid = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys))
+    return z * (resid / (n - 2) / sxx) ** 0.5
+
+
 def slope_at_fixed_batch(samples: list[dict[str, float]]) -> dict[str, float] | None:
     """Resident memory regressed on events *and* records per batch: the embedded broker slows as it
     fills, batches grow (towards the ``max_poll_records`` setting) and so does the transient high-water
@@ -285,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = [s["events"] / 1e6 for s in warm]
     rss = [s["worker_rss_mb"] for s in warm]
     per_m = slope(ev, rss)
+    half = slope_halfwidth(ev, rss)
     growth = (rss[-1] - rss[0]) / rss[0] if rss and rss[0] else None
     # where the growth went: the same slope for every part of the worker's memory it reports
     parts = sorted({k for s in warm for k in s if k.endswith("_mb") and k not in ("worker_rss_mb", "broker_rss_mb")})
@@ -313,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_after_warmup_mb": rss[0] if rss else None, "rss_end_mb": rss[-1] if rss else None,
         "rss_max_mb": max(s["worker_rss_mb"] for s in samples) if samples else None,
         "warmup": round(args.warmup, 3), "slope_mb_per_million_events": round(per_m, 2),
+        "slope_95_halfwidth_mb_per_million_events": round(half, 2) if half is not None else None,
         "part_slopes_mb_per_million_events": part_slopes,
         "view_change_log_first_trimmed_at_events": trimmed_at,
         "warmup_ends_at_events": warm[0]["events"] if warm else None,
@@ -327,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(tmp, ignore_errors=True)   # kept (logs, snapshots) only when the run failed
     print(f"soak: {result['events']:,.0f} events in {args.minutes:g} min; worker RSS after warm-up "
           f"{result['rss_after_warmup_mb']} MB, at the end {result['rss_end_mb']} MB, max {result['rss_max_mb']} MB; "
-          f"slope {per_m:+.2f} MB per million events -> {args.out}")
+          f"slope {per_m:+.2f}{f' ± {half:.2f}' if half is not None else ''} MB per million events "
+          f"-> {args.out}")
     if trimmed_at is None or (warm and trimmed_at > warm[0]["events"]):
         print(f"note: the outreach view's change log (bounded per partition) was still filling after the warm-up "
               f"(first trimmed at {trimmed_at or 'never'} events): part of the slope is that bound being reached")

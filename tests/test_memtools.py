@@ -173,3 +173,23 @@ def test_slope_at_a_fixed_batch_size_separates_growing_batches_from_growth_per_e
     assert abs(fixed["mb_per_million_events"]) < 0.01 and abs(fixed["mb_per_100_records_per_batch"] - 1.5) < 0.01
     assert abs(bench_soak.slope_at_fixed_batch(leak)["mb_per_million_events"] - 4.0) < 0.01
     assert bench_soak.slope_at_fixed_batch(flat[:3]) is None
+
+
+def test_the_slope_interval_tells_flat_noise_from_a_slow_rise():
+    """``slope_halfwidth``: a flat series with the soak's sample noise (sd ~4 MB) has a slope inside
+    its interval of zero; the same noise on a rise of 2 MB per million events (the 10k-subscriber soaks' residue),
+    sampled as densely, is told from flat. Fewer than three points give no interval."""
+    import random
+
+    rng = random.Random(7)
+    xs = [5 + 7 * i / 89 for i in range(90)]                     # 90 samples over 7 M events
+    flat = [210 + rng.gauss(0, 4.2) for _ in xs]
+    rise = [200 + 2.0 * x + rng.gauss(0, 4.2) for x in xs]
+    b_flat, h_flat = bench_soak.slope(xs, flat), bench_soak.slope_halfwidth(xs, flat)
+    b_rise, h_rise = bench_soak.slope(xs, rise), bench_soak.slope_halfwidth(xs, rise)
+    assert abs(b_flat) < h_flat < 1.0
+    assert b_rise - h_rise > 0 and abs(b_rise - 2.0) < h_rise
+    exact = [1.0 + 0.5 * x for x in xs]
+    assert bench_soak.slope_halfwidth(xs, exact) < 1e-9
+    assert bench_soak.slope_halfwidth([1, 2], [3, 4]) is None
+    assert bench_soak.slope_halfwidth([1, 1, 1], [1, 2, 3]) is None
