@@ -171,6 +171,10 @@ class SimConfig:
     ``hours=0`` runs until stopped. ``start_ms`` is the event time of the first step (default
     :data:`DEFAULT_START_MS`). ``scenario`` is a name in ``monitor/scenarios``, a path to a YAML
     file or an already parsed mapping. Noise shares are per clean record.
+
+    ``utc_offset_h`` is the subscribers' local time minus UTC, in hours: the diurnal load (trough at
+    04:00, day peak, evening bump) follows local time. The live demo sets it so that the wall clock's
+    *now* is mid-afternoon where its subscribers live, whatever the hour it runs at.
     """
 
     subscribers: int = 20_000
@@ -180,6 +184,7 @@ class SimConfig:
     start_ms: int | None = None
     step_s: float | None = None
     cells: int | None = None
+    utc_offset_h: float = 0.0
     malformed_share: float = 0.001
     duplicate_share: float = 0.002
     late_share: float = 0.003
@@ -194,6 +199,8 @@ class SimConfig:
             problems.append(f"subscribers: expected >= 1, got {self.subscribers}")
         if self.hours < 0 or not math.isfinite(self.hours):
             problems.append(f"hours: expected >= 0 (0 = until stopped), got {self.hours}")
+        if not -24 < self.utc_offset_h < 24:
+            problems.append(f"utc_offset_h: expected -24 < h < 24, got {self.utc_offset_h}")
         if self.step_s is not None and not 0.1 <= self.step_s <= 3600:
             problems.append(f"step_s: expected 1..3600, got {self.step_s}")
         for name in ("malformed_share", "duplicate_share", "late_share"):
@@ -608,7 +615,7 @@ class Simulator:
     def _step(self, t0: int, t1: int) -> Step:
         rng, w = self.rng, self.world
         span = t1 - t0
-        hour = ((t0 + span / 2) / HOUR_MS) % 24
+        hour = ((t0 + span / 2) / HOUR_MS + self.config.utc_offset_h) % 24   # local time of day
         load = _diurnal(hour)
         t_min = (t1 - self.start_ms) / MINUTE_MS
         active = [inc for inc in self.incidents if inc.onset_ms < t1 and (inc.end_ms is None or inc.end_ms > t0)]

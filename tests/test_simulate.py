@@ -146,6 +146,35 @@ def test_generate_yields_keyed_records_matching_the_files(tmp_path):
         assert sorted(by_topic[topic]) == sorted((tmp_path / f"{topic}.jsonl").read_bytes().splitlines())
 
 
+def test_the_daily_load_follows_the_subscribers_local_time():
+    """``utc_offset_h``: the same UTC hour (03:30-04:30, the trough in UTC) carries the day's load
+    when the subscribers live ten hours ahead (13:30-14:30 local); an offset of a day or more, or
+    not a number, is refused."""
+    start = 1_740_972_600_000                     # 2025-03-03T03:30Z
+
+    def network_events(offset_h: float) -> int:
+        cfg = simulate.SimConfig(subscribers=2_000, hours=1, seed=4, scenario="quiet", start_ms=start,
+                                 utc_offset_h=offset_h, malformed_share=0, duplicate_share=0, late_share=0)
+        return sum(1 for topic, _k, _v in simulate.generate(cfg) if topic == "network-events")
+
+    night, day = network_events(0), network_events(10)
+    assert night > 0 and day > 5 * night, (night, day)
+    for bad in (24, -24, float("nan")):
+        with pytest.raises(ConfigError, match="utc_offset_h"):
+            simulate.Simulator(simulate.SimConfig(subscribers=10, hours=1, utc_offset_h=bad))
+
+
+def test_the_demo_puts_its_now_in_the_afternoon_at_any_hour():
+    """``satmon demo`` runs at whatever hour a newcomer starts it; the offset it gives the
+    simulator puts *now* at 15:00-15:59 local, within -12..11 hours of UTC."""
+    from monitor.commands.demo import AFTERNOON, afternoon_offset_h
+
+    for utc_hour in range(24):
+        now_s = 1_740_960_000 + utc_hour * 3600 + 1234       # 2025-03-03T00:00Z + the hour
+        off = afternoon_offset_h(now_s)
+        assert -12 <= off <= 11 and (utc_hour + off) % 24 == AFTERNOON
+
+
 # --- incidents ------------------------------------------------------------------------------------
 
 

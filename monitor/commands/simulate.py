@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the broker takes it, then follow the wall clock")
     parser.add_argument("--step-s", type=float, default=None, help="simulation step in seconds (default 60, less for huge populations; 5 with --start now)")
     parser.add_argument("--cells", type=int, help="number of cells (default ~subscribers/45)")
+    parser.add_argument("--utc-offset-h", type=float, default=0.0,
+                        help="subscribers' local time minus UTC, hours: the daily load curve (trough at 04:00 local) "
+                             "follows local time (default 0)")
     parser.add_argument("--malformed-share", type=float, default=0.001, help="share of malformed records (default 0.001)")
     parser.add_argument("--duplicate-share", type=float, default=0.002, help="share of re-sent duplicates (default 0.002)")
     parser.add_argument("--late-share", type=float, default=0.003, help="share of late records (default 0.003)")
@@ -86,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(["--hours 0 / --loop needs --broker (files would grow without end)"])
     config = simulate.SimConfig(
         subscribers=args.subscribers, hours=hours, seed=args.seed, scenario=args.scenario, start_ms=start_ms,
-        step_s=args.step_s or (5.0 if live else None), cells=args.cells, malformed_share=args.malformed_share,
+        step_s=args.step_s or (5.0 if live else None), cells=args.cells, utc_offset_h=args.utc_offset_h,
+        malformed_share=args.malformed_share,
         duplicate_share=args.duplicate_share, late_share=args.late_share)
     t0 = time.perf_counter()
     if args.broker:
