@@ -136,7 +136,7 @@ def slope_halfwidth(xs: list[float], ys: list[float], z: float = 1.96) -> float 
     sxx = sum((x - mx) ** 2 for x in xs)
     if not sxx:
         return None
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    b = slope(xs, ys)
     resid = sum((y - my - b * (x - mx)) ** 2 for x, y in zip(xs, ys))
     return z * (resid / (n - 2) / sxx) ** 0.5
 
