@@ -37,7 +37,7 @@ from aiohttp import web
 
 from monitor.outreach import CHANNELS, OUTCOMES, OutreachPolicy, OutreachRecord, OutreachStore, effect_report, new_record_id
 from monitor.privacy import AuditLog, Principal, Role, TokenStore, load_key, load_tokens
-from monitor.riskview import CursorExpired, HotspotBoard, RiskView, Version
+from monitor.riskview import CursorExpired, HotspotBoard, RiskView, Version, alert_cell
 
 log = logging.getLogger(__name__)
 
@@ -529,7 +529,7 @@ class _Api:
         _query(request, set())
         out = []
         for a in self.hotspots.active():
-            cell = a.labels["cell"]
+            cell = alert_cell(a) or ""
             out.append({"alert_id": a.alert_id, "cell": cell, "region": a.labels.get("region"), "severity": a.severity,
                         "summary": a.summary, "starts_at_ms": a.starts_at_ms, "updated_at_ms": a.updated_at_ms,
                         "affected": len(self.view.on_cell(cell, since_ms=a.starts_at_ms))})

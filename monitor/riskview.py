@@ -366,18 +366,29 @@ class RiskView:
         return self.apply(decode("risk_score.v1", raw), partition, offset)
 
 
+#: The label naming the cell of a ``hotspot_cell`` alert, as :class:`monitor.hotspots.HotspotEngine`
+#: writes it (the one place readers take it from).
+CELL_LABEL = "cell_id"
+
+
+def alert_cell(alert: Alert) -> str | None:
+    """The cell of a cell hot-spot alert (``None`` for other alerts)."""
+    return alert.labels.get(CELL_LABEL) if alert.kind == "hotspot_cell" else None
+
+
 class HotspotBoard:
     """Active cell hot spots, from ``alert.v1`` records of kind ``hotspot_cell``.
 
     An alert is keyed by ``alert_id``; a record with a lower ``sequence`` than the one held is
-    ignored, ``resolved`` removes it. The cell and region come from the alert's labels.
+    ignored, ``resolved`` removes it. The cell and region come from the alert's labels
+    (:data:`CELL_LABEL`, ``region``).
     """
 
     def __init__(self) -> None:
         self._alerts: dict[str, Alert] = {}
 
     def apply(self, alert: Alert) -> bool:
-        if alert.kind != "hotspot_cell" or "cell" not in alert.labels:
+        if alert_cell(alert) is None:
             return False
         held = self._alerts.get(alert.alert_id)
         if held is not None and alert.sequence < held.sequence:
@@ -397,7 +408,7 @@ class HotspotBoard:
 
     def for_cell(self, cell_id: str) -> Alert | None:
         """The firing hot spot on ``cell_id`` (the earliest started, if several)."""
-        found = [a for a in self._alerts.values() if a.labels.get("cell") == cell_id]
+        found = [a for a in self._alerts.values() if alert_cell(a) == cell_id]
         return min(found, key=lambda a: a.starts_at_ms) if found else None
 
 

@@ -574,7 +574,7 @@ def _ids(env: Env) -> list[str]:
 
 def _alert(cell: str, *, status: str = "firing", seq: int = 0, start: int = T0) -> Alert:
     return Alert(alert_id=f"hs-{cell}", alertname="SatmonHotSpotActive", kind="hotspot_cell", status=status,
-                 severity="warning", labels={"cell": cell, "region": "north"}, summary=f"hot spot on {cell}",
+                 severity="warning", labels={"cell_id": cell, "region": "north"}, summary=f"hot spot on {cell}",
                  description="d", runbook_url="https://runbooks.example/hotspot", starts_at_ms=start,
                  updated_at_ms=start + seq, sequence=seq)
 

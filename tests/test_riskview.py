@@ -8,7 +8,7 @@ import random
 import pytest
 
 from monitor.events import Alert, Reason, RiskScore, encode
-from monitor.riskview import CursorExpired, HotspotBoard, RiskView
+from monitor.riskview import CursorExpired, HotspotBoard, RiskView, alert_cell
 
 T0 = 1_700_000_000_000
 
@@ -220,25 +220,31 @@ def test_on_cell_follows_the_current_cell_and_event_time():
     assert [s for s, _ in view.on_cell("c2")] == ["a", "c"]
 
 
-def alert(cell: str, status: str = "firing", seq: int = 0, start: int = T0, kind: str = "hotspot_cell",
-          alert_id: str | None = None) -> Alert:
-    return Alert(alert_id=alert_id or f"hs-{cell}", alertname="SatmonHotSpotActive", kind=kind, status=status,
-                 severity="warning", labels={"cell": cell, "region": "north"}, summary=f"hot spot on {cell}",
-                 description="d", runbook_url="https://runbooks.example/hotspot", starts_at_ms=start,
-                 updated_at_ms=start + seq, sequence=seq)
+def test_hotspot_board_follows_the_alerts_the_detector_raises():
+    """The board is fed the ``alert.v1`` records the real detector raised on simulated traffic with
+    an injected outage (tests/outage_traffic.py): while the outage lasts it lists exactly the dark
+    cells; an older state of an alert never overwrites a newer one; all are resolved at the end."""
+    from outage_traffic import outage_run
 
-
-def test_hotspot_board_lifecycle():
+    run = outage_run()
     board = HotspotBoard()
-    assert board.apply(alert("c1"))
-    assert not board.apply(alert("c9", kind="data_drift"))
-    assert board.apply(alert("c1", seq=2))
-    assert not board.apply(alert("c1", status="resolved", seq=1))  # older than what we hold
-    assert board.for_cell("c1").sequence == 2
-    assert board.apply_raw(encode(alert("c2", start=T0 + 5)))
-    assert [a.labels["cell"] for a in board.active()] == ["c2", "c1"]
-    assert board.apply(alert("c1", status="resolved", seq=3))
-    assert board.for_cell("c1") is None and len(board.active()) == 1
+    seen_during: set[str] = set()
+    for window_end, a in run.emitted:
+        applied = board.apply_raw(encode(a))
+        assert applied == (a.kind == "hotspot_cell"), a.kind   # region and drift alerts are not hot spots
+        if run.onset_ms + 10 * 60_000 <= window_end <= run.end_ms:
+            seen_during |= {alert_cell(x) for x in board.active()}
+            for x in board.active():
+                assert board.for_cell(alert_cell(x)).alert_id == x.alert_id
+    assert seen_during == run.cells, (seen_during, run.cells)
+    assert board.active() == [] and all(board.for_cell(c) is None for c in run.cells)
+    # a replayed older state of an alert is refused once a newer one is held
+    states = [a for a in run.alerts if a.kind == "hotspot_cell" and a.status == "firing"]
+    first = states[0]
+    newer = [a for a in states if a.alert_id == first.alert_id and a.sequence > first.sequence][0]
+    board = HotspotBoard()
+    assert board.apply(newer) and not board.apply(first)
+    assert board.for_cell(alert_cell(first)).sequence == newer.sequence
 
 
 # --------------------------------------------------------------------------- integration: two workers
@@ -276,7 +282,10 @@ def test_two_workers_views_from_a_real_broker_give_the_same_complete_list(tmp_pa
             for i in range(n):
                 rec = score(f"s{i:03d}", round(rng.random(), 3), region=rng.choice(["north", "south"]))
                 await producer.send(RISK_SCORES_TOPIC, encode(rec), key=rec.subscriber_id.encode(), partition=i % 4)
-            await producer.send_and_wait(ALERTS_TOPIC, encode(alert("c1")), key=b"hs-c1")
+            from outage_traffic import outage_run
+
+            hot = next(x for x in outage_run().alerts if x.kind == "hotspot_cell")  # raised by the detector
+            await producer.send_and_wait(ALERTS_TOPIC, encode(hot), key=hot.alert_id.encode())
             tokens = TokenStore.from_json('{"ana": {"token": "outreach-token-0123456789", "role": "outreach"}}')
             auth = {"Authorization": "Bearer outreach-token-0123456789"}
             workers = []
@@ -318,7 +327,7 @@ def test_two_workers_views_from_a_real_broker_give_the_same_complete_list(tmp_pa
                 # Hot spot from the alerts topic, visible on both.
                 for _, _, client in workers:
                     hs = await (await client.get("/api/v1/hotspots", headers=auth)).json()
-                    assert [h["cell"] for h in hs["hotspots"]] == ["c1"]
+                    assert [h["cell"] for h in hs["hotspots"]] == [alert_cell(hot)]
                 # Contact through A is published and suppresses on B.
                 top = lists[0][0]
                 resp = await a_client.post("/api/v1/outreach", json={"subscriber_id": top, "channel": "call",
