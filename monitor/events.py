@@ -182,6 +182,25 @@ class Alert(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     details: dict[str, Any] | None = None
 
 
+class Incident(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``incident.v1``: one state change of an incident -- cells of one region degrading together
+    (topic ``incidents``, key ``incident_id``; built by :class:`monitor.incidents.IncidentTracker`)."""
+
+    incident_id: Annotated[str, msgspec.Meta(min_length=1)]
+    status: Literal["firing", "resolved"]
+    severity: Literal["info", "warning", "critical"]
+    region: str
+    cells: Annotated[list[str], msgspec.Meta(max_length=10_000)]
+    kpis: Annotated[list[str], msgspec.Meta(max_length=64)]
+    affected_subscribers: Annotated[int, msgspec.Meta(ge=0)]
+    alert_ids: Annotated[list[str], msgspec.Meta(max_length=10_000)]
+    summary: str
+    started_at_ms: int
+    updated_at_ms: int
+    sequence: Annotated[int, msgspec.Meta(ge=0)]
+    ended_at_ms: int | None = None
+
+
 class DeadLetter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``dead_letter.v1``: an input record that failed decoding, with its original bytes."""
 
@@ -208,6 +227,7 @@ RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
     "app_event.v1": AppEvent,
     "risk_score.v1": RiskScore,
     "alert.v1": Alert,
+    "incident.v1": Incident,
     "dead_letter.v1": DeadLetter,
 }
 
