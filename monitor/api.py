@@ -12,12 +12,22 @@ may see (:class:`~monitor.privacy.Role`). Reads of subscriber rows and every wri
 the audit log -- and fsync'd -- *before* the response leaves. Errors are JSON
 ``{"error": code, "detail": text}`` with a 4xx/5xx status; each token has a token bucket (429 with
 ``Retry-After`` when empty).
+
+Closed by default: a route under ``/api/`` without a :func:`_roles` mark is refused (403) to
+every role, and the worker's non-API routes are an explicit allow-list (:data:`PUBLIC_ROUTES`,
+checked by ``tests/test_security.py`` over the worker's real router). The work of a request --
+reading the view, building rows, serialising -- runs in a small thread pool under one global
+concurrency budget (``api_max_concurrency``), never on the event loop that processes the streams;
+the loop only parses, authenticates and writes bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import collections
+import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -25,12 +35,14 @@ import io
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 import orjson
 from aiohttp import web
@@ -48,9 +60,33 @@ API = "/api/v1"
 DAY_MS = 86_400_000
 _SUBSCRIBER_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 _LABEL = re.compile(r"^[A-Za-z0-9_.:\- ]{1,64}$")
-# Unauthenticated failures allowed per client address before 429 (slows down token guessing).
+# ASCII digits only (str.isdigit() and int() accept "٥٥" as 55), short enough to convert cheaply.
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+#: the latest instant a time parameter may name (2100-01-01, the input schemas' bound)
+MAX_TIME_MS = 4_102_444_800_000
+# Failed authentications allowed per client address before it is locked out (429, checked before
+# the token is even looked at), and for all addresses together (a guesser rotating addresses):
+# the global budget only stops addresses that have not logged in successfully lately.
 AUTH_FAILURE_BURST = 20
 AUTH_FAILURE_RATE_PER_S = 0.2
+AUTH_GLOBAL_FAILURE_BURST = 200
+AUTH_GLOBAL_FAILURE_RATE_PER_S = 2.0
+#: client addresses tracked (failure buckets, recent successes); the table is pruned beyond this
+MAX_TRACKED_ADDRESSES = 10_000
+#: an address that authenticated within this long is not held back by the global failure budget
+TRUSTED_ADDRESS_S = 3600.0
+#: why a do-not-contact may be lifted (codes, not free text: free text attracts personal data)
+LIFT_REASONS = ("subscriber_request", "recorded_in_error", "consent_system_sync")
+#: routes outside /api/ that answer without a token, by design (canonical path -> why)
+PUBLIC_ROUTES: dict[str, str] = {
+    "/metrics": "Prometheus scrape: aggregates only, never a subscriber id in a label",
+    "/healthz": "liveness: status and worker name",
+    "/readyz": "readiness: status, reason and partition numbers",
+    "/ui/": "the outreach page (static HTML; its data comes from /api/ with a token)",
+    "/ui": "redirect to /ui/",
+    "/ui/assets": "the page's static script and style",
+}
 # Request latency buckets: an at-risk page is ~1 ms; an fsync'd audit write 1-20 ms on disk.
 LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -68,11 +104,20 @@ class ApiConfig:
     max_limit: int = 500
     effect_horizon_days: float = 30.0
     cursor_wait_s: float = 2.0
+    #: requests computed at once, all tokens together (threads of the API's pool); 0 computes on
+    #: the event loop itself (the old behaviour, kept for the benchmark's comparison only)
+    api_max_concurrency: int = 2
+    #: requests waiting for the budget before further ones are refused with 503
+    api_max_queue: int = 256
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ApiConfig":
         names = [f.name for f in dataclasses.fields(cls)]
         return cls(**{n: getattr(settings, n) for n in names if getattr(settings, n, None) is not None})
+
+
+class _ClientGone(Exception):
+    """The client went away before its request body arrived: nothing to answer, nothing to log loudly."""
 
 
 class ApiError(Exception):
@@ -113,6 +158,91 @@ class TokenBucket:
         return (1 - self.tokens) / self.rate
 
 
+class ViewLock:
+    """Guards the views (risk view, hot-spot board, outreach store) between their one writer, the
+    feeder on the event loop, and the API's reader threads.
+
+    Readers (threads) take it with ``with lock.read():``; the feeder with ``async with lock:``,
+    which never blocks the event loop: it polls, and while it waits new readers hold back
+    (writer preference), so a busy API cannot starve the feeder. One reader at a time: the
+    budget is small anyway and the GIL serialises the work.
+    """
+
+    #: how often the waiting writer polls (s); the longest reader hold is one page (~10 ms)
+    POLL_S = 0.002
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writer_waiting = False
+
+    @contextlib.contextmanager
+    def read(self) -> Any:
+        while self._writer_waiting:
+            time.sleep(self.POLL_S / 2)
+        with self._lock:
+            yield
+
+    async def __aenter__(self) -> "ViewLock":
+        if not self._lock.acquire(blocking=False):
+            self._writer_waiting = True
+            try:
+                while not self._lock.acquire(blocking=False):
+                    await asyncio.sleep(self.POLL_S)
+            finally:
+                self._writer_waiting = False
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+
+class _AddressTable:
+    """Per-address failure buckets and recent successes, bounded: beyond ``max_entries`` the
+    recovered (full again) buckets go first, then the oldest."""
+
+    def __init__(self, rate: float, burst: float, max_entries: int) -> None:
+        self.rate, self.burst, self.max_entries = rate, burst, max_entries
+        self.buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+        self.trusted: collections.OrderedDict[str, float] = collections.OrderedDict()
+
+    def locked_out(self, peer: str, now: float) -> float:
+        """Seconds until ``peer`` may try again (0: it may)."""
+        b = self.buckets.get(peer)
+        if b is None:
+            return 0.0
+        tokens = min(b.burst, b.tokens + (now - b.stamp) * b.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / b.rate
+
+    def failed(self, peer: str, now: float) -> float:
+        b = self.buckets.get(peer)
+        if b is None:
+            if len(self.buckets) >= self.max_entries:
+                self.prune(now)
+            b = self.buckets[peer] = TokenBucket(self.rate, self.burst, now)
+        return b.take(now)
+
+    def succeeded(self, peer: str, now: float) -> None:
+        self.buckets.pop(peer, None)  # consecutive failures count, as in a login lockout
+        self.trusted[peer] = now
+        self.trusted.move_to_end(peer)
+        while len(self.trusted) > self.max_entries:
+            self.trusted.popitem(last=False)
+
+    def is_trusted(self, peer: str, now: float) -> bool:
+        t = self.trusted.get(peer)
+        return t is not None and now - t < TRUSTED_ADDRESS_S
+
+    def prune(self, now: float) -> None:
+        full = [k for k, b in self.buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.burst]
+        for k in full:
+            del self.buckets[k]
+        while len(self.buckets) >= self.max_entries:
+            self.buckets.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self.buckets) + len(self.trusted)
+
+
 class ApiMetrics:
     """The API's Prometheus metrics (labels: route *pattern* and status code -- never a path,
     which may hold a subscriber id)."""
@@ -146,10 +276,11 @@ def _int(params: Mapping[str, str], name: str, default: int | None, lo: int, hi:
     text = params.get(name)
     if text is None:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ApiError(400, "invalid_parameter", f"{name}: expected an integer, got {text!r}") from None
+    if not _INTEGER.fullmatch(text):
+        if re.fullmatch(r"[+-]?[0-9]+", text):  # ASCII digits, just too many of them
+            raise ApiError(400, "invalid_parameter", f"{name}: expected {lo}..{hi}, got {len(text)} digits")
+        raise ApiError(400, "invalid_parameter", f"{name}: expected an integer, got {text[:40]!r}")
+    value = int(text)
     if not lo <= value <= hi:
         raise ApiError(400, "invalid_parameter", f"{name}: expected {lo}..{hi}, got {value}")
     return value
@@ -180,16 +311,22 @@ def _time_ms(params: Mapping[str, str], name: str) -> int | None:
     text = params.get(name)
     if text is None:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        if not _DIGITS.fullmatch(text) or int(text) > MAX_TIME_MS:
+            raise ApiError(400, "invalid_parameter", f"{name}: expected epoch milliseconds up to {MAX_TIME_MS} "
+                                                     f"(2100-01-01), got {len(text)} digits")
         return int(text)
     try:
+        if not text.isascii():
+            raise ValueError
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        value = int(dt.timestamp() * 1000)
+    except (ValueError, OverflowError):
         raise ApiError(400, "invalid_parameter",
                        f"{name}: expected epoch milliseconds or an ISO 8601 date/time, got {text[:40]!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
+    return min(max(value, 0), MAX_TIME_MS)
 
 
 def _format(request: web.Request, params: Mapping[str, str]) -> str:
@@ -282,12 +419,19 @@ class ContactBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class ConsentBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     subscriber_id: str
     do_not_contact: bool
+    #: required to lift a do-not-contact (one of :data:`LIFT_REASONS`)
+    reason: str | None = None
 
 
 async def _body(request: web.Request, kind: type[msgspec.Struct]) -> Any:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.web_exceptions.HTTPException) as err:
+        if isinstance(err, web.HTTPRequestEntityTooLarge):
+            raise
+        raise _ClientGone(repr(err)) from None
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.DecodeError as err:
@@ -320,7 +464,15 @@ class _Api:
         self.hotspots, self.tokens, self.policy, self.config = hotspots, tokens, policy, config
         self.metrics, self.ready, self.clock = metrics, ready, clock
         self.buckets: dict[str, TokenBucket] = {}
-        self.failures: dict[str, TokenBucket] = {}
+        self.failures = _AddressTable(AUTH_FAILURE_RATE_PER_S, AUTH_FAILURE_BURST, MAX_TRACKED_ADDRESSES)
+        self.global_failures = TokenBucket(AUTH_GLOBAL_FAILURE_RATE_PER_S, AUTH_GLOBAL_FAILURE_BURST, clock())
+        #: the views' lock: the worker hands it to its feeder (``feeder.lock``)
+        self.view_lock = ViewLock()
+        n = config.api_max_concurrency
+        self.pool = (concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="satmon-api")
+                     if n > 0 else None)
+        self.budget = asyncio.Semaphore(max(n, 1))
+        self.waiting = 0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -345,6 +497,9 @@ class _Api:
                 raise
             detail = "no such endpoint; see docs/API.md" if exc.status == 404 else exc.reason
             response = ApiError(exc.status, exc.reason.lower().replace(" ", "_"), detail).response()
+        except _ClientGone as gone:
+            log.info("client %s went away during %s %s (%s)", request.remote, request.method, route, gone)
+            response = ApiError(400, "incomplete_body", "the request body did not arrive").response()
         except Exception:
             log.exception("internal error on %s %s", request.method, route)
             response = ApiError(500, "internal", "internal error; see the worker log").response()
@@ -356,20 +511,31 @@ class _Api:
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
         return response
 
-    def _authenticate(self, request: web.Request) -> Principal:
+    async def _authenticate(self, request: web.Request) -> Principal:
+        """The caller's principal. An address that failed too often is locked out *before* its
+        token is checked (so guessing stops), and so is an address without a recent success
+        while all addresses together failed too often (a guesser rotating addresses)."""
+        now = self.clock()
+        peer = request.remote or "?"
+        wait = self.failures.locked_out(peer, now)
+        if not wait and not self.failures.is_trusted(peer, now) and self.global_failures.tokens < 1:
+            wait = self.global_failures.take(now)
+        if wait:
+            self._count_limited()
+            raise ApiError(429, "too_many_requests", "too many failed authentications from this address",
+                           {"Retry-After": str(math.ceil(wait))})
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         principal = self.tokens.authenticate(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
         if principal is None:
-            peer = request.remote or "?"
-            bucket = self.failures.setdefault(peer, TokenBucket(AUTH_FAILURE_RATE_PER_S, AUTH_FAILURE_BURST, self.clock()))
-            wait = bucket.take(self.clock())
-            if wait:
-                self._count_limited()
-                raise ApiError(429, "too_many_requests", "too many failed authentications from this address",
-                               {"Retry-After": str(math.ceil(wait))})
+            self.failures.failed(peer, now)
+            self.global_failures.take(now)
             detail = "missing bearer token" if not header else "invalid token"
+            if header:  # a wrong token is worth a line; a browser probing without one is not
+                await self._audit_entry({"who": None, "endpoint": _endpoint(request), "status": 401,
+                                         "client": peer, "error": "invalid token"})
             raise ApiError(401, "unauthorized", detail, {"WWW-Authenticate": 'Bearer realm="satmon"'})
+        self.failures.succeeded(peer, now)
         return principal
 
     def _count_limited(self) -> None:
@@ -377,7 +543,7 @@ class _Api:
             self.metrics.rate_limited.inc()
 
     async def _api(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        principal = self._authenticate(request)
+        principal = await self._authenticate(request)
         bucket = self.buckets.setdefault(principal.name, TokenBucket(self.config.rate_per_s, self.config.rate_burst, self.clock()))
         wait = bucket.take(self.clock())
         if wait:
@@ -388,15 +554,25 @@ class _Api:
         target = request.match_info.handler
         roles = getattr(target, "_roles", None)
         audited = getattr(target, "_audited", False)
-        endpoint = f"{request.method} {request.match_info.route.resource.canonical}" if request.match_info.route.resource else request.path
+        endpoint = _endpoint(request)
         try:
-            if roles is not None and principal.role not in roles:
-                allowed = ", ".join(sorted(r.value for r in roles))
+            if roles is None or principal.role not in roles:  # unmarked: nobody (closed by default)
+                allowed = ", ".join(sorted(r.value for r in roles or ())) or "a role no token has"
                 raise ApiError(403, "forbidden", f"role {principal.role.value} may not use {endpoint} (needs {allowed})")
             if self.ready is not None and not self.ready():
                 raise ApiError(503, "not_ready", "the view is still reading risk scores; answers would be incomplete",
                                {"Retry-After": "2"})
-            response = await handler(request)
+            if self.waiting >= self.config.api_max_queue:
+                raise ApiError(503, "busy", "too many requests in progress on this worker; retry", {"Retry-After": "1"})
+            self.waiting += 1
+            try:
+                await self.budget.acquire()
+            finally:
+                self.waiting -= 1
+            try:
+                response = await handler(request)
+            finally:
+                self.budget.release()
             status = response.status
         except ApiError as err:
             status, response = err.status, None
@@ -410,12 +586,17 @@ class _Api:
     async def _audit(self, request: web.Request, principal: Principal, endpoint: str, status: int) -> None:
         info = request.get(AUDIT_INFO, {})
         entry = {"who": principal.name, "role": principal.role.value, "endpoint": endpoint, "status": status,
+                 "client": request.remote,
                  "filter": info.get("filter", {k: v for k, v in request.query.items() if k != "cursor"}),
                  "rows": info.get("rows", 0)}
-        if "subject" in info:
-            entry["subject"] = info["subject"]
+        for key in ("subject", "subjects", "reason"):
+            if key in info:
+                entry[key] = info[key]
         if "cursor" in request.query:
             entry["page"] = "next"
+        await self._audit_entry(entry)
+
+    async def _audit_entry(self, entry: dict[str, Any]) -> None:
         try:
             await self.audit.write(entry)
         except OSError as err:
@@ -423,6 +604,21 @@ class _Api:
             raise ApiError(503, "audit_unavailable", "the audit log cannot be written; no data is served") from None
 
     # ------------------------------------------------------------------ helpers
+
+    async def _compute(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (reads the views, builds and serialises the answer) in the API's pool under
+        the views' read lock: the event loop that processes the streams never does this work."""
+        def locked() -> Any:
+            with self.view_lock.read():
+                return fn()
+
+        if self.pool is None:
+            return fn()
+        return await asyncio.get_running_loop().run_in_executor(self.pool, locked)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _covered(self, position: tuple[int, ...]) -> None:
         """Wait (briefly) until this worker's view has read as far as a cursor from another worker."""
@@ -458,14 +654,18 @@ class _Api:
     @_roles(*ALL)
     async def summary(self, request: web.Request) -> web.Response:
         _query(request, set())
-        subs = self.view.subscribers_by_region()
-        risk = self.view.at_risk_by_region()
-        regions = sorted(set(subs) | set(risk), key=lambda r: (r is None, r or ""))
-        return _json({
-            "subscribers": len(self.view), "at_risk": self.view.at_risk_count,
-            "by_region": [{"region": r, "subscribers": subs.get(r, 0), "at_risk": risk.get(r, 0)} for r in regions],
-            "active_hotspots": len(self.hotspots.active()), "view_position": list(self.view.position()),
-        })
+
+        def work() -> web.Response:
+            subs = self.view.subscribers_by_region()
+            risk = self.view.at_risk_by_region()
+            regions = sorted(set(subs) | set(risk), key=lambda r: (r is None, r or ""))
+            return _json({
+                "subscribers": len(self.view), "at_risk": self.view.at_risk_count,
+                "by_region": [{"region": r, "subscribers": subs.get(r, 0), "at_risk": risk.get(r, 0)} for r in regions],
+                "active_hotspots": len(self.hotspots.active()), "view_position": list(self.view.position()),
+            })
+
+        return await self._compute(work)
 
     @_roles(*ROWS, audited=True)
     async def at_risk(self, request: web.Request) -> web.Response:
@@ -489,16 +689,24 @@ class _Api:
                     and (reason is None or reason in v.reasons)
                     and policy.suppression(sid, store, now_ms=now, not_contacted_since_ms=since) is None)
 
-        try:
-            page = self.view.page(limit=limit, after=after, region=filters["region"], predicate=eligible, position=position)
-        except CursorExpired as err:
-            raise ApiError(410, "cursor_expired", f"{err}; start the walk again without cursor") from None
-        rows = [self._row(sid, v) for sid, v in page.rows]
-        next_cursor = encode_cursor(page.next_key, page.position, fhash) if page.next_key else None
-        request[AUDIT_INFO] = {"rows": len(rows), "filter": {**{k: v for k, v in filters.items() if v is not None},
-                                                           "limit": limit, "format": fmt}}
-        body = {"rows": rows, "next_cursor": next_cursor, "as_of": list(page.position), "limit": limit}
-        return self._respond_rows(request, fmt, body, next_cursor)
+        def work() -> tuple[list[str], web.Response]:
+            try:
+                page = self.view.page(limit=limit, after=after, region=filters["region"], predicate=eligible,
+                                      position=position)
+            except CursorExpired as err:
+                raise ApiError(410, "cursor_expired", f"{err}; start the walk again without cursor") from None
+            rows = [self._row(sid, v) for sid, v in page.rows]
+            next_cursor = encode_cursor(page.next_key, page.position, fhash) if page.next_key else None
+            body = {"rows": rows, "next_cursor": next_cursor, "as_of": list(page.position), "limit": limit}
+            return [r["subscriber_id"] for r in rows], self._respond_rows(request, fmt, body, next_cursor)
+
+        request[AUDIT_INFO] = {"rows": 0, "filter": {**{k: v for k, v in filters.items() if v is not None},
+                                                     "limit": limit, "format": fmt}}
+        returned, response = await self._compute(work)
+        # Which subscribers left in this export: the ids the view holds, i.e. keyed pseudonyms
+        # when pseudonymisation is on (the default) -- the same values the caller received.
+        request[AUDIT_INFO].update(rows=len(returned), subjects=returned)
+        return response
 
     @_roles(*ROWS, audited=True)
     async def subscriber(self, request: web.Request) -> web.Response:
@@ -507,11 +715,14 @@ class _Api:
         request[AUDIT_INFO] = {"subject": sid, "rows": 0, "filter": {}}
         if self.store.is_dnc(sid):
             raise ApiError(403, "do_not_contact", "this subscriber asked not to be contacted; no data is shown")
-        entry = self.view.get(sid)
-        if entry is None:
+        if self.view.get(sid) is None:
             raise ApiError(404, "not_found", "no risk score for this subscriber")
-        latest = entry.latest
         request[AUDIT_INFO]["rows"] = 1
+        return await self._compute(lambda: self._subscriber_body(sid))
+
+    def _subscriber_body(self, sid: str) -> web.Response:
+        entry = self.view.get(sid)
+        latest = entry.latest
         suppressed = self.policy.suppression(sid, self.store, now_ms=self.now_ms())
         return _json({
             "subscriber_id": sid, "score": latest.score, "at_risk": latest.at_risk,
@@ -527,13 +738,18 @@ class _Api:
     @_roles(*ALL)
     async def hotspot_list(self, request: web.Request) -> web.Response:
         _query(request, set())
-        out = []
-        for a in self.hotspots.active():
-            cell = alert_cell(a) or ""
-            out.append({"alert_id": a.alert_id, "cell": cell, "region": a.labels.get("region"), "severity": a.severity,
-                        "summary": a.summary, "starts_at_ms": a.starts_at_ms, "updated_at_ms": a.updated_at_ms,
-                        "affected": len(self.view.on_cell(cell, since_ms=a.starts_at_ms))})
-        return _json({"hotspots": out})
+
+        def work() -> web.Response:
+            out = []
+            for a in self.hotspots.active():
+                cell = alert_cell(a) or ""
+                out.append({"alert_id": a.alert_id, "cell": cell, "region": a.labels.get("region"),
+                            "severity": a.severity, "summary": a.summary, "starts_at_ms": a.starts_at_ms,
+                            "updated_at_ms": a.updated_at_ms,
+                            "affected": len(self.view.on_cell(cell, since_ms=a.starts_at_ms))})
+            return _json({"hotspots": out})
+
+        return await self._compute(work)
 
     @_roles(*ROWS, audited=True)
     async def affected(self, request: web.Request) -> web.Response:
@@ -548,13 +764,19 @@ class _Api:
         if alert is None:
             raise ApiError(404, "not_found", f"no active hot spot on cell {cell!r}")
         now = self.now_ms()
-        everyone = self.view.on_cell(cell, since_ms=alert.starts_at_ms)
-        eligible = [(sid, v) for sid, v in everyone if self.policy.suppression(sid, self.store, now_ms=now) is None]
-        rows = [self._row(sid, v) for sid, v in eligible[:limit]]
-        request[AUDIT_INFO]["rows"] = len(rows)
-        body = {"cell": cell, "alert_id": alert.alert_id, "starts_at_ms": alert.starts_at_ms, "affected": len(everyone),
-                "eligible": len(eligible), "rows": rows, "truncated": len(eligible) > limit}
-        return self._respond_rows(request, fmt, body, None)
+
+        def work() -> tuple[list[str], web.Response]:
+            everyone = self.view.on_cell(cell, since_ms=alert.starts_at_ms)
+            eligible = [(sid, v) for sid, v in everyone if self.policy.suppression(sid, self.store, now_ms=now) is None]
+            rows = [self._row(sid, v) for sid, v in eligible[:limit]]
+            body = {"cell": cell, "alert_id": alert.alert_id, "starts_at_ms": alert.starts_at_ms,
+                    "affected": len(everyone), "eligible": len(eligible), "rows": rows,
+                    "truncated": len(eligible) > limit}
+            return [r["subscriber_id"] for r in rows], self._respond_rows(request, fmt, body, None)
+
+        returned, response = await self._compute(work)
+        request[AUDIT_INFO].update(rows=len(returned), subjects=returned)
+        return response
 
     @_roles(*ROWS, audited=True)
     async def contact(self, request: web.Request) -> web.Response:
@@ -576,27 +798,51 @@ class _Api:
         record = OutreachRecord(record_id=new_record_id(), kind="contact", subscriber_id=sid,
                                 ts_ms=body.ts_ms if body.ts_ms is not None else now, by=request[PRINCIPAL].name,
                                 channel=body.channel, outcome=body.outcome)  # type: ignore[arg-type]
-        await self.store.record(record)
+        await self._record(record)
         request[AUDIT_INFO]["rows"] = 1
         return _json(msgspec.structs.asdict(record), status=201)
 
+    async def _record(self, record: OutreachRecord) -> None:
+        """Publish, then apply under the views' lock (API threads may be reading the store)."""
+        if self.store.sink is not None:
+            await self.store.sink(record)
+        async with self.view_lock:
+            self.store.apply(record)
+
     @_roles(*ROWS, audited=True)
     async def consent(self, request: web.Request) -> web.Response:
+        """Set a do-not-contact (outreach, admin), or lift one: admin only, with a reason code
+        (:data:`LIFT_REASONS`); both land in the audit log. Only for subscribers the view knows."""
         _query(request, set())
         body: ConsentBody = await _body(request, ConsentBody)
         sid = _subscriber_id(body.subscriber_id)
-        request[AUDIT_INFO] = {"subject": sid, "rows": 1, "filter": {"do_not_contact": body.do_not_contact}}
+        request[AUDIT_INFO] = {"subject": sid, "rows": 0, "filter": {"do_not_contact": body.do_not_contact}}
+        if body.reason is not None:
+            if body.reason not in LIFT_REASONS:
+                raise ApiError(400, "invalid_body", f"reason: expected one of {', '.join(LIFT_REASONS)}")
+            request[AUDIT_INFO]["reason"] = body.reason
+        if not body.do_not_contact:
+            if request[PRINCIPAL].role is not Role.ADMIN:
+                raise ApiError(403, "forbidden", f"role {request[PRINCIPAL].role.value} may not lift a "
+                                                 "do-not-contact (needs admin)")
+            if body.reason is None:
+                raise ApiError(400, "invalid_body", f"reason: required to lift a do-not-contact, one of "
+                                                    f"{', '.join(LIFT_REASONS)}")
+        if self.view.get(sid) is None and not self.store.is_dnc(sid):
+            raise ApiError(404, "not_found", "no such subscriber: consent is recorded for subscribers the view knows")
         record = OutreachRecord(record_id=new_record_id(), kind="consent", subscriber_id=sid, ts_ms=self.now_ms(),
-                                by=request[PRINCIPAL].name, do_not_contact=body.do_not_contact)
-        await self.store.record(record)
+                                by=request[PRINCIPAL].name, do_not_contact=body.do_not_contact,
+                                reason=body.reason)
+        await self._record(record)
+        request[AUDIT_INFO]["rows"] = 1
         return _json(msgspec.structs.asdict(record), status=201)
 
     @_roles(*ALL)
     async def effect(self, request: web.Request) -> web.Response:
         _query(request, set())
-        report = effect_report(self.view.cohort(), self.store, self.policy,
-                               horizon_ms=int(self.config.effect_horizon_days * DAY_MS))
-        return _json(report)
+        horizon_ms = int(self.config.effect_horizon_days * DAY_MS)
+        return await self._compute(lambda: _json(effect_report(self.view.cohort(), self.store, self.policy,
+                                                               horizon_ms=horizon_ms)))
 
     @_roles(Role.ADMIN, audited=True)
     async def audit_log(self, request: web.Request) -> web.Response:
@@ -624,6 +870,22 @@ async def _to_ui(request: web.Request) -> web.StreamResponse:
 
 
 API_KEY: web.AppKey[_Api] = web.AppKey("satmon_api", _Api)
+
+
+def _endpoint(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return f"{request.method} {resource.canonical}" if resource is not None else f"{request.method} (no route)"
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would announce "Python/3.x aiohttp/3.y": no version banner for scanners.
+    response.headers["Server"] = "satmon"
+
+
+def harden(app: web.Application) -> None:
+    """Response hardening for any aiohttp app a worker serves (no version banner)."""
+    if _server_header not in app.on_response_prepare:
+        app.on_response_prepare.append(_server_header)
 
 
 def build_api(settings: Any, view: RiskView, outreach_store: OutreachStore, audit: AuditLog,
@@ -667,6 +929,12 @@ def build_api(settings: Any, view: RiskView, outreach_store: OutreachStore, audi
     app = web.Application(middlewares=[api.middleware], client_max_size=64 * 1024)
     app[API_KEY] = api
     _register(app.router, api)
+    harden(app)
+
+    async def stop_pool(_app: web.Application) -> None:
+        api.close()
+
+    app.on_cleanup.append(stop_pool)
     return app
 
 
@@ -695,5 +963,6 @@ def mount_api(root: web.Application, api_app: web.Application) -> None:
     ``/healthz``) pass through it untouched apart from security headers."""
     api = api_app[API_KEY]
     root.middlewares.append(api.middleware)
+    harden(root)
     # "/" is left to the host app (Faust registers its own index page there at start-up).
     _register(root.router, api, root_redirect=False)

@@ -96,6 +96,24 @@ class SatmonApp(faust.App):
     def _new_transport(self) -> Any:
         return FastTransport(self.conf.broker_consumer, self)
 
+    def _new_web(self) -> Any:
+        # None of Faust's built-in pages: /table/<name>/<key> served subscriber state and the
+        # pickled model to anyone, /router the partition map (issue 21). The flags below say so
+        # too; this class makes it hold whatever a later Faust adds.
+        from faust.web.drivers.aiohttp import Web
+
+        class SatmonWeb(Web):
+            default_blueprints = production_blueprints = debug_blueprints = optional_blueprints = []
+
+        return SatmonWeb(self)
+
+
+#: Faust's built-in web pages, all off (see SatmonApp._new_web); tests/test_security.py checks
+#: every route the worker serves against monitor.api.PUBLIC_ROUTES.
+FAUST_PAGES_OFF: dict[str, bool] = {"web_tables_enabled": False, "web_router_enabled": False,
+                                    "web_graph_enabled": False, "web_stats_enabled": False,
+                                    "web_metrics_enabled": False}
+
 
 @dataclasses.dataclass
 class Worker:
@@ -307,6 +325,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
+        **FAUST_PAGES_OFF,
         **options,
     )
     n = settings.partitions
@@ -422,6 +441,9 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     _add_web_views(worker)
     if api:
         _add_api(worker)
+    from monitor.api import harden
+
+    harden(app.web.web_app)
     return worker
 
 
@@ -447,7 +469,7 @@ def _add_api(worker: Worker) -> None:
     """The outreach API and page (``monitor.api``) on the worker's web server, served from a view
     of the whole ``risk-scores`` / ``alerts`` / ``satmon-outreach`` topics, so any worker answers
     completely (docs/API.md)."""
-    from monitor.api import build_api, mount_api
+    from monitor.api import API_KEY, build_api, mount_api
     from monitor.outreach import OUTREACH_TOPIC, OutreachStore, encode_record
     from monitor.privacy import AuditLog
     from monitor.riskview import HotspotBoard, RiskView, feeder_for
@@ -467,6 +489,7 @@ def _add_api(worker: Worker) -> None:
     api = build_api(settings, view, store, AuditLog(Path(settings.data_dir) / "audit" / "audit.jsonl"),
                     worker.registry, hotspots=board, ready=lambda: feeder.caught_up)
     mount_api(app.web.web_app, api)
+    feeder.lock = api[API_KEY].view_lock  # the API reads the views from its threads
     worker.view, worker.feeder = view, feeder
 
     @app.task

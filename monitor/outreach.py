@@ -71,6 +71,8 @@ class OutreachRecord(msgspec.Struct, frozen=True, kw_only=True):
     outcome: Outcome | None = None
     do_not_contact: bool | None = None
     event: OutcomeEvent | None = None
+    #: a consent change's reason code (the API requires one to lift a do-not-contact)
+    reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "contact" and (self.channel is None or self.outcome is None):

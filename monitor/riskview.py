@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import sys
 from array import array
@@ -446,6 +447,9 @@ class ViewFeeder:
         self._task: asyncio.Task | None = None
         self._caught_up = asyncio.Event()
         self._last: dict[Any, int] = {}
+        #: held (``async with``) while a fetched batch is applied: the API reads the views from
+        #: its threads under the same lock (``monitor.api.ViewLock``); a no-op by default
+        self.lock: Any = contextlib.nullcontext()
 
     @property
     def caught_up(self) -> bool:
@@ -485,25 +489,30 @@ class ViewFeeder:
         consumer = self._consumer
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for tp, messages in batches.items():
-                handler = self.handlers[tp.topic]
-                for msg in messages:
-                    last = self._last.get(tp, -1)
-                    if msg.offset <= last:
-                        # The log restarted under us (e.g. the embedded broker was restarted and
-                        # lost its data): say so loudly; the views would otherwise go stale silently.
-                        self.position_went_back = True
-                        log.error("%s[%d]: offset went back from %d to %d: broker lost its data?",
-                                  tp.topic, tp.partition, last, msg.offset)
-                    self._last[tp] = msg.offset
-                    try:
-                        handler(msg.value, tp.partition, msg.offset)
-                    except (InvalidEventError, ValueError) as err:
-                        self.rejected += 1
-                        log.warning("%s[%d]@%d rejected: %s", tp.topic, tp.partition, msg.offset,
-                                    getattr(err, "reason", type(err).__name__))
+            if batches:
+                async with self.lock:
+                    self._apply(batches)
             if not self._caught_up.is_set() and self._at_high_water(tps):
                 self._caught_up.set()
+
+    def _apply(self, batches: Any) -> None:
+        for tp, messages in batches.items():
+            handler = self.handlers[tp.topic]
+            for msg in messages:
+                last = self._last.get(tp, -1)
+                if msg.offset <= last:
+                    # The log restarted under us (e.g. the embedded broker was restarted and
+                    # lost its data): say so loudly; the views would otherwise go stale silently.
+                    self.position_went_back = True
+                    log.error("%s[%d]: offset went back from %d to %d: broker lost its data?",
+                              tp.topic, tp.partition, last, msg.offset)
+                self._last[tp] = msg.offset
+                try:
+                    handler(msg.value, tp.partition, msg.offset)
+                except (InvalidEventError, ValueError) as err:
+                    self.rejected += 1
+                    log.warning("%s[%d]@%d rejected: %s", tp.topic, tp.partition, msg.offset,
+                                getattr(err, "reason", type(err).__name__))
 
     def _at_high_water(self, tps: Iterable[Any]) -> bool:
         for tp in tps:

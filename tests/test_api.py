@@ -107,7 +107,9 @@ ENDPOINTS = [  # (method, path, body, expected status per role noc/outreach/admi
     ("GET", "/api/v1/subscribers/s001", None, (403, 200, 200)),
     ("GET", "/api/v1/hotspots/c1/affected", None, (403, 200, 200)),
     ("POST", "/api/v1/outreach", {"subscriber_id": "s002", "channel": "sms", "outcome": "no_answer"}, (403, 201, 201)),
-    ("POST", "/api/v1/consent", {"subscriber_id": "s003", "do_not_contact": False}, (403, 201, 201)),
+    ("POST", "/api/v1/consent", {"subscriber_id": "s003", "do_not_contact": True}, (403, 201, 201)),
+    ("POST", "/api/v1/consent", {"subscriber_id": "s003", "do_not_contact": False, "reason": "recorded_in_error"},
+     (403, 403, 201)),
     ("GET", "/api/v1/audit", None, (403, 403, 200)),
 ]
 
@@ -266,8 +268,22 @@ def test_do_not_contact_is_honoured_by_every_endpoint(tmp_path):
                           headers=auth("outreach"))
         env.now += 100 * 86_400
         assert other not in await walk(client)
-        # Consent given again: listed again.
-        await client.post("/api/v1/consent", json={"subscriber_id": victim, "do_not_contact": False}, headers=auth("admin"))
+        # Consent given again: an outreach token cannot lift it, an admin without a reason neither;
+        # an admin with a reason can, and both attempts are audited with who, reason and status.
+        resp = await client.post("/api/v1/consent", headers=auth("outreach"),
+                                 json={"subscriber_id": victim, "do_not_contact": False, "reason": "subscriber_request"})
+        assert resp.status == 403
+        assert victim not in await walk(client)
+        resp = await client.post("/api/v1/consent", json={"subscriber_id": victim, "do_not_contact": False},
+                                 headers=auth("admin"))
+        assert resp.status == 400 and "reason" in (await resp.json())["detail"]
+        resp = await client.post("/api/v1/consent", headers=auth("admin"),
+                                 json={"subscriber_id": victim, "do_not_contact": False, "reason": "subscriber_request"})
+        assert resp.status == 201
+        lifts = [e for e in env.audit_entries() if e["endpoint"] == "POST /api/v1/consent"
+                 and e["filter"] == {"do_not_contact": False}]
+        assert [(e["role"], e["status"], e.get("reason")) for e in lifts] == [
+            ("outreach", 403, "subscriber_request"), ("admin", 400, None), ("admin", 201, "subscriber_request")]
         assert victim in await walk(client)
 
     run(env, scenario)
