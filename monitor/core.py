@@ -18,8 +18,8 @@ the tests. Every time-dependent rule runs on event time, so equal input gives eq
 from __future__ import annotations
 
 import heapq
+import logging
 import math
-import pickle
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -60,6 +60,22 @@ EVICT_EVERY = 20_000
 
 _encode_state = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(SubscriberState).decode
+
+log = logging.getLogger(__name__)
+
+#: the partition checkpoint's format tag (msgpack: plain data only, see PartitionCore.checkpoint)
+CHECKPOINT_FORMAT = "satmon-partition-checkpoint/2"
+#: default of the ``max_clock_skew_s`` setting: how far ahead of the wall clock an event may be
+MAX_CLOCK_SKEW_S = 300.0
+
+
+class CheckpointRefused(ValueError):
+    """A checkpoint that is not in the data-only format (e.g. an old pickle from a topic)."""
+
+
+def _is_pickle(blob: bytes) -> bool:
+    # protocol 2+ starts with PROTO (0x80); protocols 0/1 with an opcode such as "(", "}", "]", "c"
+    return blob[:1] in (b"\x80", b"(", b"}", b"]", b"c")
 
 
 def wall_clock_ms() -> int:
@@ -192,6 +208,38 @@ class RiskModel:
             self.n_positive += int(y)
         self.refresh()
 
+    def to_state(self) -> dict[str, Any]:
+        """Everything learned, as plain data (numbers, strings, lists, dicts): what a partition
+        checkpoint stores (msgpack), never a pickle. **Keep complete**: every learned attribute
+        a later version adds must be written here and read back in :meth:`from_state`;
+        ``tests/test_security.py`` round-trips a trained model and compares its scores."""
+        def river(m: Any) -> dict[str, Any]:
+            return {"weights": {str(k): float(v) for k, v in m._weights.items()}, "intercept": float(m.intercept),
+                    "n_iterations": int(m.optimizer.n_iterations)}
+
+        return {"class": "RiskModel",
+                "params": {"lr": self.lr, "l2": self.l2, "blend_half_labels": self.blend_half_labels,
+                           "complaint_weight": self.complaint_weight, "calibration_lr": self.calibration_lr},
+                "model": river(self.model), "calibrator": river(self.calibrator), "n_labels": self.n_labels,
+                "n_positive": self.n_positive, "logloss_sum": self.logloss_sum}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "RiskModel":
+        """The model :meth:`to_state` wrote (raises KeyError/TypeError/ValueError on a bad state)."""
+        if state.get("class") != "RiskModel":
+            raise ValueError(f"not a RiskModel state: {state.get('class')!r}")
+        m = cls(**state["params"])
+        for river, data in ((m.model, state["model"]), (m.calibrator, state["calibrator"])):
+            river._weights.clear()
+            for k, v in data["weights"].items():
+                river._weights[k] = float(v)
+            river.intercept = float(data["intercept"])
+            river.optimizer.n_iterations = int(data["n_iterations"])
+        m.n_labels, m.n_positive = int(state["n_labels"]), int(state["n_positive"])
+        m.logloss_sum = float(state["logloss_sum"])
+        m.refresh()
+        return m
+
     def refresh(self) -> None:
         """Re-read the stream features' weights from the River model (the fast scoring path)."""
         weights = self.model._weights
@@ -223,6 +271,10 @@ class PartitionCore:
         self.ttl_ms = int(getattr(settings, "state_ttl_days", 30.0) * 24 * HOUR_MS)
         self.state_loader = state_loader
         self.clock_ms = clock_ms or wall_clock_ms
+        #: a restored watermark is clamped to wall clock + this (ingest refuses later events)
+        self.max_skew_ms = int(getattr(settings, "max_clock_skew_s", MAX_CLOCK_SKEW_S) * 1000)
+        #: checkpoints refused at restore (an old pickle, a corrupt blob): the partition started fresh
+        self.checkpoints_refused = 0
         start_from = getattr(settings, "model_checkpoint", None)
         if start_from:
             from monitor.warmstart import load_model
@@ -294,12 +346,41 @@ class PartitionCore:
     # -- model checkpoint -------------------------------------------------------------------------
 
     def checkpoint(self) -> bytes:
-        return pickle.dumps({"model": self.model, "watermark_ms": self.watermark_ms}, protocol=5)
+        """The model and watermark in a data-only format: msgpack of the model's ``to_state()``
+        (weights and statistics), never a pickle -- whoever can write the model table's changelog
+        topic must not be able to run code on the workers. The model class must provide
+        ``to_state() -> dict`` and ``from_state(dict)`` of plain data, complete: every learned
+        attribute (``tests/test_security.py`` round-trips a trained model and compares scores)."""
+        return msgspec.msgpack.encode({"format": CHECKPOINT_FORMAT, "model": self.model.to_state(),
+                                       "watermark_ms": self.watermark_ms})
 
-    def restore(self, blob: bytes) -> None:
-        data = pickle.loads(blob)
-        self.model = data["model"]
-        self.watermark_ms = max(self.watermark_ms, data["watermark_ms"])
+    def restore(self, blob: bytes) -> bool:
+        """Load a :meth:`checkpoint`. A blob in any other format -- an old pickled checkpoint
+        read from the topic, a corrupt one -- is refused: logged, counted in
+        ``checkpoints_refused``, and the partition keeps its fresh model (never unpickled; migrate
+        a trusted local file with :func:`migrate_checkpoint`). A watermark beyond wall clock +
+        ``max_clock_skew_s`` (a far-future event from before the skew guard) is clamped.
+        Returns whether the checkpoint was used."""
+        try:
+            if _is_pickle(blob):
+                raise CheckpointRefused("a pickled checkpoint (the old format); pickles are never loaded from a topic")
+            data = msgspec.msgpack.decode(blob)
+            if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+                raise CheckpointRefused(f"not a {CHECKPOINT_FORMAT} checkpoint")
+            model = type(self.model).from_state(data["model"])
+            watermark = int(data["watermark_ms"])
+        except (CheckpointRefused, msgspec.DecodeError, KeyError, TypeError, ValueError) as err:
+            self.checkpoints_refused += 1
+            log.error("partition %d: model checkpoint refused (%s); starting from a fresh model", self.partition, err)
+            return False
+        self.model = model
+        limit = self.clock_ms() + self.max_skew_ms
+        if watermark > limit:
+            log.warning("partition %d: checkpointed watermark %d is %.0f s ahead of the clock; clamped",
+                        self.partition, watermark, (watermark - limit + self.max_skew_ms) / 1000)
+            watermark = limit
+        self.watermark_ms = max(self.watermark_ms, watermark)
+        return True
 
     # -- processing ------------------------------------------------------------------------------
 
@@ -410,3 +491,19 @@ class PartitionCore:
                          prior=round(prior, 4), model_weight=round(self.model.blend(), 4),
                          at_risk_since_ms=st.at_risk_since or None, region=st.region,
                          segment=st.segment, cell_id=st.cell)
+
+
+def migrate_checkpoint(src: str, dst: str) -> str:
+    """Convert an old pickled checkpoint **from a trusted local file** (one written by this
+    project's earlier versions: a partition checkpoint ``{"model", "watermark_ms"}`` or a pickled
+    model) to the data-only format; returns ``dst``. Run it once, by hand, on a file you trust:
+    unpickling runs whatever the file says. Workers never unpickle."""
+    import pickle
+    from pathlib import Path
+
+    data = pickle.loads(Path(src).read_bytes())  # noqa: S301 -- trusted local file, by contract
+    model = data["model"] if isinstance(data, dict) else data
+    blob = msgspec.msgpack.encode({"format": CHECKPOINT_FORMAT, "model": model.to_state(),
+                                   "watermark_ms": int(data.get("watermark_ms", 0)) if isinstance(data, dict) else 0})
+    Path(dst).write_bytes(blob)
+    return dst
