@@ -49,6 +49,7 @@ from aiohttp import web
 
 from monitor.outreach import CHANNELS, OUTCOMES, OutreachPolicy, OutreachRecord, OutreachStore, effect_report, new_record_id
 from monitor.privacy import AuditLog, Principal, Role, TokenStore, load_key, load_tokens
+from monitor.incidents import IncidentBoard
 from monitor.riskview import CursorExpired, HotspotBoard, RiskView, Version, alert_cell
 
 log = logging.getLogger(__name__)
@@ -459,8 +460,10 @@ ROWS = (Role.OUTREACH, Role.ADMIN)
 class _Api:
     def __init__(self, settings: Any, view: RiskView, store: OutreachStore, audit: AuditLog, *,
                  hotspots: HotspotBoard, tokens: TokenStore, policy: OutreachPolicy, config: ApiConfig,
-                 metrics: ApiMetrics | None, ready: Callable[[], bool] | None, clock: Callable[[], float]):
+                 metrics: ApiMetrics | None, ready: Callable[[], bool] | None, clock: Callable[[], float],
+                 incidents: IncidentBoard | None = None):
         self.settings, self.view, self.store, self.audit = settings, view, store, audit
+        self.incidents = incidents if incidents is not None else IncidentBoard()
         self.hotspots, self.tokens, self.policy, self.config = hotspots, tokens, policy, config
         self.metrics, self.ready, self.clock = metrics, ready, clock
         self.buckets: dict[str, TokenBucket] = {}
@@ -746,35 +749,81 @@ class _Api:
                 out.append({"alert_id": a.alert_id, "cell": cell, "region": a.labels.get("region"),
                             "severity": a.severity, "summary": a.summary, "starts_at_ms": a.starts_at_ms,
                             "updated_at_ms": a.updated_at_ms,
-                            "affected": len(self.view.on_cell(cell, since_ms=a.starts_at_ms))})
+                            "affected": len(self.view.served_by([cell], since_ms=a.starts_at_ms))})
             return _json({"hotspots": out})
 
         return await self._compute(work)
 
-    @_roles(*ROWS, audited=True)
-    async def affected(self, request: web.Request) -> web.Response:
-        params = _query(request, {"limit", "format"})
+    def _served(self, request: web.Request, cells: list[str], start_ms: int, key: dict[str, Any]) -> Awaitable[Any]:
+        """The affected-customer rows of a hot spot or an incident: subscribers served by ``cells``
+        at least ``min_uses`` times since ``since`` (default: its start), suppressed ones
+        (do-not-contact, hold-out, contacted recently) left out; JSON or the audited CSV."""
+        params = _query(request, {"limit", "format", "since", "min_uses"})
         limit = _int(params, "limit", self.config.default_limit, 1, self.config.max_limit)
         fmt = _format(request, params)
-        cell = request.match_info["cell"]
-        if not _LABEL.match(cell):
-            raise ApiError(400, "invalid_parameter", "cell: expected 1-64 letters, digits, '_.:- '")
-        request[AUDIT_INFO] = {"rows": 0, "filter": {"cell": cell}}
-        alert = self.hotspots.for_cell(cell)
-        if alert is None:
-            raise ApiError(404, "not_found", f"no active hot spot on cell {cell!r}")
+        since = _time_ms(params, "since")
+        since = start_ms if since is None else since
+        min_uses = _int(params, "min_uses", 1, 1, self.view.history)
+        request[AUDIT_INFO] = {"rows": 0, "filter": {**key, "since_ms": since, "min_uses": min_uses}}
         now = self.now_ms()
 
         def work() -> tuple[list[str], web.Response]:
-            everyone = self.view.on_cell(cell, since_ms=alert.starts_at_ms)
-            eligible = [(sid, v) for sid, v in everyone if self.policy.suppression(sid, self.store, now_ms=now) is None]
-            rows = [self._row(sid, v) for sid, v in eligible[:limit]]
-            body = {"cell": cell, "alert_id": alert.alert_id, "starts_at_ms": alert.starts_at_ms,
+            everyone = self.view.served_by(cells, since_ms=since, min_uses=min_uses)
+            eligible = [r for r in everyone if self.policy.suppression(r.sid, self.store, now_ms=now) is None]
+            rows = [self._row(r.sid, r.version) | {"uses": r.uses, "last_served_ms": r.last_ms}
+                    for r in eligible[:limit]]
+            body = {**key, "starts_at_ms": start_ms, "since_ms": since, "min_uses": min_uses,
                     "affected": len(everyone), "eligible": len(eligible), "rows": rows,
                     "truncated": len(eligible) > limit}
             return [r["subscriber_id"] for r in rows], self._respond_rows(request, fmt, body, None)
 
-        returned, response = await self._compute(work)
+        return self._compute(work)
+
+    def _incident_json(self, inc: Any) -> dict[str, Any]:
+        return {"incident_id": inc.incident_id, "status": inc.status, "severity": inc.severity,
+                "region": inc.region, "cells": inc.cells, "kpis": inc.kpis, "summary": inc.summary,
+                "started_at_ms": inc.started_at_ms, "updated_at_ms": inc.updated_at_ms,
+                "ended_at_ms": inc.ended_at_ms, "affected_subscribers": inc.affected_subscribers,
+                "alert_ids": inc.alert_ids,
+                "customers": len(self.view.served_by(inc.cells, since_ms=inc.started_at_ms))}
+
+    @_roles(*ALL)
+    async def incident_list(self, request: web.Request) -> web.Response:
+        params = _query(request, {"status"})
+        status = params.get("status")
+        if status not in (None, "firing", "resolved"):
+            raise ApiError(400, "invalid_parameter", f"status: expected firing or resolved, got {status[:20]!r}")
+
+        def work() -> web.Response:
+            return _json({"incidents": [self._incident_json(i) for i in self.incidents.list(status=status)]})
+
+        return await self._compute(work)
+
+    @_roles(*ROWS, audited=True)
+    async def incident_affected(self, request: web.Request) -> web.Response:
+        iid = request.match_info["incident_id"]
+        if not _LABEL.match(iid):
+            raise ApiError(400, "invalid_parameter", "incident id: expected 1-64 letters, digits, '_.:- '")
+        inc = self.incidents.get(iid)
+        if inc is None:
+            request[AUDIT_INFO] = {"rows": 0, "filter": {"incident_id": iid}}
+            raise ApiError(404, "not_found", f"no incident {iid!r}")
+        returned, response = await self._served(request, inc.cells, inc.started_at_ms,
+                                                {"incident_id": iid, "region": inc.region, "cells": inc.cells})
+        request[AUDIT_INFO].update(rows=len(returned), subjects=returned)
+        return response
+
+    @_roles(*ROWS, audited=True)
+    async def affected(self, request: web.Request) -> web.Response:
+        cell = request.match_info["cell"]
+        if not _LABEL.match(cell):
+            raise ApiError(400, "invalid_parameter", "cell: expected 1-64 letters, digits, '_.:- '")
+        alert = self.hotspots.for_cell(cell)
+        if alert is None:
+            request[AUDIT_INFO] = {"rows": 0, "filter": {"cell": cell}}
+            raise ApiError(404, "not_found", f"no active hot spot on cell {cell!r}")
+        returned, response = await self._served(request, [cell], alert.starts_at_ms,
+                                                {"cell": cell, "alert_id": alert.alert_id})
         request[AUDIT_INFO].update(rows=len(returned), subjects=returned)
         return response
 
@@ -892,14 +941,14 @@ def build_api(settings: Any, view: RiskView, outreach_store: OutreachStore, audi
               metrics: ApiMetrics | Any | None = None, *, hotspots: HotspotBoard | None = None,
               tokens: TokenStore | None = None, policy: OutreachPolicy | None = None,
               config: ApiConfig | None = None, ready: Callable[[], bool] | None = None,
-              clock: Callable[[], float] = time.time) -> web.Application:
+              clock: Callable[[], float] = time.time, incidents: IncidentBoard | None = None) -> web.Application:
     """The API and web page as an aiohttp application.
 
     Parameters
     ----------
     settings
         :class:`~monitor.config.Settings` (tokens, pseudonym key for the hold-out hash, tunables).
-    view, outreach_store, hotspots
+    view, outreach_store, hotspots, incidents
         The worker's views, fed by :func:`monitor.riskview.feeder_for`.
     audit
         The audit log (``AuditLog(settings.data_dir / "audit" / "audit.jsonl")``).
@@ -925,7 +974,7 @@ def build_api(settings: Any, view: RiskView, outreach_store: OutreachStore, audi
     if metrics is not None and not isinstance(metrics, ApiMetrics):
         metrics = ApiMetrics(metrics)
     api = _Api(settings, view, outreach_store, audit, hotspots=hotspots, tokens=tokens, policy=policy, config=config,
-               metrics=metrics, ready=ready, clock=clock)
+               metrics=metrics, ready=ready, clock=clock, incidents=incidents)
     app = web.Application(middlewares=[api.middleware], client_max_size=64 * 1024)
     app[API_KEY] = api
     _register(app.router, api)
@@ -945,6 +994,8 @@ def _register(r: web.UrlDispatcher, api: _Api, *, root_redirect: bool = True) ->
     r.add_get(f"{API}/subscribers/{{sid}}", api.subscriber)
     r.add_get(f"{API}/hotspots", api.hotspot_list)
     r.add_get(f"{API}/hotspots/{{cell}}/affected", api.affected)
+    r.add_get(f"{API}/incidents", api.incident_list)
+    r.add_get(f"{API}/incidents/{{incident_id}}/affected", api.incident_affected)
     r.add_post(f"{API}/outreach", api.contact)
     r.add_post(f"{API}/consent", api.consent)
     r.add_get(f"{API}/outreach/effect", api.effect)

@@ -114,6 +114,15 @@ class Page(NamedTuple):
 Predicate = Callable[[str, Version], bool]
 
 
+class ServedRow(NamedTuple):
+    """A subscriber served by some cells: current version, scores on those cells, last time there."""
+
+    sid: str
+    version: Version
+    uses: int
+    last_ms: int
+
+
 def _intern(text: str | None) -> str | None:
     # Regions, segments, cells and reason codes repeat across millions of versions: share them.
     return sys.intern(text) if text is not None else None
@@ -137,6 +146,9 @@ class RiskView:
         self._ranked: list[Key] = []
         self._by_region: dict[str | None, list[Key]] = {}
         self._by_cell: dict[str, set[str]] = {}
+        # cell -> {subscriber: versions in their history ring on that cell}: who was served by a
+        # cell recently and how often (the affected-customer lists of hot spots and incidents)
+        self._served: dict[str, dict[str, int]] = {}
         self._next: list[int] = []  # next offset per partition
         # The change log, compact: 8 bytes of offset and one reference to the entry's id per change.
         self._log_offsets: list[array[int]] = []
@@ -191,13 +203,32 @@ class RiskView:
             entry.partition = partition
         if len(entry.history) < self.history:
             self.versions += 1
+        elif entry.history[0].cell_id is not None:
+            self._unserve(entry.history[0].cell_id, sid)   # the version about to drop out of the ring
         entry.history.append(version)
+        if version.cell_id is not None:
+            served = self._served.get(version.cell_id)
+            if served is None:
+                served = self._served[version.cell_id] = {}
+            served[sid] = served.get(sid, 0) + 1
         if score.at_risk and entry.first_at_risk_ms is None:
             entry.first_at_risk_ms = since if since is not None else score.ts_ms
         self._index(sid, version)
         self._log(partition, offset, sid)
         self.records_applied += 1
         return True
+
+    def _unserve(self, cell_id: str, sid: str) -> None:
+        served = self._served.get(cell_id)
+        if served is None:
+            return
+        n = served.get(sid, 0) - 1
+        if n > 0:
+            served[sid] = n
+        else:
+            served.pop(sid, None)
+            if not served:
+                del self._served[cell_id]
 
     def _reason_set(self, reasons: Sequence[Any]) -> tuple[str, ...]:
         codes = tuple(_intern(r.code) for r in reasons)
@@ -299,6 +330,39 @@ class RiskView:
             if v.ts_ms >= since_ms:
                 rows.append((sid, v))
         rows.sort(key=lambda r: (-r[1].score, r[0]))
+        return rows
+
+    def served_by(self, cells: Iterable[str], *, since_ms: int = 0, min_uses: int = 1) -> list[ServedRow]:
+        """Subscribers recently served by any of ``cells``: at least ``min_uses`` of the scores in
+        their history ring (``history`` versions) were on those cells at or after ``since_ms``.
+        Rows hold the current version, the uses and the last time on the cells; highest current
+        score first (then most uses, then id).
+
+        >>> from monitor.events import RiskScore
+        >>> view = RiskView()
+        >>> for sid, ts, cell in [("a", 10, "c1"), ("a", 20, "c1"), ("b", 15, "c1"), ("b", 30, "c2"), ("c", 5, "c1")]:
+        ...     _ = view.apply(RiskScore(subscriber_id=sid, ts_ms=ts, scored_at_ms=ts, score=0.5, at_risk=True,
+        ...                              reasons=[], model_version=0, cell_id=cell))
+        >>> [(r.sid, r.uses, r.last_ms) for r in view.served_by(["c1"], since_ms=8)]
+        [('a', 2, 20), ('b', 1, 15)]
+        >>> [r.sid for r in view.served_by(["c1"], since_ms=8, min_uses=2)]
+        ['a']
+        """
+        wanted = set(cells)
+        candidates: set[str] = set()
+        for cell in wanted:
+            candidates.update(self._served.get(cell, ()))
+        rows = []
+        for sid in candidates:
+            entry = self._entries[sid]
+            uses, last = 0, None
+            for v in entry.history:
+                if v.cell_id in wanted and v.ts_ms >= since_ms:
+                    uses += 1
+                    last = v.ts_ms if last is None else max(last, v.ts_ms)
+            if uses >= min_uses and last is not None:
+                rows.append(ServedRow(entry.sid, entry.current, uses, last))
+        rows.sort(key=lambda r: (-r.version.score, -r.uses, r.sid))
         return rows
 
     def _changed_since(self, position: Sequence[int]) -> set[str]:
@@ -544,10 +608,15 @@ class ViewFeeder:
 
 
 def feeder_for(bootstrap_servers: str | list[str], view: RiskView, hotspots: HotspotBoard,
-               outreach_store: Any = None, *, client_id: str = "satmon-view") -> ViewFeeder:
-    """The feeder a worker runs: ``risk-scores`` -> view, ``alerts`` -> hot spots and, when a store
-    is given, ``satmon-outreach`` -> outreach store."""
+               outreach_store: Any = None, *, client_id: str = "satmon-view",
+               incidents: Any = None) -> ViewFeeder:
+    """The feeder a worker runs: ``risk-scores`` -> view, ``alerts`` -> hot spots and, when given,
+    ``satmon-outreach`` -> outreach store and ``incidents`` -> a :class:`monitor.incidents.IncidentBoard`."""
     handlers: dict[str, Handler] = {RISK_SCORES_TOPIC: view.apply_raw, ALERTS_TOPIC: hotspots.apply_raw}
+    if incidents is not None:
+        from monitor.incidents import INCIDENTS_TOPIC
+
+        handlers[INCIDENTS_TOPIC] = incidents.apply_raw
     if outreach_store is not None:
         from monitor.outreach import OUTREACH_TOPIC, decode_record
 

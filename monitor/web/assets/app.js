@@ -10,6 +10,7 @@ let me = null;          // {name, role}
 let nextCursor = null;  // cursor of the current walk
 let currentFilters = {};
 let currentSubscriber = null;
+let affectedPath = null;  // "incidents/<id>/affected" or "hotspots/<cell>/affected" shown below the incidents
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -76,7 +77,7 @@ async function signIn() {
 }
 
 async function loadOverview() {
-  const [summary, hs] = await Promise.all([api("summary"), api("hotspots")]);
+  const [summary, hs, inc] = await Promise.all([api("summary"), api("hotspots"), api("incidents")]);
   const tbody = $("#regions tbody");
   tbody.replaceChildren();
   for (const r of summary.by_region) {
@@ -91,7 +92,65 @@ async function loadOverview() {
     tr.append(el("td", h.cell), el("td", h.region ?? ""), el("td", h.severity), el("td", when(h.starts_at_ms)),
               el("td", h.affected));
     hbody.append(tr);
+    if (me.role !== "noc") {
+      tr.dataset.cell = h.cell;
+      tr.addEventListener("click", () => showAffected(`hotspots/${encodeURIComponent(h.cell)}/affected`,
+                                                       `hot spot ${h.cell}`).catch(showError));
+    }
   }
+  const ibody = $("#incidents tbody");
+  ibody.replaceChildren();
+  for (const i of inc.incidents) {
+    const tr = el("tr", null, i.status);
+    tr.dataset.incident = i.incident_id;
+    const cells = i.cells.length > 6 ? `${i.cells.slice(0, 6).join(", ")} ... (${i.cells.length})` : i.cells.join(", ");
+    const action = el("td");
+    if (me.role !== "noc") {
+      const b = el("button", "Customers");
+      b.type = "button";
+      b.addEventListener("click", () => showAffected(`incidents/${encodeURIComponent(i.incident_id)}/affected`,
+                                                     `the ${i.region} incident`).catch(showError));
+      action.append(b);
+    }
+    tr.append(el("td", i.region), el("td", i.status), el("td", i.severity), el("td", cells), el("td", i.kpis.join(", ")),
+              el("td", when(i.started_at_ms)), el("td", i.affected_subscribers), el("td", i.customers), action);
+    ibody.append(tr);
+  }
+}
+
+function affectedParams() {
+  const p = {};
+  const since = $("#a-since").value;
+  if (since) p.since = `${since}:00Z`;
+  const uses = $("#a-min-uses").value;
+  if (uses) p.min_uses = uses;
+  return p;
+}
+
+async function showAffected(path, what) {
+  if (path !== affectedPath) $("#a-since").value = "";
+  affectedPath = path;
+  const data = await api(path, { params: { ...affectedParams(), limit: 100 } });
+  $("#affected").hidden = false;
+  $("#a-what").textContent = what;
+  $("#a-counts").textContent = `${data.affected} served since ${when(data.since_ms)} UTC, ${data.eligible} contactable` +
+    `${data.truncated ? `, first ${data.rows.length} shown` : ""}`;
+  const tbody = $("#affected-rows tbody");
+  tbody.replaceChildren();
+  for (const r of data.rows) {
+    const tr = el("tr");
+    tr.dataset.sid = r.subscriber_id;
+    tr.append(el("td", r.subscriber_id, "sid"), el("td", r.current_score.toFixed(2), "score"), el("td", r.cell_id ?? ""),
+              el("td", r.uses), el("td", when(r.last_served_ms)), el("td", r.reasons.map((x) => x.text).join("; ")));
+    tr.addEventListener("click", () => showSubscriber(r.subscriber_id).catch(showError));
+    tbody.append(tr);
+  }
+}
+
+async function downloadAffectedCsv() {
+  if (!affectedPath) return;
+  const resp = await api(affectedPath, { params: { ...affectedParams(), limit: 500, format: "csv" }, raw: true });
+  saveBlob(await resp.blob(), "affected.csv");
 }
 
 function readFilters() {
@@ -151,10 +210,13 @@ async function markContacted(ev) {
 
 async function downloadCsv() {
   const resp = await api("at-risk", { params: { ...readFilters(), limit: 500, format: "csv" }, raw: true });
-  const blob = await resp.blob();
+  saveBlob(await resp.blob(), "at-risk.csv");
+}
+
+function saveBlob(blob, name) {
   const a = el("a");
   a.href = URL.createObjectURL(blob);
-  a.download = "at-risk.csv";
+  a.download = name;
   document.body.append(a);
   a.click();
   a.remove();
@@ -179,5 +241,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#next-page").addEventListener("click", () => loadList(false).catch(showError));
   $("#csv").addEventListener("click", () => downloadCsv().catch(showError));
   $("#contact-form").addEventListener("submit", (ev) => markContacted(ev).catch(showError));
+  $("#affected-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (affectedPath) showAffected(affectedPath, $("#a-what").textContent).catch(showError);
+  });
+  $("#a-csv").addEventListener("click", () => downloadAffectedCsv().catch(showError));
   if (sessionStorage.getItem(TOKEN_KEY)) signIn().catch(() => {});
 });
