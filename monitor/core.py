@@ -19,40 +19,37 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
-from river import linear_model, optim
-
-from monitor.events import AppEvent, NetworkEvent, Reason, RiskScore, TicketEvent
+from monitor.events import AppEvent, NetworkEvent, OutcomeProbabilities, Reason, RiskScore, TicketEvent
 from monitor.features import (
     FEATURES,
-    PRIOR_BIAS,
-    PRIOR_WEIGHTS,
     SubscriberState,
     apply_event,
     describe,
     event_key,
     feature_vector,
+    outcome_of,
     pack,
     seen_before,
     unpack,
 )
+from monitor.risk import OUTCOMES, LabelRecord, RiskModel
+
+__all__ = ["HOUR_MS", "LabelJoin", "LabelRecord", "PartitionCore", "RiskModel"]
 
 HOUR_MS = 3_600_000
 #: a score moving by at least this much is a material change worth a ``risk_score.v1`` record
 MATERIAL_DELTA = 0.05
 #: ... and this much while both the old and the new score are below half the at-risk threshold
 LOW_DELTA = 0.15
-#: labels after which the learned model carries half of the blend with the rule-based prior
-BLEND_HALF_LABELS = 100
-#: sample weight of a complaint label relative to a survey answer (see :class:`RiskModel`)
-COMPLAINT_WEIGHT = 0.5
-#: at most one feature snapshot per subscriber per this interval is kept for joining late labels
-SNAPSHOT_EVERY_MS = HOUR_MS
+#: a label's snapshot matures this long after its horizon (outcome records arriving a little late)
+LABEL_GRACE_MS = HOUR_MS
+#: how often (event time) quiet subscribers' matured labels are collected
+SWEEP_EVERY_MS = HOUR_MS
 #: default of the ``state_cache_per_partition`` setting
 STATE_CACHE_PER_PARTITION = 250_000
 #: how often (in events) quiet subscribers are evicted from the cache
@@ -83,16 +80,10 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
 class LabelJoin(NamedTuple):
-    """One label learned: where, whose, what kind (``complaint``/``survey``), the features it was
-    joined to, the model's prediction before learning it (test-then-train), and the label."""
+    """One outcome label learned: where, whose, which outcome (``complaint``/``detractor``/
+    ``churn``), the snapshot's features, the model's probability of the outcome within the learning
+    horizon before learning it (test-then-train), and whether it happened."""
 
     partition: int
     subscriber_id: str
@@ -100,153 +91,6 @@ class LabelJoin(NamedTuple):
     x: list[float]
     p: float
     y: bool
-
-
-class RiskModel:
-    """Online logistic regression (River) on the features, starting from a transparent prior.
-
-    The River model's weights start at the rule-based prior (:data:`~monitor.features.PRIOR_WEIGHTS`,
-    :data:`~monitor.features.PRIOR_BIAS`), so at cold start the model *is* the prior; every label
-    then moves it by stochastic gradient (test-then-train). The score is a blend
-    ``(1 - a) * prior + a * model`` with ``a = n / (n + blend_half_labels)``, so a handful of early
-    labels cannot swing the scores of every subscriber.
-
-    ``complaint_weight`` is the sample weight of a complaint label. Complaints are positives only
-    (nobody files a "happy" ticket): they teach the model *what* makes people unhappy, but they
-    would inflate *how many*. So the learned log-odds go through a calibrator (Platt scaling: a
-    one-feature River logistic regression, starting at the identity) that learns from survey
-    answers only -- the labels that sample satisfied and dissatisfied subscribers alike.
-
-    Hyper-parameters are constructor arguments stored under the same names (River's protocol);
-    learned state is the River model and the counters.
-    """
-
-    def __init__(self, *, lr: float = 0.02, l2: float = 0.0, blend_half_labels: int = BLEND_HALF_LABELS,
-                 complaint_weight: float = COMPLAINT_WEIGHT, calibration_lr: float = 0.05) -> None:
-        self.lr = lr
-        self.l2 = l2
-        self.blend_half_labels = blend_half_labels
-        self.complaint_weight = complaint_weight
-        self.calibration_lr = calibration_lr
-        self.calibrator = linear_model.LogisticRegression(optimizer=optim.SGD(calibration_lr),
-                                                          intercept_lr=calibration_lr)
-        self.calibrator._weights["z"] = 1.0
-        self._ca, self._cb = 1.0, 0.0
-        self.model = linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=l2, intercept_init=PRIOR_BIAS,
-                                                     intercept_lr=lr)
-        for name, w in zip(FEATURES, PRIOR_WEIGHTS):
-            self.model._weights[name] = w
-        self.n_labels = 0
-        self.n_positive = 0
-        self.logloss_sum = 0.0
-        self._w = list(PRIOR_WEIGHTS)
-        self._b = PRIOR_BIAS
-
-    def blend(self) -> float:
-        """Weight of the learned model in [0, 1): 0 at cold start, 0.5 after ``blend_half_labels``."""
-        return self.n_labels / (self.n_labels + self.blend_half_labels)
-
-    def score(self, x: Sequence[float]) -> float:
-        """The blended probability only (what evaluation and the API's fresh scores need)."""
-        a = self.blend()
-        prior_z = PRIOR_BIAS
-        model_z = self._b
-        for xi, pw, w in zip(x, PRIOR_WEIGHTS, self._w):
-            if xi:
-                prior_z += pw * xi
-                model_z += w * xi
-        return (1 - a) * _sigmoid(prior_z) + a * _sigmoid(self._ca * model_z + self._cb)
-
-    def _model_z(self, x: Sequence[float]) -> float:
-        return self._b + sum(w * xi for w, xi in zip(self._w, x) if xi)
-
-    def contributions(self, x: Sequence[float]) -> tuple[float, float, list[float]]:
-        """(score, prior, per-feature contribution to the blended log-odds)."""
-        a = self.blend()
-        w, pw = self._w, PRIOR_WEIGHTS
-        prior_z = PRIOR_BIAS
-        model_z = self._b
-        contrib = []
-        for i, xi in enumerate(x):
-            if xi:
-                pz = pw[i] * xi
-                mz = w[i] * xi
-                prior_z += pz
-                model_z += mz
-                contrib.append((1 - a) * pz + a * self._ca * mz)
-            else:
-                contrib.append(0.0)
-        prior = _sigmoid(prior_z)
-        score = (1 - a) * prior + a * _sigmoid(self._ca * model_z + self._cb)
-        return score, prior, contrib
-
-    def learn(self, x: Sequence[float], y: bool, weight: float = 1.0, *, calibrate: bool = True) -> float:
-        """Test-then-train: returns the prediction made before learning (also in the running
-        log-loss). ``calibrate``: the label samples both classes (a survey answer), so the
-        calibrator learns from it too."""
-        p = self.score(x)
-        q = min(max(p, 1e-6), 1 - 1e-6)
-        self.logloss_sum += -math.log(q if y else 1 - q)
-        if calibrate:
-            self.calibrator.learn_one({"z": self._model_z(x)}, y)
-        self.model.learn_one(dict(zip(FEATURES, x)), y, w=weight)
-        self.n_labels += 1
-        self.n_positive += int(y)
-        self.refresh()
-        return p
-
-    def learn_row(self, x: dict[str, float], y: bool, *, stream: bool, weight: float = 1.0,
-                  calibrate: bool = True) -> None:
-        """Learn one row of a warm-start file (any named features, see :mod:`monitor.warmstart`);
-        only rows carrying stream features count towards the blend weight."""
-        if calibrate:
-            z = sum(self.model._weights.get(k, 0.0) * v for k, v in x.items()) + self.model.intercept
-            self.calibrator.learn_one({"z": z}, y)
-        self.model.learn_one(x, y, w=weight)
-        if stream:
-            self.n_labels += 1
-            self.n_positive += int(y)
-        self.refresh()
-
-    def to_state(self) -> dict[str, Any]:
-        """Everything learned, as plain data (numbers, strings, lists, dicts): what a partition
-        checkpoint stores (msgpack), never a pickle. **Keep complete**: every learned attribute
-        a later version adds must be written here and read back in :meth:`from_state`;
-        ``tests/test_security.py`` round-trips a trained model and compares its scores."""
-        def river(m: Any) -> dict[str, Any]:
-            return {"weights": {str(k): float(v) for k, v in m._weights.items()}, "intercept": float(m.intercept),
-                    "n_iterations": int(m.optimizer.n_iterations)}
-
-        return {"class": "RiskModel",
-                "params": {"lr": self.lr, "l2": self.l2, "blend_half_labels": self.blend_half_labels,
-                           "complaint_weight": self.complaint_weight, "calibration_lr": self.calibration_lr},
-                "model": river(self.model), "calibrator": river(self.calibrator), "n_labels": self.n_labels,
-                "n_positive": self.n_positive, "logloss_sum": self.logloss_sum}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "RiskModel":
-        """The model :meth:`to_state` wrote (raises KeyError/TypeError/ValueError on a bad state)."""
-        if state.get("class") != "RiskModel":
-            raise ValueError(f"not a RiskModel state: {state.get('class')!r}")
-        m = cls(**state["params"])
-        for river, data in ((m.model, state["model"]), (m.calibrator, state["calibrator"])):
-            river._weights.clear()
-            for k, v in data["weights"].items():
-                river._weights[k] = float(v)
-            river.intercept = float(data["intercept"])
-            river.optimizer.n_iterations = int(data["n_iterations"])
-        m.n_labels, m.n_positive = int(state["n_labels"]), int(state["n_positive"])
-        m.logloss_sum = float(state["logloss_sum"])
-        m.refresh()
-        return m
-
-    def refresh(self) -> None:
-        """Re-read the stream features' weights from the River model (the fast scoring path)."""
-        weights = self.model._weights
-        self._w = [float(weights.get(f, 0.0)) for f in FEATURES]
-        self._b = float(self.model.intercept)
-        self._ca = float(self.calibrator._weights.get("z", 1.0))
-        self._cb = float(self.calibrator.intercept)
 
 
 class PartitionCore:
@@ -260,11 +104,19 @@ class PartitionCore:
         :class:`monitor.config.Settings` (threshold, label horizon, state TTL); defaults if None.
     state_loader
         ``subscriber_id -> bytes | None``: a cache miss is looked up here (the worker's table).
+    model
+        The :class:`RiskModel` to score with, shared by every core of the process (the operator's
+        one model: it must not depend on which partitions a worker owns). None: a model of its own.
+    label_sink
+        Where matured :class:`LabelRecord` go. None: straight into ``model`` (replay, tests, one
+        process); a worker sends them to the labels topic every worker learns from instead, and
+        feeds what it reads there to :meth:`RiskModel.learn` (see docs/MODEL.md).
     """
 
     def __init__(self, partition: int, *, settings: Any = None,
                  state_loader: Callable[[str], bytes | None] | None = None,
-                 clock_ms: Callable[[], int] | None = None) -> None:
+                 clock_ms: Callable[[], int] | None = None, model: RiskModel | None = None,
+                 label_sink: Callable[[LabelRecord], None] | None = None) -> None:
         self.partition = partition
         self.threshold = getattr(settings, "at_risk_threshold", 0.5)
         self.horizon_ms = int(getattr(settings, "label_horizon_hours", 24.0) * HOUR_MS)
@@ -275,13 +127,21 @@ class PartitionCore:
         self.max_skew_ms = int(getattr(settings, "max_clock_skew_s", MAX_CLOCK_SKEW_S) * 1000)
         #: checkpoints refused at restore (an old pickle, a corrupt blob): the partition started fresh
         self.checkpoints_refused = 0
-        start_from = getattr(settings, "model_checkpoint", None)
-        if start_from:
-            from monitor.warmstart import load_model
-
-            self.model = load_model(start_from)  # a warm start; a partition checkpoint overrides it
+        self.shared_model = model is not None
+        if model is not None:
+            self.model = model
         else:
-            self.model = RiskModel()
+            start_from = getattr(settings, "model_checkpoint", None)
+            if start_from:
+                from monitor.warmstart import load_model
+
+                self.model = load_model(start_from)  # a warm start; a partition checkpoint overrides it
+            else:
+                self.model = RiskModel()
+        self.label_sink = label_sink
+        self.label_horizon_ms = int(self.model.learn_horizon_hours * HOUR_MS)
+        self.labels_matured = 0
+        self._swept_ms = 0
         self.states: dict[str, SubscriberState] = {}
         self.dirty: set[str] = set()
         self.evicted: set[str] = set()
@@ -373,7 +233,11 @@ class PartitionCore:
             self.checkpoints_refused += 1
             log.error("partition %d: model checkpoint refused (%s); starting from a fresh model", self.partition, err)
             return False
-        self.model = model
+        if not self.shared_model:
+            self.model = model
+        elif model.n_labels > self.model.n_labels:
+            # one model per process: a partition's checkpoint brings it forward, never back
+            self.model.__setstate__(model.to_state())
         limit = self.clock_ms() + self.max_skew_ms
         if watermark > limit:
             log.warning("partition %d: checkpointed watermark %d is %.0f s ahead of the clock; clamped",
@@ -405,14 +269,24 @@ class PartitionCore:
         self.events += 1
         if ts > self.watermark_ms:
             self.watermark_ms = ts
-        self._join_labels(st, event)
+        if st.snap_ts and ts > st.snap_ts + self.label_horizon_ms:
+            self._mature(sid, st)
+        outcome = outcome_of(event)
+        if outcome is not None:
+            if st.snap_ts and ts > st.snap_ts:
+                st.lab_y |= 1 << OUTCOMES.index(outcome)
+            if outcome == "churn":
+                st.gone_ts = ts
         apply_event(st, event, key)
         x = feature_vector(st, max(ts, st.last_ts))
-        if isinstance(event, NetworkEvent) and ts - st.snap_ts >= SNAPSHOT_EVERY_MS:
-            # the snapshot a *late* label is joined to; taken from network activity only, so a
-            # label's own event (ticket, survey) is never inside it
-            st.snap_ts, st.snap_x = ts, pack(x)
+        if isinstance(event, NetworkEvent) and not st.snap_ts and not st.gone_ts:
+            # a label's snapshot: what the subscriber looked like at ts; it matures into a label
+            # (did each outcome follow within the learning horizon?) once the horizon has passed
+            st.snap_ts, st.snap_x, st.lab_y = ts, pack(x), 0
         self.dirty.add(sid)
+        if self.watermark_ms - self._swept_ms >= SWEEP_EVERY_MS:
+            self._swept_ms = self.watermark_ms
+            self.sweep_labels()
         if len(self.states) > self.cache_max:
             self.shrink_cache()  # never drops ``sid``: it is dirty until the next take_dirty
         self._since_evict += 1
@@ -421,39 +295,48 @@ class PartitionCore:
             self.evict_quiet()
         return self._maybe_emit(sid, st, x, ts)
 
-    def _join_labels(self, st: SubscriberState, event: Any) -> None:
-        """Labels from the streams: a complaint opening (positive, weighted ``complaint_weight``)
-        or a survey answer (NPS 0-6 positive, 7-10 negative) teaches the model the features the
-        subscriber had *just before* it -- the state before this event is applied, so the label's
-        own event is never in its features. A label arriving late (older than the subscriber's
-        newest event) is joined to the last snapshot taken before it, if that snapshot is at most
-        ``label_horizon_hours`` older than the label; otherwise it is dropped and counted."""
-        if isinstance(event, TicketEvent):
-            if event.action != "opened":
-                return
-            label, weight, kind = True, self.model.complaint_weight, "complaint"
-        elif isinstance(event, AppEvent) and event.kind == "survey_answer" and event.nps is not None:
-            label, weight, kind = event.nps <= 6, 1.0, "survey"
+    def _mature(self, sid: str, st: SubscriberState) -> None:
+        """Turn the subscriber's pending snapshot into a :class:`LabelRecord` and learn it (or
+        hand it to ``label_sink``)."""
+        x = unpack(st.snap_x)
+        rec = LabelRecord(ts_ms=st.snap_ts, x=x, y=[(st.lab_y >> i) & 1 for i in range(len(OUTCOMES))],
+                          partition=self.partition)
+        st.snap_ts, st.snap_x, st.lab_y = 0, b"", 0
+        self.dirty.add(sid)
+        self.labels_matured += 1
+        before = [self.model.hazard(o, x) for o in OUTCOMES] if self.on_label is not None else None
+        if self.label_sink is not None:
+            self.label_sink(rec)
         else:
-            return
-        ts = event.ts_ms
-        if ts >= st.last_ts:
-            x = feature_vector(st, ts)
-        elif st.snap_x and st.snap_ts <= ts and ts - st.snap_ts <= self.horizon_ms:
-            x = unpack(st.snap_x)
-        else:
-            self.labels_dropped += 1
-            return
-        p = self.model.learn(x, label, weight, calibrate=kind == "survey")
-        if self.on_label is not None:
-            self.on_label(LabelJoin(self.partition, event.subscriber_id, kind, x, p, label))
+            self.model.learn(rec)
+        if before is not None:
+            for o, p, y in zip(OUTCOMES, before, rec.y):
+                self.on_label(LabelJoin(self.partition, sid, o, x, p, bool(y)))
+
+    def sweep_labels(self) -> int:
+        """Mature the snapshots of cached subscribers whose horizon (plus ``LABEL_GRACE_MS``) has
+        passed in event time: the quiet and the gone have no next event to do it."""
+        cutoff = self.watermark_ms - self.label_horizon_ms - LABEL_GRACE_MS
+        due = [(sid, st) for sid, st in self.states.items() if st.snap_ts and st.snap_ts < cutoff]
+        for sid, st in due:
+            self._mature(sid, st)
+        return len(due)
 
     def scores_at(self, t_ms: int) -> Iterator[tuple[str, float]]:
         """``(subscriber_id, score)`` of every cached subscriber as of event time ``t_ms``, from the
         current state and model (nothing is emitted or changed)."""
         score = self.model.score
         for sid, st in self.states.items():
-            yield sid, score(feature_vector(st, max(t_ms, st.last_ts)))
+            if not st.gone_ts:
+                yield sid, score(feature_vector(st, max(t_ms, st.last_ts)))
+
+    def outcome_scores_at(self, t_ms: int) -> Iterator[tuple[str, dict[str, float]]]:
+        """``(subscriber_id, {outcome: probability within its horizon})`` of every cached
+        subscriber not gone (ported out) as of event time ``t_ms``."""
+        predict = self.model.predict
+        for sid, st in self.states.items():
+            if not st.gone_ts:
+                yield sid, predict(feature_vector(st, max(t_ms, st.last_ts)))
 
     def _maybe_emit(self, sid: str, st: SubscriberState, x: list[float], ts: int) -> RiskScore | None:
         """A ``risk_score.v1`` record when the change is material: the first score of a subscriber,
@@ -467,7 +350,11 @@ class PartitionCore:
             if score < self.threshold and abs(score - st.last_score) < (
                     MATERIAL_DELTA if max(score, st.last_score) >= low else LOW_DELTA):
                 return None
-        score, prior, contrib = self.model.contributions(x)
+        probs, _, contrib = self.model.contributions(x)
+        q = 1.0
+        for p in probs.values():
+            q *= 1.0 - p
+        score = 1.0 - q
         at_risk = score >= self.threshold
         ranked = sorted((c, i) for i, c in enumerate(contrib) if c > 0.05)[::-1][:4]
         top = FEATURES[ranked[0][1]] if ranked else ""
@@ -488,7 +375,8 @@ class PartitionCore:
                 reasons.append(Reason(code=code, text=text, value=value, contribution=round(c, 4)))
         return RiskScore(subscriber_id=sid, ts_ms=ts, scored_at_ms=self.clock_ms(), score=round(score, 4),
                          at_risk=at_risk, reasons=reasons, model_version=self.model.n_labels,
-                         prior=round(prior, 4), model_weight=round(self.model.blend(), 4),
+                         prior=round(self.model.prior_score(x), 4),
+                         outcomes=OutcomeProbabilities(**{o: round(p, 4) for o, p in probs.items()}),
                          at_risk_since_ms=st.at_risk_since or None, region=st.region,
                          segment=st.segment, cell_id=st.cell)
 

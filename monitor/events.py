@@ -47,7 +47,10 @@ Service = Literal["voice", "video", "gaming", "web", "social", "download", "mess
 Channel = Literal["call_center", "chat", "app", "web", "store", "email", "social"]
 Category = Literal["network", "billing", "service", "product", "privacy", "other"]
 Action = Literal["opened", "updated", "escalated", "reopened", "resolved"]
-AppKind = Literal["self_service_success", "self_service_failure", "bot_to_human", "error", "survey_answer"]
+AppKindV1 = Literal["self_service_success", "self_service_failure", "bot_to_human", "error", "survey_answer"]
+#: app_event.v2 adds ``port_out``: the subscriber's number was ported to another operator (churn)
+AppKind = Literal["self_service_success", "self_service_failure", "bot_to_human", "error", "survey_answer",
+                  "port_out"]
 
 # Cross-field rules the schemas state with ``allOf: [{if, then}]``: schema -> (field, value, required
 # field). ``__post_init__`` enforces them (hard-coded there, for speed); tests check this table
@@ -55,6 +58,7 @@ AppKind = Literal["self_service_success", "self_service_failure", "bot_to_human"
 CONDITIONAL_REQUIREMENTS: dict[str, tuple[tuple[str, str, str], ...]] = {
     "ticket_event.v1": (("action", "resolved", "resolution_minutes"),),
     "app_event.v1": (("kind", "survey_answer", "nps"),),
+    "app_event.v2": (("kind", "survey_answer", "nps"),),
 }
 # The messages ``__post_init__`` raises; msgspec reports them at the record's path, and
 # :func:`explain` turns them back into a reason naming the required field.
@@ -112,7 +116,7 @@ class TicketEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True):
 
 
 class AppEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True):
-    """A self-service interaction or survey answer (``app_event.v1``, topic ``app-interactions``)."""
+    """A self-service interaction, survey answer or port-out (``app_event.v2``, topic ``app-interactions``)."""
 
     event_id: Id
     session_id: Id
@@ -133,6 +137,12 @@ class AppEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True):
             raise ValueError(_NPS_REQUIRED)
 
 
+class AppEventV1(AppEvent, frozen=True, gc=False, kw_only=True):
+    """``app_event.v1``: as :class:`AppEvent` without ``port_out`` (records of v1 producers decode as v2)."""
+
+    kind: AppKindV1
+
+
 InputEvent = Union[NetworkEvent, TicketEvent, AppEvent]
 
 
@@ -143,6 +153,15 @@ class Reason(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     text: str
     contribution: float
     value: float | None = None
+
+
+class OutcomeProbabilities(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Probability of each outcome a team acts on: a complaint and a detractor answer within 72 h,
+    a port-out (churn) within 7 days."""
+
+    complaint: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    detractor: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    churn: Annotated[float, msgspec.Meta(ge=0, le=1)]
 
 
 class RiskScore(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -157,6 +176,8 @@ class RiskScore(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model_version: Annotated[int, msgspec.Meta(ge=0)]
     prior: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     model_weight: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    #: probability of each outcome within its horizon (docs/MODEL.md)
+    outcomes: OutcomeProbabilities | None = None
     at_risk_since_ms: int | None = None
     region: str | None = None
     segment: str | None = None
@@ -224,7 +245,8 @@ class DeadLetter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
     "network_event.v1": NetworkEvent,
     "ticket_event.v1": TicketEvent,
-    "app_event.v1": AppEvent,
+    "app_event.v1": AppEventV1,
+    "app_event.v2": AppEvent,
     "risk_score.v1": RiskScore,
     "alert.v1": Alert,
     "incident.v1": Incident,
@@ -235,7 +257,7 @@ RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
 INPUT_TOPICS: dict[str, str] = {
     "network-events": "network_event.v1",
     "care-tickets": "ticket_event.v1",
-    "app-interactions": "app_event.v1",
+    "app-interactions": "app_event.v2",
 }
 
 _DECODERS = {name: msgspec.json.Decoder(t) for name, t in RECORD_TYPES.items()}
@@ -462,11 +484,21 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class _Digits(str):
+    """An integer literal too long for ``int()`` (Python refuses over 4,300 digits): its text."""
+
+
+def _parse_int(text: str) -> Any:
+    return int(text) if len(text) <= 4000 else _Digits(text)
+
+
 def _load(raw: bytes) -> Any:
     """The document as Python values, for explaining (error path only: cost is fine). Unlike
-    orjson, ``json`` keeps integers of any size exact; NaN and Infinity are refused as in msgspec."""
+    orjson, ``json`` keeps integers of any size exact (beyond 4,000 digits as :class:`_Digits`,
+    so a 5,000-digit number is out of range, not "not JSON"); NaN and Infinity are refused as in
+    msgspec."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_int=_parse_int)
     except RecursionError:
         raise
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
@@ -607,6 +639,8 @@ def _found(value: Any, limit: int = 60) -> str:
     """A found value with its JSON type: ``\\`str\\` "abc"``, ``\\`int\\` 5``, ``\\`null\\```."""
     if value is _MISSING:
         return "nothing (missing)"
+    if isinstance(value, _Digits):
+        return f"`int` an integer of {len(value.lstrip('-'))} digits"
     if value is None:
         return "`null`"
     if isinstance(value, bool):

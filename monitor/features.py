@@ -96,11 +96,13 @@ class SubscriberState(msgspec.Struct, array_like=True, kw_only=True):
     nps: int = -1
     nps_ts: int = 0
     recent_ids: bytes = b""  # the last RECENT_IDS event keys (event_key), 8 bytes each
-    snap_ts: int = 0
+    snap_ts: int = 0  # a label's snapshot, pending until its horizon has passed (0: none)
     snap_x: bytes = b""  # the feature vector as float32 (see pack/unpack): 4 bytes a feature
     at_risk_since: int = 0
     last_score: float = -1.0
     last_top: str = ""
+    lab_y: int = 0  # outcomes seen since snap_ts, one bit per monitor.risk.OUTCOMES
+    gone_ts: int = 0  # ported out (churned) at
 
 
 def event_key(event_id: str) -> bytes:
@@ -108,6 +110,19 @@ def event_key(event_id: str) -> bytes:
     Stable across processes (unlike ``hash``), so a re-delivery after a restart is still caught;
     a false match needs a 64-bit collision among a subscriber's last 8 events."""
     return blake2b(event_id.encode(), digest_size=ID_KEY_BYTES).digest()
+
+
+def outcome_of(ev: NetworkEvent | TicketEvent | AppEvent) -> str | None:
+    """The outcome an event *is*, if any: a complaint opened, a detractor answer (NPS 0-6), a
+    port-out (churn); these are what the risk model predicts, never its input features."""
+    if isinstance(ev, TicketEvent):
+        return "complaint" if ev.action == "opened" else None
+    if isinstance(ev, AppEvent):
+        if ev.kind == "survey_answer":
+            return "detractor" if ev.nps is not None and ev.nps <= 6 else None
+        if ev.kind == "port_out":
+            return "churn"
+    return None
 
 
 def seen_before(st: SubscriberState, key: bytes) -> bool:

@@ -7,9 +7,10 @@ import pickle
 
 import pytest
 
-from monitor.core import COMPLAINT_WEIGHT, PartitionCore, _decode_state, _encode_state
+from monitor.core import PartitionCore, _decode_state, _encode_state
 from monitor.events import AppEvent, NetworkEvent, TicketEvent
-from monitor.features import FEATURES, SubscriberState, apply_event, feature_vector, unpack
+from monitor.features import FEATURES, SubscriberState, apply_event, feature_vector
+from monitor.risk import LabelRecord, RiskModel, decode_label, encode_label
 
 T0 = 1_740_000_000_000
 MIN = 60_000
@@ -42,8 +43,8 @@ def test_bad_network_raises_score_with_network_reasons():
         s = bad.process(net(i, bad=True))
         if s is not None:
             emitted.append(s)
-    s_good = good.model.contributions(feature_vector(good.states["s1"], T0 + 20 * MIN))[0]
-    s_bad = bad.model.contributions(feature_vector(bad.states["s1"], T0 + 20 * MIN))[0]
+    s_good = good.model.score(feature_vector(good.states["s1"], T0 + 20 * MIN))
+    s_bad = bad.model.score(feature_vector(bad.states["s1"], T0 + 20 * MIN))
     assert s_bad > 0.5 > 0.2 > s_good
     last = emitted[-1]
     assert last.at_risk and last.at_risk_since_ms is not None
@@ -91,63 +92,102 @@ def test_state_loader_restores_a_subscriber():
     assert second.states["s1"].sessions > 5.0  # continued, not restarted
 
 
-def _record_labels(core: PartitionCore) -> list[tuple[list[float], bool, float]]:
-    seen: list[tuple[list[float], bool, float]] = []
-    learn = core.model.learn
+HOUR = 60 * MIN
 
-    def spy(x, y, weight=1.0, *, calibrate=True):
-        seen.append((list(x), y, weight))
-        return learn(x, y, weight, calibrate=calibrate)
 
-    core.model.learn = spy
+def _record_labels(core: PartitionCore) -> list[LabelRecord]:
+    """The labels a core produces, through its real seam (``label_sink``), still learned."""
+    seen: list[LabelRecord] = []
+
+    def sink(rec: LabelRecord) -> None:
+        seen.append(rec)
+        core.model.learn(rec)
+
+    core.label_sink = sink
     return seen
 
 
-def test_label_learns_the_features_from_before_its_own_event():
+def test_label_is_the_snapshot_before_the_outcome_and_matures_after_the_horizon():
     core = PartitionCore(0)
     seen = _record_labels(core)
-    core.process(net(1, bad=True))
-    core.process(ticket(30))  # the complaint labels what the subscriber had lived through before it
-    [(x, y, weight)] = seen
-    assert y is True and weight == COMPLAINT_WEIGHT
+    core.process(net(1, bad=True))  # the snapshot: what the subscriber had lived through
+    core.process(ticket(0, ts=T0 + 10 * HOUR))  # a complaint 10 h later
+    core.process(net(2, ts=T0 + 20 * HOUR))
+    assert seen == []  # not before the 24 h horizon has passed
+    core.process(net(3, ts=T0 + 25 * HOUR))
+    [rec] = seen
+    assert rec.y == [1, 0, 0] and rec.ts_ms == T0 + MIN
+    x = rec.x
     assert x[FEATURES.index("complaints")] == 0.0 and x[FEATURES.index("open_tickets")] == 0.0  # no leakage
     assert x[FEATURES.index("drops")] > 0 and x[FEATURES.index("worst_moment")] > 0
-    assert core.states["s1"].complaints == 1.0  # the complaint itself is applied after learning
-    assert (core.model.n_labels, core.model.n_positive) == (1, 1)
+    assert core.model.n_labels == 1 and core.model.n_positive["complaint"] == 1
+    assert core.states["s1"].snap_ts == T0 + 25 * HOUR  # the next snapshot is pending
 
 
-def test_late_label_joins_the_last_snapshot_before_it_within_the_horizon():
+def test_outcomes_after_the_horizon_and_promoters_are_negatives_detractors_positives():
     core = PartitionCore(0)
     seen = _record_labels(core)
-    core.process(net(1, bad=True))  # snapshot
-    core.process(net(30))  # newer than the survey below: it arrives late
-    core.process(survey(20, 3))
-    assert len(seen) == 1 and seen[0][0] == unpack(core.states["s1"].snap_x) and seen[0][1] is True
-    core.process(survey(0, 9, ts=T0 - MIN))  # older than every snapshot: dropped and counted
-    core.process(ticket(31 * 60, action="resolved"))  # not a label; the subscriber's newest event
-    core.process(survey(26 * 60, 9))  # late, and 26 h after the snapshot: beyond the 24 h horizon
-    assert len(seen) == 1 and core.labels_dropped == 2
-
-
-def test_detractor_and_promoter_labels():
-    core = PartitionCore(0)
     core.process(net(1))
-    core.process(survey(2, 9))
-    core.process(net(200))
-    core.process(survey(201, 2))
-    assert (core.model.n_labels, core.model.n_positive) == (2, 1)
+    core.process(survey(0, 9, ts=T0 + 2 * HOUR))  # a promoter: not an outcome
+    core.process(ticket(0, ts=T0 + 30 * HOUR))  # after the first snapshot's horizon
+    core.process(survey(1, 2, ts=T0 + 31 * HOUR))  # a detractor, but no snapshot is pending
+    core.process(net(2, ts=T0 + 32 * HOUR))
+    core.process(survey(2, 3, ts=T0 + 40 * HOUR))
+    core.process(net(3, ts=T0 + 60 * HOUR))
+    assert [r.y for r in seen] == [[0, 0, 0], [0, 1, 0]]
+
+
+def test_quiet_subscribers_labels_mature_by_event_time_sweep():
+    core = PartitionCore(0)
+    seen = _record_labels(core)
+    core.process(net(1, sub="quiet", bad=True))
+    core.process(ticket(0, sub="quiet", ts=T0 + 3 * HOUR))
+    for h in range(1, 28):
+        core.process(net(h, sub="busy", ts=T0 + h * HOUR))
+    assert [r.y for r in seen if r.ts_ms == T0 + MIN] == [[1, 0, 0]]  # matured without a next event
+
+
+def test_one_model_whatever_partitions_a_worker_owns():
+    """Two cores sharing one model learn exactly what one model fed from a labels topic learns."""
+    evs = []
+    for k in range(12):
+        evs += [net(k, sub=f"s{k}", bad=k % 3 == 0), ticket(k, sub=f"s{k}", ts=T0 + (5 + k) * HOUR)]
+    evs += [net(100 + k, sub=f"s{k}", ts=T0 + 30 * HOUR + k * MIN) for k in range(12)]
+    evs.sort(key=lambda e: e.ts_ms)
+    shared = RiskModel()
+    cores = [PartitionCore(p, model=shared) for p in range(2)]
+    topic: list[bytes] = []
+    producers = [PartitionCore(p, label_sink=lambda r: topic.append(encode_label(r))) for p in range(2)]
+    for e in evs:
+        p = int(e.subscriber_id[1:]) % 2
+        cores[p].process(e)
+        producers[p].process(e)
+    assert shared.n_labels == 12 and cores[0].model is cores[1].model
+    consumer = RiskModel()  # any worker reading the labels topic
+    for blob in topic:
+        consumer.learn(decode_label(blob))
+    assert consumer.to_state() == shared.to_state()
+    assert producers[0].model.n_labels == 0  # with a sink, cores never learn on their own
 
 
 def test_checkpoint_restores_learning():
     core = PartitionCore(0)
     for k in range(30):
-        core.process(net(k * 100, sub=f"s{k}", bad=k % 2 == 0))
-        core.process(ticket(k * 100 + 5, sub=f"s{k}") if k % 2 == 0 else survey(k * 100 + 5, 9, sub=f"s{k}"))
+        core.process(net(k, sub=f"s{k}", bad=k % 2 == 0))
+        if k % 2 == 0:
+            core.process(ticket(k, sub=f"s{k}", ts=T0 + 2 * HOUR))
+    core.process(net(99, sub="late", ts=T0 + 30 * HOUR))
     assert core.model.n_labels == 30
     other = PartitionCore(0)
     other.restore(core.checkpoint())
-    assert other.model.n_labels == 30 and other.model._w == core.model._w
+    assert other.model.n_labels == 30 and other.model.to_state() == core.model.to_state()
     pickle.loads(pickle.dumps(other))
+    shared = RiskModel()
+    behind = PartitionCore(1, model=shared)
+    behind.restore(core.checkpoint())  # a shared model is brought forward in place
+    assert behind.model is shared and shared.n_labels == 30
+    behind.restore(PartitionCore(2).checkpoint())  # ... never back
+    assert shared.n_labels == 30
 
 
 def test_deterministic_and_input_not_mutated():
@@ -194,15 +234,6 @@ def test_replay_and_core_agree(tmp_path):
         if s:
             direct.append((s.subscriber_id, s.score))
     assert via_replay == direct and len(direct) > 100
-
-
-def test_only_survey_answers_move_the_calibrator():
-    core = PartitionCore(0)
-    core.process(net(1, bad=True))
-    core.process(ticket(30))  # a complaint teaches what makes people unhappy, not how many are
-    assert (core.model._ca, core.model._cb) == (1.0, 0.0) and core.model.n_labels == 1
-    core.process(survey(40, 2))
-    assert (core.model._ca, core.model._cb) != (1.0, 0.0) and core.model.n_labels == 2
 
 
 def test_state_cache_is_bounded_when_a_table_backs_it():

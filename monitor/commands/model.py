@@ -19,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ws.add_argument("--label", required=True, help="label column: Yes/No or 1/0 (churned, detractor, complained)")
     ws.add_argument("--id", dest="id_column", help="customer id column (never used as a feature; must be unique)")
     ws.add_argument("--out", help="checkpoint file to write (default: DATA_DIR/model/warm-start.ckpt)")
-    ws.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (default 0.02, as the workers)")
+    ws.add_argument("--lr", type=float, default=None, help="SGD step in standardised units (default 0.05)")
+    ws.add_argument("--outcome", default="churn", choices=("complaint", "detractor", "churn"),
+                    help="which outcome the label is: stream-feature columns teach the workers' head of it")
+    ws.add_argument("--check", type=int, metavar="SEED", default=None,
+                    help="also compare one online pass with batch logistic regression: rows shuffled with "
+                    "SEED, both fitted on 70%%, exact ROC-AUC on the other 30%%")
     ws.add_argument("--json", action="store_true", help="print the report as JSON")
     from monitor.config import add_flags
 
@@ -30,10 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from monitor.config import from_args
-    from monitor.warmstart import save, warm_start
+    from monitor.warmstart import WARM_LR, check, save, warm_start
 
     settings = from_args(args)
-    report = warm_start(args.csv, label=args.label, id_column=args.id_column, lr=args.lr)
+    lr = args.lr if args.lr is not None else WARM_LR
+    report = warm_start(args.csv, label=args.label, id_column=args.id_column, lr=lr, outcome=args.outcome)
+    if args.check is not None:
+        report["check"] = check(args.csv, label=args.label, id_column=args.id_column, seed=args.check, lr=lr)
     out = save(report.pop("checkpoint"), args.out or Path(settings.data_dir) / "model" / "warm-start.ckpt")
     report["checkpoint"] = str(out)
     if args.json:
@@ -41,8 +49,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cols = report["columns"]
     print(f"{report['rows']:,} rows ({report['positives']:,} positive) from {report['csv']}")
-    print(f"prequential ROC-AUC {report['prequential_roc_auc']}, log-loss {report['prequential_log_loss']}")
-    print(f"columns: {len(cols['numeric'])} numeric, {len(cols['categorical'])} categorical, "
+    print(f"prequential ROC-AUC {report['prequential_roc_auc']} (exact), log-loss {report['prequential_log_loss']}")
+    if "check" in report:
+        c = report["check"]
+        print(f"hold-out (seed {c['seed']}, {c['train_rows']:,} rows learned, {c['test_rows']:,} scored): one online "
+              f"pass {c['online_roc_auc']}, batch logistic regression {c['batch_logistic_roc_auc']} "
+              f"(gap {c['gap']:+.4f})")
+    print(f"columns: {len(cols['numeric'])} numeric ({len(cols['log1p'])} log1p), "
+          f"{len(cols['categorical'])} categorical, "
           f"{len(cols['stream_features'])} stream features ({', '.join(cols['stream_features']) or 'none'})")
     if cols["stream_features"]:
         print(f"workers start from it: SATMON_MODEL_CHECKPOINT={out}")
