@@ -192,9 +192,30 @@ class SimConfig:
     late_max_s: float = 600.0
     sessions_per_hour: float = SESSIONS_PER_HOUR
     app_per_hour: float = APP_PER_HOUR
+    #: ``v3`` (default): the people of :mod:`monitor.world` (drivers drawn per seed, hazards with a
+    #: lead, port-outs); ``v2``: the earlier latent-satisfaction model (labels within 30 s of their cause)
+    world: str = "v3"
+    #: emitted hours before the evaluated ``hours`` (the model warms up; no oracle instants there)
+    burn_in_hours: float = 0.0
+    #: hours the world runs on after the last emitted event, unseen: outcomes only (so that every
+    #: evaluation instant's horizon lies in the run)
+    followup_hours: float = 0.0
+    #: v3: share of active subscribers offered an outreach contact each day at 10:00 local (half of
+    #: them held out at random; ``ground_truth/treatment.jsonl`` records both arms)
+    treatment_share: float = 0.0
 
     def validate(self) -> None:
         problems = []
+        if self.world not in ("v2", "v3"):
+            problems.append(f"world: expected v2 or v3, got {self.world!r}")
+        for name in ("burn_in_hours", "followup_hours"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                problems.append(f"{name}: expected >= 0, got {v}")
+        if not 0 <= self.treatment_share <= 0.5:
+            problems.append(f"treatment_share: expected 0..0.5, got {self.treatment_share}")
+        if self.world == "v2" and (self.followup_hours or self.treatment_share):
+            problems.append("followup_hours and treatment_share need world v3")
         if self.subscribers < 1:
             problems.append(f"subscribers: expected >= 1, got {self.subscribers}")
         if self.hours < 0 or not math.isfinite(self.hours):
@@ -542,7 +563,11 @@ class Simulator:
         self.rng = np.random.default_rng(config.seed)
         self.start_ms = int(config.start_ms if config.start_ms is not None else DEFAULT_START_MS)
         self.step_ms = int(1000 * (config.step_s or auto_step_s(config)))
-        self.end_ms = None if config.hours == 0 else self.start_ms + int(config.hours * HOUR_MS)
+        self.end_ms = None if config.hours == 0 else self.start_ms + int((config.hours + config.burn_in_hours) * HOUR_MS)
+        #: first instant of the evaluated period (after the burn-in)
+        self.eval_start_ms = self.start_ms + int(config.burn_in_hours * HOUR_MS)
+        #: the world runs unseen until here (outcomes only)
+        self.world_end_ms = None if self.end_ms is None else self.end_ms + int(config.followup_hours * HOUR_MS)
         self.scenario = load_scenario(config.scenario)
         self.world = World(config.subscribers, config.cells, self.rng)
         self.incidents = _resolve_incidents(self.scenario, self.start_ms, self.world, config.seed)
@@ -576,13 +601,32 @@ class Simulator:
         self._service_cum = np.cumsum(SERVICE_SHARE) / sum(SERVICE_SHARE)
         self._outage = np.zeros(self.world.n_cells, np.float32)
         self._congestion = np.zeros(self.world.n_cells, np.float32)
+        self._billing_subs = np.zeros(0, np.int64)
+        self.emitting = True
+        #: v3: the subscribers' hidden side (monitor.world.People); None for v2
+        self.people = None
+        #: v3: (instant, {outcome_h: probability per subscriber}) every hour of the evaluated period
+        self.oracle: list[tuple[int, dict[str, np.ndarray]]] = []
+        #: v3: per subscriber, the driver behind each outcome: {sub: {kind: [driver, ...]}}
+        self.drivers: dict[int, dict[str, list[str]]] = {}
+        #: v3: outreach contacts (treated and held out)
+        self.treatments: list[dict[str, Any]] = []
+        if config.world == "v3":
+            from monitor.world import People
+
+            self.people = People(self.world.segment, seed=config.seed, start_ms=self.start_ms,
+                                 utc_offset_h=config.utc_offset_h)
 
     # -- labels ---------------------------------------------------------------------------------
 
-    def _label(self, sub: int, kind: str, ts: int) -> None:
+    def _label(self, sub: int, kind: str, ts: int, driver: str | None = None) -> None:
         self.labels.setdefault(sub, {}).setdefault(kind, []).append(ts)
+        if driver is not None:
+            self.drivers.setdefault(sub, {}).setdefault(kind, []).append(driver)
 
     def _count(self, kind: str, n: int = 1) -> None:
+        if not self.emitting:
+            return
         self.kind_counts[kind] = self.kind_counts.get(kind, 0) + n
 
     def _push(self, ts: int, kind: str, payload: tuple) -> None:
@@ -596,14 +640,33 @@ class Simulator:
         t = self.start_ms
         snap = self.start_ms + SATISFACTION_EVERY_MS
         keep = self.end_ms is not None and self.world.n <= SATISFACTION_MAX_SUBSCRIBERS
+        v3 = self.people is not None
+        # v3 oracle instants: every full hour of the evaluated period
+        hourly = -(-self.eval_start_ms // HOUR_MS) * HOUR_MS
+        treat_at = self._next_treatment(self.start_ms)
         while self.end_ms is None or t < self.end_ms:
             t_end = t + self.step_ms if self.end_ms is None else min(t + self.step_ms, self.end_ms)
+            if v3 and treat_at is not None and t >= treat_at:
+                self._treat(treat_at)
+                treat_at = self._next_treatment(treat_at + 1)
             yield self._step(t, t_end)
             t = t_end
-            if keep and t >= snap:
+            if keep and not v3 and t >= snap:
                 self.satisfaction.append((snap, self.world.p_detractor_at((snap - self.start_ms) / MINUTE_MS)
                                           .astype(np.float16)))
                 snap += SATISFACTION_EVERY_MS
+            if keep and v3 and t >= hourly:
+                if hourly >= self.eval_start_ms:
+                    self.oracle.append((hourly, self.people.oracle(hourly)))
+                hourly += HOUR_MS
+        if v3 and self.world_end_ms is not None and self.world_end_ms > t:
+            # the follow-up: the world goes on unseen, only outcomes are recorded
+            self.emitting = False
+            while t < self.world_end_ms:
+                t_end = min(t + max(self.step_ms, 5 * MINUTE_MS), self.world_end_ms)
+                self._step(t, t_end)
+                t = t_end
+            self.emitting = True
         # release what is still held back (late records and duplicates) at the end
         rest = Step(t, [[], [], []], [[], [], []], [[], [], []], [0, 0, 0])
         self._release(rest, None)
@@ -611,6 +674,31 @@ class Simulator:
             self.emitted[t] += len(rest.lines[t])
         if any(rest.lines):
             yield rest
+
+    def _next_treatment(self, after_ms: int) -> int | None:
+        """The next 10:00 local at or after ``after_ms`` (None without treatment)."""
+        if self.people is None or not self.config.treatment_share:
+            return None
+        off = int(self.config.utc_offset_h * HOUR_MS)
+        day = 24 * HOUR_MS
+        t = ((after_ms + off) // day) * day + 10 * HOUR_MS - off
+        return t if t >= after_ms else t + day
+
+    def _treat(self, ts: int) -> None:
+        """Outreach: a share of the active subscribers, the most dissatisfied first (as a good list
+        would pick them), split at random into contacted and held out."""
+        p = self.people
+        active = np.flatnonzero(p.active)
+        k = int(len(active) * self.config.treatment_share)
+        if k < 2:
+            return
+        load = (p.irritation[active].sum(axis=1) + p.grudge[active].sum(axis=1))
+        pick = active[np.argsort(-load, kind="stable")[:k]]
+        arm = p.rng.random(k) < 0.5
+        p.treat(pick[arm])
+        for s, a in zip(pick.tolist(), arm.tolist()):
+            self.treatments.append({"subscriber_id": subscriber_id(s), "ts_ms": ts, "treated": a,
+                                    "effect": p.params.treatment_effect if a else 0.0})
 
     def _step(self, t0: int, t1: int) -> Step:
         rng, w = self.rng, self.world
@@ -639,6 +727,8 @@ class Simulator:
             app_subs = [m[3] for m in merged]
         step = Step(t0, [net[0], tix_lines, app_lines], [net[1], tix_subs, app_subs],
                     [net[2], tix_ts, app_ts], [0, 0, 0])
+        if not self.emitting:
+            return step
         self.last_ts_ms = t1
         self._noise(step, t1)
         return step
@@ -664,6 +754,8 @@ class Simulator:
         want = int(k * 255 / w.activity_mean * 1.15) + 16
         cand = rng.integers(0, w.n, want)
         keep = cand[rng.integers(0, 255, want) < w.activity[cand]]
+        if self.people is not None:
+            keep = keep[self.people.active[keep]]
         return keep[:k]
 
     def _network(self, t0, span, load, active, ts_, tb_, tc_):
@@ -729,6 +821,14 @@ class Simulator:
         stall = np.where(video, deficit * 40 * rng.random(k) + (loss > 5) * 10 * rng.random(k)
                          + backhaul * 6 * rng.random(k), 0.0)
         stall = np.where(video & (rng.random(k) < 0.03), stall + rng.exponential(2.0, k), stall)
+        if self.people is not None:
+            felt = self.people.sessions(subs, service, rsrp, dl, lat, drop, stall)
+            # a badly served subscriber sometimes checks the network in the app (a visible signal)
+            chk = (felt > 0.4) & (rng.random(k) < 0.12)
+            self._pending_checks = (subs[chk], np.minimum(ts[chk] + rng.integers(30_000, 300_000, int(chk.sum())),
+                                                          t0 + span - 1))
+            return self._serialise_sessions(subs, ts, cell, reg, radio, service, rsrp, sinr, dl, ul, lat, jit, loss,
+                                            drop, stall)
         # how bad the session felt (0..1)
         demanding = (service == V_VIDEO) | (service == V_GAMING) | (service == V_VOICE)
         bad = np.maximum.reduce([
@@ -744,7 +844,14 @@ class Simulator:
         chk = bad > 0.5
         chk &= rng.random(k) < 0.12
         self._pending_checks = (subs[chk], np.minimum(ts[chk] + rng.integers(30_000, 300_000, int(chk.sum())), t0 + span - 1))
-        # serialise
+        return self._serialise_sessions(subs, ts, cell, reg, radio, service, rsrp, sinr, dl, ul, lat, jit, loss,
+                                        drop, stall)
+
+    def _serialise_sessions(self, subs, ts, cell, reg, radio, service, rsrp, sinr, dl, ul, lat, jit, loss, drop, stall):
+        w = self.world
+        k = len(subs)
+        if not self.emitting:
+            return [], [], []
         first = self.counter[NET]
         self.counter[NET] += k
         self.clean[NET] += k
@@ -766,6 +873,9 @@ class Simulator:
         subs = rng.integers(0, w.n, k)
         ts = t0 + rng.integers(0, span, k)
         feature = _pick(rng, APP_FEATURE_SHARE, k).astype(np.int64)
+        if self.people is not None:
+            alive = self.people.active[subs]
+            subs, ts, feature = subs[alive], ts[alive], feature[alive]
         checks, check_ts = getattr(self, "_pending_checks", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
         self._pending_checks = None
         subs = np.concatenate([subs, checks]).astype(np.int64)
@@ -797,9 +907,14 @@ class Simulator:
         # support chats do so on their own a fifth of the time
         bounce = ((kind == 1) & (rng.random(k) < 0.35)) | (support & (kind == 0) & (rng.random(k) < 0.2))
         kind = np.where(bounce, 2, kind)
-        bad = np.array([0.0, 0.3, 0.4, 0.25])[kind]
         sel = kind > 0
-        ts_.append(subs[sel]); tb_.append(bad[sel]); tc_.append(np.full(int(sel.sum()), 2, np.uint8))
+        if self.people is not None:
+            self.people.app(subs[sel], kind[sel])
+            if not self.emitting:
+                return [], [], []
+        else:
+            bad = np.array([0.0, 0.3, 0.4, 0.25])[kind]
+            ts_.append(subs[sel]); tb_.append(bad[sel]); tc_.append(np.full(int(sel.sum()), 2, np.uint8))
         kinds = np.array(["self_service_success", "self_service_failure", "bot_to_human", "error"], dtype=object)
         feat = np.array(['"%s"' % f for f in APP_FEATURES], dtype=object)[feature]
         err = np.where(kind == 3, np.array(['"%s"' % c for c in APP_ERROR_CODES], dtype=object)[rng.integers(0, len(APP_ERROR_CODES), k)], "null")
@@ -837,6 +952,13 @@ class Simulator:
             bad.append(rng.uniform(0.7, 1.0, len(cand)))
         subs_a = np.concatenate(subs)
         bad_a = np.concatenate(bad)
+        if self.people is not None:
+            alive = self.people.active[subs_a]
+            subs_a, bad_a = subs_a[alive], bad_a[alive]
+            if self.emitting:
+                self._count("bill_surprise", len(subs_a))
+            self.people.bills(subs_a, bad_a)
+            return
         self._count("bill_surprise", len(subs_a))
         ts_.append(subs_a); tb_.append(bad_a); tc_.append(np.ones(len(subs_a), np.uint8))
         self._billing_subs = subs_a
@@ -844,6 +966,16 @@ class Simulator:
     def _experience(self, t1, t_min, ts_, tb_, tc_) -> None:
         """Fold the step's bad moments into the latent state; some subscribers complain."""
         rng, w = self.rng, self.world
+        if self.people is not None:
+            complaints, churns = self.people.advance(int(self.people.t_ms), t1)
+            for s, ts, driver in complaints:
+                from monitor.world import CATEGORY, D
+
+                category = CATEGORY[D[driver]] if driver != "none" else CAUSES[int(rng.integers(3))]
+                self._push(ts, "complain", (s, category, driver))
+            for s, ts, driver in churns:
+                self._push(ts, "port_out", (s, driver))
+            return
         if not ts_:
             return
         subs = np.concatenate(ts_).astype(np.int64)
@@ -869,13 +1001,15 @@ class Simulator:
             return
         at = t1 - 1 - rng.integers(0, min(self.step_ms, 30_000), len(who))
         for s, ts, c in zip(who.tolist(), at.tolist(), w.cause[who].tolist()):
-            self._push(ts, "complain", (s, CAUSES[c]))
+            self._push(ts, "complain", (s, CAUSES[c], None))
 
     def _surveys(self, t0, span, active=()) -> None:
         rng, w = self.rng, self.world
-        k = rng.poisson(w.n * RELATIONSHIP_SURVEY_PER_HOUR * span / HOUR_MS)
+        per_hour = RELATIONSHIP_SURVEY_PER_HOUR if self.people is None else self.people.params.survey_per_h
+        k = rng.poisson(w.n * per_hour * span / HOUR_MS)
         for s, ts in zip(rng.integers(0, w.n, k).tolist(), (t0 + rng.integers(0, span, k)).tolist()):
-            self._push(ts + self._answer_delay(), "survey", (s,))
+            if self.people is None or self.people.active[s]:
+                self._push(ts + self._answer_delay(), "survey", (s,))
         for inc in active:
             # an NPS campaign (by SMS/app): many answers within minutes, every one a label
             if inc.type != "survey_campaign":
@@ -907,16 +1041,49 @@ class Simulator:
         rng, w = self.rng, self.world
         while self.heap and self.heap[0][0] < t1:
             ts, _, kind, payload = heapq.heappop(self.heap)
+            if kind == "port_out":
+                s, driver = payload
+                if self.people is None or not self.people.active[s]:
+                    continue
+                self.people.leave(s, ts)
+                self._label(s, "churn", ts, driver)
+                self.tickets.pop(s, None)
+                if not self.emitting:
+                    continue
+                self._count("port_out")
+                n = self.counter[APP]
+                self.counter[APP] += 1
+                self.clean[APP] += 1
+                sess = self.app_session
+                self.app_session += 1
+                app_lines.append(self._app % (n, sess, s, ts, "port_out", '"porting"', "null", "null",
+                                              APP_VERSIONS[w.app_version[s]], REGION_NAMES[w.cell_region[w.home[s]]],
+                                              SEGMENTS[w.segment[s]]))
+                app_subs.append(s)
+                app_ts.append(ts)
+                continue
             if kind == "survey":
                 (s,) = payload
-                tm = (ts - self.start_ms) / MINUTE_MS
-                idx = np.array([s])
-                w.decay(idx, max(tm, float(w.t_last[s])))
-                e = float(w.effective(idx)[0])
-                nps = int(min(10, max(0, round(10 * e + 0.9 + rng.normal(0, NPS_NOISE)))))
-                self._label(s, "survey", ts)
-                if nps <= 6:
-                    self._label(s, "detractor", ts)
+                if self.people is not None:
+                    if not self.people.active[s]:
+                        continue
+                    nps, driver = self.people.answer(s)
+                    if nps is None:
+                        continue
+                    self._label(s, "survey", ts)
+                    if nps <= 6:
+                        self._label(s, "detractor", ts, driver)
+                else:
+                    tm = (ts - self.start_ms) / MINUTE_MS
+                    idx = np.array([s])
+                    w.decay(idx, max(tm, float(w.t_last[s])))
+                    e = float(w.effective(idx)[0])
+                    nps = int(min(10, max(0, round(10 * e + 0.9 + rng.normal(0, NPS_NOISE)))))
+                    self._label(s, "survey", ts)
+                    if nps <= 6:
+                        self._label(s, "detractor", ts)
+                if not self.emitting:
+                    continue
                 self._count("survey_answer")
                 n = self.counter[APP]
                 self.counter[APP] += 1
@@ -930,14 +1097,18 @@ class Simulator:
                 app_ts.append(ts)
                 continue
             if kind == "complain":
-                s, category = payload
+                s, category, driver = payload
+                if self.people is not None:
+                    if not self.people.active[s]:
+                        continue
+                    self.people.complained(s)
                 tk = self.tickets.get(s)
                 if tk is None:
-                    self._open_ticket(s, ts, category, lines, subs, tss)
+                    self._open_ticket(s, ts, category, lines, subs, tss, driver)
                 else:
                     # a repeated contact about an open ticket: a bad sign and a bad experience
                     self._ticket_line(tk, ts, "updated", None, None, lines, subs, tss)
-                    self._hurt(s, ts, 0.35)
+                    self._hurt(s, ts, 0.35, "not_fixed")
                 continue
             # ticket lifecycle steps
             s, tid, action = payload
@@ -947,7 +1118,7 @@ class Simulator:
             if action == "escalated":
                 self._ticket_line(tk, ts, "escalated", None, None, lines, subs, tss)
                 self._label(s, "escalation", ts)
-                self._hurt(s, ts, 0.3)
+                self._hurt(s, ts, 0.3, "escalated")
             elif action == "updated":
                 self._ticket_line(tk, ts, "updated", None, None, lines, subs, tss)
             elif action == "resolved":
@@ -956,10 +1127,13 @@ class Simulator:
                 self._ticket_line(tk, ts, "resolved", "%.1f" % minutes, "true" if fcr else "false", lines, subs, tss)
                 self._count("ticket_resolved")
                 if minutes > 240:
-                    self._hurt(s, ts, min(0.6, 0.15 + minutes / 2000))  # slow handling hurts
-                elif fcr:
+                    self._hurt(s, ts, min(0.6, 0.15 + minutes / 2000), "slow_handling")  # slow handling hurts
+                elif fcr and self.people is None:
                     w.sat[s] = min(w.base_sat[s], w.sat[s] + 0.03)  # a quick fix restores a little
-                if rng.random() < 0.2:  # transactional survey after the ticket closes
+                if self.people is not None and not fcr:
+                    self._hurt(s, ts, 0.3, "not_fixed")
+                p_survey = 0.2 if self.people is None else self.people.params.survey_after_ticket
+                if rng.random() < p_survey:  # transactional survey after the ticket closes
                     self._push(ts + self._answer_delay(), "survey", (s,))
                 p_reopen = 0.08 + 0.12 * (tk["category"] == "network") + 0.1 * (minutes > 240)
                 if not tk["reopened"] and rng.random() < p_reopen:
@@ -972,25 +1146,33 @@ class Simulator:
                 tk["reopened"] = True
                 self._ticket_line(tk, ts, "reopened", None, None, lines, subs, tss)
                 self._label(s, "reopened", ts)
-                self._hurt(s, ts, 0.6)
+                self._hurt(s, ts, 0.6, "reopened")
                 self._push(ts + int(rng.lognormal(math.log(240 * MINUTE_MS), 0.8)), "ticket", (s, tid, "resolved"))
         return lines, subs, tss, (app_lines, app_subs, app_ts)
 
-    def _hurt(self, s: int, ts: int, bad: float) -> None:
+    def _hurt(self, s: int, ts: int, bad: float, driver: str = "not_fixed") -> None:
+        if self.people is not None:
+            self.people.care(s, driver, bad)
+            return
         w = self.world
         tm = max((ts - self.start_ms) / MINUTE_MS, float(w.t_last[s]))
         w.hit(np.array([s]), np.array([bad], np.float32), np.array([w.cause[s]], np.uint8), tm)
 
-    def _open_ticket(self, s, ts, category, lines, subs, tss) -> None:
+    def _open_ticket(self, s, ts, category, lines, subs, tss, driver=None) -> None:
         rng, w = self.rng, self.world
         seg = int(w.segment[s])
         channel = CHANNELS[int(_pick(rng, CHANNEL_SHARE[seg], 1)[0])]
+        if self.people is not None and channel in ("call_center", "store"):
+            from monitor.world import opening_factor
+
+            if float(opening_factor(ts, self.config.utc_offset_h)) < 1.0:
+                channel = ("app", "web", "email", "chat")[int(rng.integers(4))]  # closed: digital channels only
         self.ticket_seq += 1
         tk = {"id": self.ticket_seq, "sub_id": s, "opened": ts, "channel": channel, "category": category,
               "reopened": False, "fcr": False}
         self.tickets[s] = tk
         w.open_ticket[s] = True
-        self._label(s, "complaint", ts)
+        self._label(s, "complaint", ts, driver if self.people is not None else None)
         self._ticket_line(tk, ts, "opened", None, None, lines, subs, tss)
         live = channel in ("call_center", "chat", "store")
         p_fcr = (0.55 if live else 0.3) * (0.45 if category == "network" else 1.0)
@@ -1008,6 +1190,8 @@ class Simulator:
         self._push(ts + int(rng.lognormal(math.log(median * MINUTE_MS), 0.8)), "ticket", (s, tk["id"], "resolved"))
 
     def _ticket_line(self, tk, ts, action, minutes, fcr, lines, subs, tss) -> None:
+        if not self.emitting:
+            return
         w = self.world
         n = self.counter[TIX]
         self.counter[TIX] += 1
@@ -1111,7 +1295,10 @@ class Simulator:
             "faults": {k: {TOPICS[t]: v[t] for t in range(3)} for k, v in self.fault_counts.items()},
             "incidents": per_kind,
             "labels": {k: sum(len(v.get(k, ())) for v in self.labels.values())
-                       for k in ("complaint", "reopened", "escalation", "survey", "detractor")},
+                       for k in ("complaint", "reopened", "escalation", "survey", "detractor", "churn")},
+            "world": self.config.world,
+            "eval_start_ms": self.eval_start_ms,
+            "world_end_ms": self.world_end_ms,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self.config).items()
                        if not isinstance(v, Mapping)},
         }
@@ -1193,7 +1380,10 @@ def write_ground_truth(sim: Simulator, out_dir: str | Path) -> dict[str, Any]:
                                 "segment": SEGMENTS[w.segment[s]],
                                 "complaints_ms": v.get("complaint", []), "reopened_ms": v.get("reopened", []),
                                 "escalations_ms": v.get("escalation", []),
-                                "detractor_ms": v.get("detractor", []), "surveys_ms": v.get("survey", [])}) + "\n")
+                                "detractor_ms": v.get("detractor", []), "surveys_ms": v.get("survey", []),
+                                "churn_ms": v.get("churn", [])}) + "\n")
+    if sim.people is not None:
+        _write_v3_truth(sim, gt)
     if sim.satisfaction:
         # the latent truth behind the labels: row i is every subscriber's (by index) probability
         # of answering a survey at ts_ms[i] as a detractor
@@ -1208,6 +1398,38 @@ def write_ground_truth(sim: Simulator, out_dir: str | Path) -> dict[str, Any]:
     manifest = sim.manifest()
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def _write_v3_truth(sim: Simulator, gt: Path) -> None:
+    """v3's ground truth: the oracle, outcomes with their drivers, the world, the hidden attributes."""
+    from monitor.world import HORIZONS_H, OUTCOMES
+
+    p = sim.people
+    if sim.oracle:
+        arrays = {f"{o}_{h}h": np.stack([snap[f"{o}_{h}h"] for _, snap in sim.oracle]).astype(np.float32)
+                  for o in OUTCOMES for h in HORIZONS_H}
+        # instants x subscribers; column i = sub-%08d of i
+        np.savez_compressed(gt / "oracle.npz", ts_ms=np.array([t for t, _ in sim.oracle], np.int64), **arrays)
+    with open(gt / "outcomes.jsonl", "w") as f:
+        for s in sorted(set(sim.labels) | set(sim.drivers)):
+            v, d = sim.labels.get(s, {}), sim.drivers.get(s, {})
+            rec = {"subscriber_id": subscriber_id(s)}
+            for kind, key in (("complaint", "complaint"), ("detractor", "detractor"), ("churn", "churn")):
+                if v.get(kind):
+                    rec[key] = [{"ts_ms": t, "driver": dr} for t, dr in zip(v[kind], d.get(kind, ()))]
+            if v.get("survey"):
+                rec["surveys_ms"] = v["survey"]
+            f.write(json.dumps(rec) + "\n")
+    hidden = p.hidden()
+    np.savez_compressed(gt / "subscribers.npz", **hidden)
+    (gt / "world.json").write_text(json.dumps({
+        "version": 3, "seed": sim.config.seed, "params": p.params.to_json(),
+        "eval_start_ms": sim.eval_start_ms, "end_ms": sim.end_ms, "world_end_ms": sim.world_end_ms,
+        "utc_offset_h": sim.config.utc_offset_h, "horizons_h": list(HORIZONS_H)}, indent=1) + "\n")
+    if sim.treatments:
+        with open(gt / "treatment.jsonl", "w") as f:
+            for rec in sim.treatments:
+                f.write(json.dumps(rec) + "\n")
 
 
 def write_cells(config: SimConfig, path: str | Path) -> int:
