@@ -389,6 +389,12 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
         score_partitioner=score_partition,
         pseudonymise=pseudonymise,
     )
+    # Ingest with the worker's guards: far-future events dead-lettered (clock_skew), dead letters
+    # carrying pseudonyms rather than subscriber ids (monitor/ingest.py, issue 21).
+    from monitor.ingest import Ingest
+
+    pipeline.ingest = Ingest(worker=worker_id, max_clock_skew_ms=int(settings.max_clock_skew_s * 1000),
+                             pseudonymise=pseudonymise, keep_original=settings.dead_letter_keep_original)
     app.satmon_batch_handler = pipeline
     pipeline.durable_offsets = lambda: app.consumer.durable_offsets()
     registry = registry if registry is not None else CollectorRegistry()

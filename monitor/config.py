@@ -202,6 +202,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate_per_s", _positive_float, "5", "API requests per second allowed per token (sustained)"),
     Option("rate_burst", _positive_int, "60", "API request burst allowed per token"),
     Option("effect_horizon_days", _positive_float, "30", "Window after contact in which outreach outcomes are counted"),
+    Option("max_clock_skew_s", _positive_float, "300", "Events dated more than this ahead of the worker's clock are "
+           "dead-lettered (reason clock_skew); watermarks never pass wall clock + this"),
+    Option("dead_letter_keep_original", _parse_bool, "false", "Keep rejected records' bytes exactly as received in "
+           "satmon-dead-letter (subscriber ids included); default: ids replaced by pseudonyms"),
+    Option("api_max_concurrency", _non_negative_int, "2", "API requests computed at once, all tokens together "
+           "(threads off the stream's event loop); 0 computes on the event loop (only to measure the difference)"),
+    Option("api_max_queue", _positive_int, "256", "API requests waiting for that budget before further ones get 503"),
 )
 
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
@@ -240,6 +247,10 @@ class Settings:
     rate_per_s: float
     rate_burst: int
     effect_horizon_days: float
+    max_clock_skew_s: float
+    dead_letter_keep_original: bool
+    api_max_concurrency: int
+    api_max_queue: int
 
     @property
     def embedded_broker(self) -> bool:

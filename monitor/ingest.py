@@ -9,6 +9,13 @@ What ingest rejects, beyond what the schema decoder rejects (see :data:`REASON_K
 
 * ``unknown_topic``: a topic that is not one of :data:`monitor.events.INPUT_TOPICS`.
 * ``too_large``: a value over :data:`MAX_MESSAGE_BYTES`, refused before parsing.
+* ``clock_skew``: an event dated more than ``max_clock_skew_ms`` ahead of the wall clock (when
+  set; the worker sets it from ``max_clock_skew_s``). One event from 2099 would otherwise move its
+  partition's watermark decades ahead: every later event late, every cached state evicted.
+  Watermarks are maxima of ingested event times, so none passes wall clock + skew.
+* ``bad_format`` also for a ``region``, ``segment`` or ``cell_id`` outside :data:`LABEL_PATTERN`
+  (letters and digits of any script, ``_.:-`` and spaces): they become metric labels and page text, so an input
+  stream cannot invent ``<img src=x onerror=...>`` as a region.
 * ``key_mismatch``: a record whose Kafka key is present and differs from its ``subscriber_id``.
   Inputs are partitioned by subscriber id so that one worker owns all of a subscriber's events; a
   record keyed otherwise sits on the wrong partition and would be scored by a core that does not
@@ -16,6 +23,12 @@ What ingest rejects, beyond what the schema decoder rejects (see :data:`REASON_K
   replay from a file has none).
 
 Duplicates are not ingest's business: the partition core drops them by ``event_id``.
+
+**Dead letters and subscriber ids.** With ``pseudonymise`` (the worker passes its keyed
+pseudonymiser when pseudonymisation is on), a dead letter's key and the ids quoted in its reason
+are pseudonyms, and its ``value_b64`` holds the original bytes with the subscriber id replaced by
+its pseudonym (dropped entirely when no id can be located in bytes that mention one), unless
+``keep_original`` (setting ``dead_letter_keep_original``) keeps the bytes exactly as received.
 
 >>> ingest = Ingest(worker="w1", clock_ms=lambda: 1_700_000_000_000)
 >>> raw = (b'{"event_id":"a1","session_id":"x","subscriber_id":"s1","ts_ms":1700000000000,'
@@ -31,6 +44,8 @@ Duplicates are not ingest's business: the partition core drops them by ``event_i
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -48,11 +63,19 @@ MAX_MESSAGE_BYTES = 512 * 1024
 MAX_KEPT_BYTES = 4 * 1024
 
 # Ingest's own reasons, after the decoder's (events.REASON_KINDS). Bounded: they are label values.
-INGEST_REASON_KINDS: tuple[str, ...] = ("unknown_topic", "too_large", "key_mismatch")
+INGEST_REASON_KINDS: tuple[str, ...] = ("unknown_topic", "too_large", "key_mismatch", "clock_skew")
 REASON_KINDS: tuple[str, ...] = events.REASON_KINDS + INGEST_REASON_KINDS
 
 # The stream label of a record from a topic that is not an input.
 UNKNOWN_STREAM = "unknown"
+
+#: what a region, segment or cell id may look like (the API's filter pattern, too)
+LABEL_PATTERN = re.compile(r"[\w.:\- ]{1,64}")   # \w: letters and digits of any script, "_"
+_LABEL_FIELDS = ("region", "segment", "cell_id")
+# label values already checked (bounded: a stream inventing values cannot grow it without limit)
+_MAX_KNOWN_LABELS = 100_000
+# where a subscriber id sits in the bytes of a record that could not be decoded
+_SID_IN_BYTES = re.compile(rb'"subscriber_id"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
 
 # What the fast decoder raises for input it rejects: DecodeError for invalid records, RecursionError
 # for absurd nesting, UnicodeDecodeError for invalid UTF-8 in a key, TypeError for a None value.
@@ -77,7 +100,14 @@ class Ingest:
     worker
         Name of this worker, written into every dead letter.
     clock_ms
-        Wall clock in epoch milliseconds, for the dead letters' ``received_at_ms``.
+        Wall clock in epoch milliseconds, for the dead letters' ``received_at_ms`` and the skew guard.
+    max_clock_skew_ms
+        Dead-letter (``clock_skew``) events dated more than this ahead of ``clock_ms()``; ``None``
+        (default, for replaying files) accepts any date the schema accepts.
+    pseudonymise
+        ``subscriber_id -> pseudonym``: applied to the ids in dead letters (see the module doc).
+    keep_original
+        With ``pseudonymise``: keep the rejected bytes exactly as received (ids included).
 
     Attributes
     ----------
@@ -100,9 +130,15 @@ class Ingest:
     {('tickets', 'wrong_type'): 1, ('network', 'empty'): 1, ('network', 'not_json'): 1}
     """
 
-    def __init__(self, *, worker: str | None = None, clock_ms: Callable[[], int] = _wall_clock_ms) -> None:
+    def __init__(self, *, worker: str | None = None, clock_ms: Callable[[], int] = _wall_clock_ms,
+                 max_clock_skew_ms: int | None = None, pseudonymise: Callable[[str], str] | None = None,
+                 keep_original: bool = False) -> None:
         self.worker = worker
         self.clock_ms = clock_ms
+        self.max_clock_skew_ms = max_clock_skew_ms
+        self.pseudonymise = pseudonymise
+        self.keep_original = keep_original
+        self._labels_ok: set[str] = set()
         self.decoded: dict[str, int] = {}
         self.dead_lettered: dict[tuple[str, str], int] = {}
         # topic -> (schema, fast decoder, stream), resolved once
@@ -131,6 +167,9 @@ class Ingest:
             mismatch = self._key_mismatch(key, event)
             if mismatch is not None:
                 return self._reject(topic, schema, stream, partition, offset, key, value, mismatch)
+        bad = self._screen([event])
+        if bad:
+            return self._reject(topic, schema, stream, partition, offset, key, value, bad[0][1])
         self.decoded[stream] = self.decoded.get(stream, 0) + 1
         return event
 
@@ -149,7 +188,7 @@ class Ingest:
                         for offset, key, value in records]
         schema, decoder, stream = route
         fast_decode = decoder.decode
-        decoded: list[events.InputEvent] = []
+        decoded: list[tuple[Any, Any, Any, events.InputEvent]] = []
         letters: list[events.DeadLetter] = []
         append = decoded.append
         for offset, key, value in records:
@@ -169,10 +208,54 @@ class Ingest:
                 if mismatch is not None:
                     letters.append(self._reject(topic, schema, stream, partition, offset, key, value, mismatch))
                     continue
-            append(event)
-        if decoded:
-            self.decoded[stream] = self.decoded.get(stream, 0) + len(decoded)
-        return decoded, letters
+            append((offset, key, value, event))
+        bad = dict(self._screen([item[3] for item in decoded]))
+        if bad:
+            kept = []
+            for i, (offset, key, value, event) in enumerate(decoded):
+                if i in bad:
+                    letters.append(self._reject(topic, schema, stream, partition, offset, key, value, bad[i]))
+                else:
+                    kept.append(event)
+            letters.sort(key=lambda letter: -1 if letter.offset is None else letter.offset)
+        else:
+            kept = [item[3] for item in decoded]
+        if kept:
+            self.decoded[stream] = self.decoded.get(stream, 0) + len(kept)
+        return kept, letters
+
+    def _screen(self, decoded: list[Any]) -> list[tuple[int, InvalidEventError]]:
+        """Valid records this worker still refuses: dated too far ahead of the wall clock, or a
+        label (region, segment, cell) outside :data:`LABEL_PATTERN`. ``(index, error)`` pairs."""
+        bad: list[tuple[int, InvalidEventError]] = []
+        if self.max_clock_skew_ms is not None and decoded:
+            limit = self.clock_ms() + self.max_clock_skew_ms
+            for i, event in enumerate(decoded):
+                if event.ts_ms > limit:
+                    ahead_s = (event.ts_ms - limit + self.max_clock_skew_ms) / 1000
+                    bad.append((i, _error(f"$.ts_ms: Expected an event time at most {self.max_clock_skew_ms / 1000:g} s "
+                                          f"ahead of the worker's clock, got `int` {event.ts_ms} ({ahead_s:.0f} s ahead)",
+                                          "$.ts_ms", "clock_skew")))
+        ok = self._labels_ok
+        for i, event in enumerate(decoded):
+            for name in _LABEL_FIELDS:
+                text = getattr(event, name, None)
+                if text is None or text in ok:
+                    continue
+                if LABEL_PATTERN.fullmatch(text):
+                    if len(ok) >= _MAX_KNOWN_LABELS:
+                        ok.clear()
+                    ok.add(text)
+                    continue
+                bad.append((i, _error(f"$.{name}: Expected 1-64 letters, digits, spaces or '_.:-' (no markup), got `str` "
+                                      f"{text[:40]!r}", f"$.{name}", "bad_format")))
+                break
+        if len(bad) > 1:
+            first: dict[int, InvalidEventError] = {}
+            for i, err in bad:
+                first.setdefault(i, err)
+            bad = sorted(first.items())
+        return bad
 
     # -- rejections (the slow path: cost does not matter here) ----------------------------------
 
@@ -206,6 +289,42 @@ class Ingest:
         self.dead_lettered[counter] = self.dead_lettered.get(counter, 0) + 1
         if isinstance(key, str):
             key = key.encode()
+        value = bytes(value) if value is not None else None
+        if self.pseudonymise is not None:
+            key, value, err = self._redact(key, value, err)
         return events.dead_letter(source_topic=topic, partition=partition, offset=offset, key=key,
-                                  value=bytes(value) if value is not None else None, error=err,
-                                  schema=schema, received_at_ms=self.clock_ms(), worker=self.worker)
+                                  value=value, error=err, schema=schema, received_at_ms=self.clock_ms(),
+                                  worker=self.worker)
+
+    def _redact(self, key: bytes | None, value: bytes | None,
+                err: InvalidEventError) -> tuple[bytes | None, bytes | None, InvalidEventError]:
+        """Subscriber ids in a dead letter replaced by their pseudonyms (key, reason, bytes)."""
+        ids: set[str] = set()
+        if key is not None:
+            try:
+                ids.add(key.decode())
+            except UnicodeDecodeError:
+                pass
+        for match in _SID_IN_BYTES.finditer(value or b""):
+            try:
+                ids.add(match.group(1).decode())
+            except UnicodeDecodeError:
+                pass
+        ids.discard("")
+        names = {sid: self.pseudonymise(sid) for sid in ids}  # type: ignore[misc]
+        reason = err.reason
+        for sid in sorted(names, key=len, reverse=True):
+            reason = reason.replace(repr(sid), repr(names[sid])).replace(sid, names[sid])
+        if reason != err.reason:
+            kind = getattr(err, "kind", None)
+            err = _error(reason, err.field, kind) if kind else InvalidEventError(reason, err.field)
+        if key is not None:  # a key that is not an id we could name is not kept
+            text = key.decode(errors="replace")
+            key = names[text].encode() if text in names else None
+        if value is not None and not self.keep_original:
+            if names:
+                for sid in sorted(names, key=len, reverse=True):
+                    value = value.replace(sid.encode(), names[sid].encode())
+            elif b"subscriber_id" in value:
+                value = b""  # an id is in there somewhere, and we cannot find it: keep nothing
+        return key, value, err

@@ -42,6 +42,10 @@ GOOD = {
     "rate_per_s": ("10", 10.0),
     "rate_burst": ("30", 30),
     "effect_horizon_days": ("14", 14.0),
+    "max_clock_skew_s": ("60", 60.0),
+    "dead_letter_keep_original": ("true", True),
+    "api_max_concurrency": ("4", 4),
+    "api_max_queue": ("64", 64),
 }
 # An invalid text for every option that can be invalid.
 BAD = {
@@ -69,6 +73,8 @@ BAD = {
     "rate_burst": "0",
     "effect_horizon_days": "x",
     "runbook_base": "  ",
+    "max_clock_skew_s": "0",
+    "api_max_concurrency": "-1",
 }
 
 

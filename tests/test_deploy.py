@@ -122,7 +122,7 @@ def test_compose_ports_names_and_prometheus_agree(compose, prom):
     assert am_target == f"{am.hostname}:{am.port}"
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
     url = urlparse(ds["url"])
-    assert url.hostname in services and f"{url.port}:{url.port}" in services[url.hostname]["ports"]
+    assert url.hostname in services and f"127.0.0.1:{url.port}:{url.port}" in services[url.hostname]["ports"]
     # Kafka advertises the listener the workers use
     kafka = _env(services["kafka"])
     assert f"//{urlparse(_env(workers['worker-0'])['SATMON_BROKER']).netloc}" in kafka["KAFKA_ADVERTISED_LISTENERS"]
