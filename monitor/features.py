@@ -9,8 +9,10 @@ complaints were handled, billing surprises, app failures and bot-to-human bounce
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from hashlib import blake2b
 from sys import intern
+from typing import NamedTuple
 
 import msgspec
 
@@ -241,52 +243,15 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
             st.nps, st.nps_ts = ev.nps, ts
 
 
-#: feature names, in the order of :func:`feature_vector`
-FEATURES: tuple[str, ...] = (
-    "weak_coverage", "worst_coverage", "low_sinr", "drops", "stalls", "latency", "throughput",
-    "bad_sessions", "worst_moment", "recent_moments", "burden", "complaints", "billing", "reopened", "escalated", "open_tickets",
-    "slow_resolution", "fcr_fail", "app_failures", "bot_to_human", "detractor", "promoter",
-)
+class Feature(NamedTuple):
+    """One model input, defined in one place: its name, its cold-start prior weight (log-odds per
+    unit, a unit being "clearly bad"), how it is read from the state, and how it reads in words
+    (``(reason code, text, value)`` for a feature contributing to a score)."""
 
-# The transparent cold-start prior: log-odds weights per feature unit (features are scaled so a
-# unit is "clearly bad"), and a bias for a ~5% base rate.
-PRIOR_BIAS = -3.0
-PRIOR_WEIGHTS: tuple[float, ...] = (
-    0.6, 0.4, 0.4, 0.5, 0.4, 0.5, 0.3, 1.5, 2.0, 1.5, 0.3, 1.2, 0.8, 0.8, 0.6, 0.5, 0.4, 0.4, 0.3, 0.4, 1.5, -0.8,
-)
-
-
-def feature_vector(st: SubscriberState, now_ms: int) -> list[float]:
-    """The model's input for ``st`` at event time ``now_ms`` (decays applied, no mutation)."""
-    kn = _decay(now_ms - st.net_ts, NET_HALF_LIFE_MS) if st.net_ts else 0.0
-    kc = _decay(now_ms - st.care_ts, CARE_HALF_LIFE_MS) if st.care_ts else 0.0
-    ka = _decay(now_ms - st.app_ts, APP_HALF_LIFE_MS) if st.app_ts else 0.0
-    ks = _decay(now_ms - st.nps_ts, SURVEY_HALF_LIFE_MS) if st.nps >= 0 else 0.0
-    sessions = st.sessions * kn
-    return [
-        max(0.0, (-105.0 - st.rsrp_ew) / 10.0) if st.net_ts else 0.0,
-        max(0.0, (-110.0 - st.worst_rsrp) / 10.0) if st.net_ts else 0.0,
-        max(0.0, (5.0 - st.sinr_ew) / 5.0) if st.net_ts else 0.0,
-        st.drops * kn,
-        st.stalls_s * kn / 30.0,
-        max(0.0, (st.lat_ew - 60.0) / 100.0) if st.net_ts else 0.0,
-        max(0.0, (10.0 - st.dl_ew) / 10.0) if st.net_ts else 0.0,
-        st.bad * kn / (sessions + 1.0),
-        st.worst_sev * kn,
-        st.recent_sev * _decay(now_ms - st.net_ts, RECENT_HALF_LIFE_MS) if st.net_ts else 0.0,
-        st.burden * _decay(now_ms - st.net_ts, BURDEN_HALF_LIFE_MS) if st.net_ts else 0.0,
-        st.complaints * kc,
-        st.billing * kc,
-        st.reopened * kc,
-        st.escalated * kc,
-        float(st.open_tickets),
-        max(0.0, (st.last_resolution_min - 240.0) / 1440.0) * kc,
-        st.fcr_fail * kc,
-        st.app_fail * ka,
-        st.bot_human * ka,
-        (7 - st.nps) / 7.0 * ks if 0 <= st.nps <= 6 else 0.0,
-        ks if st.nps >= 9 else 0.0,
-    ]
+    name: str
+    prior: float
+    extract: Callable[[SubscriberState, Ctx], float]
+    words: Callable[[SubscriberState, float], tuple[str, str, float | None]]
 
 
 def _times(n: float) -> str:
@@ -294,48 +259,84 @@ def _times(n: float) -> str:
     return {1: "once", 2: "twice"}.get(n, f"{n} times")
 
 
+def _dbm(rsrp: float) -> str:
+    return f"weak coverage: RSRP {rsrp:.0f} dBm".replace("-", "\u2212")
+
+
+#: every feature, in the order of :func:`feature_vector`
+FEATURE_TABLE: tuple[Feature, ...] = (
+    Feature("weak_coverage", 0.6, "max(0.0, (-105.0 - st.rsrp_ew) / 10.0) if net else 0.0",
+            lambda st, v: ("weak_coverage", _dbm(st.rsrp_ew), round(st.rsrp_ew, 1))),
+    Feature("worst_coverage", 0.4, "max(0.0, (-110.0 - st.worst_rsrp) / 10.0) if net else 0.0",
+            lambda st, v: ("weak_coverage", _dbm(st.worst_rsrp), round(st.worst_rsrp, 1))),
+    Feature("low_sinr", 0.4, "max(0.0, (5.0 - st.sinr_ew) / 5.0) if net else 0.0",
+            lambda st, v: ("interference", f"poor signal quality: SINR {st.sinr_ew:.0f} dB", round(st.sinr_ew, 1))),
+    Feature("drops", 0.5, "st.drops * kn",
+            lambda st, v: ("drops", f"{v:.0f} dropped calls in 24 h", round(v, 1))),
+    Feature("stalls", 0.4, "st.stalls_s * kn / 30.0",
+            lambda st, v: ("stalls", f"{v * 30:.0f} s of video stalls in 24 h", round(v * 30, 1))),
+    Feature("latency", 0.5, "max(0.0, (st.lat_ew - 60.0) / 100.0) if net else 0.0",
+            lambda st, v: ("latency", f"high latency for {st.service or 'data'}: {st.lat_ew:.0f} ms",
+                           round(st.lat_ew, 1))),
+    Feature("throughput", 0.3, "max(0.0, (10.0 - st.dl_ew) / 10.0) if net else 0.0",
+            lambda st, v: ("throughput", f"slow data: {st.dl_ew:.1f} Mbit/s", round(st.dl_ew, 2))),
+    Feature("bad_sessions", 1.5, "st.bad * kn / (st.sessions * kn + 1.0)",
+            lambda st, v: ("bad_sessions", f"{100 * v:.0f}% of recent sessions degraded", round(v, 3))),
+    Feature("worst_moment", 2.0, "st.worst_sev * kn",
+            lambda st, v: ("worst_moment", f"worst moment in 24 h: {st.worst_what}", round(v, 2))),
+    Feature("recent_moments", 1.5, "st.recent_sev * kr",
+            lambda st, v: ("recent_moments", f"bad sessions in the last hour (worst: {st.worst_what})", round(v, 2))),
+    Feature("burden", 0.3, "st.burden * kb",
+            lambda st, v: ("burden", f"many degraded sessions today (burden {v:.1f})", round(v, 2))),
+    Feature("complaints", 1.2, "st.complaints * kc",
+            lambda st, v: ("complaints", f"{v:.0f} complaint(s) in 30 days", round(v, 1))),
+    Feature("billing", 0.8, "st.billing * kc",
+            lambda st, v: ("billing", "billing complaint in 30 days", round(v, 1))),
+    Feature("reopened", 0.8, "st.reopened * kc",
+            lambda st, v: ("reopened", f"complaint reopened {_times(v)}", round(v, 1))),
+    Feature("escalated", 0.6, "st.escalated * kc",
+            lambda st, v: ("escalated", f"complaint escalated {_times(v)}", round(v, 1))),
+    Feature("open_tickets", 0.5, "float(st.open_tickets)",
+            lambda st, v: ("open_tickets", f"{v:.0f} open ticket(s)", v)),
+    Feature("slow_resolution", 0.4, "max(0.0, (st.last_resolution_min - 240.0) / 1440.0) * kc",
+            lambda st, v: ("slow_resolution", f"last complaint took {st.last_resolution_min / 60:.0f} h to resolve",
+                           round(st.last_resolution_min, 0))),
+    Feature("fcr_fail", 0.4, "st.fcr_fail * kc",
+            lambda st, v: ("fcr_fail", "complaint not solved at first contact", round(v, 1))),
+    Feature("app_failures", 0.3, "st.app_fail * ka",
+            lambda st, v: ("app_failures", f"{v:.0f} app failures in 7 days", round(v, 1))),
+    Feature("bot_to_human", 0.4, "st.bot_human * ka",
+            lambda st, v: ("bot_to_human", f"bounced from bot to human {_times(v)} in 7 days", round(v, 1))),
+    Feature("detractor", 1.5, "(7 - st.nps) / 7.0 * ks if 0 <= st.nps <= 6 else 0.0",
+            lambda st, v: ("detractor", f"last survey answer NPS {st.nps}", float(st.nps))),
+    Feature("promoter", -0.8, "ks if st.nps >= 9 else 0.0",
+            lambda st, v: ("promoter", f"last survey answer NPS {st.nps}", float(st.nps))),
+)
+#: feature names, in the order of :func:`feature_vector`
+FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURE_TABLE)
+FEATURE_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURE_TABLE}
+# The transparent cold-start prior: the table's weights, and a bias for a ~5% base rate.
+PRIOR_BIAS = -3.0
+PRIOR_WEIGHTS: tuple[float, ...] = tuple(f.prior for f in FEATURE_TABLE)
+# the table's extraction expressions as one compiled function (the table is code of this module)
+_extract: Callable[..., list[float]] = eval(  # noqa: S307 -- compiles the constant table above
+    "lambda st, kn, kc, ka, ks, kr, kb, net: [" + ", ".join(f"({f.extract})" for f in FEATURE_TABLE) + "]")
+
+
+def feature_vector(st: SubscriberState, now_ms: int) -> list[float]:
+    """The model's input for ``st`` at event time ``now_ms`` (decays applied, no mutation)."""
+    net = bool(st.net_ts)
+    return _extract(st, _decay(now_ms - st.net_ts, NET_HALF_LIFE_MS) if net else 0.0,
+                    _decay(now_ms - st.care_ts, CARE_HALF_LIFE_MS) if st.care_ts else 0.0,
+                    _decay(now_ms - st.app_ts, APP_HALF_LIFE_MS) if st.app_ts else 0.0,
+                    _decay(now_ms - st.nps_ts, SURVEY_HALF_LIFE_MS) if st.nps >= 0 else 0.0,
+                    _decay(now_ms - st.net_ts, RECENT_HALF_LIFE_MS) if net else 0.0,
+                    _decay(now_ms - st.net_ts, BURDEN_HALF_LIFE_MS) if net else 0.0, net)
+
+
 def describe(feature: str, st: SubscriberState, value: float) -> tuple[str, str, float | None]:
     """``(code, plain words, value)`` for a feature contributing to a score."""
-    if feature in ("weak_coverage", "worst_coverage"):
-        rsrp = st.rsrp_ew if feature == "weak_coverage" else st.worst_rsrp
-        return "weak_coverage", f"weak coverage: RSRP {rsrp:.0f} dBm".replace("-", "\u2212"), round(rsrp, 1)
-    if feature == "low_sinr":
-        return "interference", f"poor signal quality: SINR {st.sinr_ew:.0f} dB", round(st.sinr_ew, 1)
-    if feature == "drops":
-        return "drops", f"{value:.0f} dropped calls in 24 h", round(value, 1)
-    if feature == "stalls":
-        return "stalls", f"{value * 30:.0f} s of video stalls in 24 h", round(value * 30, 1)
-    if feature == "latency":
-        return "latency", f"high latency for {st.service or 'data'}: {st.lat_ew:.0f} ms", round(st.lat_ew, 1)
-    if feature == "throughput":
-        return "throughput", f"slow data: {st.dl_ew:.1f} Mbit/s", round(st.dl_ew, 2)
-    if feature == "bad_sessions":
-        return "bad_sessions", f"{100 * value:.0f}% of recent sessions degraded", round(value, 3)
-    if feature == "worst_moment":
-        return "worst_moment", f"worst moment in 24 h: {st.worst_what}", round(value, 2)
-    if feature == "recent_moments":
-        return "recent_moments", f"bad sessions in the last hour (worst: {st.worst_what})", round(value, 2)
-    if feature == "burden":
-        return "burden", f"many degraded sessions today (burden {value:.1f})", round(value, 2)
-    if feature == "complaints":
-        return "complaints", f"{value:.0f} complaint(s) in 30 days", round(value, 1)
-    if feature == "billing":
-        return "billing", "billing complaint in 30 days", round(value, 1)
-    if feature == "reopened":
-        return "reopened", f"complaint reopened {_times(value)}", round(value, 1)
-    if feature == "escalated":
-        return "escalated", f"complaint escalated {_times(value)}", round(value, 1)
-    if feature == "open_tickets":
-        return "open_tickets", f"{value:.0f} open ticket(s)", value
-    if feature == "slow_resolution":
-        return "slow_resolution", f"last complaint took {st.last_resolution_min / 60:.0f} h to resolve", \
-            round(st.last_resolution_min, 0)
-    if feature == "fcr_fail":
-        return "fcr_fail", "complaint not solved at first contact", round(value, 1)
-    if feature == "app_failures":
-        return "app_failures", f"{value:.0f} app failures in 7 days", round(value, 1)
-    if feature == "bot_to_human":
-        return "bot_to_human", f"bounced from bot to human {_times(value)} in 7 days", round(value, 1)
-    if feature == "detractor":
-        return "detractor", f"last survey answer NPS {st.nps}", float(st.nps)
-    return feature, feature.replace("_", " "), round(value, 3)
+    f = FEATURE_BY_NAME.get(feature)
+    if f is None:
+        return feature, feature.replace("_", " "), round(value, 3)
+    return f.words(st, value)
