@@ -1,0 +1,459 @@
+"""Streaming univariate anomaly detectors (pure: no Kafka, no clock, no I/O).
+
+Every detector follows River's protocol: constructor arguments are hyper-parameters stored under the
+same names, learned state lives in ``_``-prefixed attributes, randomness only through ``seed``, and
+the caller scores a point *before* learning it (test-then-train)::
+
+    score = det.score_one(x, t)    # in [0, 1]; does not change the detector
+    det.learn_one(x, t)
+
+``x`` is a float, ``t`` the point's time in epoch milliseconds (used for time-of-day / time-of-week
+slots and to infer the sampling period; ``None`` is accepted and disables seasonality).
+
+Scores are calibrated tail probabilities: :func:`surprise_score` maps the p-value ``p`` of what the
+detector saw under its learned normal model to ``log10(1/p) / (2 log10(1/p_fire))``, clipped to
+[0, 1], so the default threshold 0.5 means "rarer than ``p_fire``" (1 in 10,000 by default) and 1.0
+means rarer than ``p_fire`` squared. See docs/DETECTION.md for what each detector scored on NAB.
+
+>>> import math
+>>> det = SeasonalDetector()
+>>> day = 86_400_000
+>>> xs = [100 + 20 * math.sin(2 * math.pi * i / 96) + (i * 7919 % 13) / 4 for i in range(96 * 8)]
+>>> ts = [i * day // 96 for i in range(len(xs))]
+>>> scores = [det.process_one(x, t) for x, t in zip(xs, ts)]
+>>> max(scores[96 * 3:]) < 0.5
+True
+>>> det.process_one(40.0, ts[-1] + day // 96) >= 0.5         # a sudden drop fires
+True
+"""
+
+from __future__ import annotations
+
+import bisect
+import inspect
+import math
+from array import array
+from collections import deque
+from typing import Any
+
+__all__ = ["Detector", "SeasonalDetector", "EWMAZScore", "PageHinkleyDetector", "HalfSpaceTreesDetector",
+           "surprise_score", "DEFAULT_THRESHOLD"]
+
+#: the score at and above which a point is anomalous (p-value below the detector's ``p_fire``)
+DEFAULT_THRESHOLD = 0.5
+
+_DAY_MS = 86_400_000
+_WEEK_MS = 7 * _DAY_MS
+#: at most this many time-of-day slots (5-minute slots); finer series share a slot
+_MAX_DAY_SLOTS = 288
+
+
+def surprise_score(p: float, p_fire: float = 1e-4) -> float:
+    """Map a p-value to [0, 1] so that ``p == p_fire`` gives 0.5 and ``p == p_fire**2`` gives 1.
+
+    >>> surprise_score(1e-4), surprise_score(1.0), surprise_score(1e-8), surprise_score(0.0)
+    (0.5, 0.0, 1.0, 1.0)
+    """
+    if p <= 0.0:
+        return 1.0
+    s = math.log10(1.0 / p) / (2.0 * math.log10(1.0 / p_fire)) if p < 1.0 else 0.0
+    return min(1.0, max(0.0, s))
+
+
+class Detector:
+    """Base class: River-style parameters, ``clone``, and test-then-train ``process_one``."""
+
+    def _get_params(self) -> dict[str, Any]:
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    def clone(self, **params: Any) -> Detector:
+        """A fresh detector with the same hyper-parameters (overridden by ``params``)."""
+        return type(self)(**{**self._get_params(), **params})
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def score_one(self, x: float, t: int | None = None) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def learn_one(self, x: float, t: int | None = None) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def process_one(self, x: float, t: int | None = None) -> float:
+        """Score ``x`` then learn it (the streaming order); returns the score."""
+        s = self.score_one(x, t)
+        self.learn_one(x, t)
+        return s
+
+
+class _Tail:
+    """Empirical upper-tail probability of a non-negative statistic over a sliding window, with an
+    exponential (generalised-Pareto, shape 0) tail fitted to the top ``tail`` fraction beyond it, as
+    in SPOT (Siffer et al., KDD 2017): p-values far below 1/window stay meaningful."""
+
+    __slots__ = ("window", "tail", "_sorted", "_fifo")
+
+    def __init__(self, window: int, tail: float = 0.05) -> None:
+        self.window, self.tail = window, tail
+        self._sorted: list[float] = []
+        self._fifo: deque[float] = deque()
+
+    def __getstate__(self) -> tuple:
+        return self.window, self.tail, self._sorted, list(self._fifo)
+
+    def __setstate__(self, s: tuple) -> None:
+        self.window, self.tail, self._sorted, fifo = s
+        self._fifo = deque(fifo)
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def pvalue(self, s: float) -> float:
+        srt = self._sorted
+        n = len(srt)
+        if n == 0:
+            return 1.0
+        m = max(5, int(self.tail * n))
+        if m >= n:
+            return (n - bisect.bisect_left(srt, s) + 1) / (n + 1)
+        u = srt[n - m - 1]
+        if s <= u:
+            return (n - bisect.bisect_left(srt, s) + 1) / (n + 1)
+        top = srt[n - m:]
+        excess = sum(top) / m - u
+        if excess <= 1e-12 * max(1.0, abs(u)):
+            return 1e-12 if s > srt[-1] else (m + 1) / (n + 1)
+        return (m + 1) / (n + 1) * math.exp(-(s - u) / excess)
+
+    def add(self, s: float) -> None:
+        bisect.insort(self._sorted, s)
+        self._fifo.append(s)
+        if len(self._fifo) > self.window:
+            old = self._fifo.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+
+
+class _SlotMeans:
+    """Per-slot exponentially weighted means (time-of-day or time-of-week baselines)."""
+
+    __slots__ = ("mean", "count")
+
+    def __init__(self, n: int) -> None:
+        self.mean = array("d", bytes(8 * n))
+        self.count = array("l", bytes(array("l").itemsize * n))
+
+    def __getstate__(self) -> tuple:
+        return self.mean, self.count
+
+    def __setstate__(self, s: tuple) -> None:
+        self.mean, self.count = s
+
+    def update(self, slot: int, x: float, alpha: float) -> None:
+        c = self.count[slot]
+        a = max(alpha, 1.0 / (c + 1))
+        self.mean[slot] += a * (x - self.mean[slot])
+        self.count[slot] = c + 1
+
+
+class SeasonalDetector(Detector):
+    """Residuals from the best of three online predictors, robust scale, calibrated tail probability.
+
+    Predictors (all learned online): a fast level (EW mean, ``level_halflife`` points), the
+    time-of-day slot baseline and the time-of-week slot baseline (each an EW mean per slot plus the
+    current level offset; active once ``season_min_periods`` days / weeks are seen). Each keeps the
+    EW mean absolute error of its one-step prediction; a point's residual z-score is taken from
+    the predictors within ``1.5x`` of the best one's error (the smallest |z| among them: a point one
+    good model explains is not anomalous). Two statistics are calibrated against their own recent
+    history (``_Tail``): the point's |z| (spikes, dips, onsets of level shifts) and the mean |z| of
+    the last ``collective`` points (bursts, variance changes, slow drift). The score is the smaller
+    p-value (Bonferroni-corrected for the two) through :func:`surprise_score`.
+
+    After a point at or above ``DEFAULT_THRESHOLD`` the detector stays quiet for ``refractory``
+    points (the incident is already reported; NAB and an on-call person both pay for repeats),
+    unless a point is more surprising than the one that fired. No score before ``warmup`` points.
+
+    Parameters
+    ----------
+    level_halflife : float
+        Half-life (points) of the level and the predictors' error scales.
+    season_alpha : float
+        Weight of the newest period in a slot baseline.
+    season_min_periods : int
+        Days (weeks) seen before the daily (weekly) predictor counts.
+    collective : int
+        Points averaged for the collective statistic.
+    history : int
+        Points in the sliding window the tail probabilities are calibrated on.
+    p_fire : float
+        The p-value that maps to the default threshold 0.5.
+    warmup : int
+        Points learned before the first non-zero score.
+    refractory : int
+        Points kept quiet after a firing point (0 = off).
+    seed : int | None
+        Unused (the detector is deterministic); kept for the protocol.
+
+    >>> det = SeasonalDetector(warmup=20)
+    >>> [round(det.process_one(10.0 + (i % 3), i * 60_000), 2) for i in range(25)][-1] < 0.5
+    True
+    >>> det.process_one(60.0, 25 * 60_000) > 0.9
+    True
+    """
+
+    def __init__(self, level_halflife: float = 8.0, season_alpha: float = 0.3, season_min_periods: int = 2,
+                 collective: int = 10, history: int = 2000, p_fire: float = 1e-4, warmup: int = 100,
+                 refractory: int = 0, seed: int | None = None) -> None:
+        self.level_halflife = level_halflife
+        self.season_alpha = season_alpha
+        self.season_min_periods = season_min_periods
+        self.collective = collective
+        self.history = history
+        self.p_fire = p_fire
+        self.warmup = warmup
+        self.refractory = refractory
+        self.seed = seed
+        self._alpha = 1.0 - 0.5 ** (1.0 / level_halflife)
+        self._n = 0
+        self._level: float | None = None
+        self._spread = 0.0            # EW mean |x - level|: the series' own scale, for the noise floor
+        self._err = [0.0, 0.0, 0.0]   # EW mean |residual| of each predictor
+        self._nerr = [0, 0, 0]
+        self._t0: int | None = None
+        self._dt: list[int] = []      # first sampling intervals (ms), to size the slots
+        self._slot_ms: int | None = None
+        self._day: _SlotMeans | None = None
+        self._week: _SlotMeans | None = None
+        self._recent: deque[float] = deque(maxlen=collective)
+        self._recent_sum = 0.0
+        self._point = _Tail(history)
+        self._coll = _Tail(history)
+        self._quiet = 0               # points left in the refractory period
+        self._fired_p = 1.0
+        self._last_t: int | None = None
+        self._cache: tuple | None = None
+
+    # -- state -----------------------------------------------------------------------------------
+    def _slots(self, t: int | None) -> tuple[int, int] | None:
+        if t is None or not self._slot_ms:
+            return None
+        k = t // self._slot_ms
+        return k % (_DAY_MS // self._slot_ms), k % (_WEEK_MS // self._slot_ms)
+
+    def _predictions(self, t: int | None) -> list[float | None]:
+        lvl = self._level
+        preds: list[float | None] = [lvl, None, None]
+        sl = self._slots(t)
+        if sl is None or lvl is None or self._t0 is None:
+            return preds
+        age = t - self._t0
+        if self._day is not None and age >= self.season_min_periods * _DAY_MS and self._day.count[sl[0]]:
+            preds[1] = self._day.mean[sl[0]]
+        if self._week is not None and age >= self.season_min_periods * _WEEK_MS and self._week.count[sl[1]]:
+            preds[2] = self._week.mean[sl[1]]
+        return preds
+
+    def _z(self, x: float, t: int | None) -> tuple[float, list[float | None]]:
+        preds = self._predictions(t)
+        floor = 1e-3 * self._spread + 1e-9 * (abs(self._level or 0.0) + 1.0)
+        errs = [self._err[i] if preds[i] is not None and self._nerr[i] >= 10 else None for i in range(3)]
+        best = min((e for e in errs if e is not None), default=None)
+        if best is None:
+            return 0.0, preds
+        z = math.inf
+        for p, e in zip(preds, errs):
+            if p is None or e is None or e > 1.5 * best + floor:
+                continue
+            z = min(z, abs(x - p) / (1.2533 * e + floor))
+        return (0.0 if z == math.inf else z), preds
+
+    def _evaluate(self, x: float, t: int | None) -> tuple[float, float, float, list[float | None]]:
+        if self._cache is not None and self._cache[0] == (x, t):
+            return self._cache[1]
+        z, preds = self._z(x, t)
+        coll = (self._recent_sum + z - (self._recent[0] if len(self._recent) == self.collective else 0.0))
+        coll /= min(len(self._recent) + 1, self.collective)
+        p = min(self._point.pvalue(z), self._coll.pvalue(coll)) * 2.0
+        out = (z, coll, min(1.0, p), preds)
+        self._cache = ((x, t), out)
+        return out
+
+    # -- protocol --------------------------------------------------------------------------------
+    def score_one(self, x: float, t: int | None = None) -> float:
+        if self._n < self.warmup:
+            return 0.0
+        _, _, p, _ = self._evaluate(x, t)
+        if self._quiet > 0 and p >= self._fired_p:
+            return 0.0
+        return surprise_score(p, self.p_fire)
+
+    def learn_one(self, x: float, t: int | None = None) -> None:
+        z, coll, p, preds = self._evaluate(x, t)
+        self._cache = None
+        if self._n >= self.warmup:
+            if self._quiet > 0:
+                self._quiet -= 1
+            if surprise_score(p, self.p_fire) >= DEFAULT_THRESHOLD and (self._quiet == 0 or p < self._fired_p):
+                if self.refractory:
+                    self._quiet, self._fired_p = self.refractory, p
+        if self._level is not None:
+            self._point.add(z)
+            self._coll.add(coll)
+        if len(self._recent) == self.collective:
+            self._recent_sum -= self._recent[0]
+        self._recent.append(z)
+        self._recent_sum += z
+        self._learn_predictors(x, t, preds)
+        self._n += 1
+
+    def _learn_predictors(self, x: float, t: int | None, preds: list[float | None]) -> None:
+        a = self._alpha
+        for i, p in enumerate(preds):
+            if p is not None:
+                n = self._nerr[i]
+                w = max(a, 1.0 / (n + 1))
+                self._err[i] += w * (abs(x - p) - self._err[i])
+                self._nerr[i] = n + 1
+        if self._level is None:
+            self._level = x
+        else:
+            self._spread += a * (abs(x - self._level) - self._spread)
+            self._level += a * (x - self._level)
+        if t is None:
+            return
+        if self._t0 is None:
+            self._t0 = t
+        if self._slot_ms is None:
+            if self._last_t is not None and t > self._last_t:
+                self._dt.append(t - self._last_t)
+            self._last_t = t
+            if len(self._dt) >= 20:
+                dt = sorted(self._dt)[len(self._dt) // 2]
+                per_day = _DAY_MS // dt if dt > 0 else 0
+                if per_day >= 4:
+                    slot = max(dt, _DAY_MS // _MAX_DAY_SLOTS)
+                    slot = _DAY_MS // (_DAY_MS // slot)                   # a whole number of slots a day
+                    while _DAY_MS % slot:
+                        slot -= 1
+                    self._slot_ms = slot
+                    self._day = _SlotMeans(_DAY_MS // slot)
+                    self._week = _SlotMeans(_WEEK_MS // slot)
+                else:
+                    self._slot_ms = 0                                     # no daily season to learn
+            return
+        sl = self._slots(t) if self._slot_ms else None
+        if sl is not None and self._day is not None and self._week is not None:
+            self._day.update(sl[0], x, self.season_alpha)
+            self._week.update(sl[1], x, self.season_alpha)
+
+
+class EWMAZScore(Detector):
+    """Peer baseline: z-score against an exponentially weighted mean and variance (Gaussian p-value).
+
+    >>> det = EWMAZScore(warmup=5)
+    >>> _ = [det.process_one(10.0 + (i % 2), None) for i in range(30)]
+    >>> det.score_one(30.0) > 0.9 > det.score_one(10.5)
+    True
+    """
+
+    def __init__(self, halflife: float = 50.0, p_fire: float = 1e-4, warmup: int = 100,
+                 seed: int | None = None) -> None:
+        self.halflife, self.p_fire, self.warmup, self.seed = halflife, p_fire, warmup, seed
+        self._a = 1.0 - 0.5 ** (1.0 / halflife)
+        self._n, self._mean, self._var = 0, 0.0, 0.0
+
+    def score_one(self, x: float, t: int | None = None) -> float:
+        if self._n < self.warmup:
+            return 0.0
+        sd = math.sqrt(self._var) + 1e-9 * (abs(self._mean) + 1.0)
+        return surprise_score(math.erfc(abs(x - self._mean) / sd / math.sqrt(2.0)), self.p_fire)
+
+    def learn_one(self, x: float, t: int | None = None) -> None:
+        a = self._a if self._n else 1.0
+        d = x - self._mean
+        self._mean += a * d
+        self._var = (1.0 - a) * (self._var + a * d * d)
+        self._n += 1
+
+
+class PageHinkleyDetector(Detector):
+    """Two-sided Page-Hinkley / CUSUM on the robust z-score of each point against a slow EW level:
+    accumulates deviations beyond ``delta`` (in robust-scale units) and scores the running sum as a
+    tail probability ``exp(-sum)`` (a CUSUM of standardised excesses is a log-likelihood ratio).
+    Catches level shifts and slow drift; resets after a firing point.
+
+    >>> det = PageHinkleyDetector(warmup=20)
+    >>> _ = [det.process_one(10.0 + (i % 3), None) for i in range(200)]
+    >>> max(det.process_one(13.0 + (i % 3), None) for i in range(20)) >= 0.5
+    True
+    """
+
+    def __init__(self, halflife: float = 200.0, delta: float = 0.5, p_fire: float = 1e-4, warmup: int = 100,
+                 seed: int | None = None) -> None:
+        self.halflife, self.delta, self.p_fire, self.warmup, self.seed = halflife, delta, p_fire, warmup, seed
+        self._a = 1.0 - 0.5 ** (1.0 / halflife)
+        self._n, self._mean, self._mad = 0, 0.0, 0.0
+        self._up = self._down = 0.0
+
+    def _sums(self, x: float) -> tuple[float, float]:
+        z = (x - self._mean) / (1.2533 * self._mad + 1e-9 * (abs(self._mean) + 1.0))
+        z = max(-10.0, min(10.0, z))
+        return max(0.0, self._up + z - self.delta), max(0.0, self._down - z - self.delta)
+
+    def score_one(self, x: float, t: int | None = None) -> float:
+        if self._n < self.warmup:
+            return 0.0
+        up, down = self._sums(x)
+        return surprise_score(math.exp(-max(up, down)), self.p_fire)
+
+    def learn_one(self, x: float, t: int | None = None) -> None:
+        if self._n:
+            up, down = self._sums(x)
+            if self._n >= self.warmup and surprise_score(math.exp(-max(up, down)), self.p_fire) >= DEFAULT_THRESHOLD:
+                up = down = 0.0
+                self._mean = x
+            self._up, self._down = up, down
+        a = self._a if self._n else 1.0
+        self._mad += max(a, 1.0 / (self._n + 1)) * (abs(x - self._mean) - self._mad) if self._n else 0.0
+        self._mean += a * (x - self._mean)
+        self._n += 1
+
+
+class HalfSpaceTreesDetector(Detector):
+    """Peer: River's :class:`river.anomaly.HalfSpaceTrees` on the min-max scaled value and its last
+    ``lags`` differences (HST wants features in [0, 1]). Its raw score is already in [0, 1] but is not
+    a tail probability.
+
+    >>> det = HalfSpaceTreesDetector(seed=1, warmup=0)
+    >>> 0.0 <= det.process_one(1.0) <= 1.0
+    True
+    """
+
+    def __init__(self, n_trees: int = 10, height: int = 8, window_size: int = 250, lags: int = 1,
+                 warmup: int = 100, seed: int | None = 42) -> None:
+        from river import anomaly, preprocessing
+
+        self.n_trees, self.height, self.window_size = n_trees, height, window_size
+        self.lags, self.warmup, self.seed = lags, warmup, seed
+        self._model = preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(
+            n_trees=n_trees, height=height, window_size=window_size, seed=seed)
+        self._prev: deque[float] = deque(maxlen=lags + 1)
+        self._n = 0
+
+    def _features(self, x: float) -> dict[str, float]:
+        feats = {"x": x}
+        prev = list(self._prev)
+        for i in range(1, self.lags + 1):
+            feats[f"d{i}"] = x - prev[-i] if len(prev) >= i else 0.0
+        return feats
+
+    def score_one(self, x: float, t: int | None = None) -> float:
+        if self._n < self.warmup:
+            return 0.0
+        return float(min(1.0, max(0.0, self._model.score_one(self._features(x)))))
+
+    def learn_one(self, x: float, t: int | None = None) -> None:
+        self._model.learn_one(self._features(x))
+        self._prev.append(x)
+        self._n += 1
