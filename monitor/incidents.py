@@ -47,6 +47,8 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import msgspec
+
 from monitor.config import DEFAULT_RUNBOOK_BASE
 from monitor.events import Alert, Incident
 
@@ -255,9 +257,8 @@ class IncidentTracker:
     # -- output ---------------------------------------------------------------------------------
     def _record(self, inc: _Open) -> Incident | None:
         firing = bool(inc.members)
+        # the worst it has been: an incident escalates, it is not paged down and up again
         severity = max(inc.severities.values(), key=_SEVERITY_RANK.__getitem__, default="warning")
-        if firing:   # while it lasts: the worst of what is firing now
-            severity = max((inc.severities[m] for m in inc.members), key=_SEVERITY_RANK.__getitem__)
         affected = max(len(inc.hashes), inc.counted)
         cells, kpis = list(inc.cells), list(inc.kpis)
         last = inc.last
@@ -324,6 +325,48 @@ class IncidentPage(NamedTuple):
     starts_at_ms: int
     ends_at_ms: int | None
     sequence: int
+
+
+class IncidentPager:
+    """Turns incident records into the ``SatmonIncident`` alerts to push to Alertmanager.
+
+    Alertmanager identifies an alert by its labels, ``severity`` included: when an incident
+    escalates (warning -> critical) the page under the old severity is resolved too, or it would
+    stay active until it expires. Holds one entry per firing incident.
+
+    >>> from monitor.events import Incident
+    >>> pager = IncidentPager()
+    >>> def rec(seq, status, severity):
+    ...     return Incident(incident_id="in-1", status=status, severity=severity, region="metro", cells=["c1"],
+    ...                     kpis=["drop_rate"], affected_subscribers=3, alert_ids=["hs-1"], summary="",
+    ...                     started_at_ms=0, updated_at_ms=seq, sequence=seq)
+    >>> [(p.status, p.severity) for p in pager.pages(rec(0, "firing", "warning"))]
+    [('firing', 'warning')]
+    >>> [(p.status, p.severity) for p in pager.pages(rec(1, "firing", "critical"))]
+    [('resolved', 'warning'), ('firing', 'critical')]
+    >>> [(p.status, p.severity) for p in pager.pages(rec(2, "resolved", "critical"))], len(pager)
+    ([('resolved', 'critical')], 0)
+    """
+
+    def __init__(self, *, runbook_base: str = DEFAULT_RUNBOOK_BASE) -> None:
+        self.runbook_base = runbook_base
+        self._paged: dict[str, Incident] = {}
+
+    def pages(self, incident: Incident) -> list[IncidentPage]:
+        out = []
+        prev = self._paged.get(incident.incident_id)
+        if prev is not None and prev.severity != incident.severity:
+            out.append(page_for(msgspec.structs.replace(prev, status="resolved", ended_at_ms=incident.updated_at_ms),
+                                runbook_base=self.runbook_base))
+        out.append(page_for(incident, runbook_base=self.runbook_base))
+        if incident.status == "firing":
+            self._paged[incident.incident_id] = incident
+        else:
+            self._paged.pop(incident.incident_id, None)
+        return out
+
+    def __len__(self) -> int:
+        return len(self._paged)
 
 
 def page_for(incident: Incident, *, runbook_base: str = DEFAULT_RUNBOOK_BASE) -> IncidentPage:
