@@ -291,6 +291,11 @@ class Metrics:
                              "Subscribers currently at risk, by region and segment (complete view: aggregate with max)",
                              ["region", "segment"], registry=r)
         self._at_risk_keys: set[tuple[str, str]] = set()
+        self.risk_band = Gauge("satmon_risk_band_subscribers",
+                               "Subscribers per risk band of the headline score (probability that a complaint, "
+                               "detractor answer or churn follows), by region (complete view: aggregate with max)",
+                               ["region", "band"], registry=r)
+        self._band_keys: set[tuple[str, str]] = set()
 
         # -- hot spots ---------------------------------------------------------------------------
         self.hotspot_active = Gauge("satmon_hotspot_active", "1 per active cell hot spot (series removed on resolve)",
@@ -459,6 +464,19 @@ class Metrics:
         for key, n in merged.items():
             self.at_risk.labels(*key).set(n)
         self._at_risk_keys = set(merged)
+
+    def set_risk_bands(self, counts: Mapping[tuple[str | None, str], int]) -> None:
+        """Replace the band gauges with ``{(region, band): subscribers}`` (``RiskView.risk_bands``);
+        bands are the fixed :data:`monitor.risk.RISK_BANDS`, regions bounded as for the at-risk gauges."""
+        merged: dict[tuple[str, str], int] = {}
+        for (region, band), n in counts.items():
+            key = (self.regions(region), band)
+            merged[key] = merged.get(key, 0) + n
+        for key in self._band_keys - merged.keys():
+            self.risk_band.remove(*key)
+        for key, n in merged.items():
+            self.risk_band.labels(*key).set(n)
+        self._band_keys = set(merged)
 
     # -- alerts -----------------------------------------------------------------------------------
 

@@ -42,11 +42,31 @@ OUTCOMES: tuple[str, ...] = ("complaint", "detractor", "churn")
 #: horizon (hours) of each outcome's reported probability: the list's horizons
 OUTCOME_HORIZON_H: dict[str, float] = {"complaint": 72.0, "detractor": 72.0, "churn": 168.0}
 #: cold-start log-odds offset of each outcome against the prior's bias (:data:`PRIOR_BIAS` is a
-#: ~5 % daily rate of "something goes wrong"; a detractor answer needs a survey, churn is rarer)
-OUTCOME_BIAS_OFFSET: dict[str, float] = {"complaint": -1.0, "detractor": -1.5, "churn": -2.5}
-#: the outcomes' share of the prior's weights (churn follows accumulated experience more weakly)
-OUTCOME_PRIOR_SCALE: dict[str, float] = {"complaint": 1.0, "detractor": 1.0, "churn": 0.6}
+#: ~5 % daily rate of "something goes wrong"): ~2 % a day complain, fewer answer a survey as
+#: detractors, ~0.25 % a day port out
+OUTCOME_BIAS_OFFSET: dict[str, float] = {"complaint": -1.0, "detractor": -1.5, "churn": -3.0}
+#: the share of the prior's weights each outcome starts from: the table's weights were written for
+#: "dissatisfied now"; a daily outcome is damped (the worst subscribers stay below certainty, so
+#: the cold-start list is still ranked), churn more (it follows weeks, not a day)
+OUTCOME_PRIOR_SCALE: dict[str, float] = {"complaint": 0.5, "detractor": 0.5, "churn": 0.3}
 LEARN_HORIZON_H = 24.0
+#: who works which list: each team ranks subscribers by the probability of its outcome
+TEAMS: dict[str, str] = {"care": "complaint", "retention": "churn"}
+#: upper bounds of the risk bands the gauges count subscribers in (headline score), and their labels
+RISK_BANDS: tuple[tuple[float, str], ...] = (
+    (0.01, "below_1pct"), (0.05, "1_to_5pct"), (0.2, "5_to_20pct"), (0.5, "20_to_50pct"), (1.01, "above_50pct"))
+
+
+def band_of(p: float) -> str:
+    """The :data:`RISK_BANDS` label of a probability.
+
+    >>> band_of(0.003), band_of(0.07), band_of(0.9)
+    ('below_1pct', '5_to_20pct', 'above_50pct')
+    """
+    for bound, label in RISK_BANDS:
+        if p < bound:
+            return label
+    return RISK_BANDS[-1][1]
 
 
 def _sigmoid(z: float) -> float:

@@ -299,6 +299,43 @@ class RiskView:
     def at_risk_by_region(self) -> dict[str | None, int]:
         return {region: len(keys) for region, keys in self._by_region.items() if keys}
 
+    def worklist(self, team: str, *, capacity: int, region: str | None = None) -> list[dict[str, Any]]:
+        """The list a team works: per region, the ``capacity`` subscribers most likely to have the
+        team's outcome (:data:`monitor.risk.TEAMS`), ranked, with every outcome's probability and
+        the reasons of their latest score. No threshold: the team's daily capacity is the budget.
+        (A scan of the view: O(subscribers) per call.)"""
+        import heapq
+
+        from monitor.risk import OUTCOMES as TEAMS_OUTCOMES, TEAMS
+
+        outcome = TEAMS[team]
+        pools: dict[str | None, list[tuple[float, str]]] = {}
+        for sid, entry in self._entries.items():
+            probs = entry.latest.outcomes
+            r = entry.current.region
+            if probs is None or (region is not None and r != region):
+                continue
+            pools.setdefault(r, []).append((getattr(probs, outcome), sid))
+        out = []
+        for r in sorted(pools, key=lambda r: (r is None, r or "")):
+            for rank, (p, sid) in enumerate(heapq.nlargest(capacity, pools[r]), 1):
+                rec = self._entries[sid].latest
+                out.append({"team": team, "outcome": outcome, "region": r, "rank": rank, "subscriber_id": sid,
+                            "probability": p, "outcomes": {k: getattr(rec.outcomes, k) for k in TEAMS_OUTCOMES},
+                            "reasons": [{"code": x.code, "text": x.text} for x in rec.reasons],
+                            "scored_ts_ms": rec.ts_ms, "segment": rec.segment})
+        return out
+
+    def risk_bands(self) -> dict[tuple[str | None, str], int]:
+        """``{(region, band): subscribers}`` by the headline score's :data:`monitor.risk.RISK_BANDS`."""
+        from monitor.risk import band_of
+
+        counts: dict[tuple[str | None, str], int] = {}
+        for entry in self._entries.values():
+            key = (entry.current.region, band_of(entry.current.score))
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def at_risk_by_region_segment(self) -> dict[tuple[str | None, str | None], int]:
         """Subscribers at risk now per ``(region, segment)`` (the at-risk gauges)."""
         counts: dict[tuple[str | None, str | None], int] = {}
