@@ -12,7 +12,7 @@ import dataclasses
 import functools
 
 from monitor import simulate
-from monitor.events import Alert, Incident
+from monitor.events import Alert, Incident, RiskScore
 
 OUTAGE = {"name": "outage-test", "incidents": [
     {"id": "outage-x", "type": "cell_outage", "onset": "40m", "end": "70m", "cells": 3, "region": "metro",
@@ -30,6 +30,7 @@ class OutageRun:
     end_ms: int
     emitted: list[tuple[int, Alert]]   # (end of the window that produced it, record), in order
     incidents: list[tuple[int, Incident]]   # the same for the incident records
+    scores: list[RiskScore]                 # the risk-scores records the pipeline produced, in order
 
     @property
     def alerts(self) -> list[Alert]:
@@ -46,7 +47,8 @@ def outage_run(subscribers: int = 1500, hours: float = 1.5, seed: int = 21, cell
     sim = simulate.Simulator(config)
     records = list(simulate.generate(config, sim))
     [incident] = sim.incidents
-    result = run_records(records, partitions=4)
+    scores: list[RiskScore] = []
+    result = run_records(records, partitions=4, on_scores=scores.extend)
     return OutageRun(records, frozenset(simulate.cell_id(c) for c in incident.cells),
                      simulate.REGION_NAMES[incident.regions[0]], incident.onset_ms, incident.end_ms,
-                     result.alerts, result.incidents)
+                     result.alerts, result.incidents, scores)
