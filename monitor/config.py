@@ -180,7 +180,10 @@ OPTIONS: tuple[Option, ...] = (
            "on GitHub, which the rules in deploy/prometheus link to"),
     Option("cell_inventory", _optional_str, "",
            "JSON cell inventory [{cell_id, lat, lon}] (what `satmon simulate --out` writes as cells.json): places active hot spots on the geo map"),
-    Option("at_risk_threshold", _probability, "0.5", "Score at or above which a subscriber is on the at-risk list"),
+    Option("at_risk_threshold", _probability, "0.5", "Score at or above which a record is flagged at_risk (the "
+           "worklist is a ranked budget: see list_capacity)"),
+    Option("list_capacity", _positive_int, "50", "Daily capacity of each team (care: complaints, retention: churn) "
+           "in each region: the worklist holds that many subscribers, ranked by the team's outcome probability"),
     Option("label_horizon_hours", _positive_float, "24", "A label arriving late is joined to a feature snapshot at most this much older"),
     Option("state_ttl_days", _positive_float, "30", "Forget a subscriber's state after this long without events"),
     Option("state_cache_per_partition", _positive_int, "250000", "Subscribers per partition kept in memory; the rest stay in the state table"),
@@ -230,6 +233,7 @@ class Settings:
     runbook_base: str
     cell_inventory: str | None
     at_risk_threshold: float
+    list_capacity: int
     label_horizon_hours: float
     model_checkpoint: str | None
     standby_replicas: int
