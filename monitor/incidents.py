@@ -374,7 +374,9 @@ def page_for(incident: Incident, *, runbook_base: str = DEFAULT_RUNBOOK_BASE) ->
     cells = incident.cells
     shown = ", ".join(cells[:10]) + (", ..." if len(cells) > 10 else "")
     return IncidentPage(
-        alert_id=incident.incident_id, alertname=INCIDENT_ALERTNAME, status=incident.status,
+        # one id per label set: the Alertmanager client coalesces queued states by id, and the
+        # resolve of an escalated incident's old page must not be replaced by its new one
+        alert_id=f"{incident.incident_id}/{incident.severity}", alertname=INCIDENT_ALERTNAME, status=incident.status,
         severity=incident.severity, labels={"region": incident.region, "incident_id": incident.incident_id},
         summary=f"Incident in {incident.region}: {len(cells)} cell{'s' if len(cells) != 1 else ''} degraded",
         description=(f"cells {shown}" if cells else "region-wide") + (f"; KPIs {', '.join(incident.kpis)}"
