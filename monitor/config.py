@@ -209,7 +209,7 @@ OPTIONS: tuple[Option, ...] = (
            "dead-lettered (reason clock_skew); watermarks never pass wall clock + this"),
     Option("dead_letter_keep_original", _parse_bool, "false", "Keep rejected records' bytes exactly as received in "
            "satmon-dead-letter (subscriber ids included); default: ids replaced by pseudonyms"),
-    Option("api_max_concurrency", _non_negative_int, "2", "API requests computed at once, all tokens together "
+    Option("api_max_concurrency", _non_negative_int, "1", "API requests computed at once, all tokens together "
            "(threads off the stream's event loop); 0 computes on the event loop (only to measure the difference)"),
     Option("api_max_queue", _positive_int, "256", "API requests waiting for that budget before further ones get 503"),
 )

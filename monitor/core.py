@@ -382,16 +382,18 @@ class PartitionCore:
 
 
 def migrate_checkpoint(src: str, dst: str) -> str:
-    """Convert an old pickled checkpoint **from a trusted local file** (one written by this
-    project's earlier versions: a partition checkpoint ``{"model", "watermark_ms"}`` or a pickled
-    model) to the data-only format; returns ``dst``. Run it once, by hand, on a file you trust:
-    unpickling runs whatever the file says. Workers never unpickle."""
+    """Convert an old pickled checkpoint **from a trusted local file** (a partition checkpoint
+    ``{"model", "watermark_ms"}`` or a pickled model, of the current model class) into a warm-start
+    file (``monitor.warmstart``'s data-only format) that ``SATMON_MODEL_CHECKPOINT`` loads; returns
+    ``dst``. Run it once, by hand, on a file you trust: unpickling runs whatever the file says.
+    Workers never unpickle."""
     import pickle
     from pathlib import Path
 
+    from monitor.warmstart import FORMAT
+
     data = pickle.loads(Path(src).read_bytes())  # noqa: S301 -- trusted local file, by contract
     model = data["model"] if isinstance(data, dict) else data
-    blob = msgspec.msgpack.encode({"format": CHECKPOINT_FORMAT, "model": model.to_state(),
-                                   "watermark_ms": int(data.get("watermark_ms", 0)) if isinstance(data, dict) else 0})
-    Path(dst).write_bytes(blob)
+    Path(dst).write_bytes(msgspec.msgpack.encode({"format": FORMAT, "model": model.to_state(),
+                                                  "migrated_from": Path(src).name}))
     return dst

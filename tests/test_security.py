@@ -383,11 +383,12 @@ def test_an_old_pickled_checkpoint_migrates_once_from_a_trusted_local_file(tmp_p
     trained = _trained_core()
     old = tmp_path / "partition-0.pickle"
     old.write_bytes(pickle.dumps({"model": trained.model, "watermark_ms": NOW_MS}, protocol=5))
-    new = tmp_path / "partition-0.ckpt"
+    new = tmp_path / "model.ckpt"
     migrate_checkpoint(str(old), str(new))
-    core = PartitionCore(0, clock_ms=lambda: NOW_MS)
-    assert core.restore(new.read_bytes())
-    assert core.model.to_state() == trained.model.to_state() and core.watermark_ms == NOW_MS
+    assert not new.read_bytes().startswith(b"\x80")
+    # what SATMON_MODEL_CHECKPOINT loads: new partitions start from the migrated model
+    core = PartitionCore(0, settings=load({}, model_checkpoint=str(new)), clock_ms=lambda: NOW_MS)
+    assert core.model.to_state() == trained.model.to_state()
 
 
 # --------------------------------------------------------------------------- a real worker
