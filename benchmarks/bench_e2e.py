@@ -134,13 +134,13 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
     code = (
         "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
         "from common import core_factory\n"
-        "from monitor.fastpath import tune_malloc; tune_malloc()  # as `satmon worker` does, before threads\n"
+        "from monitor.tuning import tune_malloc; tune_malloc()  # as `satmon worker` does, before threads\n"
         "from monitor.config import load\n"
         "from monitor.app import build_worker\n"
         "from faust.worker import Worker\n"
         "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='bench', pseudonymise='false')\n"
         "w = build_worker(s, app_id='bench-satmon-%d', make_core=core_factory()[1], cell_windows=%r, api=%r)\n"
-        "from monitor.fastpath import tune_gc; tune_gc()  # as `satmon worker` does\n"
+        "from monitor.tuning import tune_gc; tune_gc()  # as `satmon worker` does\n"
         "Worker(w.app, loglevel='warning', quiet=True, redirect_stdouts=False).execute_from_commandline()\n"
     ) % (str(HERE / "peers"), str(HERE.parent), broker, data, str(port), str(partitions), os.getpid(), full, full)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -191,13 +191,13 @@ def measure_latency(partitions: int, rate: int, seconds: float) -> dict:
     code = (
         "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
         "from common import core_factory\n"
-        "from monitor.fastpath import tune_malloc; tune_malloc()  # as `satmon worker` does, before threads\n"
+        "from monitor.tuning import tune_malloc; tune_malloc()  # as `satmon worker` does, before threads\n"
         "from monitor.config import load\n"
         "from monitor.app import build_worker\n"
         "from faust.worker import Worker\n"
         "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='lat', pseudonymise='false')\n"
         "w = build_worker(s, app_id='bench-latency', make_core=core_factory()[1])\n"
-        "from monitor.fastpath import tune_gc; tune_gc()  # as `satmon worker` does\n"
+        "from monitor.tuning import tune_gc; tune_gc()  # as `satmon worker` does\n"
         "Worker(w.app, loglevel='warning', quiet=True, redirect_stdouts=False).execute_from_commandline()\n"
     ) % (str(HERE / "peers"), str(HERE.parent), url, tempfile.mkdtemp(), str(port), str(partitions))
     asyncio.run(produce(bootstrap, 0, partitions))

@@ -1,7 +1,7 @@
 """The Faust app of a satmon worker: settings that work on Kafka and Tansu, topics, tables, web views.
 
 :func:`build_worker` returns a :class:`Worker` holding the app (whose consumer is
-:class:`monitor.fastpath.FastConsumer`), the :class:`monitor.agents.RiskPipeline` it hands the
+:class:`monitor.fastpath.FastConsumer`), the :class:`monitor.pipeline.RiskPipeline` it hands the
 input topics to, and a fresh Prometheus registry served on ``/metrics``.
 
 Tables (both changelogged, partitioned like the inputs, bytes in and out):
@@ -32,11 +32,17 @@ import faust
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from monitor.agents import (ALERTS_TOPIC, CELL_WINDOWS_TOPIC, DEAD_LETTER_TOPIC, RISK_SCORES_TOPIC, BatchObserver,
-                            CellWindows, HotspotStage, RiskPipeline, TableStore)
 from monitor.config import Settings
 from monitor.events import INPUT_TOPICS
-from monitor.fastpath import FastTransport, malloc_stats
+from monitor.fastpath import FastTransport
+from monitor.pipeline import BatchObserver, CellWindows, HotspotStage, RiskPipeline, default_core_factory
+from monitor.tablestore import TableStore
+from monitor.topics import ALERTS as ALERTS_TOPIC
+from monitor.topics import CELL_WINDOWS as CELL_WINDOWS_TOPIC
+from monitor.topics import DEAD_LETTER as DEAD_LETTER_TOPIC
+from monitor.topics import RISK_SCORES as RISK_SCORES_TOPIC
+from monitor.topics import Partitioner
+from monitor.tuning import malloc_stats
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +131,7 @@ class Worker:
     settings: Settings
     worker_id: str
     hotspots: HotspotStage | None = None
-    #: the :class:`monitor.agents.CellWindows` observer (None with ``cell_windows=False``)
+    #: the :class:`monitor.pipeline.CellWindows` observer (None with ``cell_windows=False``)
     cell_windows: CellWindows | None = None
     view: Any = None
     feeder: Any = None
@@ -299,12 +305,9 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
 
     ``app_id`` is the consumer group and the prefix of the changelog topics; ``faust_overrides``
     replace entries of :data:`BROKER_SETTINGS` (tests use them for short intervals). With
-    ``cell_windows`` (default) every batch also feeds :class:`monitor.agents.CellWindows`.
+    ``cell_windows`` (default) every batch also feeds :class:`monitor.pipeline.CellWindows`.
     """
-    from aiokafka.partitioner import murmur2
     from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-
-    from monitor.agents import default_core_factory
 
     if settings.broker is None:
         from monitor.errors import ConfigError
@@ -334,8 +337,13 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
                               key_serializer="raw") for name in INPUT_TOPICS]
     alerts_topic = app.topic(ALERTS_TOPIC, partitions=1, internal=True, key_serializer="raw",
                              value_serializer="raw")
+    from monitor.incidents import INCIDENTS_TOPIC, IncidentPager
+
+    pager = IncidentPager(runbook_base=settings.runbook_base)
+    incidents_topic = app.topic(INCIDENTS_TOPIC, partitions=1, internal=True, key_serializer="raw",
+                                value_serializer="raw")
     outputs = [app.topic(RISK_SCORES_TOPIC, partitions=n, internal=True),
-               app.topic(DEAD_LETTER_TOPIC, partitions=1, internal=True), alerts_topic]
+               app.topic(DEAD_LETTER_TOPIC, partitions=1, internal=True), alerts_topic, incidents_topic]
     windows_topic = app.topic(CELL_WINDOWS_TOPIC, partitions=n, internal=True, key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw")
     hotspots = HotspotStage(partitions=n, runbook_base=settings.runbook_base)
@@ -352,6 +360,11 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
                     await alerts_topic.send(key=alert.alert_id.encode(), value=encode(alert))
                     for hook in on_alert_metrics:
                         hook(alert)
+                for incident in hotspots.pop_incidents():   # monitor.incidents: one page per incident
+                    await incidents_topic.send(key=incident.incident_id.encode(), value=encode(incident))
+                    if worker.alertmanager is not None:
+                        for page in pager.pages(incident):
+                            worker.alertmanager.notify(page)
     # bytes key/value types make Faust use the "raw" codec: the core owns serialization.
     store_options = dict(ROCKSDB_OPTIONS) if settings.store.startswith("rocksdb") else None
     state_table = app.Table(STATE_TABLE, partitions=n, key_type=bytes, value_type=bytes, options=store_options)
@@ -367,17 +380,6 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     pseudonymiser = pseudonymiser_for(settings)
     pseudonymise = None if isinstance(pseudonymiser, NoPseudonyms) else pseudonymiser
 
-    score_partition_cache: dict[bytes, int] = {}
-
-    def score_partition(key: bytes) -> int:
-        # Kafka's default partitioner (murmur2), cached: risk-scores is keyed by subscriber id.
-        p = score_partition_cache.get(key)
-        if p is None:
-            if len(score_partition_cache) > 1_000_000:
-                score_partition_cache.clear()
-            p = score_partition_cache[key] = (murmur2(key) & 0x7FFFFFFF) % n
-        return p
-
     windows_obs = CellWindows(partitions=n, backlog=_backlog_of(app)) if cell_windows else None
     pipeline = RiskPipeline(
         state_table=TableStore(state_table),
@@ -386,7 +388,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
         checkpoint_interval_s=settings.checkpoint_interval_s,
         worker_id=worker_id,
         observers=[windows_obs, *observers] if windows_obs is not None else list(observers),
-        score_partitioner=score_partition,
+        score_partitioner=Partitioner(n),   # risk-scores is keyed by subscriber id
         pseudonymise=pseudonymise,
     )
     # Ingest with the worker's guards: far-future events dead-lettered (clock_skew), dead letters
@@ -431,7 +433,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     if settings.alertmanager_url:
         _add_alertmanager(worker, settings.alertmanager_url, on_alert_metrics)
     if settings.malloc_trim_s > 0:
-        from monitor.fastpath import trim_malloc
+        from monitor.tuning import trim_malloc
 
         @app.timer(settings.malloc_trim_s)
         async def return_freed_memory() -> None:
@@ -456,7 +458,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
 def full_collection() -> float:
     """One full cyclic garbage collection; returns its duration, s.
 
-    The worker raises the collector's thresholds (``monitor.fastpath.GC_THRESHOLDS``): in steady
+    The worker raises the collector's thresholds (``monitor.tuning.GC_THRESHOLDS``): in steady
     state its net allocations stay near zero, so the oldest generation was in practice never
     collected, and a reference cycle that outlived a young collection (an HTTP connection's
     transport and protocol, seen accumulating in the soak's census) stayed until the process
@@ -478,6 +480,7 @@ def _add_api(worker: Worker) -> None:
     from monitor.api import API_KEY, build_api, mount_api
     from monitor.outreach import OUTREACH_TOPIC, OutreachStore, encode_record
     from monitor.privacy import AuditLog
+    from monitor.incidents import INCIDENTS_TOPIC, IncidentBoard
     from monitor.riskview import HotspotBoard, RiskView, feeder_for
 
     app, settings = worker.app, worker.settings
@@ -488,12 +491,13 @@ def _add_api(worker: Worker) -> None:
         fut = await outreach_topic.send(key=record.subscriber_id.encode(), value=encode_record(record))
         await fut  # returns once the broker acknowledged it
 
-    view, board = RiskView(), HotspotBoard()
+    view, board, incident_board = RiskView(), HotspotBoard(), IncidentBoard()
     store = OutreachStore(sink=publish)
     worker.pipeline.observers.append(OutcomeObserver())
-    feeder = feeder_for(settings.bootstrap_servers, view, board, store, client_id=f"view-{worker.worker_id}")
+    feeder = feeder_for(settings.bootstrap_servers, view, board, store, client_id=f"view-{worker.worker_id}",
+                        incidents=incident_board)
     api = build_api(settings, view, store, AuditLog(Path(settings.data_dir) / "audit" / "audit.jsonl"),
-                    worker.registry, hotspots=board, ready=lambda: feeder.caught_up)
+                    worker.registry, hotspots=board, incidents=incident_board, ready=lambda: feeder.caught_up)
     mount_api(app.web.web_app, api)
     feeder.lock = api[API_KEY].view_lock  # the API reads the views from its threads
     worker.view, worker.feeder = view, feeder
@@ -505,7 +509,7 @@ def _add_api(worker: Worker) -> None:
         from monitor.kafka import ALERTS, RISK_SCORES
         import asyncio
 
-        for name in (OUTREACH_TOPIC, ALERTS, RISK_SCORES):
+        for name in (OUTREACH_TOPIC, ALERTS, INCIDENTS_TOPIC, RISK_SCORES):
             await app.topic(name, internal=True, partitions=1 if name != RISK_SCORES else settings.partitions,
                             key_serializer="raw", value_serializer="raw").maybe_declare()
         while not app.should_stop:

@@ -17,32 +17,28 @@ table recovery from changelogs, commits, the producer, web views and sensors. Wh
   changes were handed to the producer; :meth:`FastConsumer._commit` then refuses to commit while
   any of those sends failed, and waits for sends still in flight (Faust's own commit also flushes
   the producer first) -- so a committed offset never runs ahead of its effects (at-least-once);
-* outputs are produced with :class:`Outputs`: one aiokafka ``BatchBuilder`` per topic-partition
-  instead of one ``send`` coroutine per record;
+* outputs (:class:`monitor.pipeline.Outputs`) are produced with :func:`send_outputs`: one aiokafka
+  ``BatchBuilder`` per topic-partition instead of one ``send`` coroutine per record;
 * :meth:`FastConsumerThread._highwaters` takes changelog high-waters from a *Fetch* response (see
   :func:`fetch_highwaters`): the embedded broker (Tansu) answers ListOffsets with the first offset of
   a partition's last batch + 1, which would end table recovery early and lose state.
 
->>> out = Outputs()
->>> out.add("risk-scores", 0, b"s1", b"{}")
->>> out.record_count
-1
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from monitor.pipeline import BatchHandler, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -59,195 +55,39 @@ COMMIT_SLOW_WARN_S = 10.0
 #: how often the drain loop calls the handler's ``tick`` (seconds)
 TICK_S = 1.0
 
-#: cyclic-GC thresholds of a worker process (CPython's default is (700, 10, 10)). A batch allocates
-#: tens of thousands of short-lived containers (decoded events, window accumulators, outputs): with
-#: the default the collector runs a young collection every 700 allocations and traverses them --
-#: measured as the largest single cost of the windows path, and ~15 % of a worker's throughput. The
-#: objects a batch creates are freed by reference counting; the collector is only needed for the
-#: rare cycle, so here a young collection runs every 200,000 net allocations (~0.1 s at full load),
-#: an older one every 50 of those and a full one every 100 older ones. In steady state net
-#: allocations stay near zero, so that full collection in practice never comes: the worker runs one
-#: on a timer instead (``gc_full_s``, ``monitor.app.full_collection``), or a cycle promoted to the
-#: oldest generation would stay for the life of the process (the soak's census found them).
-#: ``benchmarks/run.py`` measures the worker with these.
-GC_THRESHOLDS = (200_000, 50, 100)
+async def send_outputs(out: Outputs, producer: Any) -> list[asyncio.Future]:
+    """Hand every record queued in ``out`` to the aiokafka ``producer``; returns the delivery futures.
 
-
-def tune_gc(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
-    """Move everything alive now (modules, the app, the model) out of the collector's sight with
-    :func:`gc.freeze` and raise its thresholds: call once at start-up, after the worker is built."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*thresholds)
-
-
-#: glibc's mallopt parameters: the number of malloc arenas; the size from which an allocation gets
-#: its own mapping
-_M_ARENA_MAX = -8
-_M_MMAP_THRESHOLD = -3
-#: satmon's mmap threshold (glibc's initial default). Setting it turns off glibc's *dynamic*
-#: threshold, which rises to the size of every large block freed (up to 32 MiB) and from then on
-#: serves fetch buffers and batch-sized lists from the heap, where each bigger batch raises a
-#: high-water mark that trimming cannot lower while a live block sits above it.
-MMAP_THRESHOLD = 128 * 1024
-
-
-@functools.lru_cache(maxsize=1)
-def _glibc() -> Any:
-    """The C library if it is glibc (``mallopt``/``malloc_trim``), else None (musl, macOS); loaded once."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim, libc.mallopt  # noqa: B018 -- both exist only in glibc
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-def tune_malloc(arena_max: int = 2, mmap_threshold: int | None = MMAP_THRESHOLD) -> bool:
-    """Cap glibc's malloc arenas and fix its mmap threshold (call before threads start). A worker
-    allocates fetch buffers in the Kafka consumer thread and frees them in the event loop's, and
-    RocksDB allocates from its own threads: with glibc's default of 8 arenas per core the freed
-    memory stays spread over arenas that are never reused, and resident memory ratchets up a
-    little at every load peak. Large blocks (``mmap_threshold`` and up, None = glibc's dynamic
-    default) are mapped and unmapped on their own instead. Returns False where the C library is
-    not glibc."""
-    libc = _glibc()
-    if libc is None:
-        return False
-    ok = bool(libc.mallopt(_M_ARENA_MAX, arena_max))
-    if mmap_threshold is not None:
-        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and ok
-    return ok
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-
-
-def malloc_stats() -> dict[str, int]:
-    """glibc's heap, summed over its arenas (``mallinfo2``): ``in_use`` (allocated chunks, which
-    includes RocksDB and every C extension but not Python's small-object arenas, which are
-    mmapped directly), ``free`` (freed but still held: fragmentation, or not yet trimmed) and
-    ``mmapped`` (large allocations in their own mappings). Empty where the C library is not glibc
-    2.33 or later."""
-    libc = _glibc()
-    fn = getattr(libc, "mallinfo2", None) if libc is not None else None
-    if fn is None:
-        return {}
-    fn.restype = _Mallinfo2
-    info = fn()
-    return {"in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
-
-
-def trim_malloc() -> bool:
-    """Hand free heap pages back to the OS (glibc ``malloc_trim(0)``, which also releases whole free
-    pages inside the heap). True if memory was released."""
-    libc = _glibc()
-    return bool(libc is not None and libc.malloc_trim(0))
-
-
-class BatchHandler(Protocol):
-    """What :class:`FastConsumer` hands fast-topic batches to (``monitor.agents.RiskPipeline``)."""
-
-    #: topic names whose records come to :meth:`handle` instead of Faust's per-message path
-    topics: frozenset[str]
-
-    def handle(self, batch: Mapping[TP, list[Any]], out: "Outputs") -> None:
-        """Process every record (aiokafka ``ConsumerRecord``) of ``batch`` synchronously and add all
-        resulting records (outputs and state changes) to ``out``. Must not raise on bad input."""
-
-    async def on_revoked(self, revoked: set[TP], out: "Outputs") -> None:
-        """Flush and drop everything kept for ``revoked`` partitions, adding records to ``out``."""
-
-    def flush_all(self, out: "Outputs") -> None:
-        """Flush everything kept in memory (at shutdown), adding records to ``out``."""
-
-    # Optional: ``tick(out)``, called about once a second between batches (also when no records
-    # come), for work driven by wall-clock time, e.g. closing windows a stream that went quiet held.
-
-
-class Outputs:
-    """Records to produce, grouped per topic-partition, sent as whole batches.
-
-    ``on_sent`` callbacks (per topic-partition) get the offset of the *last* record sent to that
-    partition once the broker acknowledged it (used to record RocksDB's persisted changelog offset).
-    """
-
-    __slots__ = ("_by_tp", "_on_sent", "record_count")
-
-    def __init__(self) -> None:
-        self._by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
-        self._on_sent: dict[tuple[str, int], Callable[[int], None]] = {}
-        self.record_count = 0
-
-    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
-        """Queue one record for ``topic``/``partition``."""
-        try:
-            self._by_tp[(topic, partition)].append((key, value))
-        except KeyError:
-            self._by_tp[(topic, partition)] = [(key, value)]
-        self.record_count += 1
-
-    def add_many(self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
-        """Queue several ``(key, value)`` records for one topic-partition."""
-        bucket = self._by_tp.setdefault((topic, partition), [])
-        before = len(bucket)
-        bucket.extend(records)
-        self.record_count += len(bucket) - before
-
-    def on_sent(self, topic: str, partition: int, callback: Callable[[int], None]) -> None:
-        """Call ``callback(last_offset)`` once this batch's records to the partition are acknowledged."""
-        self._on_sent[(topic, partition)] = callback
-
-    def records(self) -> dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]]:
-        """What is queued, by ``(topic, partition)`` (a view: do not modify)."""
-        return self._by_tp
-
-    def __bool__(self) -> bool:
-        return self.record_count > 0
-
-    async def send(self, producer: Any) -> list[asyncio.Future]:
-        """Hand every record to the aiokafka ``producer``; returns the delivery futures.
-
-        Records of one partition keep their order. Returns once everything is in the producer's
-        accumulator (delivery itself is awaited by the commit)."""
-        futures: list[asyncio.Future] = []
-        for (topic, partition), records in self._by_tp.items():
-            batch = producer.create_batch()
-            last: asyncio.Future | None = None
-            count = 0
-            for key, value in records:
-                if batch.append(timestamp=None, key=key, value=value) is None:
-                    last = await producer.send_batch(batch, topic, partition=partition)
-                    futures.append(last)
-                    batch = producer.create_batch()
-                    if batch.append(timestamp=None, key=key, value=value) is None:
-                        raise ValueError(f"record too large for one producer batch ({topic}/{partition})")
-                    count = 0
-                count += 1
-            if count:
+    Records of one partition keep their order. Returns once everything is in the producer's
+    accumulator (delivery itself is awaited by the commit)."""
+    futures: list[asyncio.Future] = []
+    for (topic, partition), records in out.records().items():
+        batch = producer.create_batch()
+        last: asyncio.Future | None = None
+        count = 0
+        for key, value in records:
+            if batch.append(timestamp=None, key=key, value=value) is None:
                 last = await producer.send_batch(batch, topic, partition=partition)
                 futures.append(last)
-            callback = self._on_sent.get((topic, partition))
-            if callback is not None and last is not None:
-                n_last = count
+                batch = producer.create_batch()
+                if batch.append(timestamp=None, key=key, value=value) is None:
+                    raise ValueError(f"record too large for one producer batch ({topic}/{partition})")
+                count = 0
+            count += 1
+        if count:
+            last = await producer.send_batch(batch, topic, partition=partition)
+            futures.append(last)
+        callback = out.callbacks().get((topic, partition))
+        if callback is not None and last is not None:
+            n_last = count
 
-                def _done(fut: asyncio.Future, _cb: Callable[[int], None] = callback, _n: int = n_last) -> None:
-                    if not fut.cancelled() and fut.exception() is None:
-                        _cb(fut.result().offset + _n - 1)
+            def _done(fut: asyncio.Future, _cb: Callable[[int], None] = callback, _n: int = n_last) -> None:
+                if not fut.cancelled() and fut.exception() is None:
+                    _cb(fut.result().offset + _n - 1)
 
-                last.add_done_callback(_done)
-        self._by_tp.clear()
-        self._on_sent.clear()
-        self.record_count = 0
-        return futures
+            last.add_done_callback(_done)
+    out.clear()
+    return futures
 
 
 async def fetch_highwaters(bootstrap_servers: list[str] | str, listed: Mapping[TP, int],
@@ -535,7 +375,7 @@ class FastConsumer(faust_aiokafka.Consumer):
     async def _send(self, out: Outputs) -> list[asyncio.Future]:
         if not out:
             return []
-        futures = await out.send(self.app.producer._producer)
+        futures = await send_outputs(out, self.app.producer._producer)
         self._fast_sends.extend(futures)
         return futures
 

@@ -1,9 +1,9 @@
 """Offline evaluation of hot-spot and drift detection against a ground-truth incident timeline.
 
-:func:`evaluate_hotspots` replays a simulator run (``satmon simulate --out DIR``) through the same
-core the worker runs — one :class:`~monitor.windows.WindowAggregator` per input partition (split by
-subscriber like the topics), a :class:`~monitor.windows.WindowMerger`, the
-:class:`~monitor.hotspots.HotspotEngine` with its :class:`~monitor.drift.DataDriftMonitor` — and
+:func:`evaluate_hotspots` replays a simulator run (``satmon simulate --out DIR``) through the
+worker's pipeline (:mod:`monitor.replay`: consumer-shaped batches into
+:class:`~monitor.pipeline.RiskPipeline`, whose :class:`~monitor.pipeline.CellWindows` ship closed
+windows to the :class:`~monitor.pipeline.HotspotStage` that owns ``satmon-cell-windows``) and
 scores the alerts with :func:`score_alerts`:
 
 * an *incident* is **detected** if an alert for its cell (cell incidents) or its region (regional
@@ -214,65 +214,41 @@ def synthetic_cell_windows(*, n_cells: int = 20, n_regions: int = 2, n_windows: 
 
 
 # ------------------------------------------------------------------------------------------------
-def replay(records: Iterable[Any], *, partitions: int = 4, width_ms: int = MINUTE_MS,
-           allowed_lateness_ms: int = 30_000, engine: Any = None) -> tuple[list[tuple[int, Alert]], dict[str, Any]]:
-    """Run decoded input records (any mix of network / ticket / app events, in arrival order)
-    through the worker's detection path: one aggregator per input partition (subscriber-keyed, Kafka's
-    partitioner), a merger, the engine. Returns ``(window end ms, alert)`` pairs and counters."""
-    from aiokafka.partitioner import murmur2
+def replay(records: Iterable[tuple[Any, ...]], *, partitions: int = 4,
+           settings: Any = None) -> tuple[list[tuple[int, Alert]], dict[str, Any]]:
+    """Run raw input records (``(topic, key, value)``, any mix of the three input topics, in arrival
+    order) through the worker's pipeline (:func:`monitor.replay.run_records`: the input partitions'
+    window aggregators, the merger and the hot-spot engine of ``satmon-cell-windows``' owner).
+    Returns ``(window end ms, alert)`` pairs and counters."""
+    from monitor.replay import run_records
 
-    from monitor.drift import DataDriftMonitor
-    from monitor.hotspots import HotspotEngine
-    from monitor.windows import WindowAggregator, WindowMerger
+    cells = _CellsSeen()
+    result = run_records(records, partitions=partitions, settings=settings, observers=[cells])
+    hours = ((result.last_ts_ms - result.first_ts_ms) / 3_600_000) if result.first_ts_ms is not None else 0.0
+    late_partials = result.hotspots.late_partials() if result.hotspots is not None else 0
+    stats = {"cells": len(cells.cells), "hours": hours, "cell_hours": len(cells.cells) * hours,
+             "late_events": result.late_events, "unattributed": result.unattributed,
+             "late_partials": late_partials}
+    return result.alerts, stats
 
-    engine = engine if engine is not None else HotspotEngine(drift=DataDriftMonitor())
-    aggs = [WindowAggregator(width_ms=width_ms, allowed_lateness_ms=allowed_lateness_ms, source=str(p))
-            for p in range(partitions)]
-    merger = WindowMerger(sources=[str(p) for p in range(partitions)])
-    cells: list[dict[str, tuple[str, str]]] = [{} for _ in range(partitions)]
-    part_of: dict[str, int] = {}
-    emitted: list[tuple[int, Alert]] = []
-    cell_ids: set[str] = set()
-    t_min = t_max = None
 
-    def run(partials):
-        for start_ms, ws in _by_start(partials):
-            for a in engine.step(start_ms, ws):
-                emitted.append((start_ms + width_ms, a))
+def as_records(events: Iterable[Any]) -> list[tuple[str, bytes, bytes]]:
+    """Decoded input events as the raw ``(topic, key, value)`` records a producer sends."""
+    from monitor.events import encode
+    from monitor.topics import TOPIC_STREAMS
 
-    for rec in records:
-        sid = rec.subscriber_id
-        p = part_of.get(sid)
-        if p is None:
-            p = part_of[sid] = (murmur2(sid.encode()) & 0x7FFFFFFF) % partitions
-        agg = aggs[p]
-        if rec.stream == "network":
-            cells[p][sid] = (rec.cell_id, rec.region)
-            cell_ids.add(rec.cell_id)
-            agg.add_network(rec)
-        else:
-            where = cells[p].get(sid)
-            if where is None:
-                agg.unattributed += 1
-            elif rec.stream == "tickets":
-                agg.add_ticket(rec, *where)
-            else:
-                agg.add_app(rec, *where)
-        t_min = rec.ts_ms if t_min is None else min(t_min, rec.ts_ms)
-        t_max = rec.ts_ms if t_max is None else max(t_max, rec.ts_ms)
-        before = agg.closed_before_ms
-        partials = agg.close()
-        if agg.closed_before_ms != before:
-            merger.add(agg.batch_for(partials))
-            run(merger.pop_complete())
-    for agg in aggs:
-        merger.add(agg.batch_for(agg.flush()))
-    run(merger.pop_complete() + merger.flush())
-    hours = ((t_max - t_min) / 3_600_000) if t_min is not None else 0.0
-    stats = {"cells": len(cell_ids), "hours": hours, "cell_hours": len(cell_ids) * hours,
-             "late_events": sum(sum(a.late_events.values()) for a in aggs),
-             "unattributed": sum(a.unattributed for a in aggs), "late_partials": merger.late_partials}
-    return emitted, stats
+    topic_of = {stream: topic for topic, stream in TOPIC_STREAMS.items()}
+    return [(topic_of[e.stream], e.subscriber_id.encode(), encode(e)) for e in events]
+
+
+class _CellsSeen:
+    """Batch observer: the cells network events were seen on (the denominator of false alerts)."""
+
+    def __init__(self) -> None:
+        self.cells: set[str] = set()
+
+    def on_batch(self, partition: int, events: Sequence[Any], scores: Any, dead_letters: Any, out: Any) -> None:
+        self.cells.update(e.cell_id for e in events if e.stream == "network")
 
 
 def _by_start(partials: Sequence[Partial]) -> list[tuple[int, list[Partial]]]:
@@ -285,15 +261,16 @@ def _by_start(partials: Sequence[Partial]) -> list[tuple[int, list[Partial]]]:
 def evaluate_hotspots(sim_dir: Any, **opts: Any) -> dict[str, Any]:
     """Replay a simulator run and score hot-spot and drift alerts against its ground truth.
 
-    ``opts``: ``partitions`` (4), ``width_ms``, ``allowed_lateness_ms``, ``grace_ms`` (5 min),
+    ``opts``: ``partitions`` (4), ``width_ms`` (the worker's window, 1 min), ``grace_ms`` (5 min),
     ``drift_budget_ms`` (5 min). Reads the simulator's input files and ground truth through
-    :func:`load_simulation`. Returns a dict of the numbers (see :func:`score_alerts`,
+    :func:`load_truth`. Returns a dict of the numbers (see :func:`score_alerts`,
     :func:`score_drift`) plus replay counters.
     """
-    records, incidents, shifts = load_simulation(sim_dir)
+    from monitor.replay import file_records
+
+    incidents, shifts = load_truth(sim_dir)
     width = opts.get("width_ms", MINUTE_MS)
-    emitted, stats = replay(records, partitions=opts.get("partitions", 4), width_ms=width,
-                            allowed_lateness_ms=opts.get("allowed_lateness_ms", 30_000))
+    emitted, stats = replay(file_records(sim_dir), partitions=opts.get("partitions", 4))
     fired = fired_alerts(emitted)
     out = score_alerts(fired, incidents, width_ms=width, grace_ms=opts.get("grace_ms", 5 * MINUTE_MS),
                        cell_hours=stats["cell_hours"] or None)
@@ -302,22 +279,18 @@ def evaluate_hotspots(sim_dir: Any, **opts: Any) -> dict[str, Any]:
     return out
 
 
-def load_simulation(sim_dir: Any) -> tuple[list[Any], list[Incident], list[dict[str, Any]]]:
-    """Decoded input records (time order), incidents and drift shifts of a simulator output dir.
+def load_truth(sim_dir: Any) -> tuple[list[Incident], list[dict[str, Any]]]:
+    """Injected network incidents and drift shifts of a simulator output dir.
 
-    Expects ``<topic>.jsonl`` files named after the input topics (``network-events.jsonl``, ...) and
-    a ground-truth JSON (``ground_truth.json`` / ``incidents.json``) whose incidents have a scope
-    (cell or region), the cell/region, and start/end times in ms.
+    Reads a ground-truth JSON (``ground_truth/incidents.json``, ``ground_truth.json``, ...) whose
+    incidents have a scope (cell or region), the cell/region, and start/end times in ms.
     """
     import json
     from pathlib import Path
 
     from monitor.errors import MonitorError
-    from monitor.evaluation import read_events
 
     d = Path(sim_dir)
-    # the same reader (and replay order) as the risk evaluation; malformed lines are skipped there
-    records, _invalid = read_events(d)
     candidates = (d / "ground_truth" / "incidents.json", d / "ground_truth.json", d / "incidents.json", d / "truth.json")
     truth_path = next((p for p in candidates if p.exists()), None)
     if truth_path is None:
@@ -339,4 +312,4 @@ def load_simulation(sim_dir: Any) -> tuple[list[Any], list[Incident], list[dict[
             incidents.append(Incident("region", r.get("region", ""), start, end,
                                       kind=r.get("kind", "outage"), id=str(r.get("id", i))))
     shifts = truth.get("drifts", truth.get("shifts", [])) if isinstance(truth, dict) else []
-    return records, incidents, [{"start_ms": int(s.get("start_ms", s.get("onset_ms", 0))), **s} for s in shifts]
+    return incidents, [{"start_ms": int(s.get("start_ms", s.get("onset_ms", 0))), **s} for s in shifts]

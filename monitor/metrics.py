@@ -402,7 +402,7 @@ class Metrics:
         stream and the dead letters' ``source_topic``), emitted scores (distribution, end-to-end
         latency from the event's ``ts_ms`` to ``now_ms``, default the score's ``scored_at_ms``).
 
-        The signature matches :class:`monitor.agents.BatchObserver` minus ``out``; see
+        The signature matches :class:`monitor.pipeline.BatchObserver` minus ``out``; see
         :class:`MetricsObserver`."""
         if events:
             counts: dict[str, int] = {}
@@ -610,7 +610,7 @@ def _sync(gauge: Gauge, old: set, new: set) -> set:
 
 
 class MetricsObserver:
-    """A :class:`monitor.agents.BatchObserver` that keeps :class:`Metrics` current from every
+    """A :class:`monitor.pipeline.BatchObserver` that keeps :class:`Metrics` current from every
     processed batch: ingest counters (from the pipeline's :class:`~monitor.ingest.Ingest`),
     per-topic-partition accounting, scores, and the cores' duplicate counts.
 

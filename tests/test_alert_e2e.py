@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # Was flaky (8 of 14 runs): while the worker read the produced backlog, a whole stream's records
 # (app interactions, sparse) came in one fetch an hour of event time ahead of the network events,
 # its watermark closed the cells' windows and the outage's sessions became late events. Windows now
-# wait for a stream with a backlog in Kafka (monitor.agents.CellWindows); measured 12 of 12 since, with 0 late network events (asserted below).
+# wait for a stream with a backlog in Kafka (monitor.pipeline.CellWindows); measured 12 of 12 since, with 0 late network events (asserted below).
 
 SCENARIO = {"name": "one-outage", "incidents": [
     {"id": "outage-x", "type": "cell_outage", "onset": "40m", "end": "70m", "cells": 1, "severity": 1.0}]}

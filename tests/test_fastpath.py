@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from monitor.fastpath import GC_THRESHOLDS, Outputs, fetch_highwaters
+from monitor.fastpath import fetch_highwaters, send_outputs
+from monitor.pipeline import Outputs
+from monitor.tuning import GC_THRESHOLDS
 from conftest import PARTITIONS, Broker, committed_offsets, produce, read_topic, run
 from test_worker import valid_records
 
@@ -84,7 +86,7 @@ def test_outputs_keep_partition_order_and_report_last_offset(broker: Broker) -> 
             out = Outputs()
             out.add_many("satmon-dead-letter", 0, [(None, f"{i:05d}".encode() * 20) for i in range(500)])
             out.on_sent("satmon-dead-letter", 0, reported.append)
-            futures = await out.send(producer)
+            futures = await send_outputs(out, producer)
             assert len(futures) > 1            # 500 x 100 bytes does not fit one 4 KiB batch
             await asyncio.gather(*futures)
             await asyncio.sleep(0)
@@ -195,7 +197,7 @@ def test_trim_malloc_hands_fragmented_free_memory_back_to_the_os(tmp_path) -> No
     import subprocess
     import sys
 
-    from monitor.fastpath import _glibc
+    from monitor.tuning import _glibc
 
     if _glibc() is None:
         pytest.skip("not glibc")
@@ -203,7 +205,7 @@ def test_trim_malloc_hands_fragmented_free_memory_back_to_the_os(tmp_path) -> No
     script.write_text(
         "import re\n"
         "from pathlib import Path\n"
-        "from monitor.fastpath import trim_malloc\n"
+        "from monitor.tuning import trim_malloc\n"
         "def rss(): return int(re.search(r'VmRSS:\\s+(\\d+)', Path('/proc/self/status').read_text()).group(1)) / 1024\n"
         "blocks = [bytes(1000) + i.to_bytes(4, 'little') for i in range(200_000)]\n"
         "full = rss()\n"
@@ -225,13 +227,13 @@ def test_malloc_stats_tell_held_free_memory_from_memory_in_use(tmp_path) -> None
     import subprocess
     import sys
 
-    from monitor.fastpath import malloc_stats
+    from monitor.tuning import malloc_stats
 
     if not malloc_stats():
         pytest.skip("not glibc >= 2.33")
     script = tmp_path / "stats.py"
     script.write_text(
-        "from monitor.fastpath import malloc_stats\n"
+        "from monitor.tuning import malloc_stats\n"
         "before = malloc_stats()\n"
         "blocks = [bytes(1000) + i.to_bytes(4, 'little') for i in range(100_000)]\n"
         "full = malloc_stats()\n"
@@ -255,14 +257,14 @@ def test_fixed_mmap_threshold_keeps_large_blocks_out_of_the_heap(tmp_path, tuned
     import subprocess
     import sys
 
-    from monitor.fastpath import malloc_stats
+    from monitor.tuning import malloc_stats
 
     if not malloc_stats():
         pytest.skip("not glibc >= 2.33")
     script = tmp_path / "mmap.py"
     script.write_text(
         "import sys\n"
-        "from monitor.fastpath import malloc_stats, tune_malloc\n"
+        "from monitor.tuning import malloc_stats, tune_malloc\n"
         f"if {tuned}: tune_malloc()\n"
         "big = bytearray(4 << 20)\n"
         "del big                              # glibc: threshold := 4 MiB unless fixed\n"
@@ -389,7 +391,7 @@ def test_a_new_owner_commits_what_the_previous_owner_acknowledged(tmp_path: Path
     and its effects acknowledged, so the consumer commits up to it."""
     from faust.types import TP
 
-    from monitor.fastpath import Outputs
+    from monitor.pipeline import Outputs
 
     async def scenario() -> tuple[list[dict], int]:
         worker = offline_worker(tmp_path, "t-floors")

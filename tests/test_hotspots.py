@@ -190,12 +190,12 @@ def _events(minutes=60, cells=12, outage=("c04", 35, 45), seed=0):
 
 
 def test_replay_over_events_across_partitions_detects_the_outage():
-    from monitor.hotspots_eval import fired_alerts, replay, score_alerts
+    from monitor.hotspots_eval import as_records, fired_alerts, replay, score_alerts
 
     inc = Incident("cell", "r0", T0 + 35 * W, T0 + 45 * W, cell_id="c04")
     results = []
     for partitions in (1, 4):
-        emitted, stats = replay(_events(), partitions=partitions)
+        emitted, stats = replay(as_records(_events()), partitions=partitions)
         assert stats["late_events"] == 0 and stats["cells"] == 12
         score = score_alerts(fired_alerts(emitted), [inc], cell_hours=stats["cell_hours"])
         assert score["recall"] == 1.0 and score["precision"] == 1.0 and score["median_delay_windows"] <= 2

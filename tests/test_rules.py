@@ -289,7 +289,7 @@ def test_worker_alerts_and_rules_link_the_same_runbooks():
 def test_runbook_base_is_one_setting_for_every_alert_the_worker_raises():
     """SATMON_RUNBOOK_BASE (default: the rules' base) sets the runbook link of the hot-spot, region,
     data-drift (HotspotStage) and concept-drift (ModelQualityFeed) alerts a worker raises."""
-    from monitor.agents import HotspotStage
+    from monitor.pipeline import HotspotStage
     from monitor.app import ModelQualityFeed
     from monitor.config import DEFAULT_RUNBOOK_BASE, load
 

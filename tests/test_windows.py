@@ -230,8 +230,8 @@ def test_the_slower_active_stream_holds_windows_so_its_records_are_not_late(idle
     """Catching up a backlog, a sparse stream (app) can be fetched an hour ahead of the dense one
     (network): closing by its watermark turned the rest of the network backlog into late events
     (seen through the worker: an outage's sessions vanished from its cell's windows)."""
-    from monitor.agents import CellWindows
-    from monitor.fastpath import Outputs
+    from monitor.pipeline import CellWindows
+    from monitor.pipeline import Outputs
 
     pending = {"network-events": 40, "care-tickets": 0, "app-interactions": 0}
     cw = CellWindows(partitions=1, idle_s=idle_s, clock=lambda: 100.0,
@@ -248,8 +248,8 @@ def test_the_slower_active_stream_holds_windows_so_its_records_are_not_late(idle
 
 
 def test_a_quiet_stream_does_not_hold_windows():
-    from monitor.agents import CellWindows
-    from monitor.fastpath import Outputs
+    from monitor.pipeline import CellWindows
+    from monitor.pipeline import Outputs
 
     now = [0.0]
     cw = CellWindows(partitions=1, idle_s=5.0, clock=lambda: now[0])
@@ -266,8 +266,8 @@ def test_a_quiet_stream_does_not_hold_windows():
 def test_tick_releases_windows_once_the_holding_stream_goes_quiet():
     """The end of a burst: no more batches come, so the wall clock (tick) must close what the
     slower stream held (without it the last windows waited for the next record)."""
-    from monitor.agents import CellWindows
-    from monitor.fastpath import Outputs
+    from monitor.pipeline import CellWindows
+    from monitor.pipeline import Outputs
 
     now = [0.0]
     cw = CellWindows(partitions=1, idle_s=5.0, clock=lambda: now[0])
@@ -299,8 +299,8 @@ def test_a_hold_never_keeps_windows_open_beyond_max_hold():
     """A lagging worker has a backlog on every stream; the slowest one must not keep every window
     since its watermark open (memory grew without bound): windows close at ``max_hold_ms`` behind
     the newest event, the held-back stream's older records become counted late events."""
-    from monitor.agents import CellWindows
-    from monitor.fastpath import Outputs
+    from monitor.pipeline import CellWindows
+    from monitor.pipeline import Outputs
 
     backlog = {"network-events": 10, "care-tickets": 10, "app-interactions": 10}
     cw = CellWindows(partitions=1, idle_s=5.0, clock=lambda: 100.0, max_hold_ms=10 * W,

@@ -337,10 +337,10 @@ def test_store_memory_is_exported_per_table_and_kind(tmp_path: Path) -> None:
     """RocksDB's own memory is on /metrics (the soak attributes resident memory with it): a state
     write shows up in the state table's memtables, the model table stays apart, and the C heap's
     in-use bytes are there too."""
-    from monitor.agents import TableStore
+    from monitor.tablestore import TableStore
     from monitor.app import STATE_TABLE, build_worker
     from monitor.config import load
-    from monitor.fastpath import Outputs
+    from monitor.pipeline import Outputs
 
     worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), store="rocksdb://",
                                pseudonymise="false"), api=False)
@@ -402,7 +402,7 @@ def test_open_hot_spot_windows_are_exported(tmp_path: Path) -> None:
     from monitor.app import build_worker
     from monitor.config import load
     from monitor.events import decode
-    from monitor.fastpath import Outputs
+    from monitor.pipeline import Outputs
 
     worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), pseudonymise="false"))
     cw = worker.cell_windows
@@ -428,7 +428,7 @@ def test_open_hot_spot_windows_are_exported(tmp_path: Path) -> None:
     for p, raw in shipped:
         worker.hotspots.on_window_batch(p, raw)
     assert open_cells("merger") == 3
-    from monitor.agents import MAX_HOLD_MS
+    from monitor.pipeline import MAX_HOLD_MS
 
     assert {m.max_skew_ms for m, _engine in worker.hotspots.stages.values()} == {MAX_HOLD_MS}   # bounded too
     # the hot-spot baselines the region owners learn are on /metrics too
@@ -447,9 +447,10 @@ def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> N
     ticket is attributed to the subscriber's last network cell."""
     from aiokafka.partitioner import murmur2
 
-    from monitor.agents import CELL_WINDOWS_TOPIC, CellWindows
+    from monitor.pipeline import CellWindows
+    from monitor.topics import CELL_WINDOWS as CELL_WINDOWS_TOPIC
     from monitor.events import decode
-    from monitor.fastpath import Outputs
+    from monitor.pipeline import Outputs
     from monitor.windows import decode_batch
 
     def net(i: int, sub: str, ts: int, cell: str, **kw: Any) -> Any:

@@ -107,7 +107,7 @@ class CountingCore:
 def core_factory() -> tuple[str, Any]:
     """``(name, make(partition, state_loader))`` for the real core, or the counting stand-in."""
     try:
-        from monitor.agents import default_core_factory
+        from monitor.pipeline import default_core_factory
         from monitor.config import load
 
         make = default_core_factory(load({}))

@@ -1,11 +1,11 @@
-"""``satmon replay DIR``: run simulator (or recorded) files through the same risk core as the worker."""
+"""``satmon replay DIR``: run simulator (or recorded) files through the worker's pipeline, offline."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-HELP = "replay input JSONL files through the risk core offline; print events/s, optionally write scores"
+HELP = "replay input JSONL files through the worker's pipeline offline; print events/s, optionally write scores"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,27 +15,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="write every emitted risk_score.v1 record to this JSONL file")
     parser.add_argument("--labels-csv", help="write every label learned, with the feature snapshot it was joined to, "
                         "as a CSV that `satmon model warm-start` reads (columns: subscriber_id, label, kind, features)")
-    add_flags(parser, ("partitions", "at_risk_threshold", "label_horizon_hours", "state_ttl_days", "model_checkpoint"))
+    parser.add_argument("--no-hotspots", action="store_true", help="skip the hot-spot windows and detectors")
+    add_flags(parser, ("partitions", "max_poll_records", "at_risk_threshold", "label_horizon_hours",
+                       "state_ttl_days", "model_checkpoint"))
 
 
 def run(args: argparse.Namespace) -> int:
     import time
 
     from monitor.config import from_args
-    from monitor.evaluation import read_events, replay
     from monitor.events import encode
+    from monitor.replay import run as replay
+    from monitor.tuning import tune_gc
 
     settings = from_args(args)
-    t0 = time.perf_counter()
-    events, invalid = read_events(args.dir)
-    from monitor.fastpath import tune_gc
-
-    tune_gc()  # as the worker: the loaded events are frozen, not traversed by every collection
+    tune_gc()  # as the worker does
     out = open(args.out, "wb") if args.out else None
     labels = open(args.labels_csv, "w", newline="") if args.labels_csv else None
-    n = 0
+    t0 = time.perf_counter()
     try:
-        on_label = None
+        on_label = on_scores = None
         if labels:
             import csv
 
@@ -47,16 +46,21 @@ def run(args: argparse.Namespace) -> int:
             def on_label(join) -> None:
                 writer.writerow((join.subscriber_id, int(join.y), join.kind, *(f"{v:.6g}" for v in join.x)))
 
-        for score in replay(events, partitions=settings.partitions, settings=settings, on_label=on_label):
-            n += 1
-            if out:
-                out.write(encode(score) + b"\n")
+        if out:
+            def on_scores(scores) -> None:
+                for score in scores:
+                    out.write(encode(score) + b"\n")
+
+        result = replay(args.dir, settings=settings, on_label=on_label, on_scores=on_scores,
+                        hotspots=not args.no_hotspots)
     finally:
         if out:
             out.close()
         if labels:
             labels.close()
     dt = time.perf_counter() - t0
-    print(f"{len(events):,} events ({invalid:,} invalid lines skipped) -> {n:,} scores in {dt:.1f} s "
-          f"({len(events) / dt:,.0f} events/s, decoding included)", file=sys.stderr)
+    alerts = f", {len(result.alerts):,} alert records" if not args.no_hotspots else ""
+    print(f"{result.records:,} records ({result.dead_letters:,} dead-lettered) -> {result.events:,} events, "
+          f"{result.scores:,} scores{alerts} in {dt:.1f} s ({result.records / dt:,.0f} records/s, reading and "
+          f"decoding included; {result.batches:,} batches of up to {settings.max_poll_records:,})", file=sys.stderr)
     return 0

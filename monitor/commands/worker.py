@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = from_args(args)
     if settings.malloc_trim_s > 0:
-        from monitor.fastpath import tune_malloc
+        from monitor.tuning import tune_malloc
 
         tune_malloc()   # before any thread starts (the broker watch, Faust's consumer thread)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     from monitor.app import build_worker
 
-    from monitor.fastpath import tune_gc
+    from monitor.tuning import tune_gc
 
     worker = build_worker(settings, app_id=args.app_id)
     tune_gc()

@@ -1,23 +1,37 @@
-"""The worker's agent: ingest -> per-partition risk core -> outputs, one ``getmany`` batch at a time.
+"""The worker's pipeline, Faust-free: raw input batches in, records to produce out.
 
-:class:`RiskPipeline` is the :class:`~monitor.fastpath.BatchHandler` that the batched consumer
-hands satmon's three input topics to. For each batch it decodes every record (invalid ones become
+:class:`RiskPipeline` takes batches shaped like the consumer's (``{topic-partition: [record]}``,
+records with ``offset``, ``key`` and ``value``), decodes every record (invalid ones become
 ``dead_letter.v1`` records with their origin and original bytes), feeds each partition's events to
-that partition's :class:`~monitor.core.PartitionCore`, and queues, for the producer:
+that partition's :class:`~monitor.core.PartitionCore`, and queues, in an :class:`Outputs`:
 
 * ``risk_score.v1`` records on ``risk-scores`` (only the scores the core emits: material changes);
-* the per-subscriber states the core reports dirty, written to the subscriber-state table's store
-  and changelog (one record per changed subscriber per batch, not per event);
-* every ``checkpoint_interval_s``, the partition's model checkpoint, to the model table.
+* the per-subscriber states the core reports dirty, written to the subscriber-state store
+  (one record per changed subscriber per batch, not per event);
+* every ``checkpoint_interval_s``, the partition's model checkpoint, to the model store.
 
-The consumer acknowledges the batch's offsets only after all of that was handed to the producer.
+Observers (:class:`BatchObserver`) get every processed batch: :class:`CellWindows` folds it into
+per-(cell, window) partials for ``satmon-cell-windows``, whose owner runs :class:`HotspotStage`;
+metrics and the at-risk view plug in the same way.
 
-Per-subscriber state lives in the core's in-process cache; the Faust table is its durable copy: the
-core reads it back on a cache miss (``state_loader``) and after a rebalance or restart, when Faust's
-recovery has rebuilt the table from its changelog.
+State lives behind :class:`StateStore`: :class:`DictStore` here (replay, evaluation, tests), a Faust
+table adapter in the worker (``monitor.tablestore.TableStore``). One object, many drivers: the
+worker's consumer (``monitor.fastpath``), ``satmon replay`` and ``satmon evaluate``
+(``monitor.replay``) and the tests feed it the same way.
 
-Seams: ``observers`` get every processed batch (hot-spot windows, metrics, the at-risk view plug in
-there) with :meth:`BatchObserver.on_batch`.
+>>> from monitor.topics import NETWORK_EVENTS
+>>> pipeline = RiskPipeline.in_memory()
+>>> raw = (b'{"event_id":"e1","subscriber_id":"s1","ts_ms":1700000000000,"cell_id":"c1",'
+...        b'"region":"north","radio":"4G","service":"video","rsrp_dbm":-121,"sinr_db":-3,'
+...        b'"dl_mbps":0.5,"ul_mbps":0.1,"latency_ms":250,"jitter_ms":40,"packet_loss_pct":6,'
+...        b'"call_drop":true,"video_stall_s":30}')
+>>> out = Outputs()
+>>> pipeline.handle({TopicPartition(NETWORK_EVENTS, 0): [Record(0, b"s1", raw)]}, out)
+>>> [topic for topic, _ in out.records()]
+['risk-scores', 'subscriber-state']
+>>> pipeline.handle({TopicPartition(NETWORK_EVENTS, 0): [Record(1, b"s1", b"{oops")]}, out)
+>>> pipeline.dead_lettered
+{('network', 'not_json'): 1}
 """
 
 from __future__ import annotations
@@ -26,22 +40,162 @@ import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
 from monitor import events as ev
-from monitor.fastpath import Outputs
 from monitor.ingest import Ingest
+from monitor.topics import CELL_WINDOWS, DEAD_LETTER, RISK_SCORES, TOPIC_STREAMS, Partitioner, partition_for
 
 log = logging.getLogger(__name__)
 
-RISK_SCORES_TOPIC = "risk-scores"
-DEAD_LETTER_TOPIC = "satmon-dead-letter"
-CELL_WINDOWS_TOPIC = "satmon-cell-windows"
-ALERTS_TOPIC = "alerts"
-#: input topic -> the ``stream`` of its events
-TOPIC_STREAMS = {"network-events": "network", "care-tickets": "tickets", "app-interactions": "app"}
+#: changelog names of the in-memory stores (the worker's tables have Faust's own changelog topics)
+STATE_CHANGELOG = "subscriber-state"
+MODEL_CHANGELOG = "risk-model"
+
+
+
+class BatchHandler(Protocol):
+    """What :class:`FastConsumer` hands fast-topic batches to (:class:`RiskPipeline`)."""
+
+    #: topic names whose records come to :meth:`handle` instead of Faust's per-message path
+    topics: frozenset[str]
+
+    def handle(self, batch: Mapping[Any, list[Any]], out: "Outputs") -> None:
+        """Process every record (aiokafka ``ConsumerRecord``) of ``batch`` synchronously and add all
+        resulting records (outputs and state changes) to ``out``. Must not raise on bad input."""
+
+    async def on_revoked(self, revoked: set[Any], out: "Outputs") -> None:
+        """Flush and drop everything kept for ``revoked`` partitions, adding records to ``out``."""
+
+    def flush_all(self, out: "Outputs") -> None:
+        """Flush everything kept in memory (at shutdown), adding records to ``out``."""
+
+    # Optional: ``tick(out)``, called about once a second between batches (also when no records
+    # come), for work driven by wall-clock time, e.g. closing windows a stream that went quiet held.
+
+
+class Outputs:
+    """Records to produce, grouped per topic-partition, sent as whole batches.
+
+    ``on_sent`` callbacks (per topic-partition) get the offset of the *last* record sent to that
+    partition once the broker acknowledged it (used to record RocksDB's persisted changelog offset).
+    """
+
+    __slots__ = ("_by_tp", "_on_sent", "record_count")
+
+    def __init__(self) -> None:
+        self._by_tp: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        self._on_sent: dict[tuple[str, int], Callable[[int], None]] = {}
+        self.record_count = 0
+
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """Queue one record for ``topic``/``partition``."""
+        try:
+            self._by_tp[(topic, partition)].append((key, value))
+        except KeyError:
+            self._by_tp[(topic, partition)] = [(key, value)]
+        self.record_count += 1
+
+    def add_many(self, topic: str, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        """Queue several ``(key, value)`` records for one topic-partition."""
+        bucket = self._by_tp.setdefault((topic, partition), [])
+        before = len(bucket)
+        bucket.extend(records)
+        self.record_count += len(bucket) - before
+
+    def on_sent(self, topic: str, partition: int, callback: Callable[[int], None]) -> None:
+        """Call ``callback(last_offset)`` once this batch's records to the partition are acknowledged."""
+        self._on_sent[(topic, partition)] = callback
+
+    def records(self) -> dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]]:
+        """What is queued, by ``(topic, partition)`` (a view: do not modify)."""
+        return self._by_tp
+
+    def __bool__(self) -> bool:
+        return self.record_count > 0
+
+    def take(self) -> dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]]:
+        """Everything queued, by ``(topic, partition)``, and empty the outputs (a driver that does not
+        produce to Kafka, e.g. replay, consumes them this way; the worker's consumer sends them)."""
+        taken = self._by_tp
+        self._by_tp = {}
+        self._on_sent.clear()
+        self.record_count = 0
+        return taken
+
+    def callbacks(self) -> dict[tuple[str, int], Callable[[int], None]]:
+        """The ``on_sent`` callbacks, by ``(topic, partition)`` (a view: do not modify)."""
+        return self._on_sent
+
+    def clear(self) -> None:
+        """Forget everything queued and every callback."""
+        self._by_tp.clear()
+        self._on_sent.clear()
+        self.record_count = 0
+
+
+
+class TopicPartition(NamedTuple):
+    """A topic and partition, as the consumer keys its batches (Faust's ``TP`` has the same fields)."""
+
+    topic: str
+    partition: int
+
+
+class Record(NamedTuple):
+    """One consumed record: what :meth:`RiskPipeline.handle` reads of aiokafka's ``ConsumerRecord``."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class StateStore(Protocol):
+    """Per-partition bytes store with a changelog: the subscriber-state and model tables.
+
+    :meth:`write` applies changes locally and queues them in ``out`` for the changelog topic
+    :attr:`changelog` (the worker produces them; replay may ignore them)."""
+
+    changelog: str
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        """The value of ``key`` in ``partition``, or None."""
+
+    def write(self, partition: int, changes: Mapping[bytes, bytes | None], out: "Outputs") -> None:
+        """Apply ``changes`` (``None`` deletes) and queue them for the changelog."""
+
+
+class DictStore:
+    """:class:`StateStore` in a dict per partition (replay, evaluation, tests).
+
+    >>> store, out = DictStore("model"), Outputs()
+    >>> store.write(0, {b"k": b"v"}, out)
+    >>> store.get(0, b"k"), store.get(1, b"k"), out.record_count
+    (b'v', None, 1)
+    """
+
+    def __init__(self, changelog: str, *, log_changes: bool = True) -> None:
+        self.changelog = changelog
+        self.log_changes = log_changes
+        self.data: dict[int, dict[bytes, bytes]] = {}
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        part = self.data.get(partition)
+        return None if part is None else part.get(key)
+
+    def write(self, partition: int, changes: Mapping[bytes, bytes | None], out: "Outputs") -> None:
+        if not changes:
+            return
+        part = self.data.setdefault(partition, {})
+        for key, value in changes.items():
+            if value is None:
+                part.pop(key, None)
+            else:
+                part[key] = value
+        if self.log_changes:
+            out.add_many(self.changelog, partition, changes.items())
 
 
 class BatchObserver(Protocol):
@@ -109,7 +263,7 @@ class CellWindows:
         self.allowed_lateness_ms = allowed_lateness_ms
         self.aggregators: dict[int, Any] = {}
         self._cells: dict[int, dict[str, tuple[str, str]]] = {}
-        self._region_partition: dict[str, int] = {}
+        self._region_partition = Partitioner(partitions)
 
     def _aggregator(self, partition: int) -> Any:
         agg = self.aggregators.get(partition)
@@ -184,20 +338,16 @@ class CellWindows:
 
         by_dest: dict[int, list[Any]] = {p: [] for p in range(self.partitions)}
         for part in partials:
-            dest = self._region_partition.get(part.region)
-            if dest is None:
-                dest = self._region_partition[part.region] = region_partition(part.region, self.partitions)
+            dest = self._region_partition(part.region.encode())
             by_dest[dest].append(part)
         key = agg.source.encode()
         for dest, parts in by_dest.items():
-            out.add(CELL_WINDOWS_TOPIC, dest, key, encode_batch(agg.batch_for(parts)))
+            out.add(CELL_WINDOWS, dest, key, encode_batch(agg.batch_for(parts)))
 
 
 def region_partition(region: str, partitions: int) -> int:
     """The ``satmon-cell-windows`` partition that owns ``region`` (Kafka's default partitioner)."""
-    from aiokafka.partitioner import murmur2
-
-    return (murmur2(region.encode()) & 0x7FFFFFFF) % partitions
+    return partition_for(region.encode(), partitions)
 
 
 class HotspotStage:
@@ -224,6 +374,14 @@ class HotspotStage:
         self.stages: dict[int, tuple[Any, Any]] = {}
         self.windows_in = 0
         self.alerts_out = 0
+        #: ``(window end ms, alerts)`` each time a complete window produced alerts (evaluation)
+        self.on_detected: Callable[[int, list[ev.Alert]], None] | None = None
+        #: per partition, the :class:`monitor.incidents.IncidentTracker` fed the engine's alerts
+        self.trackers: dict[int, Any] = {}
+        #: ``incident.v1`` records to send (topic ``incidents``), drained by :meth:`pop_incidents`
+        self.incidents: list[ev.Incident] = []
+        #: ``(window end ms, incident records)`` as they are produced (evaluation)
+        self.on_incidents: Callable[[int, list[ev.Incident]], None] | None = None
 
     def late_partials(self) -> int:
         """Partials that reached a merger after their window was complete (left out, counted)."""
@@ -238,7 +396,7 @@ class HotspotStage:
         return HotspotEngine(lifecycle=lifecycle, drift=DataDriftMonitor() if self.data_drift else None)
 
     def on_window_batch(self, partition: int, raw: bytes) -> list[ev.Alert]:
-        from monitor.windows import WindowMerger, decode_batch
+        from monitor.windows import WindowMerger, decode_batch, group_by_window
 
         stage = self.stages.get(partition)
         if stage is None:
@@ -247,96 +405,32 @@ class HotspotStage:
         merger, engine = stage
         merger.add(decode_batch(raw))
         self.windows_in += 1
-        alerts = engine.process(merger.pop_complete())
+        alerts: list[ev.Alert] = []
+        for start_ms, windows in group_by_window(merger.pop_complete()):
+            step = engine.step(start_ms, windows)
+            if step and self.on_detected is not None:
+                self.on_detected(start_ms + windows[0].width_ms, step)
+            if step:
+                incidents = self._tracker(partition).process(step, engine.affected_hashes)
+                self.incidents.extend(incidents)
+                if incidents and self.on_incidents is not None:
+                    self.on_incidents(start_ms + windows[0].width_ms, incidents)
+            alerts.extend(step)
         self.alerts_out += len(alerts)
         return alerts
 
+    def _tracker(self, partition: int) -> Any:
+        from monitor.incidents import IncidentTracker
 
-class TableStore:
-    """Direct, per-partition access to a Faust table's local store and its changelog, for bytes.
+        tracker = self.trackers.get(partition)
+        if tracker is None:
+            tracker = self.trackers[partition] = IncidentTracker()
+        return tracker
 
-    Faust's ``table[key] = value`` costs one future, one buffer hop and one producer ``send`` per
-    key; writing a batch's changes here costs a dict/RocksDB write plus one record appended to a
-    producer batch. The records go to the changelog partition of the *source* partition, exactly
-    where ``Table.on_key_set`` puts them, so Faust's recovery and standbys read them unchanged.
-    """
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-        self.changelog = table.changelog_topic.get_topic_name()
-
-    @property
-    def _store(self) -> Any:
-        return self.table.data
-
-    #: RocksDB's own memory, by the name satmon exports it under (``satmon_worker_store_memory_bytes``)
-    ROCKSDB_MEMORY = (("memtables", "rocksdb.cur-size-all-mem-tables"),
-                      ("block_cache", "rocksdb.block-cache-usage"),
-                      ("table_readers", "rocksdb.estimate-table-readers-mem"))
-
-    def memory(self) -> dict[str, int]:
-        """RocksDB's memory summed over this worker's open databases of the table (one per
-        partition): memtables, block cache in use, index and filter blocks of open files. Empty for
-        the memory store, whose data is ordinary Python objects."""
-        dbs = getattr(self._store, "_dbs", None)
-        if dbs is None:
-            return {}
-        totals = dict.fromkeys((kind for kind, _ in self.ROCKSDB_MEMORY), 0)
-        for db in list(dbs.values()):
-            for kind, prop in self.ROCKSDB_MEMORY:
-                try:
-                    totals[kind] += db.property_int_value(prop) or 0
-                except Exception:  # noqa: BLE001 - a database closed by a rebalance meanwhile
-                    continue
-        return totals
-
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        store = self._store
-        if hasattr(store, "_db_for_partition"):
-            return store._db_for_partition(partition).get(key)
-        return store.data.get(key)
-
-    def write(self, partition: int, changes: Mapping[bytes, bytes | None], out: Outputs) -> None:
-        """Apply ``changes`` (``None`` deletes) locally and queue them for the changelog."""
-        if not changes:
-            return
-        store = self._store
-        if hasattr(store, "_db_for_partition"):
-            import rocksdict
-
-            db = store._db_for_partition(partition)
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            for key, value in changes.items():
-                if value is None:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
-            db.write(batch)
-            # The persisted offset tells recovery where local state ends; set it only once the
-            # broker has the records (what Faust's Table._on_changelog_sent does).
-            tp = self.table.changelog_topic_name
-            out.on_sent(self.changelog, partition,
-                        lambda offset, _s=store, _p=partition, _t=tp: _set_persisted(_s, _t, _p, offset))
-        else:
-            data = store.data
-            key_partition = store._key_partition
-            for key, value in changes.items():
-                if value is None:
-                    data.pop(key, None)
-                    key_partition.pop(key, None)
-                else:
-                    data[key] = value
-                    key_partition[key] = partition
-        out.add_many(self.changelog, partition, changes.items())
-
-
-def _set_persisted(store: Any, changelog: str, partition: int, offset: int) -> None:
-    from faust.types import TP
-
-    try:
-        store.set_persisted_offset(TP(changelog, partition), offset)
-    except Exception as exc:  # the partition may have been revoked meanwhile
-        log.debug("persisted offset for %s/%s not recorded: %r", changelog, partition, exc)
+    def pop_incidents(self) -> list[ev.Incident]:
+        """The incident records the alerts returned so far produced (fire, update, resolve)."""
+        out, self.incidents = self.incidents, []
+        return out
 
 
 def default_core_factory(settings: Any) -> Callable[..., Any]:
@@ -355,8 +449,8 @@ class RiskPipeline:
     Parameters
     ----------
     state_table, model_table:
-        :class:`TableStore` over the subscriber-state table (key: subscriber id) and the model
-        table (key: partition number as text).
+        :class:`StateStore` of the subscriber states (key: subscriber id) and of the models and
+        resume floors (key: partition number as text, ``offsets:<partition>``).
     make_core:
         ``make_core(partition, state_loader) -> PartitionCore``.
     checkpoint_interval_s:
@@ -365,7 +459,7 @@ class RiskPipeline:
 
     topics = frozenset(ev.INPUT_TOPICS)
 
-    def __init__(self, *, state_table: TableStore, model_table: TableStore,
+    def __init__(self, *, state_table: StateStore, model_table: StateStore,
                  make_core: Callable[..., Any], checkpoint_interval_s: float = 30.0,
                  worker_id: str | None = None, observers: Iterable[BatchObserver] = (),
                  score_partitioner: Callable[[bytes], int] | None = None,
@@ -402,6 +496,15 @@ class RiskPipeline:
         self.scores_emitted = 0
         self.skipped_below_floor = 0
         self.batches = 0
+
+    @classmethod
+    def in_memory(cls, settings: Any = None, **options: Any) -> "RiskPipeline":
+        """A pipeline over :class:`DictStore` tables and the real cores built from ``settings``
+        (replay, evaluation, tests); ``options`` as for the constructor."""
+        options.setdefault("make_core", default_core_factory(settings))
+        if settings is not None:
+            options.setdefault("checkpoint_interval_s", settings.checkpoint_interval_s)
+        return cls(state_table=DictStore(STATE_CHANGELOG), model_table=DictStore(MODEL_CHANGELOG), **options)
 
     @property
     def processed(self) -> dict[str, int]:
@@ -528,12 +631,12 @@ class RiskPipeline:
             for score in scores:
                 key = score.subscriber_id.encode()
                 p = self.score_partitioner(key) if self.score_partitioner else partition
-                out.add(RISK_SCORES_TOPIC, p, key, ev.encode(score))
+                out.add(RISK_SCORES, p, key, ev.encode(score))
             self.scores_emitted += len(scores)
             letters = dead.get(partition, ())
             for letter in letters:
                 key = None if letter.key_b64 is None else base64.b64decode(letter.key_b64)
-                out.add(DEAD_LETTER_TOPIC, 0, key, ev.encode(letter))
+                out.add(DEAD_LETTER, 0, key, ev.encode(letter))
             for observer in self.observers:
                 observer.on_batch(partition, events, scores, letters, out)
             due = now - self._checkpointed_at.get(partition, now) >= self.checkpoint_interval_s
