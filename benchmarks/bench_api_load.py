@@ -8,11 +8,11 @@ the view holds them all. Then, for ``--seconds``, ``--concurrency`` clients (two
 topic. Reported: healthz p50/p99/max under load (and idle before it), the list requests' status
 codes and latencies, and the input events the worker processed during the load.
 
-Each configuration runs on a fresh broker and worker: ``api_max_concurrency`` 2 (the default: the
-API's work in a thread pool off the event loop) and 0 (computed on the event loop, as before issue
-21: the comparison). Writes ``benchmarks/api-load.json``.
+Each configuration runs on a fresh broker and worker: ``api_max_concurrency`` 1 (the default: the
+API's work in one thread off the event loop), 2 (two threads) and 0 (computed on the event loop, as
+before issue 21: the comparison). Writes ``benchmarks/api-load.json``.
 
-    python benchmarks/bench_api_load.py                 # ~2 minutes
+    python benchmarks/bench_api_load.py --configs 1,2,0   # ~3 minutes
     python benchmarks/bench_api_load.py --seconds 10 --scores 5000
 """
 
@@ -220,7 +220,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=200, help="concurrent list clients (default 200)")
     ap.add_argument("--seconds", type=float, default=20.0, help="load duration per configuration (default 20)")
     ap.add_argument("--rate", type=float, default=500.0, help="input events per second during the load (default 500)")
-    ap.add_argument("--configs", default="2,0", help="api_max_concurrency values to run (default 2,0)")
+    ap.add_argument("--configs", default="1,2,0", help="api_max_concurrency values to run (default 1,2,0)")
     ap.add_argument("--out", default=str(HERE / "api-load.json"))
     args = ap.parse_args()
     runs = [run_one(int(c), args) for c in args.configs.split(",")]

@@ -119,6 +119,31 @@ def test_responses_do_not_announce_python_or_aiohttp(tmp_path):
     run(env, scenario)
 
 
+def test_a_client_that_leaves_mid_body_is_not_an_error(tmp_path, caplog):
+    env = Env(tmp_path)
+    env.populate()
+
+    async def scenario(client):
+        port = client.server.port
+        for tail in (b"", b"eof"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /api/v1/outreach HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Authorization: Bearer {TOKENS['outreach']}\r\n".encode()
+                         + b"Content-Length: 1000\r\n\r\n{\"subscriber_id\": ")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            if tail:
+                writer.write_eof()
+                await asyncio.sleep(0.2)
+            writer.close()
+            await asyncio.sleep(0.2)
+        assert (await client.get("/api/v1/whoami", headers=auth("noc"))).status == 200
+
+    with caplog.at_level(logging.INFO):
+        run(env, scenario)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 # --------------------------------------------------------------------------- parameters
 
 
