@@ -334,7 +334,12 @@ class RiskModel:
     # -- checkpoints (data only) -------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
-        """Everything learned, as plain data (msgpack/JSON-able); hyper-parameters included."""
+        """Everything learned, as plain data (msgpack/JSON-able); hyper-parameters included.
+
+        This is the worker's model checkpoint (``PartitionCore.checkpoint``: msgpack, never a
+        pickle), so keep it and :meth:`from_state` complete: a learned attribute left out here is
+        lost at every restart and rebalance. ``tests/test_security.py`` round-trips a trained
+        model and compares its predictions."""
         return {"kind": "satmon-risk-v2",
                 "params": {"lr": self.lr, "l2": self.l2, "average": self.average,
                            "learn_horizon_hours": self.learn_horizon_hours,
