@@ -254,6 +254,10 @@ class _PipelineCollector:
                                 value=len(self.worker.assigned_partitions()))
         yield GaugeMetricFamily("satmon_worker_cores", "Input partitions with a live risk core in memory",
                                 value=len(p.cores))
+        yield CounterMetricFamily("satmon_worker_checkpoints_refused",
+                                  "Model checkpoints refused at restore (not the data-only format, e.g. an old "
+                                  "pickle): the partition started from a fresh model",
+                                  value=sum(getattr(c, "checkpoints_refused", 0) for c in list(p.cores.values())))
 
 
 class _ViewCollector:
