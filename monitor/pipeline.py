@@ -434,11 +434,26 @@ class HotspotStage:
 
 
 def default_core_factory(settings: Any) -> Callable[..., Any]:
-    """``make(partition, state_loader)`` building the real :class:`monitor.core.PartitionCore`."""
+    """``make(partition, state_loader)`` building the real :class:`monitor.core.PartitionCore`.
+
+    Every core it makes scores with one :class:`monitor.risk.RiskModel` (the process's), which
+    every partition's labels teach (docs/MODEL.md); a warm start (``model_checkpoint``) seeds it."""
     from monitor.core import PartitionCore
 
+    shared: list[Any] = []
+
     def make(partition: int, state_loader: Callable[[str], bytes | None]) -> Any:
-        return PartitionCore(partition, settings=settings, state_loader=state_loader)
+        if not shared:
+            start = getattr(settings, "model_checkpoint", None)
+            if start:
+                from monitor.warmstart import load_model
+
+                shared.append(load_model(start))
+            else:
+                from monitor.risk import RiskModel
+
+                shared.append(RiskModel())
+        return PartitionCore(partition, settings=settings, state_loader=state_loader, model=shared[0])
 
     return make
 
