@@ -88,6 +88,11 @@ PUBLIC_ROUTES: dict[str, str] = {
     "/ui": "redirect to /ui/",
     "/ui/assets": "the page's static script and style",
 }
+#: a 429 is answered after min(Retry-After, this) seconds: a client hammering without waiting is
+#: slowed to a few requests per second instead of costing the event loop a response each time
+TARPIT_MAX_S = 0.5
+#: at most this many refused requests wait at once (beyond, they are answered at once)
+MAX_TARPITTED = 1024
 #: rows built between voluntary GIL hand-overs in the API's thread (~1 ms of work)
 YIELD_EVERY_ROWS = 50
 # Request latency buckets: an at-risk page is ~1 ms; an fsync'd audit write 1-20 ms on disk.
@@ -479,6 +484,7 @@ class _Api:
                      if n > 0 else None)
         self.budget = asyncio.Semaphore(max(n, 1))
         self.waiting = 0
+        self.tarpitted = 0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -528,6 +534,7 @@ class _Api:
             wait = self.global_failures.take(now)
         if wait:
             self._count_limited()
+            await self._tarpit(wait)
             raise ApiError(429, "too_many_requests", "too many failed authentications from this address",
                            {"Retry-After": str(math.ceil(wait))})
         header = request.headers.get("Authorization", "")
@@ -548,12 +555,22 @@ class _Api:
         if self.metrics is not None:
             self.metrics.rate_limited.inc()
 
+    async def _tarpit(self, wait: float) -> None:
+        if self.tarpitted >= MAX_TARPITTED:
+            return
+        self.tarpitted += 1
+        try:
+            await asyncio.sleep(min(wait, TARPIT_MAX_S))
+        finally:
+            self.tarpitted -= 1
+
     async def _api(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         principal = await self._authenticate(request)
         bucket = self.buckets.setdefault(principal.name, TokenBucket(self.config.rate_per_s, self.config.rate_burst, self.clock()))
         wait = bucket.take(self.clock())
         if wait:
             self._count_limited()
+            await self._tarpit(wait)
             raise ApiError(429, "too_many_requests", f"rate limit of {self.config.rate_per_s:g}/s for this token",
                            {"Retry-After": str(math.ceil(wait))})
         request[PRINCIPAL] = principal

@@ -218,6 +218,18 @@ def test_an_address_that_failed_too_often_is_locked_out_even_with_a_valid_token(
     run(env, scenario)
 
 
+def test_a_client_ignoring_retry_after_is_slowed_down(tmp_path):
+    env = Env(tmp_path, rate_burst=1, rate_per_s=0.5)
+
+    async def scenario(client):
+        await get_json(client, "/api/v1/summary", "noc")
+        t0 = time.monotonic()
+        resp = await client.get("/api/v1/summary", headers=auth("noc"))
+        assert resp.status == 429 and time.monotonic() - t0 >= 0.45   # answered after a pause, not at once
+
+    run(env, scenario)
+
+
 def _request_from(address: str, token: str = "wrong-token-0123456789") -> web.Request:
     class Transport:
         def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -248,12 +260,15 @@ def test_rotating_addresses_hit_a_global_failure_budget(tmp_path):
     api = env.app[API_KEY]
 
     async def main() -> None:
-        codes = []
-        for i in range(AUTH_GLOBAL_FAILURE_BURST + 100):   # a guesser with a fresh address each time
+        async def attempt(i: int) -> int:
             try:
                 await api._authenticate(_request_from(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"))
             except ApiError as err:
-                codes.append(err.status)
+                return err.status
+            return 200
+
+        # a guesser with a fresh address each time, all at once (refusals are answered after a pause)
+        codes = await asyncio.gather(*(attempt(i) for i in range(AUTH_GLOBAL_FAILURE_BURST + 100)))
         assert codes == [401] * AUTH_GLOBAL_FAILURE_BURST + [429] * 100
         assert len(api.failures.buckets) == AUTH_GLOBAL_FAILURE_BURST
         # an address that logged in lately is not held back by other addresses' failures
