@@ -96,14 +96,18 @@ def test_label_log_from_a_replay_round_trips(tmp_path):
     run = tmp_path / "sim"
     simulate.write_files(simulate.SimConfig(subscribers=400, hours=30, seed=5), run)  # labels mature after 24 h
     labels = tmp_path / "labels.csv"
-    r = satmon("replay", str(run), "--labels-csv", str(labels))
+    r = satmon("replay", str(run), "--labels-csv", str(labels), "--no-hotspots")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(labels)))
     assert rows and set(rows[0]) == {"subscriber_id", "label", "kind", *FEATURES}
     report = warm_start(labels, label="label", id_column="subscriber_id")
     assert report["rows"] == len(rows) and report["columns"]["stream_features"] == sorted(FEATURES)
     assert report["repeated_ids"] == len(rows) - len({r["subscriber_id"] for r in rows})
-    assert report["prequential_roc_auc"] > 0.6
+    model = RiskModel.from_state(report["checkpoint"]["model"])
+    assert model.n_labels == len(rows)  # each row teaches the head of its kind
+    for o in ("complaint", "detractor", "churn"):
+        assert model.n_positive[o] == sum(r["kind"] == o and r["label"] == "1" for r in rows)
+    assert {r["kind"] for r in rows} == {"complaint", "detractor", "churn"}
 
 
 BAD_FILES = {
