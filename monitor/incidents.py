@@ -12,7 +12,8 @@ affected count changed), *resolve* (its last alert resolved) -- once.
 Grouping, per alert (region alerts of a window before its cell alerts):
 
 * a **region** alert joins the open incident of its region holding most of the cells it names
-  (``hot_cells``), else the oldest open incident of the region; with none it opens one;
+  (``hot_cells``), else the oldest one of its region that took a new cell within ``join_window_ms``;
+  with none it opens one;
 * a **cell** alert joins the open incident of its region that a region-wide alert covers, or whose
   region alert names the cell, or which shares a KPI with it and took a new cell within
   ``join_window_ms``; else it opens a new incident.
@@ -129,7 +130,7 @@ class IncidentTracker:
         subscribers and 10 % (not at every window).
     """
 
-    def __init__(self, *, join_window_ms: int = 30 * MINUTE_MS, kpi_min_z: float = 3.0,
+    def __init__(self, *, join_window_ms: int = 10 * MINUTE_MS, kpi_min_z: float = 3.0,
                  max_affected: int = 200_000, min_affected_change: int = 5) -> None:
         self.join_window_ms = join_window_ms
         self.kpi_min_z = kpi_min_z
@@ -179,11 +180,15 @@ class IncidentTracker:
                 inc.region_wide, inc.named = False, set()
             return inc
         if inc is None:
-            candidates = [i for i in self._open.values() if i.region == region]
-            if candidates:
-                inc = max(candidates, key=lambda i: (sum(c in i.cells for c in named), -i.started_at_ms))
-            else:
-                inc = self._new(a, region)
+            now = _window(a)
+            candidates = [(sum(c in i.cells for c in named), -i.started_at_ms, i) for i in self._open.values()
+                          if i.region == region]
+            # the incident holding most of the cells it names; naming none of an incident's cells,
+            # it joins one only if that took a new cell within the join window
+            best = max(((n, s, i) for n, s, i in candidates
+                        if n > 0 or now - i.last_join_ms <= self.join_window_ms), default=None,
+                       key=lambda t: (t[0], t[1]))
+            inc = best[2] if best is not None else self._new(a, region)
         self._join(inc, a)
         inc.region_wide = bool(details.get("region_wide"))
         inc.named = set(named)
@@ -440,7 +445,7 @@ def score_incidents(records: Iterable[tuple[int, Any]], truth: Iterable[Mapping[
     (cell scope) -- any incident of its region for regional scope -- fired between its onset and its
     end + ``grace_ms``. Reported: found / injected, incidents per injected (how many records an
     outage was split into), cells per found incident, time to the first page (fire - onset), and
-    incidents that match nothing (false).
+    incidents that match nothing (false), and incidents that match two or more injected ones (mixed).
     """
     first: dict[str, tuple[int, Incident]] = {}
     latest: dict[str, Incident] = {}
@@ -448,7 +453,7 @@ def score_incidents(records: Iterable[tuple[int, Any]], truth: Iterable[Mapping[
         first.setdefault(inc.incident_id, (at, inc))
         latest[inc.incident_id] = inc
     injected = [t for t in truth if t.get("scope", "cell") in ("cell", "region")]
-    matched: set[str] = set()
+    matched: dict[str, int] = {}   # incident id -> injected incidents it matched
     rows = []
     for t in injected:
         onset = int(t.get("onset_ms", t.get("start_ms", 0)))
@@ -466,7 +471,8 @@ def score_incidents(records: Iterable[tuple[int, Any]], truth: Iterable[Mapping[
             if at < onset or (end is not None and at > end + grace_ms):
                 continue
             hits.append((at, final))
-        matched.update(f.incident_id for _, f in hits)
+        for iid in {f.incident_id for _, f in hits}:
+            matched[iid] = matched.get(iid, 0) + 1
         rows.append({"id": t.get("id"), "scope": t.get("scope"), "found": bool(hits), "incidents": len(hits),
                      "first_page_min": (min(at for at, _ in hits) - onset) / MINUTE_MS if hits else None,
                      "cells": sorted({c for _, f in hits for c in f.cells}).__len__(),
@@ -478,6 +484,10 @@ def score_incidents(records: Iterable[tuple[int, Any]], truth: Iterable[Mapping[
         "injected": len(rows), "found": len(found),
         "recall": len(found) / len(rows) if rows else None,
         "incidents": len(latest), "false_incidents": len(false),
+        # one record standing for two or more injected incidents (grouped too coarsely): it was
+        # the page of several, or holds the cells of several cell incidents
+        "mixed_incidents": sum(1 for iid, inc in latest.items() if matched.get(iid, 0) > 1 or sum(
+            1 for t in injected if t.get("scope") == "cell" and set(t.get("cells") or ()) & set(inc.cells)) > 1),
         "incidents_per_found": sum(r["incidents"] for r in found) / len(found) if found else None,
         "cells_per_incident": ({r["id"]: r["cells"] for r in found}),
         "median_first_page_min": delays[len(delays) // 2] if delays else None,
