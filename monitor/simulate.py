@@ -656,7 +656,7 @@ class Simulator:
                                           .astype(np.float16)))
                 snap += SATISFACTION_EVERY_MS
             if keep and v3 and t >= hourly:
-                if hourly >= self.eval_start_ms:
+                if self.eval_start_ms <= hourly and (self.end_ms is None or hourly < self.end_ms):
                     self.oracle.append((hourly, self.people.oracle(hourly)))
                 hourly += HOUR_MS
         if v3 and self.world_end_ms is not None and self.world_end_ms > t:
@@ -876,7 +876,7 @@ class Simulator:
         if self.people is not None:
             alive = self.people.active[subs]
             subs, ts, feature = subs[alive], ts[alive], feature[alive]
-        checks, check_ts = getattr(self, "_pending_checks", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        checks, check_ts = getattr(self, "_pending_checks", None) or (np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._pending_checks = None
         subs = np.concatenate([subs, checks]).astype(np.int64)
         ts = np.concatenate([ts, check_ts]).astype(np.int64)

@@ -101,8 +101,8 @@ class WorldParams:
             irritation_h=float(rng.uniform(18, 40)),
             grudge_days=float(rng.uniform(10, 25)),
             grudge_gain=float(rng.uniform(0.004, 0.008)),
-            complaint_base_per_h=float(rng.uniform(1.0e-4, 2.0e-4)),
-            complaint_per_h=float(rng.uniform(3.0e-3, 6.0e-3)),
+            complaint_base_per_h=float(rng.uniform(0.5e-4, 1.0e-4)),
+            complaint_per_h=float(rng.uniform(1.5e-3, 3.0e-3)),
             complaint_power=float(rng.uniform(1.1, 1.5)),
             churn_base_per_h=float(rng.uniform(3.0e-5, 6.0e-5)),
             churn_gain=float(rng.uniform(1.5, 2.5)),
@@ -156,11 +156,11 @@ class People:
         seg = np.asarray(segment, dtype=np.int64)
         self.segment = seg
         # hidden attributes
-        self.sensitivity = np.exp(rng.normal(0.0, 0.7, (n, 4))).astype(np.float32)
-        self.propensity = np.exp(rng.normal(-0.4, 0.9, n)).astype(np.float32)   # mean ~1
+        self.sensitivity = np.exp(rng.normal(0.0, 0.5, (n, 4))).astype(np.float32)
+        self.propensity = np.exp(rng.normal(-0.18, 0.6, n)).astype(np.float32)   # mean ~1
         self.propensity *= np.array([0.7, 1.0, 1.4, 1.3], np.float32)[seg]
         self.base_satisfaction = np.clip(rng.beta(8, 2.2, n), 0.05, 1.0).astype(np.float32)
-        self.loyalty = rng.normal(0.0, 0.8, n).astype(np.float32)
+        self.loyalty = rng.normal(0.0, 1.0, n).astype(np.float32)
         self.tenure_months = rng.exponential(30.0, n).astype(np.float32)
         self.survey_responsiveness = np.clip(rng.beta(2, 5, n), 0.02, 0.95).astype(np.float32)
         contracted = seg > 0
@@ -229,8 +229,8 @@ class People:
 
     def complained(self, sub: int) -> None:
         """Having called takes some of the edge off (until the handling disappoints)."""
-        self.irritation[sub] *= 0.6
-        self.fresh[sub] *= 0.6
+        self.irritation[sub] *= 0.85
+        self.fresh[sub] *= 0.85
 
     def leave(self, sub: int, ts_ms: int) -> None:
         self.active[sub] = False
@@ -253,13 +253,13 @@ class People:
     def _contract_term(self, t_ms: float) -> np.ndarray:
         """Log-hazard of the contract: locked in before its end, free and courted right after it."""
         since = (t_ms - self.contract_end_ms) / DAY_MS
-        out = np.where(np.isnan(since), 0.3, np.where(since < 0, -1.0, np.where(since < 60, 1.0, 0.4)))
+        out = np.where(np.isnan(since), 0.3, np.where(since < 0, -1.5, np.where(since < 60, 1.2, 0.4)))
         return out
 
     def _churn_rate(self, grudge_total: np.ndarray, t_ms: float) -> np.ndarray:
         p = self.params
         log = (p.churn_gain * grudge_total + self._contract_term(t_ms) + self.loyalty * -1.0
-               - 0.35 * np.log1p(self.tenure_months / 12.0))
+               - 0.5 * np.log1p(self.tenure_months / 12.0))
         return p.churn_base_per_h * np.exp(log)
 
     def satisfaction(self, subs: np.ndarray | int) -> np.ndarray:

@@ -469,3 +469,127 @@ def test_clean_records_satisfy_the_json_schemas_too(run):
         lines = [ln for i, ln in enumerate(run["raw"][topic]) if i not in bad]
         for ln in lines[:: max(1, len(lines) // 400)]:
             validator.validate(json.loads(ln))
+
+
+# --- simulator v3: the people (monitor/world.py) ------------------------------------------------
+
+SCORING_MODULES = ("monitor.features", "monitor.core", "monitor.risk", "monitor.warmstart", "monitor.evaluation",
+                   "monitor.replay", "monitor.pipeline", "monitor.tuning")
+
+
+def test_the_simulator_imports_nothing_from_the_scoring_code():
+    import ast
+    import subprocess
+    import sys
+
+    for mod in ("simulate", "world"):
+        tree = ast.parse((Path(simulate.__file__).parent / f"{mod}.py").read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not names & set(SCORING_MODULES), (mod, names & set(SCORING_MODULES))
+    # and at run time nothing pulls them in either (a v3 run, ground truth written)
+    code = ("import sys, tempfile; from monitor import simulate; "
+            "simulate.write_files(simulate.SimConfig(subscribers=50, hours=0.5, followup_hours=1), tempfile.mkdtemp()); "
+            f"print(sorted(m for m in sys.modules if m in {SCORING_MODULES!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def _people(n=6000, seed=3):
+    from monitor.world import People
+
+    return People(np.ones(n, np.uint8), seed=seed, start_ms=simulate.DEFAULT_START_MS)
+
+
+def test_complaints_follow_their_cause_by_hours():
+    p = _people()
+    t0 = simulate.DEFAULT_START_MS + 2 * 3_600_000   # 08:00 local: the call centre is open
+    hit = np.arange(0, p.n, 2)
+    p.bills(hit, np.full(len(hit), 1.0))
+    times = []
+    t = t0
+    while t < t0 + 12 * 3_600_000:
+        complaints, _ = p.advance(t, t + 300_000)
+        times += [(ts - t0) / 3_600_000 for s, ts, d in complaints if s % 2 == 0]
+        t += 300_000
+    times = np.array(times)
+    # the hit half complains, but hardly in the first half hour: the hazard peaks hours later
+    assert len(times) > 40
+    first_half_hour = (times < 0.5).sum() / 0.5
+    hours_2_to_5 = ((times >= 2) & (times < 5)).sum() / 3
+    assert hours_2_to_5 > 3 * first_half_hour, (first_half_hour, hours_2_to_5)
+    assert np.median(times) > 1.5
+
+
+def test_churn_hazard_rises_with_dissatisfaction():
+    p = _people(n=20000)
+    hit = np.arange(0, p.n, 2)
+    t = simulate.DEFAULT_START_MS
+    churned = {0: 0, 1: 0}
+    for day in range(7):
+        p.bills(hit, np.full(len(hit), 1.0))      # a bad bill every day for half of them
+        for _ in range(24):
+            _, churns = p.advance(t, t + 3_600_000)
+            for s, _ts, _d in churns:
+                churned[s % 2] += 1
+                p.leave(s, _ts)
+            t += 3_600_000
+    assert churned[0] > 1.5 * churned[1], churned
+    # and the driver recorded behind their port-outs is mostly the bills
+    assert p.params.weight[1] >= 0   # (weights are drawn per world; billing always exists)
+
+
+def test_worlds_differ_in_what_matters():
+    from monitor.world import People
+
+    a = People(np.zeros(10, np.uint8), seed=1, start_ms=0).params.weight
+    b = People(np.zeros(10, np.uint8), seed=2, start_ms=0).params.weight
+    assert np.argsort(a)[-3:].tolist() != np.argsort(b)[-3:].tolist() or not np.allclose(a, b)
+    assert (a / b).max() / (a / b).min() > 3
+
+
+@pytest.fixture(scope="module")
+def v3_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("v3")
+    cfg = simulate.SimConfig(subscribers=1500, hours=24, seed=5, burn_in_hours=6, followup_hours=72)
+    manifest = simulate.write_files(cfg, out)
+    return out, manifest, cfg
+
+
+def test_v3_run_has_burn_in_follow_up_and_port_outs(v3_run):
+    out, manifest, cfg = v3_run
+    world = json.loads((out / "ground_truth" / "world.json").read_text())
+    start = manifest["start_ms"]
+    assert world["eval_start_ms"] == start + 6 * 3_600_000
+    assert manifest["end_ms"] == start + 30 * 3_600_000 and world["world_end_ms"] == start + 102 * 3_600_000
+    oracle = np.load(out / "ground_truth" / "oracle.npz")
+    assert oracle["ts_ms"][0] >= world["eval_start_ms"] and oracle["ts_ms"][-1] < manifest["end_ms"]
+    assert oracle["complaint_72h"].shape == (len(oracle["ts_ms"]), 1500)
+    # port-outs are app_event.v2 records, and a subscriber who left sends nothing afterwards
+    gone: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for topic, schema in INPUT_TOPICS.items():
+        for line in (out / f"{topic}.jsonl").read_bytes().splitlines():
+            try:
+                ev = decode(schema, line)
+            except InvalidEventError:
+                continue
+            if getattr(ev, "kind", None) == "port_out":
+                gone[ev.subscriber_id] = ev.ts_ms
+            else:
+                last[ev.subscriber_id] = max(last.get(ev.subscriber_id, 0), ev.ts_ms)
+    assert gone and manifest["events_by_kind"]["port_out"] == len(gone)
+    late = [s for s, t in gone.items() if last.get(s, 0) > t + 600_000]   # late-delivered noise aside
+    assert len(late) <= max(1, len(gone) // 20), late
+    # outcomes run on into the unseen follow-up, each with its driver
+    outcomes = [json.loads(x) for x in (out / "ground_truth" / "outcomes.jsonl").read_text().splitlines()]
+    after = [e for r in outcomes for e in r.get("complaint", []) if e["ts_ms"] >= manifest["end_ms"]]
+    assert after and all("driver" in e for r in outcomes for e in r.get("churn", []))
+
+
+def test_v3_oracle_is_informative_but_not_perfect(v3_run):
+    from monitor.evaluation import oracle_only
+
+    out, _m, _cfg = v3_run
+    r = oracle_only(out)
+    assert 0.65 <= r["complaint_24h"]["roc_auc"] <= 0.95, r

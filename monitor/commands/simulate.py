@@ -40,6 +40,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--malformed-share", type=float, default=0.001, help="share of malformed records (default 0.001)")
     parser.add_argument("--duplicate-share", type=float, default=0.002, help="share of re-sent duplicates (default 0.002)")
     parser.add_argument("--late-share", type=float, default=0.003, help="share of late records (default 0.003)")
+    parser.add_argument("--world", choices=("v3", "v2"), default="v3",
+                        help="v3 (default): per-seed drivers, outcomes with a lead, port-outs (monitor/world.py); "
+                             "v2: the earlier latent-satisfaction people")
+    parser.add_argument("--burn-in-hours", type=float, default=None,
+                        help="emitted hours before the evaluated --hours, for the model to warm up "
+                             "(default 24 with --out, 0 with --broker)")
+    parser.add_argument("--follow-up-hours", type=float, default=None,
+                        help="hours the world runs on unseen after the last record, recording outcomes only, so "
+                             "that every list instant's horizon lies in the run (default 168 with --out, 0 with --broker)")
+    parser.add_argument("--treatment", type=float, default=0.0, metavar="SHARE",
+                        help="v3: offer outreach each day at 10:00 local to this share of subscribers (the most "
+                             "dissatisfied), half of them held out: ground_truth/treatment.jsonl (default 0)")
+    parser.add_argument("--sessions-per-hour", type=float, default=None,
+                        help="network sessions per subscriber and hour at the daily mean load (default 10)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
 
 
@@ -87,11 +101,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(["give --out DIR (files) and/or --broker kafka://host:port"])
     if hours == 0 and not args.broker:
         raise ConfigError(["--hours 0 / --loop needs --broker (files would grow without end)"])
+    files_only = bool(args.out) and not args.broker
+    burn_in = args.burn_in_hours if args.burn_in_hours is not None else (24.0 if files_only else 0.0)
+    follow_up = args.follow_up_hours if args.follow_up_hours is not None else (168.0 if files_only else 0.0)
+    if args.world == "v2":
+        follow_up = 0.0 if args.follow_up_hours is None else follow_up
+    extra = {} if args.sessions_per_hour is None else {"sessions_per_hour": args.sessions_per_hour}
     config = simulate.SimConfig(
         subscribers=args.subscribers, hours=hours, seed=args.seed, scenario=args.scenario, start_ms=start_ms,
         step_s=args.step_s or (5.0 if live else None), cells=args.cells, utc_offset_h=args.utc_offset_h,
         malformed_share=args.malformed_share,
-        duplicate_share=args.duplicate_share, late_share=args.late_share)
+        duplicate_share=args.duplicate_share, late_share=args.late_share, world=args.world,
+        burn_in_hours=burn_in, followup_hours=follow_up if hours else 0.0, treatment_share=args.treatment, **extra)
     t0 = time.perf_counter()
     if args.broker:
         if not args.broker.startswith("kafka://"):
@@ -116,7 +137,11 @@ def run(args: argparse.Namespace) -> int:
     print("  events by kind: " + ", ".join(f"{k} {v:,d}" for k, v in manifest["events_by_kind"].items()))
     print("  injected faults: " + ", ".join(f"{k} {sum(v.values()):,d}" for k, v in manifest["faults"].items()))
     print("  incidents: " + (", ".join(f"{k} {v}" for k, v in manifest["incidents"].items()) or "none"))
-    print("  labels: " + ", ".join(f"{k} {v:,d}" for k, v in manifest["labels"].items()))
+    print("  labels: " + ", ".join(f"{k} {v:,d}" for k, v in manifest["labels"].items())
+          + (" (including the unseen follow-up)" if config.followup_hours else ""))
+    if config.burn_in_hours or config.followup_hours:
+        print(f"  burn-in {config.burn_in_hours:g} h (emitted, not evaluated), follow-up {config.followup_hours:g} h "
+              "(outcomes only)")
     print(f"  {total:,d} records in {elapsed:.1f} s ({total / max(elapsed, 1e-9):,.0f}/s)"
           + (f" -> {args.out}" if args.out else ""))
     return 0
