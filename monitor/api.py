@@ -231,7 +231,8 @@ class _AddressTable:
         return b.take(now)
 
     def succeeded(self, peer: str, now: float) -> None:
-        self.buckets.pop(peer, None)  # consecutive failures count, as in a login lockout
+        # A success does not reset the address's failures: whoever holds one valid token (a noc
+        # one) must not buy unlimited guesses at the others by logging in between them.
         self.trusted[peer] = now
         self.trusted.move_to_end(peer)
         while len(self.trusted) > self.max_entries:
