@@ -566,3 +566,13 @@ def evaluate_incidents_dir(sim_dir: Any, **options: Any) -> dict[str, Any]:
     doc = json.loads((Path(sim_dir) / "ground_truth" / "incidents.json").read_text())
     truth = list(doc.get("incidents", [])) + list(doc.get("drifts", []))
     return evaluate_incidents(file_records(sim_dir), truth, **options)
+
+
+if __name__ == "__main__":   # python -m monitor.incidents SIM_DIR: the incident scores of a simulator run
+    import json
+    import sys
+
+    result = evaluate_incidents_dir(sys.argv[1])
+    for name in ("incidents", "baseline_per_cell_alert", "baseline_per_region"):
+        result[name].pop("per_incident", None)
+    print(json.dumps(result, indent=1))
