@@ -546,8 +546,8 @@ class RiskPipeline:
                 core.on_label = self.on_label
             blob = self.model_table.get(partition, str(partition).encode())
             if blob is not None:
-                core.restore(blob)
-                log.info("partition %d: model restored from checkpoint (%d bytes)", partition, len(blob))
+                if core.restore(blob) is not False:   # False: refused (an old pickle), logged by the core
+                    log.info("partition %d: model restored from checkpoint (%d bytes)", partition, len(blob))
             else:
                 log.info("partition %d: no model checkpoint, starting fresh", partition)
             self.cores[partition] = core
