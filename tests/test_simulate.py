@@ -593,3 +593,24 @@ def test_v3_oracle_is_informative_but_not_perfect(v3_run):
     out, _m, _cfg = v3_run
     r = oracle_only(out)
     assert 0.65 <= r["complaint_24h"]["roc_auc"] <= 0.95, r
+
+
+def test_treatment_splits_the_most_dissatisfied_and_records_the_true_effect(tmp_path):
+    cfg = simulate.SimConfig(subscribers=800, hours=6, seed=9, treatment_share=0.1, malformed_share=0,
+                             duplicate_share=0, late_share=0)
+    sim = simulate.Simulator(cfg)
+    before: dict[int, float] = {}
+    for step in sim.steps():
+        if not before and step.ts_ms >= simulate.DEFAULT_START_MS + 4 * 3_600_000 - sim.step_ms:
+            p = sim.people   # just before 10:00 local: the load the list picks from
+            before = dict(enumerate((p.irritation.sum(1) + p.grudge.sum(1)).tolist()))
+    simulate.write_ground_truth(sim, tmp_path)
+    recs = [json.loads(x) for x in (tmp_path / "ground_truth" / "treatment.jsonl").read_text().splitlines()]
+    assert 75 <= len(recs) <= 80 and {r["ts_ms"] for r in recs} == {simulate.DEFAULT_START_MS + 4 * 3_600_000}
+    arms = collections.Counter(r["treated"] for r in recs)
+    assert arms[True] > 20 and arms[False] > 20
+    effect = sim.people.params.treatment_effect
+    assert all(r["effect"] == (effect if r["treated"] else 0.0) for r in recs)
+    picked = {int(r["subscriber_id"][4:]) for r in recs}
+    rest = [v for s, v in before.items() if s not in picked]
+    assert min(before[s] for s in picked) >= np.median(rest)   # the most dissatisfied were offered outreach
