@@ -45,6 +45,7 @@ its pseudonym (dropped entirely when no id can be located in bytes that mention 
 from __future__ import annotations
 
 import base64
+import operator
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -80,6 +81,14 @@ _SID_IN_BYTES = re.compile(rb'"subscriber_id"\s*:\s*"((?:[^"\\]|\\.){1,256})"')
 # What the fast decoder raises for input it rejects: DecodeError for invalid records, RecursionError
 # for absurd nesting, UnicodeDecodeError for invalid UTF-8 in a key, TypeError for a None value.
 _FAST_FAILURES = (msgspec.DecodeError, RecursionError, UnicodeDecodeError, TypeError)
+
+
+_TS = operator.attrgetter("ts_ms")
+
+
+def _label_fields(event: Any) -> tuple[str, ...]:
+    """The label fields the record's type has (network events have a cell, the others do not)."""
+    return tuple(n for n in _LABEL_FIELDS if n in type(event).__struct_fields__)
 
 
 def _wall_clock_ms() -> int:
@@ -138,7 +147,7 @@ class Ingest:
         self.max_clock_skew_ms = max_clock_skew_ms
         self.pseudonymise = pseudonymise
         self.keep_original = keep_original
-        self._labels_ok: set[str] = set()
+        self._labels_ok: set[str | None] = {None}   # None: an optional label that is absent
         self.decoded: dict[str, int] = {}
         self.dead_lettered: dict[tuple[str, str], int] = {}
         # topic -> (schema, fast decoder, stream), resolved once
@@ -188,10 +197,12 @@ class Ingest:
                         for offset, key, value in records]
         schema, decoder, stream = route
         fast_decode = decoder.decode
-        decoded: list[tuple[Any, Any, Any, events.InputEvent]] = []
+        decoded: list[events.InputEvent] = []
+        sources: list[Any] = []   # each decoded event's record, for the rare late rejection
         letters: list[events.DeadLetter] = []
-        append = decoded.append
-        for offset, key, value in records:
+        append, keep_source = decoded.append, sources.append
+        for record in records:
+            offset, key, value = record
             try:
                 if value is not None and len(value) > MAX_MESSAGE_BYTES:
                     letters.append(self._too_large(topic, schema, stream, partition, offset, key, value))
@@ -208,53 +219,59 @@ class Ingest:
                 if mismatch is not None:
                     letters.append(self._reject(topic, schema, stream, partition, offset, key, value, mismatch))
                     continue
-            append((offset, key, value, event))
-        bad = dict(self._screen([item[3] for item in decoded]))
+            append(event)
+            keep_source(record)
+        kept = decoded
+        bad = dict(self._screen(decoded)) if decoded else None
         if bad:
             kept = []
-            for i, (offset, key, value, event) in enumerate(decoded):
+            for i, event in enumerate(decoded):
                 if i in bad:
+                    offset, key, value = sources[i]
                     letters.append(self._reject(topic, schema, stream, partition, offset, key, value, bad[i]))
                 else:
                     kept.append(event)
             letters.sort(key=lambda letter: -1 if letter.offset is None else letter.offset)
-        else:
-            kept = [item[3] for item in decoded]
         if kept:
             self.decoded[stream] = self.decoded.get(stream, 0) + len(kept)
         return kept, letters
 
     def _screen(self, decoded: list[Any]) -> list[tuple[int, InvalidEventError]]:
         """Valid records this worker still refuses: dated too far ahead of the wall clock, or a
-        label (region, segment, cell) outside :data:`LABEL_PATTERN`. ``(index, error)`` pairs."""
-        bad: list[tuple[int, InvalidEventError]] = []
-        if self.max_clock_skew_ms is not None and decoded:
-            limit = self.clock_ms() + self.max_clock_skew_ms
-            for i, event in enumerate(decoded):
-                if event.ts_ms > limit:
-                    ahead_s = (event.ts_ms - limit + self.max_clock_skew_ms) / 1000
-                    bad.append((i, _error(f"$.ts_ms: Expected an event time at most {self.max_clock_skew_ms / 1000:g} s "
-                                          f"ahead of the worker's clock, got `int` {event.ts_ms} ({ahead_s:.0f} s ahead)",
-                                          "$.ts_ms", "clock_skew")))
+        label (region, segment, cell) outside :data:`LABEL_PATTERN`. ``(index, error)`` pairs,
+        at most one per record. The common case (nothing to refuse) costs a ``max`` and a set
+        per label field, in C; only a batch with something to refuse is walked record by record."""
+        skew = self.max_clock_skew_ms
+        limit = self.clock_ms() + skew if skew is not None else None
+        too_new = limit is not None and max(map(_TS, decoded)) > limit
         ok = self._labels_ok
-        for i, event in enumerate(decoded):
-            for name in _LABEL_FIELDS:
-                text = getattr(event, name, None)
-                if text is None or text in ok:
-                    continue
+        names = _label_fields(decoded[0])
+        refused: set[str] = set()
+        for name in names:
+            for text in set(map(operator.attrgetter(name), decoded)) - ok:
                 if LABEL_PATTERN.fullmatch(text):
                     if len(ok) >= _MAX_KNOWN_LABELS:
                         ok.clear()
+                        ok.add(None)
                     ok.add(text)
-                    continue
-                bad.append((i, _error(f"$.{name}: Expected 1-64 letters, digits, spaces or '_.:-' (no markup), got `str` "
-                                      f"{text[:40]!r}", f"$.{name}", "bad_format")))
-                break
-        if len(bad) > 1:
-            first: dict[int, InvalidEventError] = {}
-            for i, err in bad:
-                first.setdefault(i, err)
-            bad = sorted(first.items())
+                else:
+                    refused.add(text)
+        if not too_new and not refused:
+            return []
+        bad: list[tuple[int, InvalidEventError]] = []
+        for i, event in enumerate(decoded):
+            if too_new and event.ts_ms > limit:  # type: ignore[operator]
+                ahead_s = (event.ts_ms - limit + skew) / 1000  # type: ignore[operator]
+                bad.append((i, _error(f"$.ts_ms: Expected an event time at most {skew / 1000:g} s ahead of "  # type: ignore[operator]
+                                      f"the worker's clock, got `int` {event.ts_ms} ({ahead_s:.0f} s ahead)",
+                                      "$.ts_ms", "clock_skew")))
+                continue
+            for name in names:
+                text = getattr(event, name)
+                if text in refused:
+                    bad.append((i, _error(f"$.{name}: Expected 1-64 letters, digits, spaces or '_.:-' (no markup), "
+                                          f"got `str` {text[:40]!r}", f"$.{name}", "bad_format")))
+                    break
         return bad
 
     # -- rejections (the slow path: cost does not matter here) ----------------------------------
