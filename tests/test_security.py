@@ -144,6 +144,14 @@ def test_a_client_that_leaves_mid_body_is_not_an_error(tmp_path, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+def test_compose_publishes_ports_on_loopback_only():
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).parent.parent / "deploy/compose/docker-compose.yml").read_text())
+    published = [p for svc in compose["services"].values() for p in svc.get("ports", [])]
+    assert published and all(str(p).startswith("127.0.0.1:") for p in published), published
+
+
 # --------------------------------------------------------------------------- parameters
 
 
