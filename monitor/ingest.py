@@ -2,7 +2,8 @@
 
 The Faust agents, ``satmon replay`` and the tests all hand Kafka records (topic, partition, offset,
 key, value) to an :class:`Ingest` and get back either a decoded input event or a
-:class:`~monitor.events.DeadLetter` that keeps the original bytes and says why. It is pure: no Kafka
+:class:`~monitor.events.DeadLetter` that keeps the original bytes (subscriber ids pseudonymised, see
+below) and says why. It is pure: no Kafka
 import, no event loop; the caller produces the dead letters to ``satmon-dead-letter``.
 
 What ingest rejects, beyond what the schema decoder rejects (see :data:`REASON_KINDS`):
