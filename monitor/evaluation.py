@@ -428,8 +428,9 @@ def grade_world(data: dict[str, Any], *, list_hour: float = 9.0) -> dict[str, An
     out["reasons"] = _fidelity(data, daily_only=False)
     last = daily[-1] if daily else (instants[-1] if instants else None)
     n_last = len(rows[last]["subs"]) if last is not None else 0
-    out["list"] = {"subscribers": n_last, "listed": max(1, int(round(n_last * BUDGETS[0]))) if n_last else 0,
-                   "budget": f"top {BUDGETS[0]:.0%}"}
+    k = max(1, int(round(n_last * BUDGETS[0]))) if n_last else 0
+    # the list graded at the last 09:00 instant: the top 1 % of the subscribers scored
+    out["list"] = {"subscribers": n_last, "listed": k, "budget": k, "budget_share": BUDGETS[0]}
     return out
 
 

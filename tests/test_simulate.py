@@ -551,7 +551,7 @@ def test_worlds_differ_in_what_matters():
 @pytest.fixture(scope="module")
 def v3_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("v3")
-    cfg = simulate.SimConfig(subscribers=1500, hours=24, seed=5, burn_in_hours=6, followup_hours=72)
+    cfg = simulate.SimConfig(subscribers=2000, hours=36, seed=6, burn_in_hours=6, followup_hours=72)
     manifest = simulate.write_files(cfg, out)
     return out, manifest, cfg
 
@@ -561,10 +561,10 @@ def test_v3_run_has_burn_in_follow_up_and_port_outs(v3_run):
     world = json.loads((out / "ground_truth" / "world.json").read_text())
     start = manifest["start_ms"]
     assert world["eval_start_ms"] == start + 6 * 3_600_000
-    assert manifest["end_ms"] == start + 30 * 3_600_000 and world["world_end_ms"] == start + 102 * 3_600_000
+    assert manifest["end_ms"] == start + 42 * 3_600_000 and world["world_end_ms"] == start + 114 * 3_600_000
     oracle = np.load(out / "ground_truth" / "oracle.npz")
     assert oracle["ts_ms"][0] >= world["eval_start_ms"] and oracle["ts_ms"][-1] < manifest["end_ms"]
-    assert oracle["complaint_72h"].shape == (len(oracle["ts_ms"]), 1500)
+    assert oracle["complaint_72h"].shape == (len(oracle["ts_ms"]), 2000)
     # port-outs are app_event.v2 records, and a subscriber who left sends nothing afterwards
     gone: dict[str, int] = {}
     last: dict[str, int] = {}
