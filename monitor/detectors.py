@@ -93,18 +93,18 @@ class _Tail:
     exponential (generalised-Pareto, shape 0) tail fitted to the top ``tail`` fraction beyond it, as
     in SPOT (Siffer et al., KDD 2017): p-values far below 1/window stay meaningful."""
 
-    __slots__ = ("window", "tail", "_sorted", "_fifo")
+    __slots__ = ("window", "tail", "heavy", "_sorted", "_fifo")
 
-    def __init__(self, window: int, tail: float = 0.05) -> None:
-        self.window, self.tail = window, tail
+    def __init__(self, window: int, tail: float = 0.05, heavy: bool = True) -> None:
+        self.window, self.tail, self.heavy = window, tail, heavy
         self._sorted: list[float] = []
         self._fifo: deque[float] = deque()
 
     def __getstate__(self) -> tuple:
-        return self.window, self.tail, self._sorted, list(self._fifo)
+        return self.window, self.tail, self.heavy, self._sorted, list(self._fifo)
 
     def __setstate__(self, s: tuple) -> None:
-        self.window, self.tail, self._sorted, fifo = s
+        self.window, self.tail, self.heavy, self._sorted, fifo = s
         self._fifo = deque(fifo)
 
     def __len__(self) -> int:
@@ -122,10 +122,21 @@ class _Tail:
         if s <= u:
             return (n - bisect.bisect_left(srt, s) + 1) / (n + 1)
         top = srt[n - m:]
-        excess = sum(top) / m - u
-        if excess <= 1e-12 * max(1.0, abs(u)):
+        mean = sum(top) / m - u
+        if mean <= 1e-12 * max(1.0, abs(u)):
             return 1e-12 if s > srt[-1] else (m + 1) / (n + 1)
-        return (m + 1) / (n + 1) * math.exp(-(s - u) / excess)
+        q = (m + 1) / (n + 1)
+        if not self.heavy:
+            return q * math.exp(-(s - u) / mean)
+        # generalised Pareto by the method of moments on the excesses (shape clipped to [0, 0.9]:
+        # heavy-tailed series such as bursty counts earn a heavier tail, light ones stay exponential)
+        var = sum((v - u - mean) ** 2 for v in top) / max(1, m - 1)
+        xi = 0.5 * (1.0 - mean * mean / var) if var > 0 else 0.0
+        xi = min(0.9, max(0.0, xi))
+        if xi < 1e-6:
+            return q * math.exp(-(s - u) / mean)
+        sigma = mean * (1.0 - xi)
+        return q * (1.0 + xi * (s - u) / sigma) ** (-1.0 / xi)
 
     def add(self, s: float) -> None:
         bisect.insort(self._sorted, s)
@@ -204,7 +215,10 @@ class SeasonalDetector(Detector):
 
     def __init__(self, level_halflife: float = 8.0, season_alpha: float = 0.3, season_min_periods: int = 2,
                  collective: int = 10, history: int = 2000, p_fire: float = 1e-4, warmup: int = 100,
-                 refractory: int = 0, seed: int | None = None) -> None:
+                 refractory: int = 0, shape: int = 0, memory: int = 1000, direction: str = "both",
+                 heavy_tail: bool = True, seed: int | None = None) -> None:
+        if direction not in ("both", "up", "down"):
+            raise ValueError(f"direction must be 'both', 'up' or 'down', not {direction!r}")
         self.level_halflife = level_halflife
         self.season_alpha = season_alpha
         self.season_min_periods = season_min_periods
@@ -213,6 +227,10 @@ class SeasonalDetector(Detector):
         self.p_fire = p_fire
         self.warmup = warmup
         self.refractory = refractory
+        self.shape = shape
+        self.memory = memory
+        self.direction = direction
+        self.heavy_tail = heavy_tail
         self.seed = seed
         self._alpha = 1.0 - 0.5 ** (1.0 / level_halflife)
         self._n = 0
@@ -227,10 +245,15 @@ class SeasonalDetector(Detector):
         self._week: _SlotMeans | None = None
         self._recent: deque[float] = deque(maxlen=collective)
         self._recent_sum = 0.0
-        self._point = _Tail(history)
-        self._coll = _Tail(history)
-        self._quiet = 0               # points left in the refractory period
-        self._fired_p = 1.0
+        self._point = _Tail(history, heavy=heavy_tail)
+        self._coll = _Tail(history, heavy=heavy_tail)
+        self._raw: deque[tuple[int, float]] = deque()   # (index, raw score): sliding max for the refractory
+        self._shape_tail = _Tail(history, heavy=heavy_tail)
+        self._past: Any = None        # ring of past subsequences (numpy, raw units) for ``shape``
+        self._window: deque[float] = deque(maxlen=max(1, shape))
+        self._delay: deque[tuple] = deque()
+        self._nstored = 0
+        self._norms: Any = None
         self._last_t: int | None = None
         self._cache: tuple | None = None
 
@@ -238,7 +261,7 @@ class SeasonalDetector(Detector):
     def _slots(self, t: int | None) -> tuple[int, int] | None:
         if t is None or not self._slot_ms:
             return None
-        k = t // self._slot_ms
+        k = int(t) // self._slot_ms
         return k % (_DAY_MS // self._slot_ms), k % (_WEEK_MS // self._slot_ms)
 
     def _predictions(self, t: int | None) -> list[float | None]:
@@ -254,52 +277,87 @@ class SeasonalDetector(Detector):
             preds[2] = self._week.mean[sl[1]]
         return preds
 
-    def _z(self, x: float, t: int | None) -> tuple[float, list[float | None]]:
+    def _z(self, x: float, t: int | None) -> tuple[float, float, list[float | None]]:
         preds = self._predictions(t)
         floor = 1e-3 * self._spread + 1e-9 * (abs(self._level or 0.0) + 1.0)
         errs = [self._err[i] if preds[i] is not None and self._nerr[i] >= 10 else None for i in range(3)]
         best = min((e for e in errs if e is not None), default=None)
         if best is None:
-            return 0.0, preds
-        z = math.inf
+            return 0.0, 0.0, preds
+        z, signed = math.inf, 0.0
         for p, e in zip(preds, errs):
             if p is None or e is None or e > 1.5 * best + floor:
                 continue
-            z = min(z, abs(x - p) / (1.2533 * e + floor))
-        return (0.0 if z == math.inf else z), preds
+            zi = (x - p) / (1.2533 * e + floor)
+            if abs(zi) < z:
+                z, signed = abs(zi), zi
+        return (0.0 if z == math.inf else z), signed, preds
 
     def _evaluate(self, x: float, t: int | None) -> tuple[float, float, float, list[float | None]]:
         if self._cache is not None and self._cache[0] == (x, t):
             return self._cache[1]
-        z, preds = self._z(x, t)
+        z, signed, preds = self._z(x, t)
         coll = (self._recent_sum + z - (self._recent[0] if len(self._recent) == self.collective else 0.0))
         coll /= min(len(self._recent) + 1, self.collective)
-        p = min(self._point.pvalue(z), self._coll.pvalue(coll)) * 2.0
-        out = (z, coll, min(1.0, p), preds)
+        nov = self._novelty(x)
+        ps = (self._point.pvalue(z), self._coll.pvalue(coll) if self.collective > 1 else 1.0,
+              self._shape_tail.pvalue(nov) if nov is not None else 1.0)
+        p = min(ps) * (1 + (self.collective > 1) + (nov is not None))
+        if (self.direction == "up" and signed < 0) or (self.direction == "down" and signed > 0):
+            p = 1.0                  # a deviation the caller does not count as bad
+        out = (z, coll, min(1.0, p), preds, nov, ps)
         self._cache = ((x, t), out)
         return out
 
     # -- protocol --------------------------------------------------------------------------------
+    def _novelty(self, x: float) -> float | None:
+        """Distance from the last ``shape`` points to their nearest past subsequence, in units of the
+        series' spread (a pattern never seen before is far from every stored one)."""
+        if not self.shape or self._past is None or len(self._window) < self.shape or self._nstored < 50:
+            return None
+        import numpy as np
+
+        w = np.fromiter(self._window, float, self.shape)
+        w[:-1] = w[1:]
+        w[-1] = x
+        n = min(self._nstored, self.memory)
+        # nearest past subsequence by squared Euclidean distance: |p|^2 - 2 p.w + |w|^2 (one mat-vec)
+        d2 = float((self._norms[:n] - 2.0 * (self._past[:n] @ w)).min() + w @ w)
+        return math.sqrt(max(0.0, d2) / self.shape) / (self._spread + 1e-9 * (abs(self._level or 0.0) + 1.0))
+
+    def _raw_score(self, p: float) -> float:
+        return surprise_score(p, self.p_fire) if self._n >= self.warmup else 0.0
+
     def score_one(self, x: float, t: int | None = None) -> float:
         if self._n < self.warmup:
             return 0.0
-        _, _, p, _ = self._evaluate(x, t)
-        if self._quiet > 0 and p >= self._fired_p:
+        raw = self._raw_score(self._evaluate(x, t)[2])
+        # refractory: within ``refractory`` points of a higher (or equal) score, stay quiet
+        if self.refractory and self._raw and raw <= max(s for _, s in self._raw):
             return 0.0
-        return surprise_score(p, self.p_fire)
+        return raw
 
     def learn_one(self, x: float, t: int | None = None) -> None:
-        z, coll, p, preds = self._evaluate(x, t)
+        z, coll, p, preds, nov, ps = self._evaluate(x, t)
         self._cache = None
-        if self._n >= self.warmup:
-            if self._quiet > 0:
-                self._quiet -= 1
-            if surprise_score(p, self.p_fire) >= DEFAULT_THRESHOLD and (self._quiet == 0 or p < self._fired_p):
-                if self.refractory:
-                    self._quiet, self._fired_p = self.refractory, p
+        if self.refractory:
+            raw = self._raw_score(p)
+            while self._raw and self._raw[-1][1] <= raw:
+                self._raw.pop()
+            self._raw.append((self._n, raw))
+            while self._raw[0][0] <= self._n - self.refractory:
+                self._raw.popleft()
+        # as in SPOT, a statistic rarer than ``p_fire`` is an anomaly, not part of the normal tail it
+        # is judged against (else one outage makes the next one look ordinary)
         if self._level is not None:
-            self._point.add(z)
-            self._coll.add(coll)
+            if ps[0] >= self.p_fire or len(self._point) < 100:
+                self._point.add(z)
+            if ps[1] >= self.p_fire or len(self._coll) < 100:
+                self._coll.add(coll)
+        if nov is not None and (ps[2] >= self.p_fire or len(self._shape_tail) < 100):
+            self._shape_tail.add(nov)
+        if self.shape:
+            self._store_shape(x)
         if len(self._recent) == self.collective:
             self._recent_sum -= self._recent[0]
         self._recent.append(z)
@@ -307,13 +365,35 @@ class SeasonalDetector(Detector):
         self._learn_predictors(x, t, preds)
         self._n += 1
 
+    def _store_shape(self, x: float) -> None:
+        import numpy as np
+
+        self._window.append(x)
+        if len(self._window) < self.shape:
+            return
+        if self._past is None:
+            self._past = np.zeros((self.memory, self.shape))
+            self._norms = np.zeros(self.memory)
+            self._nstored = 0
+        # keep the newest ``shape`` subsequences out of the memory (they overlap the current one)
+        self._delay.append(tuple(self._window))
+        if len(self._delay) > self.shape:
+            row = self._nstored % self.memory
+            v = self._delay.popleft()
+            self._past[row] = v
+            self._norms[row] = sum(a * a for a in v)
+            self._nstored += 1
+
     def _learn_predictors(self, x: float, t: int | None, preds: list[float | None]) -> None:
         a = self._alpha
         for i, p in enumerate(preds):
             if p is not None:
                 n = self._nerr[i]
                 w = max(a, 1.0 / (n + 1))
-                self._err[i] += w * (abs(x - p) - self._err[i])
+                r = abs(x - p)
+                if n >= 10:          # Huber: one outlier widens the band by a bounded step
+                    r = min(r, 4.0 * self._err[i] + 1e-12)
+                self._err[i] += w * (r - self._err[i])
                 self._nerr[i] = n + 1
         if self._level is None:
             self._level = x

@@ -1,9 +1,10 @@
-"""``satmon detect FILE.csv``: run the hot-spot detector (or, with ``--drift``, the drift detector)
-over one KPI's time series and score every row.
+"""``satmon detect FILE.csv``: run satmon's univariate detector (:mod:`monitor.detectors`; or, with
+``--drift``, the drift detector) over one KPI's time series and score every row.
 
 Input: CSV with a header containing ``timestamp`` and ``value`` (other columns are ignored);
 timestamps ISO-8601 (``2024-05-01T10:00:00Z``, naive = UTC) or epoch seconds / milliseconds.
-Output: ``timestamp,value,anomaly_score`` (score in [0, 1], 0.5 = the firing threshold), or with
+Output: ``timestamp,value,anomaly_score`` (score in [0, 1], a calibrated tail probability: 0.5 = the
+firing threshold, rarer than 1 in 10,000 under the learned normal model), or with
 ``--drift`` ``timestamp,value,change_point`` (1 on the row where a change was detected), one row per
 input row, in input order.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "score a timestamp,value CSV with the hot-spot detector (or --drift for change points)"
+HELP = "score a timestamp,value CSV with the anomaly detector (or --drift for change points)"
 
 # Epoch numbers above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 _EPOCH_MS_ABOVE = 100_000_000_000
@@ -25,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drift", action="store_true", help="detect change points instead of anomalies")
     parser.add_argument("--direction", choices=("both", "up", "down"), default="both",
                         help="which deviations are anomalous (default both; 'up' for error rates)")
-    parser.add_argument("--warmup", type=int, default=10, help="rows before any score (default 10)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="rows learned before any score (default: the detector's, 100)")
+    parser.add_argument("--refractory", type=int, default=None,
+                        help="rows kept quiet after an anomaly unless a rarer one comes (default: the detector's)")
 
 
 def parse_timestamp(text: str) -> int:
@@ -110,30 +114,32 @@ def read_series(path: str) -> tuple[list[tuple[str, str]], list[int], list[float
     return texts, stamps, values
 
 
-def series_detector(direction: str = "both", warmup: int = 10):
-    """The hot-spot detector configured for one univariate series (one key, one ``level`` metric)."""
-    from monitor.hotspots import HotspotDetector, Metric
+def series_detector(direction: str = "both", warmup: int | None = None, refractory: int | None = None):
+    """satmon's univariate detector (:class:`monitor.detectors.SeasonalDetector`, the configuration
+    measured on NAB in docs/DETECTION.md), optionally with another warm-up, refractory or direction."""
+    from monitor.detectors import SeasonalDetector
 
-    metric = Metric("value", "level", min_support=1, min_delta=0.0, floor=1e-9, label="value",
-                    direction=direction)
-    return HotspotDetector(metrics=(metric,), warmup_windows=warmup, rel_floor=0.01, level_halflife=15.0,
-                           adapt_after_windows=30)
+    params: dict = {"direction": direction}
+    if warmup is not None:
+        params["warmup"] = warmup
+    if refractory is not None:
+        params["refractory"] = refractory
+    return SeasonalDetector(**params)
 
 
 def anomaly_scores(stamps: list[int], values: list[float], *, direction: str = "both",
-                   warmup: int = 10) -> list[float]:
-    """Score of every point (input order) by the series detector, fed in time order.
+                   warmup: int | None = None, refractory: int | None = None) -> list[float]:
+    """Score of every point (input order) by the series detector, fed in time order (test-then-train).
 
-    >>> s = anomaly_scores(list(range(0, 40 * 60_000, 60_000)), [10.0, 11.0] * 15 + [50.0] + [10.0] * 9)
-    >>> max(s[:30]) < 0.5 < s[30]
+    >>> s = anomaly_scores(list(range(0, 200 * 60_000, 60_000)), [10.0, 11.0, 10.5] * 50 + [50.0] + [10.0] * 49)
+    >>> max(s[:150]) < 0.5 < s[150]
     True
     """
-    det = series_detector(direction, warmup)
+    det = series_detector(direction, warmup, refractory)
     order = sorted(range(len(values)), key=lambda i: stamps[i])
     scores = [0.0] * len(values)
     for i in order:
-        v = det.step(stamps[i], {"series": {"value": (values[i], 1.0, None)}}).get("series")
-        scores[i] = round(v.score, 6) if v is not None else 0.0
+        scores[i] = round(det.process_one(values[i], stamps[i]), 6)
     return scores
 
 
@@ -161,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         column, result = "change_point", change_points(stamps, values)
     else:
         column, result = "anomaly_score", anomaly_scores(stamps, values, direction=args.direction,
-                                                          warmup=args.warmup)
+                                                          warmup=args.warmup, refractory=args.refractory)
     try:
         out = sys.stdout if args.out == "-" else open(args.out, "w", newline="", encoding="utf-8")
     except OSError as err:

@@ -1,0 +1,139 @@
+"""monitor.detectors: a River-style battery over every detector, and satmon's detector on a
+daily- and weekly-seasonal KPI with sudden drops (through ``satmon detect`` at its default threshold)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import inspect
+import math
+import pickle
+import random
+
+import pytest
+
+from monitor import detectors as D
+from monitor.cli import main
+
+HOUR_MS = 3_600_000
+DETECTORS = [D.SeasonalDetector, D.EWMAZScore, D.PageHinkleyDetector, D.HalfSpaceTreesDetector]
+
+
+def noisy(n=600, seed=3):
+    rng = random.Random(seed)
+    return [(50 + 10 * math.sin(2 * math.pi * i / 24) + rng.gauss(0, 1) + (25 if i % 97 == 0 and i else 0),
+             i * HOUR_MS) for i in range(n)]
+
+
+@pytest.mark.parametrize("cls", DETECTORS, ids=lambda c: c.__name__)
+def test_params_are_stored_under_their_names_and_clone_is_fresh(cls):
+    det = cls(seed=7)
+    params = det._get_params()
+    assert set(params) == {n for n in inspect.signature(cls.__init__).parameters if n != "self"}
+    for x, t in noisy(50):
+        det.process_one(x, t)
+    fresh = det.clone()
+    assert fresh._get_params() == params and repr(fresh) == repr(det)
+    new = cls(seed=7)
+    assert [fresh.process_one(x, t) for x, t in noisy(150)] == [new.process_one(x, t) for x, t in noisy(150)]
+
+
+@pytest.mark.parametrize("cls", DETECTORS, ids=lambda c: c.__name__)
+def test_pickle_round_trip_continues_identically(cls):
+    data = noisy()
+    a = cls(seed=1)
+    for x, t in data[:300]:
+        a.process_one(x, t)
+    b = pickle.loads(pickle.dumps(a))
+    assert [a.process_one(x, t) for x, t in data[300:]] == [b.process_one(x, t) for x, t in data[300:]]
+
+
+@pytest.mark.parametrize("cls", DETECTORS, ids=lambda c: c.__name__)
+def test_seeded_runs_agree_and_scores_are_in_unit_interval(cls):
+    runs = [[cls(seed=5).process_one(x, t) for x, t in noisy()] for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert all(0.0 <= s <= 1.0 for s in runs[0])
+
+
+@pytest.mark.parametrize("cls", DETECTORS, ids=lambda c: c.__name__)
+def test_score_one_does_not_learn_and_input_is_not_mutated(cls):
+    det = cls(seed=2)
+    for x, t in noisy(300):
+        det.process_one(x, t)
+    before = pickle.dumps(det)
+    s1 = det.score_one(80.0, 300 * HOUR_MS)
+    s2 = det.score_one(80.0, 300 * HOUR_MS)
+    det.score_one(-5.0, 301 * HOUR_MS)
+    assert s1 == s2
+    if hasattr(det, "_cache"):       # the last evaluation, kept for learn_one: not learned state
+        det._cache = None
+    assert pickle.dumps(det) == before
+    xs = [x for x, _ in noisy(20)]
+    kept = copy.deepcopy(xs)
+    for x in xs:
+        det.process_one(x)
+    assert xs == kept
+
+
+def test_bad_direction_is_refused():
+    with pytest.raises(ValueError, match="direction"):
+        D.SeasonalDetector(direction="sideways")
+
+
+def test_surprise_score_is_a_tail_probability_scale():
+    assert D.surprise_score(1e-4) == D.DEFAULT_THRESHOLD
+    assert D.surprise_score(1e-3) < D.DEFAULT_THRESHOLD < D.surprise_score(1e-5)
+
+
+# -- a daily- and weekly-seasonal KPI with sudden drops, through `satmon detect` ---------------------------
+
+def seasonal_kpi(weeks=6, drops=((24 * 7 * 4 + 30, 4), (24 * 7 * 5 + 100, 3), (24 * 7 * 5 + 150, 6)), seed=11):
+    """Hourly KPI (e.g. successful sessions): a daily curve, quieter weekends, 3 % noise, and sudden
+    drops to 40 % for a few hours (an outage). Returns rows and the set of dropped hours."""
+    rng = random.Random(seed)
+    rows, dropped = [], set()
+    for i in range(24 * 7 * weeks):
+        hour, dow = i % 24, (i // 24) % 7
+        base = 1000 + 600 * math.sin(2 * math.pi * (hour - 8) / 24) * (0.6 if dow >= 5 else 1.0)
+        base *= 0.75 if dow >= 5 else 1.0
+        v = base * (1 + rng.gauss(0, 0.03))
+        for start, length in drops:
+            if start <= i < start + length:
+                v *= 0.4
+                dropped.add(i)
+        rows.append((1_714_521_600 + 3600 * i, round(v, 1)))     # 2024-05-01T00:00Z, hourly
+    return rows, dropped, drops
+
+
+def test_detect_catches_sudden_drops_in_a_seasonal_kpi_without_false_alarms(tmp_path):
+    rows, dropped, drops = seasonal_kpi()
+    src = tmp_path / "kpi.csv"
+    src.write_text("timestamp,value\n" + "".join(f"{t},{v}\n" for t, v in rows))
+    out = tmp_path / "scored.csv"
+    assert main(["detect", str(src), "--out", str(out)]) == 0
+    with open(out, newline="") as f:
+        scores = [float(r["anomaly_score"]) for r in csv.DictReader(f)]
+    fired = {i for i, s in enumerate(scores) if s >= D.DEFAULT_THRESHOLD}
+    for start, length in drops:                            # every outage is caught in its first hour
+        assert start in fired, (start, scores[start - 2:start + length + 2])
+    # after two weeks of learning, the clean seasonal part raises no alarm (the hours right after an
+    # outage, while the detector re-settles, are excluded)
+    settled = {i for i in range(24 * 14, len(rows))
+               if not any(s <= i < s + length + 24 for s, length in drops)}
+    false_alarms = sorted(fired & settled)
+    assert false_alarms == [], false_alarms
+
+
+def test_a_level_baseline_alone_misses_what_the_seasonal_one_catches():
+    """Ablation: without time-of-day slots, the drops at the daily trough look like the night."""
+    rows, dropped, drops = seasonal_kpi()
+    full = D.SeasonalDetector()
+    ewma = D.EWMAZScore()
+    caught = {"seasonal": 0, "ewma": 0}
+    for i, (t, v) in enumerate(rows):
+        s_full = full.process_one(v, t * 1000)
+        s_ewma = ewma.process_one(v, t * 1000)
+        if i in {s for s, _ in drops}:
+            caught["seasonal"] += s_full >= D.DEFAULT_THRESHOLD
+            caught["ewma"] += s_ewma >= D.DEFAULT_THRESHOLD
+    assert caught["seasonal"] == len(drops) > caught["ewma"]
