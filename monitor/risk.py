@@ -173,16 +173,25 @@ class OnlineLogit:
         zc = self.b + sum(w[k] * v for k, v in x.items() if v)
         g = (_sigmoid(zc) - float(y)) * weight
         lr, l2, prior = self.lr, self.l2, self.prior
-        shift = 0.0
+        coords = []
+        norm2 = 1.0  # the intercept's coordinate
         for k in self.sum:
             m, s = self._stats(k)
             xs = (x.get(k, 0.0) - m) / s
+            coords.append((k, m, s, xs))
+            norm2 += xs * xs
+        # a rare feature's first occurrences stand many deviations out: the row's step is damped
+        # by its squared length above the typical one (normalised SGD), else one row can throw a
+        # weight by tens of log-odds
+        damp = max(1.0, norm2 / (len(coords) + 1))
+        shift = 0.0
+        for k, m, s, xs in coords:
             # the step in standardised coordinates: w' = w * s, so dw = dw' / s
-            step = -lr * (g * xs + l2 * (w[k] - prior.get(k, 0.0)) * s)
+            step = -lr * (g * xs / damp + l2 * (w[k] - prior.get(k, 0.0)) * s)
             dw = step / s
             w[k] += dw
             shift += dw * m
-        self.b += -lr * g - shift
+        self.b += -lr * g / damp - shift
         a = 1.0 / min(self.n, self.average) if self.average > 0 else 1.0
         wa = self.wa
         for k in w:
@@ -228,7 +237,8 @@ class RiskModel:
     learn_horizon_hours
         A label says whether the outcome happened within this many hours of its snapshot.
     calibration_lr
-        Step of each outcome's Platt calibrator (``sigmoid(a * z + c)``, learned test-then-train).
+        Step of each outcome's calibration offset (``sigmoid(z + c)``, learned test-then-train on
+        the head's predictions before each label: corrects the base rate the averaged head lags).
     use_prior
         Start at the rule-based prior (False: from zero; the ablation in docs/MODEL.md).
     seed
@@ -324,8 +334,9 @@ class RiskModel:
             a, c = self.calib[o]
             p = min(max(_sigmoid(a * z + c), 1e-9), 1 - 1e-9)
             self.logloss_sum[o] += -math.log(p if y else 1 - p)
-            g = p - y
-            self.calib[o] = [a - self.calibration_lr * g * z, c - self.calibration_lr * g]
+            # only the offset learns: a slope fitted on log-odds far from zero (rare outcomes) is
+            # pulled towards 0 by every positive, which would flatten the ranking
+            self.calib[o] = [a, c - self.calibration_lr * (p - y)]
             head.learn(x, bool(y))
             self.n_positive[o] += int(y)
         self.n_labels += 1
