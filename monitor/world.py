@@ -105,7 +105,7 @@ class WorldParams:
             complaint_per_h=float(rng.uniform(1.5e-3, 3.0e-3)),
             complaint_power=float(rng.uniform(1.1, 1.5)),
             churn_base_per_h=float(rng.uniform(3.0e-5, 6.0e-5)),
-            churn_gain=float(rng.uniform(1.5, 2.5)),
+            churn_gain=float(rng.uniform(2.5, 3.5)),
             survey_per_h=float(rng.uniform(0.002, 0.004)),
             survey_after_ticket=float(rng.uniform(0.15, 0.35)),
             nps_noise=float(rng.uniform(1.0, 1.6)),
@@ -157,10 +157,10 @@ class People:
         self.segment = seg
         # hidden attributes
         self.sensitivity = np.exp(rng.normal(0.0, 0.5, (n, 4))).astype(np.float32)
-        self.propensity = np.exp(rng.normal(-0.18, 0.6, n)).astype(np.float32)   # mean ~1
+        self.propensity = np.exp(rng.normal(-0.1, 0.45, n)).astype(np.float32)   # mean ~1
         self.propensity *= np.array([0.7, 1.0, 1.4, 1.3], np.float32)[seg]
         self.base_satisfaction = np.clip(rng.beta(8, 2.2, n), 0.05, 1.0).astype(np.float32)
-        self.loyalty = rng.normal(0.0, 1.0, n).astype(np.float32)
+        self.loyalty = rng.normal(0.0, 0.5, n).astype(np.float32)
         self.tenure_months = rng.exponential(30.0, n).astype(np.float32)
         self.survey_responsiveness = np.clip(rng.beta(2, 5, n), 0.02, 0.95).astype(np.float32)
         contracted = seg > 0
@@ -173,7 +173,7 @@ class People:
         # the history before the streams start: a grudge at its steady level, spread over drivers
         # in proportion to their weight (nobody in the streams can see it)
         share = self.params.weight / self.params.weight.sum()
-        level = rng.gamma(0.6, 0.35, n).astype(np.float32)
+        level = rng.gamma(0.6, 0.1, n).astype(np.float32)
         self.grudge = (level[:, None] * share[None, :]).astype(np.float32)
         self.active = np.ones(n, bool)
         self.left_ms = np.full(n, -1, np.int64)
@@ -253,13 +253,13 @@ class People:
     def _contract_term(self, t_ms: float) -> np.ndarray:
         """Log-hazard of the contract: locked in before its end, free and courted right after it."""
         since = (t_ms - self.contract_end_ms) / DAY_MS
-        out = np.where(np.isnan(since), 0.3, np.where(since < 0, -1.5, np.where(since < 60, 1.2, 0.4)))
+        out = np.where(np.isnan(since), 0.2, np.where(since < 0, -0.6, np.where(since < 60, 0.7, 0.2)))
         return out
 
     def _churn_rate(self, grudge_total: np.ndarray, t_ms: float) -> np.ndarray:
         p = self.params
         log = (p.churn_gain * grudge_total + self._contract_term(t_ms) + self.loyalty * -1.0
-               - 0.5 * np.log1p(self.tenure_months / 12.0))
+               - 0.3 * np.log1p(self.tenure_months / 12.0))
         return p.churn_base_per_h * np.exp(log)
 
     def satisfaction(self, subs: np.ndarray | int) -> np.ndarray:
