@@ -121,14 +121,29 @@ def _task(args: tuple[str, str]) -> tuple[str, str, list[float], float]:
     return name, path, scores, secs
 
 
+class _InProcess:
+    """``Pool``'s interface, run in this process (``workers=1``)."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @staticmethod
+    def imap_unordered(fn, items):
+        return map(fn, items)
+
+
 def run(detectors: list[str], *, limit: int | None = None, workers: int = 2, nab_dir: Path = NAB_DIR,
         keep: Path | None = None, references: tuple[str, ...] = NAB_REFERENCES) -> dict:
     """Detect, write, score; returns ``{"detectors": {name: {profile: score, "us_per_event": ..}}}``."""
     from multiprocessing import Pool
 
     files = series_files(nab_dir)
-    if limit:
-        files = files[:limit]
+    if limit:      # a quick check: the first series that have labelled anomalies (NAB normalises by them)
+        windows = json.loads((nab_dir / "labels" / "combined_windows.json").read_text())
+        files = [p for p in files if windows.get(str(p.relative_to(nab_dir / "data")))][:limit]
     py = ensure_venv()
     tmp = Path(tempfile.mkdtemp(prefix="satmon-nab-"))
     try:
@@ -139,6 +154,9 @@ def run(detectors: list[str], *, limit: int | None = None, workers: int = 2, nab
             for p in series_files(work):
                 if str(p.relative_to(work / "data")) not in keep_rel:
                     p.unlink()
+            for labels in (work / "labels").glob("combined_*.json"):     # NAB's labels of those files only
+                data = json.loads(labels.read_text())
+                labels.write_text(json.dumps({k: v for k, v in data.items() if k in keep_rel}))
         shutil.copy(work / "config" / "thresholds.json", work / "config" / "T.json")
         res = work / "R"
         nab = [str(py), "run.py", "--optimize", "--score", "--normalize", "--skipConfirmation",
@@ -149,7 +167,7 @@ def run(detectors: list[str], *, limit: int | None = None, workers: int = 2, nab
         ref_secs = time.perf_counter() - t0
         tasks = [(d, str(p)) for d in detectors for p in files]
         cost: dict[str, list[float]] = {d: [0.0, 0] for d in detectors}
-        with Pool(workers) as pool:
+        with Pool(workers) if workers > 1 else _InProcess() as pool:
             for name, path, scores, secs in pool.imap_unordered(_task, tasks):
                 p = Path(path)
                 texts, vtexts, _, _ = read_series(p)
@@ -187,7 +205,8 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--detectors", default=",".join(DETECTORS), help="comma-separated (default: all)")
-    ap.add_argument("--limit", type=int, default=None, help="only the first N series (a quick check)")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="only the first N series with labelled anomalies (a quick check, not NAB's score)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "nab.json"), help="'-' for none")
     ap.add_argument("--keep-results", default=None, help="copy NAB's results folder here")
