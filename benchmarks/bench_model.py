@@ -32,9 +32,8 @@ from monitor.risk import RiskModel, roc_auc  # noqa: E402
 HOUR_MS = 3_600_000
 #: the settings compared (name -> RiskModel keyword arguments); "prior" never learns
 GRID: dict[str, dict] = {
-    "lr0.005": {"lr": 0.005}, "lr0.02": {"lr": 0.02}, "lr0.05": {"lr": 0.05}, "lr0.2": {"lr": 0.2},
-    "lr0.02_l2_0.01": {"lr": 0.02, "l2": 0.01}, "lr0.05_l2_0.01": {"lr": 0.05, "l2": 0.01},
-    "lr0.02_avg500": {"lr": 0.02, "average": 500}, "lr0.02_l2_0.1": {"lr": 0.02, "l2": 0.1},
+    "lr0.005": {"lr": 0.005}, "lr0.02": {"lr": 0.02}, "lr0.05": {"lr": 0.05},
+    "lr0.02_l2_0.01": {"lr": 0.02, "l2": 0.01}, "lr0.02_l2_0.1": {"lr": 0.02, "l2": 0.1},
     "zero_prior": {"use_prior": False},
     "prior": {"lr": 0.0, "calibration_lr": 0.0},
 }

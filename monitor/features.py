@@ -37,7 +37,6 @@ DATA_HEAVY = frozenset(("video", "web", "social", "download"))  # starved below 
 REAL_TIME_LATENCY_MS = 150.0
 RECENT_HALF_LIFE_MS = HOUR_MS  # the "end" of peak-end: the last hour or two
 BURDEN_HALF_LIFE_MS = 8 * HOUR_MS  # lasting damage of many bad sessions, fading within a day
-LONG_HALF_LIFE_MS = 7 * DAY_MS  # what accumulates over weeks (what people leave over)
 
 
 def session_severity(ev: NetworkEvent) -> tuple[float, str]:
@@ -106,7 +105,6 @@ class SubscriberState(msgspec.Struct, array_like=True, kw_only=True):
     last_top: str = ""
     lab_y: int = 0  # outcomes seen since snap_ts, one bit per monitor.risk.OUTCOMES
     gone_ts: int = 0  # ported out (churned) at
-    burden_long: float = 0.0  # session severities summed with a week's half-life
 
 
 def event_key(event_id: str) -> bytes:
@@ -198,7 +196,6 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         kb = _decay(dt, BURDEN_HALF_LIFE_MS)
         st.recent_sev = st.recent_sev * kr
         st.burden = st.burden * kb + sev
-        st.burden_long = st.burden_long * _decay(dt, LONG_HALF_LIFE_MS) + sev
         st.worst_sev *= k
         if sev > 0.02:
             st.recent_sev += (1.0 - st.recent_sev) * sev * 0.6
@@ -253,7 +250,7 @@ class Feature(NamedTuple):
 
     ``extract`` is a Python expression over the state ``st`` and the decay factors of the instant:
     ``kn`` (network counters), ``kc`` (care), ``ka`` (app), ``ks`` (last survey), ``kr`` (recent
-    moments), ``kb`` (burden), ``kl`` (the week-long burden), ``net`` (any network activity seen).
+    moments), ``kb`` (burden), ``net`` (any network activity seen).
     The expressions are compiled into one function (:func:`feature_vector`), as fast as a
     hand-written list."""
 
@@ -297,8 +294,6 @@ FEATURE_TABLE: tuple[Feature, ...] = (
             lambda st, v: ("recent_moments", f"bad sessions in the last hour (worst: {st.worst_what})", round(v, 2))),
     Feature("burden", 0.3, "st.burden * kb",
             lambda st, v: ("burden", f"many degraded sessions today (burden {v:.1f})", round(v, 2))),
-    Feature("lasting_burden", 0.02, "st.burden_long * kl",
-            lambda st, v: ("lasting_burden", f"degraded sessions piling up over weeks (burden {v:.0f})", round(v, 1))),
     Feature("complaints", 1.2, "st.complaints * kc",
             lambda st, v: ("complaints", f"{v:.0f} complaint(s) in 30 days", round(v, 1))),
     Feature("billing", 0.8, "st.billing * kc",
@@ -331,7 +326,7 @@ PRIOR_BIAS = -3.0
 PRIOR_WEIGHTS: tuple[float, ...] = tuple(f.prior for f in FEATURE_TABLE)
 # the table's extraction expressions as one compiled function (the table is code of this module)
 _extract: Callable[..., list[float]] = eval(  # noqa: S307 -- compiles the constant table above
-    "lambda st, kn, kc, ka, ks, kr, kb, kl, net: [" + ", ".join(f"({f.extract})" for f in FEATURE_TABLE) + "]")
+    "lambda st, kn, kc, ka, ks, kr, kb, net: [" + ", ".join(f"({f.extract})" for f in FEATURE_TABLE) + "]")
 
 
 def feature_vector(st: SubscriberState, now_ms: int) -> list[float]:
@@ -342,8 +337,7 @@ def feature_vector(st: SubscriberState, now_ms: int) -> list[float]:
                     _decay(now_ms - st.app_ts, APP_HALF_LIFE_MS) if st.app_ts else 0.0,
                     _decay(now_ms - st.nps_ts, SURVEY_HALF_LIFE_MS) if st.nps >= 0 else 0.0,
                     _decay(now_ms - st.net_ts, RECENT_HALF_LIFE_MS) if net else 0.0,
-                    _decay(now_ms - st.net_ts, BURDEN_HALF_LIFE_MS) if net else 0.0,
-                    _decay(now_ms - st.net_ts, LONG_HALF_LIFE_MS) if net else 0.0, net)
+                    _decay(now_ms - st.net_ts, BURDEN_HALF_LIFE_MS) if net else 0.0, net)
 
 
 def describe(feature: str, st: SubscriberState, value: float) -> tuple[str, str, float | None]:
