@@ -397,7 +397,7 @@ class HotspotDetector:
             elif m.kind == "mean" and mu > 0:
                 # the window mean against the bound shifted by cusum_shift of the baseline; one
                 # heavy-tailed window can add at most 3 nats
-                cv2 = self._cv2.get(name, 0.25)
+                cv2 = max(self._cv2.get(name, 0.25), 1e-6)
                 base = mu * (1.0 + self.cusum_z * math.sqrt(cv2 / (ns + c)))
                 delta = max(self.cusum_shift * mu, m.min_delta)
                 design = 1.0 + den * phi / cv2
@@ -622,7 +622,9 @@ class HotspotDetector:
                     st.phi_w = lam_k * st.phi_w + 1.0
                     g.phi = lam_g * g.phi + e
                     g.phi_w = lam_g * g.phi_w + 1.0
-                if m.kind == "mean" and sq is not None and num > 0:
+                if m.kind == "mean" and sq is not None and num > 0 and den >= 2:
+                    # one session has no spread within its window: learning from it drove cv2 to 0
+                    # (ZeroDivisionError in _evidence on a 200-subscriber replay through the pipeline)
                     mean = num / den
                     within = max(sq / den - mean * mean, 0.0) / (mean * mean)
                     prev = self._cv2.get(m.name)
