@@ -37,9 +37,9 @@ from monitor.events import INPUT_TOPICS, RiskScore, decode
 
 def partition_of(subscriber_id: str, partitions: int) -> int:
     """Kafka's default partition for a key (murmur2, as aiokafka and the Java client do)."""
-    from kafka.partitioner.default import murmur2
+    from monitor.topics import partition_for
 
-    return (murmur2(subscriber_id.encode()) & 0x7FFFFFFF) % partitions
+    return partition_for(subscriber_id.encode(), partitions)
 
 
 def read_events(sim_dir: str | Path) -> tuple[list[Any], int]:
