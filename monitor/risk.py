@@ -245,7 +245,7 @@ class RiskModel:
         Unused by the logistic heads (they are deterministic); kept for River's protocol.
     """
 
-    def __init__(self, *, lr: float = 0.02, l2: float = 1e-4, average: int = 5000,
+    def __init__(self, *, lr: float = 0.02, l2: float = 0.1, average: int = 5000,
                  learn_horizon_hours: float = LEARN_HORIZON_H, calibration_lr: float = 0.01,
                  use_prior: bool = True, seed: int = 0) -> None:
         self.lr = lr
