@@ -510,7 +510,7 @@ def _add_api(worker: Worker) -> None:
     async def start_view() -> None:
         # The API answers 503 until the view has caught up; a broker hiccup here must not take
         # the stream processing down with it, so retry (loudly) instead of crashing the app.
-        from monitor.kafka import ALERTS, RISK_SCORES
+        from monitor.topics import ALERTS, RISK_SCORES
         import asyncio
 
         for name in (OUTREACH_TOPIC, ALERTS, INCIDENTS_TOPIC, RISK_SCORES):
@@ -635,7 +635,7 @@ def _add_alertmanager(worker: Worker, url: str, on_alert: list[Callable[[Any], N
 def _add_broker_watch(worker: Worker) -> None:
     """Look at the broker every few seconds for lost data (``monitor.brokerwatch``)."""
     from monitor.brokerwatch import BROKER_WATCH_INTERVAL_S, BrokerWatchTask
-    from monitor.kafka import TOPICS
+    from monitor.topics import TOPICS
 
     app = worker.app
 

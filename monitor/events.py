@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import inspect as mi
 
+from monitor import topics
 from monitor.errors import InvalidEventError
 
 # Event time bounds shared by all input schemas: 2000-01-01 .. 2100-01-01 in epoch milliseconds.
@@ -255,9 +256,9 @@ RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
 
 # The three input streams: topic -> schema name.
 INPUT_TOPICS: dict[str, str] = {
-    "network-events": "network_event.v1",
-    "care-tickets": "ticket_event.v1",
-    "app-interactions": "app_event.v2",
+    topics.NETWORK_EVENTS: "network_event.v1",
+    topics.CARE_TICKETS: "ticket_event.v1",
+    topics.APP_INTERACTIONS: "app_event.v2",
 }
 
 _DECODERS = {name: msgspec.json.Decoder(t) for name, t in RECORD_TYPES.items()}

@@ -52,9 +52,10 @@ import msgspec
 
 from monitor.config import DEFAULT_RUNBOOK_BASE
 from monitor.events import Alert, Incident
+from monitor.topics import INCIDENTS
 
 #: The topic incident records go to (key: ``incident_id``; one partition: they are few).
-INCIDENTS_TOPIC = "incidents"
+INCIDENTS_TOPIC = INCIDENTS
 #: The alert an incident is paged as.
 INCIDENT_ALERTNAME = "SatmonIncident"
 _CELL, _REGION = "hotspot_cell", "hotspot_region"

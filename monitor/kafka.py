@@ -1,4 +1,4 @@
-"""Kafka plumbing shared by the shells: topic table, topic creation, and client settings that work on
+"""Kafka plumbing shared by the shells: topic creation (the topics are :mod:`monitor.topics`), and client settings that work on
 both a real Kafka cluster and the embedded Tansu broker (see docs/BROKER.md)."""
 
 from __future__ import annotations
@@ -8,22 +8,7 @@ import time
 
 from monitor.errors import BrokerError
 
-INPUT_TOPICS = ("network-events", "care-tickets", "app-interactions")
-RISK_SCORES = "risk-scores"
-CELL_WINDOWS = "satmon-cell-windows"
-ALERTS = "alerts"
-DEAD_LETTER = "satmon-dead-letter"
-OUTREACH = "satmon-outreach"
-
-#: topic -> partitions; ``None`` means "settings.partitions" (co-partitioned with the inputs).
-TOPICS: dict[str, int | None] = {
-    **{t: None for t in INPUT_TOPICS},
-    RISK_SCORES: None,
-    CELL_WINDOWS: None,
-    ALERTS: 1,
-    DEAD_LETTER: 1,
-    OUTREACH: 1,
-}
+from monitor.topics import TOPICS
 
 # Client settings, valid on Kafka and on Tansu. Real Kafka rejects session timeouts below its
 # group.min.session.timeout.ms (6 s by default); Tansu holds JoinGroup for half the session timeout,

@@ -42,7 +42,9 @@ from typing import Any, Literal, get_args
 
 import msgspec
 
-OUTREACH_TOPIC = "satmon-outreach"
+from monitor.topics import OUTREACH
+
+OUTREACH_TOPIC = OUTREACH
 
 Channel = Literal["call", "sms", "email", "app", "store", "other"]
 Outcome = Literal["reached", "no_answer", "voicemail", "declined", "resolved", "opted_out"]

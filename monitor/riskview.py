@@ -49,11 +49,12 @@ from typing import Any, NamedTuple
 
 from monitor.errors import InvalidEventError, MonitorError
 from monitor.events import Alert, RiskScore, decode
+from monitor.topics import ALERTS, RISK_SCORES
 
 log = logging.getLogger(__name__)
 
-RISK_SCORES_TOPIC = "risk-scores"
-ALERTS_TOPIC = "alerts"
+RISK_SCORES_TOPIC = RISK_SCORES
+ALERTS_TOPIC = ALERTS
 # Versions kept per subscriber: the score history shown in the API and what lets a page walk see a
 # subscriber as it was when the walk began.
 DEFAULT_HISTORY = 12

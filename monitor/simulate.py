@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 
 from monitor.errors import ConfigError
+from monitor.topics import INPUT_TOPICS
 
-TOPICS = ("network-events", "care-tickets", "app-interactions")
+TOPICS = INPUT_TOPICS   # the order of the simulator's files and fault indices
 NET, TIX, APP = 0, 1, 2
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 

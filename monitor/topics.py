@@ -25,6 +25,7 @@ CELL_WINDOWS = "satmon-cell-windows"
 ALERTS = "alerts"
 DEAD_LETTER = "satmon-dead-letter"
 OUTREACH = "satmon-outreach"
+INCIDENTS = "incidents"
 
 #: the three input topics, in the order the simulator writes its files
 INPUT_TOPICS: tuple[str, ...] = (NETWORK_EVENTS, CARE_TICKETS, APP_INTERACTIONS)
@@ -38,6 +39,7 @@ TOPICS: dict[str, int | None] = {
     ALERTS: 1,
     DEAD_LETTER: 1,
     OUTREACH: 1,
+    INCIDENTS: 1,
 }
 
 _M = 0x5BD1E995
