@@ -138,6 +138,9 @@ class _Tail:
         sigma = mean * (1.0 - xi)
         return q * (1.0 + xi * (s - u) / sigma) ** (-1.0 / xi)
 
+    def max(self) -> float:
+        return self._sorted[-1] if self._sorted else 0.0
+
     def add(self, s: float) -> None:
         bisect.insort(self._sorted, s)
         self._fifo.append(s)
@@ -169,21 +172,26 @@ class _SlotMeans:
 
 
 class SeasonalDetector(Detector):
-    """Residuals from the best of three online predictors, robust scale, calibrated tail probability.
+    """Residuals from the best of three online predictors, calibrated tail probabilities, onsets only.
 
     Predictors (all learned online): a fast level (EW mean, ``level_halflife`` points), the
-    time-of-day slot baseline and the time-of-week slot baseline (each an EW mean per slot plus the
-    current level offset; active once ``season_min_periods`` days / weeks are seen). Each keeps the
-    EW mean absolute error of its one-step prediction; a point's residual z-score is taken from
-    the predictors within ``1.5x`` of the best one's error (the smallest |z| among them: a point one
-    good model explains is not anomalous). Two statistics are calibrated against their own recent
-    history (``_Tail``): the point's |z| (spikes, dips, onsets of level shifts) and the mean |z| of
-    the last ``collective`` points (bursts, variance changes, slow drift). The score is the smaller
-    p-value (Bonferroni-corrected for the two) through :func:`surprise_score`.
+    time-of-day slot baseline and the time-of-week slot baseline (an EW mean per slot, active once
+    ``season_min_periods`` days / weeks are seen; the slot width comes from the sampling period,
+    inferred from the first timestamps). Each keeps the EW mean absolute error of its one-step
+    prediction (the seasonal ones also per time of day, shrunk to their all-day error:
+    ``slot_scale``); a point's residual z-score is taken from the predictors within 1.5x of the best
+    one's error (the smallest |z| among them: a point one good model explains is not anomalous).
+    Three statistics are calibrated against their own recent ``history`` (an empirical tail with
+    an exponential, SPOT-style extrapolation beyond its top 5 %): the point's |z| (spikes, dips,
+    onsets of level shifts), the mean |z| of the last ``collective`` points (bursts, variance
+    changes, slow drift) and the distance of the last ``shape`` points to their nearest neighbour
+    among the last ``memory`` subsequences (a pattern never seen before). The score is the smallest
+    p-value, Bonferroni-corrected for the statistics and (``horizon``) for the number of points
+    watched beyond 1,000, through :func:`surprise_score`.
 
-    After a point at or above ``DEFAULT_THRESHOLD`` the detector stays quiet for ``refractory``
-    points (the incident is already reported; NAB and an on-call person both pay for repeats),
-    unless a point is more surprising than the one that fired. No score before ``warmup`` points.
+    Onsets only: within ``refractory`` points (and at most ``refractory_ms``) after a score, a
+    point that does not exceed it scores 0 (the incident is already reported; NAB and an on-call
+    person both pay for repeats). No score before ``warmup`` points.
 
     Parameters
     ----------
@@ -194,15 +202,28 @@ class SeasonalDetector(Detector):
     season_min_periods : int
         Days (weeks) seen before the daily (weekly) predictor counts.
     collective : int
-        Points averaged for the collective statistic.
+        Points averaged for the collective statistic (1 = off).
     history : int
         Points in the sliding window the tail probabilities are calibrated on.
     p_fire : float
         The p-value that maps to the default threshold 0.5.
     warmup : int
         Points learned before the first non-zero score.
-    refractory : int
-        Points kept quiet after a firing point (0 = off).
+    refractory, refractory_ms : int
+        Length of the quiet period after a score, in points and at most in milliseconds (0 = off).
+    shape, memory : int
+        Subsequence length (0 = off) and number of past subsequences for the novelty statistic.
+    direction : str
+        ``both``, or only ``up`` / ``down`` deviations of the best predictor count.
+    heavy_tail : bool
+        Fit a generalised-Pareto (not exponential) tail (ablation: worse on NAB).
+    robust : bool
+        Winsorise alarming points in the point statistic's calibration history (clip them to its
+        current maximum; SPOT leaves them out), so one outage does not make the next look ordinary.
+    horizon : float
+        Exponent of the correction for the points watched: p x (n / 1000) ** horizon.
+    slot_scale : bool
+        Per-time-of-day error scale for the seasonal predictors.
     seed : int | None
         Unused (the detector is deterministic); kept for the protocol.
 
@@ -215,8 +236,9 @@ class SeasonalDetector(Detector):
 
     def __init__(self, level_halflife: float = 8.0, season_alpha: float = 0.3, season_min_periods: int = 2,
                  collective: int = 10, history: int = 2000, p_fire: float = 1e-4, warmup: int = 100,
-                 refractory: int = 0, shape: int = 0, memory: int = 1000, direction: str = "both",
-                 heavy_tail: bool = True, seed: int | None = None) -> None:
+                 refractory: int = 200, shape: int = 4, memory: int = 1000, direction: str = "both",
+                 heavy_tail: bool = False, robust: bool = False, horizon: float = 1.0,
+                 slot_scale: bool = True, refractory_ms: int = _DAY_MS, seed: int | None = None) -> None:
         if direction not in ("both", "up", "down"):
             raise ValueError(f"direction must be 'both', 'up' or 'down', not {direction!r}")
         self.level_halflife = level_halflife
@@ -231,6 +253,10 @@ class SeasonalDetector(Detector):
         self.memory = memory
         self.direction = direction
         self.heavy_tail = heavy_tail
+        self.robust = robust
+        self.horizon = horizon
+        self.slot_scale = slot_scale
+        self.refractory_ms = refractory_ms
         self.seed = seed
         self._alpha = 1.0 - 0.5 ** (1.0 / level_halflife)
         self._n = 0
@@ -247,13 +273,14 @@ class SeasonalDetector(Detector):
         self._recent_sum = 0.0
         self._point = _Tail(history, heavy=heavy_tail)
         self._coll = _Tail(history, heavy=heavy_tail)
-        self._raw: deque[tuple[int, float]] = deque()   # (index, raw score): sliding max for the refractory
+        self._raw: deque[tuple[int, int | None, float]] = deque()   # (index, t, raw score): sliding max
         self._shape_tail = _Tail(history, heavy=heavy_tail)
         self._past: Any = None        # ring of past subsequences (numpy, raw units) for ``shape``
         self._window: deque[float] = deque(maxlen=max(1, shape))
         self._delay: deque[tuple] = deque()
         self._nstored = 0
         self._norms: Any = None
+        self._slot_err: tuple[_SlotMeans, _SlotMeans] | None = None
         self._last_t: int | None = None
         self._cache: tuple | None = None
 
@@ -285,9 +312,16 @@ class SeasonalDetector(Detector):
         if best is None:
             return 0.0, 0.0, preds
         z, signed = math.inf, 0.0
-        for p, e in zip(preds, errs):
+        sl = self._slots(t) if self.slot_scale and self._slot_err is not None else None
+        for i, (p, e) in enumerate(zip(preds, errs)):
             if p is None or e is None or e > 1.5 * best + floor:
                 continue
+            if i and sl is not None:
+                # the seasonal predictors' error at this time of day, shrunk to their all-day error:
+                # a KPI's noise is often proportional to its level (quiet nights, busy evenings)
+                se = self._slot_err[i - 1]
+                c = se.count[sl[0]]
+                e = (c * se.mean[sl[0]] + 5.0 * e) / (c + 5.0)
             zi = (x - p) / (1.2533 * e + floor)
             if abs(zi) < z:
                 z, signed = abs(zi), zi
@@ -303,6 +337,8 @@ class SeasonalDetector(Detector):
         ps = (self._point.pvalue(z), self._coll.pvalue(coll) if self.collective > 1 else 1.0,
               self._shape_tail.pvalue(nov) if nov is not None else 1.0)
         p = min(ps) * (1 + (self.collective > 1) + (nov is not None))
+        if self.horizon:      # the longer a series is watched, the rarer a point must be to page
+            p *= (max(self._n, 1000) / 1000.0) ** self.horizon
         if (self.direction == "up" and signed < 0) or (self.direction == "down" and signed > 0):
             p = 1.0                  # a deviation the caller does not count as bad
         out = (z, coll, min(1.0, p), preds, nov, ps)
@@ -325,6 +361,18 @@ class SeasonalDetector(Detector):
         d2 = float((self._norms[:n] - 2.0 * (self._past[:n] @ w)).min() + w @ w)
         return math.sqrt(max(0.0, d2) / self.shape) / (self._spread + 1e-9 * (abs(self._level or 0.0) + 1.0))
 
+    def _expired(self, entry: tuple[int, int | None, float], t: int | None) -> bool:
+        return entry[0] <= self._n - self.refractory or (
+            t is not None and entry[1] is not None and bool(self.refractory_ms) and entry[1] <= t - self.refractory_ms)
+
+    def _recent_max(self, t: int | None) -> float:
+        """The highest raw score within the refractory period before a point at ``t`` (-1 if none);
+        the deque is decreasing, so the first unexpired entry is the maximum."""
+        for entry in self._raw:
+            if not self._expired(entry, t):
+                return entry[2]
+        return -1.0
+
     def _raw_score(self, p: float) -> float:
         return surprise_score(p, self.p_fire) if self._n >= self.warmup else 0.0
 
@@ -333,7 +381,7 @@ class SeasonalDetector(Detector):
             return 0.0
         raw = self._raw_score(self._evaluate(x, t)[2])
         # refractory: within ``refractory`` points of a higher (or equal) score, stay quiet
-        if self.refractory and self._raw and raw <= max(s for _, s in self._raw):
+        if self.refractory and raw <= self._recent_max(t):
             return 0.0
         return raw
 
@@ -342,19 +390,19 @@ class SeasonalDetector(Detector):
         self._cache = None
         if self.refractory:
             raw = self._raw_score(p)
-            while self._raw and self._raw[-1][1] <= raw:
-                self._raw.pop()
-            self._raw.append((self._n, raw))
-            while self._raw[0][0] <= self._n - self.refractory:
+            while self._raw and self._expired(self._raw[0], t):
                 self._raw.popleft()
+            while self._raw and self._raw[-1][2] <= raw:
+                self._raw.pop()
+            self._raw.append((self._n, t, raw))
         # as in SPOT, a statistic rarer than ``p_fire`` is an anomaly, not part of the normal tail it
         # is judged against (else one outage makes the next one look ordinary)
         if self._level is not None:
-            if ps[0] >= self.p_fire or len(self._point) < 100:
-                self._point.add(z)
-            if ps[1] >= self.p_fire or len(self._coll) < 100:
-                self._coll.add(coll)
-        if nov is not None and (ps[2] >= self.p_fire or len(self._shape_tail) < 100):
+            if self.robust and ps[0] < self.p_fire and len(self._point) >= 100:
+                z = min(z, self._point.max())       # winsorised: counted, but not widening the tail
+            self._point.add(z)
+            self._coll.add(coll)
+        if nov is not None:
             self._shape_tail.add(nov)
         if self.shape:
             self._store_shape(x)
@@ -391,10 +439,13 @@ class SeasonalDetector(Detector):
                 n = self._nerr[i]
                 w = max(a, 1.0 / (n + 1))
                 r = abs(x - p)
-                if n >= 10:          # Huber: one outlier widens the band by a bounded step
-                    r = min(r, 4.0 * self._err[i] + 1e-12)
                 self._err[i] += w * (r - self._err[i])
                 self._nerr[i] = n + 1
+                if i and self._slot_err is not None:
+                    se, k = self._slot_err[i - 1], self._slots(t)[0]
+                    if se.count[k] >= 3:       # an outage at this hour must not widen this hour's band
+                        r = min(r, 3.0 * se.mean[k] + 1e-12)
+                    se.update(k, r, 0.1)
         if self._level is None:
             self._level = x
         else:
@@ -419,6 +470,7 @@ class SeasonalDetector(Detector):
                     self._slot_ms = slot
                     self._day = _SlotMeans(_DAY_MS // slot)
                     self._week = _SlotMeans(_WEEK_MS // slot)
+                    self._slot_err = (_SlotMeans(_DAY_MS // slot), _SlotMeans(_DAY_MS // slot))
                 else:
                     self._slot_ms = 0                                     # no daily season to learn
             return

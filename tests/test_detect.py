@@ -42,9 +42,15 @@ def test_scores_every_row_and_flags_the_incident(tmp_path):
     scores = [float(r["anomaly_score"]) for r in rows]
     assert all(0.0 <= s <= 1.0 for s in scores)
     flagged = {i for i, s in enumerate(scores) if s >= 0.5}
-    assert set(range(150, 155)) <= flagged and 220 in flagged
-    assert not flagged & (set(range(10, 150)) | set(range(156, 219)))   # the daily curve is normal
+    # the spike's onset fires; the points after it, and the shift 70 rows later, fall in the refractory
+    # period (the incident is already reported), and the daily curve is normal
+    assert 150 in flagged and not flagged & (set(range(10, 150)) | set(range(151, 300)))
     assert rows[7]["timestamp"] == str(1714557600 + 420) and rows[7]["value"] == series()[7][1]
+    # without the refractory period the level shift's onset is the most anomalous row after the spike
+    assert main(["detect", str(src), "--out", str(out), "--refractory", "0"]) == 0
+    quiet = [float(r["anomaly_score"]) for r in read(out)]
+    assert quiet[150] >= 0.5 and max(range(165, 300), key=quiet.__getitem__) in (220, 221)
+    assert quiet[220] > max(quiet[10:150])
 
 
 def test_input_order_is_kept_and_iso_or_ms_timestamps_agree(tmp_path):
