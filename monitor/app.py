@@ -250,8 +250,6 @@ class _PipelineCollector:
         yield CounterMetricFamily("satmon_worker_floors_committed",
                                   "Input topic-partitions taken over whose commit was advanced to the previous owner's "
                                   "acknowledged offsets", value=getattr(consumer, "floors_committed", 0))
-        yield GaugeMetricFamily("satmon_worker_partitions", "Input partitions assigned to this worker (active)",
-                                value=len(self.worker.assigned_partitions()))
         yield GaugeMetricFamily("satmon_worker_cores", "Input partitions with a live risk core in memory",
                                 value=len(p.cores))
         yield CounterMetricFamily("satmon_worker_checkpoints_refused",
@@ -414,6 +412,11 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     worker.metrics = Metrics(registry, worker_id=worker_id, cell_locations=load_cell_locations(settings.cell_inventory))
     pipeline.observers.append(MetricsObserver(worker.metrics, ingest=pipeline.ingest, cores=pipeline.cores))
     pipeline.on_checkpoint = worker.metrics.checkpoint_written
+
+    @app.on_partitions_assigned.connect
+    async def export_assignment(sender: Any, assigned: Any = None, **kwargs: Any) -> None:
+        # satmon_worker_partitions_assigned, and the per-partition series of partitions gone elsewhere removed
+        worker.metrics.set_partitions(worker.assigned_partitions())
     pipeline.on_skipped = worker.metrics.records_skipped
     on_alert_metrics.append(worker.metrics.on_alert)
     quality = ModelQualityFeed(worker.metrics, on_alert_metrics, runbook_base=settings.runbook_base)

@@ -70,11 +70,11 @@ def test_any_worker_serves_the_complete_list_and_contacts_suppress_everywhere(br
     a = workers(broker, app_id="t-api2", worker_id="wa", data_dir=tmp_path / "a", extra_args=args)
     b = workers(broker, app_id="t-api2", worker_id="wb", data_dir=tmp_path / "b", extra_args=args)
     for w in (a, b):
-        w.wait_for(lambda w=w: w.total("satmon_worker_partitions") >= 1, timeout_s=60, what="partitions")
+        w.wait_for(lambda w=w: w.total("satmon_worker_partitions_assigned") >= 1, timeout_s=60, what="partitions")
     run(produce(broker.bootstrap, records))
     a.wait_for(lambda: a.total("satmon_worker_events_total") + b.total("satmon_worker_events_total") >= len(records),
                timeout_s=120, what="all events processed by the pair")
-    owned = {w.worker_id: w.total("satmon_worker_partitions") for w in (a, b)}
+    owned = {w.worker_id: w.total("satmon_worker_partitions_assigned") for w in (a, b)}
     assert owned == {"wa": 2, "wb": 2}
 
     # the truth: the latest score of every subscriber on risk-scores (all of them: the workers say how many)

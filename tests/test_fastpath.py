@@ -178,8 +178,8 @@ def test_two_workers_share_partitions_and_fail_over_exactly(broker: Broker, work
     a.wait_for(lambda: a.total("satmon_worker_events_total") >= 10_000, what="A processed the first part")
     b = workers(broker, app_id="t-pair", core="recording", log_path=log, worker_id="wb")
     run(produce(broker.bootstrap, records[10_000:20_000]))
-    a.wait_for(lambda: a.total("satmon_worker_partitions") > 0 and b.total("satmon_worker_partitions") > 0
-               and a.total("satmon_worker_partitions") + b.total("satmon_worker_partitions") == PARTITIONS,
+    a.wait_for(lambda: a.total("satmon_worker_partitions_assigned") > 0 and b.total("satmon_worker_partitions_assigned") > 0
+               and a.total("satmon_worker_partitions_assigned") + b.total("satmon_worker_partitions_assigned") == PARTITIONS,
                timeout_s=120, what="partitions split between A and B")
     assert a.stop() == 0
     run(produce(broker.bootstrap, records[20_000:]))

@@ -162,7 +162,7 @@ def wait(predicate: Any, timeout_s: float, what: str, ws: list[WorkerProcess],
 
 
 def partitions_of(w: WorkerProcess) -> int:
-    return int(w.total("satmon_worker_partitions")) if w.proc is not None and w.proc.poll() is None else 0
+    return int(w.total("satmon_worker_partitions_assigned")) if w.proc is not None and w.proc.poll() is None else 0
 
 
 STANDBY = ("--standby-replicas", "1")
