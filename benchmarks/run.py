@@ -159,8 +159,8 @@ def end_to_end(system: str, records: list, partitions: int, timeout_s: float,
 
 # -- replay -------------------------------------------------------------------------------------------
 
-_REPLAY_LINE = re.compile(r"([\d,]+) events \(([\d,]+) invalid lines skipped\) -> ([\d,]+) scores in ([\d.]+) s "
-                          r"\(([\d,]+) events/s")
+_REPLAY_LINE = re.compile(r"([\d,]+) records \(([\d,]+) dead-lettered\) -> ([\d,]+) events, ([\d,]+) scores.* in "
+                          r"([\d.]+) s \(([\d,]+) records/s")
 
 
 def replay(records: list, partitions: int, timeout_s: float) -> dict[str, Any]:
@@ -182,11 +182,12 @@ def replay(records: list, partitions: int, timeout_s: float) -> dict[str, Any]:
     m = _REPLAY_LINE.search(out.stderr)
     if out.returncode != 0 or m is None:
         return entry("satmon", "replay", error=f"satmon replay exited {out.returncode}: {out.stderr[-1500:]}")
-    valid, invalid, scores, seconds, eps = (x.replace(",", "") for x in m.groups())
-    # its events/s is computed from the unrounded time (the seconds it prints have one decimal)
-    return entry("satmon", "replay", events_per_s=int(eps), events=int(valid), invalid_lines=int(invalid),
+    records_n, invalid, valid, scores, seconds, rps = (x.replace(",", "") for x in m.groups())
+    # its rate is computed from the unrounded time (the seconds it prints have one decimal)
+    return entry("satmon", "replay", events_per_s=int(rps), events=int(valid), invalid_lines=int(invalid),
                  scores=int(scores), seconds=float(seconds),
-                 note="valid events/s, reading and decoding the files included; no broker")
+                 note="records/s through the worker's pipeline (monitor.replay: ingest, risk core, hot-spot "
+                      "windows and detectors), reading and decoding the files included; no broker")
 
 
 # -- scale-out --------------------------------------------------------------------------------------
