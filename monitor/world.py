@@ -94,17 +94,18 @@ class WorldParams:
         return cls(
             weight=w,
             rsrp_floor_dbm=float(rng.uniform(-112, -101)),
-            latency_tolerance_ms=(float(rng.uniform(130, 260)), float(rng.uniform(160, 400)), float(rng.uniform(60, 160))),
+            # above everyday latency (4G ~80 ms): only degraded sessions are noticed
+            latency_tolerance_ms=(float(rng.uniform(150, 260)), float(rng.uniform(200, 400)), float(rng.uniform(100, 180))),
             need_mbps=float(rng.uniform(1.0, 4.0)),
             stall_tolerance_s=float(rng.uniform(4, 15)),
             lag_h=float(rng.uniform(2.0, 6.0)),
             irritation_h=float(rng.uniform(18, 40)),
             grudge_days=float(rng.uniform(10, 25)),
-            grudge_gain=float(rng.uniform(0.004, 0.008)),
+            grudge_gain=float(rng.uniform(0.008, 0.016)),
             complaint_base_per_h=float(rng.uniform(0.25e-4, 0.5e-4)),
-            complaint_per_h=float(rng.uniform(1.5e-3, 3.0e-3)),
+            complaint_per_h=float(rng.uniform(3.0e-3, 6.0e-3)),
             complaint_power=float(rng.uniform(1.1, 1.5)),
-            churn_base_per_h=float(rng.uniform(2.0e-5, 4.0e-5)),
+            churn_base_per_h=float(rng.uniform(4.0e-5, 8.0e-5)),
             churn_gain=float(rng.uniform(3.0, 4.0)),
             survey_per_h=float(rng.uniform(0.002, 0.004)),
             survey_after_ticket=float(rng.uniform(0.15, 0.35)),
@@ -258,7 +259,8 @@ class People:
 
     def _churn_rate(self, grudge_total: np.ndarray, t_ms: float) -> np.ndarray:
         p = self.params
-        log = (p.churn_gain * grudge_total + self._contract_term(t_ms) + self.loyalty * -1.0
+        # the grudge's effect saturates (at most x e^3): nobody is more than certain to leave
+        log = (3.0 * np.tanh(p.churn_gain * grudge_total / 3.0) + self._contract_term(t_ms) + self.loyalty * -1.0
                - 0.3 * np.log1p(self.tenure_months / 12.0))
         return p.churn_base_per_h * np.exp(log)
 
@@ -304,8 +306,8 @@ class People:
         fire_ch = np.flatnonzero(rng.random(self.n) < -np.expm1(-lam_ch * dt_h))
         churns = []
         for s in fire_ch.tolist():
-            # share of the hazard the grudge is responsible for: 1 - exp(-gain * grudge)
-            none = math.exp(-p.churn_gain * float(gr_total[s]))
+            # share of the hazard the grudge is responsible for: 1 - exp(-its log-hazard term)
+            none = math.exp(-3.0 * math.tanh(p.churn_gain * float(gr_total[s]) / 3.0))
             churns.append((s, int(t0 + rng.integers(0, t1 - t0)), self._pick_driver(self.grudge[s], none)))
         return complaints, churns
 
