@@ -44,6 +44,8 @@ DEFAULT_THRESHOLD = 0.5
 
 _DAY_MS = 86_400_000
 _WEEK_MS = 7 * _DAY_MS
+#: the horizon correction stops growing here (a detector that runs for months must still page)
+_HORIZON_CAP = 10_000
 #: at most this many time-of-day slots (5-minute slots); finer series share a slot
 _MAX_DAY_SLOTS = 288
 
@@ -221,7 +223,8 @@ class SeasonalDetector(Detector):
         Winsorise alarming points in the point statistic's calibration history (clip them to its
         current maximum; SPOT leaves them out), so one outage does not make the next look ordinary.
     horizon : float
-        Exponent of the correction for the points watched: p x (n / 1000) ** horizon.
+        Exponent of the correction for the points watched: p x (n / 1000) ** horizon, n capped at
+        10,000.
     slot_scale : bool
         Per-time-of-day error scale for the seasonal predictors.
     seed : int | None
@@ -237,7 +240,7 @@ class SeasonalDetector(Detector):
     def __init__(self, level_halflife: float = 8.0, season_alpha: float = 0.3, season_min_periods: int = 2,
                  collective: int = 10, history: int = 2000, p_fire: float = 1e-4, warmup: int = 100,
                  refractory: int = 200, shape: int = 4, memory: int = 1000, direction: str = "both",
-                 heavy_tail: bool = False, robust: bool = False, horizon: float = 1.0,
+                 heavy_tail: bool = False, robust: bool = True, horizon: float = 2.0,
                  slot_scale: bool = True, refractory_ms: int = _DAY_MS, seed: int | None = None) -> None:
         if direction not in ("both", "up", "down"):
             raise ValueError(f"direction must be 'both', 'up' or 'down', not {direction!r}")
@@ -338,7 +341,7 @@ class SeasonalDetector(Detector):
               self._shape_tail.pvalue(nov) if nov is not None else 1.0)
         p = min(ps) * (1 + (self.collective > 1) + (nov is not None))
         if self.horizon:      # the longer a series is watched, the rarer a point must be to page
-            p *= (max(self._n, 1000) / 1000.0) ** self.horizon
+            p *= (min(max(self._n, 1000), _HORIZON_CAP) / 1000.0) ** self.horizon
         if (self.direction == "up" and signed < 0) or (self.direction == "down" and signed > 0):
             p = 1.0                  # a deviation the caller does not count as bad
         out = (z, coll, min(1.0, p), preds, nov, ps)
