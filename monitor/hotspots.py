@@ -1,9 +1,9 @@
 """Hot-spot detection: per-key window detectors with time-of-day baselines, and the region grouping.
 
-:class:`HotspotDetector` judges each closed window of each key (a cell, a region, or the single
-series of ``satmon detect``) against that key's own baseline and keeps a small state machine per
-key: *k* consecutive bad windows (or one very bad one) fire, *m* consecutive clear windows resolve
-(hysteresis), a key without data for ``stale_windows`` resolves as stale.
+:class:`HotspotDetector` judges each closed window of each key (a cell or a region) against that
+key's own baseline and keeps a small state machine per key: *k* consecutive bad windows (or one
+very bad one) fire, *m* consecutive clear windows resolve (hysteresis), a key without data for
+``stale_windows`` resolves as stale. (``satmon detect`` uses :mod:`monitor.detectors` instead.)
 
 Baselines (see ``docs/DETECTION.md``)
     For count rates and means (``rate``/``mean`` metrics) the expected value of key *c* in hour *h*
