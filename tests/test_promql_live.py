@@ -241,7 +241,10 @@ def prometheus(tmp_path_factory) -> Iterator[str]:
                 raise RuntimeError(f"prometheus not scraping: {(tmp / 'prometheus.log').read_text()[-2000:]}")
             time.sleep(0.3)
         # a few scrapes and evaluations so rate() and the recording rules have points
-        time.sleep(6)
+        while not _query(url, 'count_over_time(up{job="satmon"}[1m]) >= 3')["result"]:
+            if time.monotonic() > deadline + 30:
+                raise RuntimeError("prometheus did not scrape satmon three times")
+            time.sleep(0.3)
         yield url
     finally:
         proc.terminate()

@@ -221,6 +221,11 @@ def _post(url: str, alerts: list[dict]) -> None:
     urllib.request.urlopen(req, timeout=5)
 
 
+def _active(url: str) -> set[tuple[str, str]]:
+    with urllib.request.urlopen(f"{url}/api/v2/alerts", timeout=5) as resp:
+        return {(a["labels"]["alertname"], a["labels"].get("region", "")) for a in json.load(resp)}
+
+
 def _wait_for(pred, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -237,7 +242,8 @@ def test_outage_notifies_once_per_region_and_region_alert_inhibits_cells(alertma
                     "cell_id": f"cell-{i}"} for i in range(10, 13)]
     region_north = {"alertname": "SatmonRegionDegraded", "severity": "critical", "region": "north"}
     _post(alertmanager, [region_north])
-    time.sleep(0.5)   # inhibition needs the source alert in place when the targets are grouped
+    # inhibition needs the source alert in place when the targets are grouped
+    _wait_for(lambda: ("SatmonRegionDegraded", "north") in _active(alertmanager))
     _post(alertmanager, cells_south + cells_north)
     _wait_for(lambda: {b["groupLabels"].get("region") for _p, b in _Webhook.received} >= {"north", "south"})
     time.sleep(2.5)   # a second flush would show up here
@@ -260,7 +266,7 @@ def test_outage_notifies_once_per_region_and_region_alert_inhibits_cells(alertma
 @pytest.mark.integration
 def test_region_incident_inhibits_its_data_drift_alert_but_not_others(alertmanager):
     _post(alertmanager, [{"alertname": "SatmonRegionDegraded", "severity": "critical", "region": "highlands"}])
-    time.sleep(0.5)
+    _wait_for(lambda: ("SatmonRegionDegraded", "highlands") in _active(alertmanager))
     _post(alertmanager, [{"alertname": "SatmonDataDrift", "severity": "warning", "region": "highlands",
                           "feature": "latency_ms"},
                          {"alertname": "SatmonDataDrift", "severity": "warning", "region": "west",
