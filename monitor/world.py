@@ -104,9 +104,9 @@ class WorldParams:
             grudge_gain=float(rng.uniform(0.008, 0.016)),
             complaint_base_per_h=float(rng.uniform(0.25e-4, 0.5e-4)),
             complaint_per_h=float(rng.uniform(3.0e-3, 6.0e-3)),
-            complaint_power=float(rng.uniform(1.1, 1.5)),
+            complaint_power=float(rng.uniform(1.5, 2.0)),
             churn_base_per_h=float(rng.uniform(4.0e-5, 8.0e-5)),
-            churn_gain=float(rng.uniform(3.0, 4.0)),
+            churn_gain=float(rng.uniform(4.0, 5.0)),
             survey_per_h=float(rng.uniform(0.002, 0.004)),
             survey_after_ticket=float(rng.uniform(0.15, 0.35)),
             nps_noise=float(rng.uniform(1.0, 1.6)),
@@ -260,7 +260,7 @@ class People:
     def _churn_rate(self, grudge_total: np.ndarray, t_ms: float) -> np.ndarray:
         p = self.params
         # the grudge's effect saturates (at most x e^3): nobody is more than certain to leave
-        log = (3.0 * np.tanh(p.churn_gain * grudge_total / 3.0) + self._contract_term(t_ms) + self.loyalty * -1.0
+        log = (4.0 * np.tanh(p.churn_gain * grudge_total / 4.0) + self._contract_term(t_ms) + self.loyalty * -1.0
                - 0.3 * np.log1p(self.tenure_months / 12.0))
         return p.churn_base_per_h * np.exp(log)
 
@@ -307,7 +307,7 @@ class People:
         churns = []
         for s in fire_ch.tolist():
             # share of the hazard the grudge is responsible for: 1 - exp(-its log-hazard term)
-            none = math.exp(-3.0 * math.tanh(p.churn_gain * float(gr_total[s]) / 3.0))
+            none = math.exp(-4.0 * math.tanh(p.churn_gain * float(gr_total[s]) / 4.0))
             churns.append((s, int(t0 + rng.integers(0, t1 - t0)), self._pick_driver(self.grudge[s], none)))
         return complaints, churns
 
