@@ -538,17 +538,23 @@ def _add_api(worker: Worker) -> None:
     async def export_at_risk() -> None:
         if worker.metrics is not None and feeder.caught_up:
             worker.metrics.set_at_risk(view.at_risk_by_region_segment())
+            worker.metrics.set_risk_bands(view.risk_bands())
 
     @app.on_before_shutdown.connect
     async def stop_view(_app: Any, **kwargs: Any) -> None:
         await feeder.stop()
 
 
+#: the outcome head whose rolling quality and concept drift the worker exports (the care list's)
+QUALITY_OUTCOME = "complaint"
+
+
 class ModelQualityFeed:
     """The labels the cores learn, turned into model-quality metrics and concept-drift alerts.
 
-    Per partition: labels received (by kind), a :class:`monitor.metrics.RollingQuality` of the
-    test-then-train predictions (exported by a timer), and the label's log-loss fed to a
+    Per partition: labels received (by outcome head), a :class:`monitor.metrics.RollingQuality` of
+    the complaint head's test-then-train predictions (exported by a timer; one head, so the AUC and
+    calibration are those of one outcome), and that label's log-loss fed to a
     :class:`monitor.drift.ConceptDriftMonitor`, whose alerts go out with the next batch (the
     ``alerts`` topic, the metrics, Alertmanager) through ``on_alert``."""
 
@@ -571,8 +577,9 @@ class ModelQualityFeed:
 
         from monitor.metrics import RollingQuality
 
-        kind = "complaint" if join.kind == "complaint" else ("detractor" if join.y else "survey_ok")
-        self.metrics.label_received(join.partition, kind)
+        self.metrics.label_received(join.partition, join.kind)
+        if join.kind != QUALITY_OUTCOME:
+            return
         q = self.quality.get(join.partition)
         if q is None:
             q = self.quality[join.partition] = RollingQuality()

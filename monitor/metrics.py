@@ -59,7 +59,8 @@ UNKNOWN_STREAM = "unknown"
 REASONS: tuple[str, ...] = tuple(INGEST_REASON_KINDS) + ("other",)
 #: how a late label arrived at the risk model (see ``monitor.core``): a complaint or a detractor
 #: answer (positive), a passive/promoter answer or a quiet horizon (negative).
-LABEL_KINDS: tuple[str, ...] = ("complaint", "detractor", "survey_ok", "horizon")
+#: the outcome heads of the risk model (``monitor.risk``): every graded snapshot teaches each head one label
+LABEL_KINDS: tuple[str, ...] = ("complaint", "detractor", "churn")
 #: kinds of drift detection
 DRIFT_KINDS: tuple[str, ...] = ("data", "concept")
 #: alert names the worker's detectors raise (``monitor.alerting.ALERT_KINDS``) and their states

@@ -146,7 +146,7 @@ def _fed_registry_endpoint() -> Endpoint:
                 p = hash(s.subscriber_id) % PARTITIONS
                 y = rng.random() < s.score
                 quality[p].update(s.score, y)
-                m.label_received(p, "complaint" if y else "horizon")
+                m.label_received(p, "complaint")
             counts: dict[tuple[str | None, str | None], int] = {}
             for key in at_risk.values():
                 counts[key] = counts.get(key, 0) + 1
