@@ -118,6 +118,8 @@ class ApiConfig:
     api_max_concurrency: int = 1
     #: requests waiting for the budget before further ones are refused with 503
     api_max_queue: int = 256
+    #: rows of a team's worklist per region when the request does not say (``SATMON_LIST_CAPACITY``)
+    list_capacity: int = 50
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ApiConfig":
@@ -409,6 +411,26 @@ def csv_text(rows: list[dict[str, Any]], header: bool = True) -> str:
             r["subscriber_id"], f"{r['score']:.4f}", f"{r['current_score']:.4f}", _iso(r.get("at_risk_since_ms")),
             r.get("region"), r.get("segment"), r.get("cell_id"), ";".join(x["code"] for x in r["reasons"]),
             "; ".join(x["text"] for x in r["reasons"]), _iso(r.get("last_contact_ms")))])
+    return out.getvalue()
+
+
+#: columns of a worklist export
+WORKLIST_COLUMNS = ("team", "region", "rank", "subscriber_id", "probability", "p_complaint", "p_detractor",
+                    "p_churn", "segment", "reason_codes", "reasons", "scored_at")
+
+
+def worklist_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV of worklist rows (:data:`WORKLIST_COLUMNS`), safe to open in a spreadsheet."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(WORKLIST_COLUMNS)
+    for r in rows:
+        o = r["outcomes"]
+        writer.writerow([_cell(v) for v in (
+            r["team"], r["region"], r["rank"], r["subscriber_id"], f"{r['probability']:.4f}",
+            f"{o.get('complaint', 0.0):.4f}", f"{o.get('detractor', 0.0):.4f}", f"{o.get('churn', 0.0):.4f}",
+            r.get("segment"), ";".join(x["code"] for x in r["reasons"]), "; ".join(x["text"] for x in r["reasons"]),
+            _iso(r.get("scored_ts_ms")))])
     return out.getvalue()
 
 
@@ -741,6 +763,41 @@ class _Api:
         return response
 
     @_roles(*ROWS, audited=True)
+    async def worklist(self, request: web.Request) -> web.Response:
+        """A team's ranked budget: per region the ``capacity`` contactable subscribers most likely to
+        have the team's outcome (care: complaint, retention: churn); no score threshold."""
+        from monitor.risk import TEAMS
+
+        params = _query(request, {"team", "region", "capacity", "format"})
+        team = params.get("team", "care")
+        if team not in TEAMS:
+            raise ApiError(400, "invalid_parameter", f"team: expected one of {sorted(TEAMS)}, got {team[:40]!r}")
+        region = _label(params, "region")
+        capacity = _int(params, "capacity", self.config.list_capacity, 1, self.config.max_limit)
+        fmt = _format(request, params)
+        now = self.now_ms()
+        policy, store = self.policy, self.store
+
+        def eligible(sid: str) -> bool:
+            return policy.suppression(sid, store, now_ms=now) is None
+
+        def work() -> tuple[list[str], web.Response]:
+            rows = self.view.worklist(team, capacity=capacity, region=region, eligible=eligible)
+            if fmt == "csv":
+                text = worklist_csv(rows)
+                return [r["subscriber_id"] for r in rows], web.Response(
+                    text=text, content_type="text/csv", charset="utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="worklist-{team}.csv"'})
+            return [r["subscriber_id"] for r in rows], _json({"team": team, "outcome": TEAMS[team],
+                                                              "capacity": capacity, "rows": rows})
+
+        request[AUDIT_INFO] = {"rows": 0, "filter": {"team": team, "region": region, "capacity": capacity,
+                                                     "format": fmt}}
+        returned, response = await self._compute(work)
+        request[AUDIT_INFO].update(rows=len(returned), subjects=returned)
+        return response
+
+    @_roles(*ROWS, audited=True)
     async def subscriber(self, request: web.Request) -> web.Response:
         _query(request, set())
         sid = _subscriber_id(request.match_info["sid"])
@@ -1020,6 +1077,7 @@ def _register(r: web.UrlDispatcher, api: _Api, *, root_redirect: bool = True) ->
     r.add_get(f"{API}/whoami", api.whoami)
     r.add_get(f"{API}/summary", api.summary)
     r.add_get(f"{API}/at-risk", api.at_risk)
+    r.add_get(f"{API}/worklist", api.worklist)
     r.add_get(f"{API}/subscribers/{{sid}}", api.subscriber)
     r.add_get(f"{API}/hotspots", api.hotspot_list)
     r.add_get(f"{API}/hotspots/{{cell}}/affected", api.affected)

@@ -300,11 +300,13 @@ class RiskView:
     def at_risk_by_region(self) -> dict[str | None, int]:
         return {region: len(keys) for region, keys in self._by_region.items() if keys}
 
-    def worklist(self, team: str, *, capacity: int, region: str | None = None) -> list[dict[str, Any]]:
+    def worklist(self, team: str, *, capacity: int, region: str | None = None,
+                 eligible: Callable[[str], bool] | None = None) -> list[dict[str, Any]]:
         """The list a team works: per region, the ``capacity`` subscribers most likely to have the
         team's outcome (:data:`monitor.risk.TEAMS`), ranked, with every outcome's probability and
         the reasons of their latest score. No threshold: the team's daily capacity is the budget.
-        (A scan of the view: O(subscribers) per call.)"""
+        ``eligible(subscriber_id)`` leaves out who may not be contacted before the budget is
+        filled. (A scan of the view: O(subscribers) per call.)"""
         import heapq
 
         from monitor.risk import OUTCOMES as TEAMS_OUTCOMES, TEAMS
@@ -314,7 +316,7 @@ class RiskView:
         for sid, entry in self._entries.items():
             probs = entry.latest.outcomes
             r = entry.current.region
-            if probs is None or (region is not None and r != region):
+            if probs is None or (region is not None and r != region) or (eligible is not None and not eligible(sid)):
                 continue
             pools.setdefault(r, []).append((getattr(probs, outcome), sid))
         out = []

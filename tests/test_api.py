@@ -104,6 +104,7 @@ ENDPOINTS = [  # (method, path, body, expected status per role noc/outreach/admi
     ("GET", "/api/v1/hotspots", None, (200, 200, 200)),
     ("GET", "/api/v1/outreach/effect", None, (200, 200, 200)),
     ("GET", "/api/v1/at-risk", None, (403, 200, 200)),
+    ("GET", "/api/v1/worklist", None, (403, 200, 200)),
     ("GET", "/api/v1/subscribers/s001", None, (403, 200, 200)),
     ("GET", "/api/v1/hotspots/c1/affected", None, (403, 200, 200)),
     ("POST", "/api/v1/outreach", {"subscriber_id": "s002", "channel": "sms", "outcome": "no_answer"}, (403, 201, 201)),
@@ -636,3 +637,36 @@ def test_mount_api_on_an_existing_app_keeps_its_routes_open(tmp_path):
         assert len(env.audit_entries()) == 1
 
     run(env, scenario)
+
+
+def test_worklist_is_each_regions_budget_of_contactable_subscribers_audited(tmp_path):
+    """The worklist from scores the real core emitted (outcome probabilities and reasons): the
+    capacity per region, ranked, without the subscribers who asked not to be contacted; audited."""
+    from monitor import simulate
+    from monitor.replay import run_records
+
+    env = Env(tmp_path)
+    config = simulate.SimConfig(subscribers=600, hours=3, seed=8, malformed_share=0.0)
+    run_records(simulate.generate(config, simulate.Simulator(config)), partitions=2, hotspots=False,
+                on_scores=lambda scores: [env.view.apply(s, partition=0) for s in scores])
+    regions = {r for r, n in env.view.subscribers_by_region().items() if n >= 5}
+    assert len(regions) >= 2
+
+    async def scenario(client):
+        body = await get_json(client, "/api/v1/worklist", team="retention", capacity="5")
+        rows = body["rows"]
+        assert body["outcome"] == "churn" and len(rows) == 5 * len(regions)
+        top = rows[0]["subscriber_id"]
+        assert all(r["probability"] == r["outcomes"]["churn"] for r in rows)
+        resp = await client.post("/api/v1/consent", json={"subscriber_id": top, "do_not_contact": True},
+                                 headers=auth("outreach"))
+        assert resp.status == 201
+        again = (await get_json(client, "/api/v1/worklist", team="retention", capacity="5"))["rows"]
+        assert top not in {r["subscriber_id"] for r in again} and len(again) == len(rows)
+        text = await get_json(client, "/api/v1/worklist", team="care", capacity="3", format="csv")
+        assert text.splitlines()[0].startswith("team,region,rank,subscriber_id,probability")
+        await get_json(client, "/api/v1/worklist", team="sales", status=400)
+
+    run(env, scenario)
+    entries = [e for e in env.audit_entries() if e["endpoint"].endswith("worklist")]
+    assert entries and entries[0]["rows"] == 5 * len(regions) and len(entries[0]["subjects"]) == entries[0]["rows"]
