@@ -44,7 +44,8 @@ def test_outage_raises_the_scores_of_its_subscribers_with_network_reasons(broker
 
     # a warm start the worker begins from (labels of an earlier, independent run)
     earlier = tmp_path / "earlier"
-    simulate.write_files(simulate.SimConfig(subscribers=3000, hours=3, seed=5), earlier)
+    # (a snapshot becomes a label once its 24 h horizon has passed: 28 simulated hours)
+    simulate.write_files(simulate.SimConfig(subscribers=400, hours=28, seed=5), earlier)
     labels = tmp_path / "labels.csv"
     subprocess.run([sys.executable, "-m", "monitor", "replay", str(earlier), "--labels-csv", str(labels)],
                    check=True, capture_output=True, timeout=120)
