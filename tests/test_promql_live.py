@@ -61,6 +61,18 @@ EXPECTED_EMPTY: dict[str, str] = {
     "Drift detections (1h)": "only where drift was detected (> 0 filter)",
     "Drift detected": "annotation: only around a detection",
     "Dead letters by stream and reason": "> 0 filter; empty until a malformed record arrives",
+    "SatmonEventsFromTheFuture": "no event dated ahead of the clock",
+    "SatmonLateEventShareRising": "the late share is flat",
+}
+
+# Expressions over the model-quality series, which a worker exports only once labels exist: a feature
+# snapshot becomes a label 24 h after it was taken (monitor.risk), so the demo's 80 minutes of
+# history hold none, and the series themselves do not exist yet (not only empty). The test asserts
+# they parse and run; the rules that read them simply do not fire during a deployment's first day.
+FIRST_DAY_ABSENT: dict[str, str] = {
+    name: "model quality: no label before a snapshot's 24 h horizon has passed"
+    for name in ("SatmonModelDegraded", "SatmonModelDrift", "partition:satmon_model_labels_received:increase1h",
+                 "ROC-AUC", "Log-loss", "Calibration error", "Labels received by kind", "Active concept drift")
 }
 
 
@@ -322,7 +334,7 @@ def test_expression_inventory_is_complete():
               for r in g["rules"] if "alert" in r}
     assert alerts <= names
     assert len([1 for f in DASHBOARDS for p in json.loads(f.read_text())["panels"] if p.get("targets")]) >= 20
-    assert set(EXPECTED_EMPTY) <= names, set(EXPECTED_EMPTY) - names
+    assert set(EXPECTED_EMPTY) | set(FIRST_DAY_ABSENT) <= names, (set(EXPECTED_EMPTY) | set(FIRST_DAY_ABSENT)) - names
     assert metric_names('sum by (le) (rate(satmon_x_bucket{le="0.5",a=~"b|c"}[5m])) / on (p) group_left(q) '
                         'y:z:w offset 1h > 0.5') == {"satmon_x_bucket", "y:z:w"}
 
@@ -336,6 +348,9 @@ def test_every_expression_runs_and_returns_data(prometheus):
             result = _query(prometheus, expr)["result"]
         except AssertionError as err:
             failures.append(str(err))
+            continue
+        if name in FIRST_DAY_ABSENT and not result:
+            empty_ok.append(name)
             continue
         if name in EXPECTED_EMPTY:
             for metric in metric_names(expr) - {"ALERTS"}:
@@ -365,4 +380,5 @@ def test_alert_rules_evaluate_without_errors(prometheus):
     assert not bad
     firing = {r["name"] for r in rules if r["type"] == "alerting" and r["state"] == "firing"}
     # the fed detectors' alerts reach Prometheus' mirrors of them
-    assert {"SatmonHotSpotActive", "SatmonDataDrift", "SatmonRegionDegraded", "SatmonModelDrift"} <= firing
+    assert {"SatmonHotSpotActive", "SatmonDataDrift", "SatmonRegionDegraded"} <= firing
+    # (SatmonModelDrift needs labels: none on the demo's first day, see FIRST_DAY_ABSENT)

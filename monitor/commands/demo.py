@@ -135,8 +135,10 @@ def scrape(port: int) -> dict[str, float]:
 
 #: seconds without a new cell-window batch or alert after which the hot-spot stage is caught up
 STAGE_SETTLED_S = 5.0
-#: gauges exported by timers (every 10-15 s), not per batch: the history is "in" once they exist
-_TIMER_GAUGES = ("satmon_risk_at_risk_subscribers", "satmon_model_log_loss_nats")
+#: gauges exported by timers (every 10-15 s), not per batch: the history is "in" once they exist. Not
+#: the model-quality gauges: a snapshot becomes a label 24 h after it (monitor.risk), so 80 minutes
+#: of history hold none and those gauges come only a simulated day later
+_TIMER_GAUGES = ("satmon_risk_at_risk_subscribers", "satmon_risk_band_subscribers")
 
 
 def _wait_history(sim_log: Path, log_start: int, ports: list[int], procs: _Procs, stop: dict[str, bool],
