@@ -495,7 +495,7 @@ def test_labels_feed_model_quality_metrics(broker: Broker, workers: Any, tmp_pat
     from monitor import simulate
 
     # a snapshot becomes a label once its 24 h horizon has passed (monitor.risk): 26 simulated hours
-    config = simulate.SimConfig(subscribers=300, hours=26, seed=4, malformed_share=0, duplicate_share=0,
+    config = simulate.SimConfig(subscribers=800, hours=26, seed=4, malformed_share=0, duplicate_share=0,
                                 late_share=0)
     records = list(simulate.generate(config))
     run(produce(broker.bootstrap, records))
