@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from monitor import simulate  # noqa: E402
 from monitor.core import PartitionCore, _encode_state  # noqa: E402
-from monitor.evaluation import partition_of  # noqa: E402
+from monitor.topics import partition_for  # noqa: E402
 from monitor.events import INPUT_TOPICS, decode  # noqa: E402
 from monitor.errors import InvalidEventError  # noqa: E402
 
@@ -66,7 +66,7 @@ def measure(subscribers: int, hours: float, *, rocksdb: bool, cache: int, partit
         sid = ev.subscriber_id
         p = part.get(sid)
         if p is None:
-            p = part[sid] = partition_of(sid, partitions)
+            p = part[sid] = partition_for(sid.encode(), partitions)
         core = cores[p]
         core.process(ev)
         events += 1

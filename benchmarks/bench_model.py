@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor.core import PartitionCore  # noqa: E402
-from monitor.evaluation import partition_of, read_events  # noqa: E402
+from monitor.evaluation import read_events  # noqa: E402
+from monitor.topics import partition_for  # noqa: E402
 from monitor.features import feature_vector  # noqa: E402
 from monitor.risk import RiskModel, roc_auc  # noqa: E402
 
@@ -74,7 +75,7 @@ def run(d: Path, *, every_h: float, from_h: float, horizon_h: float, grid: dict[
         while j < len(instants) and ev.ts_ms >= instants[j]:
             _score(instants[j], cores, models, truth, oracle, rows, H, horizon_h)
             j += 1
-        cores[partition_of(ev.subscriber_id, partitions)].process(ev)
+        cores[partition_for(ev.subscriber_id.encode(), partitions)].process(ev)
     out = {"dir": str(d), "events": len(events), "instants": len(instants), "labels": main.n_labels,
            "seconds": round(time.perf_counter() - t0, 1), "outcomes": {}}
     for o, r in rows.items():

@@ -33,13 +33,7 @@ import orjson
 from monitor.core import HOUR_MS, LabelJoin, PartitionCore
 from monitor.errors import InvalidEventError, MonitorError
 from monitor.events import INPUT_TOPICS, RiskScore, decode
-
-
-def partition_of(subscriber_id: str, partitions: int) -> int:
-    """Kafka's default partition for a key (murmur2, as aiokafka and the Java client do)."""
-    from monitor.topics import partition_for
-
-    return partition_for(subscriber_id.encode(), partitions)
+from monitor.topics import partition_for
 
 
 def read_events(sim_dir: str | Path) -> tuple[list[Any], int]:
@@ -88,7 +82,7 @@ def _router(cores: list[PartitionCore]) -> Callable[[str], PartitionCore]:
     def core_of(sid: str) -> PartitionCore:
         core = cache.get(sid)
         if core is None:
-            core = cache[sid] = cores[partition_of(sid, n)]
+            core = cache[sid] = cores[partition_for(sid.encode(), n)]
         return core
 
     return core_of

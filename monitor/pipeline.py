@@ -46,7 +46,7 @@ import msgspec
 
 from monitor import events as ev
 from monitor.ingest import Ingest
-from monitor.topics import CELL_WINDOWS, DEAD_LETTER, RISK_SCORES, TOPIC_STREAMS, Partitioner, partition_for
+from monitor.topics import CELL_WINDOWS, DEAD_LETTER, RISK_SCORES, TOPIC_STREAMS, Partitioner
 
 log = logging.getLogger(__name__)
 
@@ -343,11 +343,6 @@ class CellWindows:
         key = agg.source.encode()
         for dest, parts in by_dest.items():
             out.add(CELL_WINDOWS, dest, key, encode_batch(agg.batch_for(parts)))
-
-
-def region_partition(region: str, partitions: int) -> int:
-    """The ``satmon-cell-windows`` partition that owns ``region`` (Kafka's default partitioner)."""
-    return partition_for(region.encode(), partitions)
 
 
 class HotspotStage:

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import Broker, produce, read_topic, run
 from monitor import simulate
-from monitor.evaluation import partition_of
+from monitor.topics import partition_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,7 +86,7 @@ def test_any_worker_serves_the_complete_list_and_contacts_suppress_everywhere(br
         s = orjson.loads(r.value)
         latest[s["subscriber_id"]] = s
     truth = {sid for sid, s in latest.items() if s["at_risk"]}
-    assert len({partition_of(sid, 4) for sid in truth}) == 4   # at-risk subscribers on every partition
+    assert len({partition_for(sid.encode(), 4) for sid in truth}) == 4   # at-risk subscribers on every partition
 
     # the view is built from risk-scores, so it is eventually consistent: wait until both workers
     # serve the same list and it reflects every emitted score (nothing listed that is no longer at risk)

@@ -221,7 +221,8 @@ def test_unseen_event_fields_tolerated():
 
 @pytest.mark.slow
 def test_replay_and_core_agree(tmp_path):
-    from monitor.evaluation import partition_of, read_events, replay
+    from monitor.evaluation import read_events, replay
+    from monitor.topics import partition_for
     from monitor.simulate import SimConfig, write_files
 
     write_files(SimConfig(subscribers=300, hours=0.5, seed=3), tmp_path)
@@ -230,7 +231,7 @@ def test_replay_and_core_agree(tmp_path):
     cores = [PartitionCore(p, clock_ms=lambda: 0) for p in range(2)]
     direct = []
     for e in events:
-        s = cores[partition_of(e.subscriber_id, 2)].process(e)
+        s = cores[partition_for(e.subscriber_id.encode(), 2)].process(e)
         if s:
             direct.append((s.subscriber_id, s.score))
     assert via_replay == direct and len(direct) > 100
