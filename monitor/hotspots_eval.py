@@ -235,10 +235,9 @@ def replay(records: Iterable[tuple[Any, ...]], *, partitions: int = 4,
 def as_records(events: Iterable[Any]) -> list[tuple[str, bytes, bytes]]:
     """Decoded input events as the raw ``(topic, key, value)`` records a producer sends."""
     from monitor.events import encode
-    from monitor.topics import TOPIC_STREAMS
+    from monitor.topics import STREAM_TOPICS
 
-    topic_of = {stream: topic for topic, stream in TOPIC_STREAMS.items()}
-    return [(topic_of[e.stream], e.subscriber_id.encode(), encode(e)) for e in events]
+    return [(STREAM_TOPICS[e.stream], e.subscriber_id.encode(), encode(e)) for e in events]
 
 
 class _CellsSeen:

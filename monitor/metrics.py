@@ -42,16 +42,15 @@ from prometheus_client import CollectorRegistry, Counter, GCCollector, Gauge, Hi
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import monitor
-from monitor.events import INPUT_TOPICS, RECORD_TYPES
 from monitor.ingest import REASON_KINDS as INGEST_REASON_KINDS
+from monitor.topics import STREAM_TOPICS, TOPIC_STREAMS
 
 # -- bounded label values --------------------------------------------------------------------------
 
 #: stream label values: one per input topic (``network-events`` -> ``network`` ...).
-STREAMS: tuple[str, ...] = tuple(RECORD_TYPES[s].stream for s in INPUT_TOPICS.values())  # type: ignore[attr-defined]
-#: input topic -> stream, and back
-TOPIC_STREAM: dict[str, str] = {t: RECORD_TYPES[s].stream for t, s in INPUT_TOPICS.items()}  # type: ignore[attr-defined]
-STREAM_TOPIC: dict[str, str] = {s: t for t, s in TOPIC_STREAM.items()}
+STREAMS: tuple[str, ...] = tuple(TOPIC_STREAMS.values())
+#: input topic -> stream, and back (monitor.topics)
+TOPIC_STREAM, STREAM_TOPIC = TOPIC_STREAMS, STREAM_TOPICS
 #: dead-letter stream for a record of a topic that is not an input (ingest's ``UNKNOWN_STREAM``)
 UNKNOWN_STREAM = "unknown"
 #: reason classes of dead letters: the decoder's and ingest's kinds, then ``other`` for anything

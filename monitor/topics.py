@@ -31,6 +31,8 @@ INCIDENTS = "incidents"
 INPUT_TOPICS: tuple[str, ...] = (NETWORK_EVENTS, CARE_TICKETS, APP_INTERACTIONS)
 #: input topic -> the ``stream`` of its events (also the ``stream`` label of the metrics)
 TOPIC_STREAMS: dict[str, str] = {NETWORK_EVENTS: "network", CARE_TICKETS: "tickets", APP_INTERACTIONS: "app"}
+#: stream -> its input topic
+STREAM_TOPICS: dict[str, str] = {s: t for t, s in TOPIC_STREAMS.items()}
 #: topic -> partitions; ``None`` means ``settings.partitions`` (co-partitioned with the inputs)
 TOPICS: dict[str, int | None] = {
     **{t: None for t in INPUT_TOPICS},

@@ -153,3 +153,10 @@ def test_replay_runs_the_same_pipeline_as_batches_fed_by_hand():
     run_records(records, partitions=2, batch_records=500, hotspots=False,
                 on_scores=lambda scores: got.extend((s.subscriber_id, s.ts_ms, s.score) for s in scores))
     assert len(got) > 100 and sorted(got) == sorted(expected)
+
+
+def test_the_topic_registry_names_the_stream_each_record_type_carries():
+    from monitor.topics import STREAM_TOPICS, TOPIC_STREAMS
+
+    assert TOPIC_STREAMS == {t: ev.RECORD_TYPES[s].stream for t, s in ev.INPUT_TOPICS.items()}
+    assert all(TOPIC_STREAMS[t] == s for s, t in STREAM_TOPICS.items())
