@@ -8,6 +8,7 @@ complaints were handled, billing surprises, app failures and bot-to-human bounce
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 from hashlib import blake2b
@@ -16,6 +17,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from monitor.degraded import DEGRADED
 from monitor.events import AppEvent, NetworkEvent, TicketEvent
 
 HOUR_MS = 3_600_000
@@ -37,11 +39,30 @@ DATA_HEAVY = frozenset(("video", "web", "social", "download"))  # starved below 
 REAL_TIME_LATENCY_MS = 150.0
 RECENT_HALF_LIFE_MS = HOUR_MS  # the "end" of peak-end: the last hour or two
 BURDEN_HALF_LIFE_MS = 8 * HOUR_MS  # lasting damage of many bad sessions, fading within a day
+# "Doses": how much of each kind of trouble a subscriber went through, summed per session and
+# decayed, on two time scales. Irritation that drives a call to care lasts a day or two (complaint
+# models in the literature use 24-72 h windows); what drives a port-out is the grudge of weeks.
+DOSE_HALF_LIFE_MS = DAY_MS
+GRUDGE_HALF_LIFE_MS = 14 * DAY_MS
+# Per-service latency a user starts to notice (ITU-T G.114 for voice; the usual budgets of cloud
+# gaming and of video start-up), and the throughput below which a data session is slow (ms, Mbit/s).
+NOTICED_LATENCY_MS = {"voice": 150.0, "video": 300.0, "gaming": 100.0}
+SLOW_DATA_MBPS = 2.0
+WEAK_RSRP_DBM = -100.0  # below this, coverage is marginal indoors (3GPP's "fair" band ends at -100)
+STALL_NOTICED_S = 5.0
 
 
 def session_severity(ev: NetworkEvent) -> tuple[float, str]:
     """How bad one session felt, 0..1, and in words: a dropped call, a long video stall, latency a
-    real-time service cannot hide, a data service starved below 1 Mbit/s, heavy packet loss."""
+    real-time service cannot hide, a data service starved below 1 Mbit/s, heavy packet loss.
+    Zero for a session the degraded-session policy (:mod:`monitor.degraded`) does not call degraded."""
+    if not DEGRADED.is_degraded(ev):
+        return 0.0, ""
+    return _graded_severity(ev)
+
+
+def _graded_severity(ev: NetworkEvent) -> tuple[float, str]:
+    """:func:`session_severity` of a session already known to be degraded."""
     sev, what = 0.0, ""
     if ev.call_drop:
         sev, what = 0.7, "dropped call"
@@ -105,6 +126,20 @@ class SubscriberState(msgspec.Struct, array_like=True, kw_only=True):
     last_top: str = ""
     lab_y: int = 0  # outcomes seen since snap_ts, one bit per monitor.risk.OUTCOMES
     gone_ts: int = 0  # ported out (churned) at
+    # doses (decayed sums, see DOSE_HALF_LIFE_MS): network ones on net_ts, care on care_ts, app on app_ts
+    cov_d: float = 0.0
+    lat_voice_d: float = 0.0
+    lat_video_d: float = 0.0
+    lat_gaming_d: float = 0.0
+    slow_d: float = 0.0
+    stall_d: float = 0.0
+    net_g: float = 0.0  # all network trouble over weeks (GRUDGE_HALF_LIFE_MS)
+    checks_d: float = 0.0  # network checks in the app
+    app_d: float = 0.0  # app failures and bot-to-human bounces
+    complaint_d: float = 0.0  # contacts with care (opened, or a repeat contact on an open ticket)
+    billing_d: float = 0.0
+    handling_d: float = 0.0  # reopened, escalated, not fixed at first contact, slow resolution
+    handling_g: float = 0.0
 
 
 def event_key(event_id: str) -> bytes:
@@ -186,12 +221,27 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         st.lat_ew += a * (lat - st.lat_ew)
         # the worst moment weighs most and fades only slowly back toward the recent mean
         st.worst_rsrp = min(ev.rsrp_dbm, st.worst_rsrp + (st.rsrp_ew - st.worst_rsrp) * (1 - k))
-        bad = ev.call_drop or ev.video_stall_s > 5 or ev.rsrp_dbm < -115 or lat > 200 or ev.packet_loss_pct > 3
+        bad = DEGRADED.is_degraded(ev)
         st.drops = st.drops * k + ev.call_drop
+        kd = _decay(dt, DOSE_HALF_LIFE_MS)
+        kg = _decay(dt, GRUDGE_HALF_LIFE_MS)
+        cov = min(3.0, max(0.0, (WEAK_RSRP_DBM - ev.rsrp_dbm) / 10.0))
+        noticed = NOTICED_LATENCY_MS.get(ev.service)
+        late = min(3.0, max(0.0, math.log2(ev.latency_ms / noticed))) if noticed and ev.latency_ms > 0 else 0.0
+        slow = (min(4.0, max(0.0, math.log2(SLOW_DATA_MBPS / max(ev.dl_mbps, 0.01))))
+                if ev.service in DATA_HEAVY else 0.0)
+        stall = min(4.0, max(0.0, ev.video_stall_s / STALL_NOTICED_S - 1.0))
+        st.cov_d = st.cov_d * kd + cov
+        st.lat_voice_d = st.lat_voice_d * kd + (late if ev.service == "voice" else 0.0)
+        st.lat_video_d = st.lat_video_d * kd + (late if ev.service == "video" else 0.0)
+        st.lat_gaming_d = st.lat_gaming_d * kd + (late if ev.service == "gaming" else 0.0)
+        st.slow_d = st.slow_d * kd + slow
+        st.stall_d = st.stall_d * kd + stall
+        st.net_g = st.net_g * kg + 0.2 * cov + late + 0.3 * slow + stall + 2.0 * ev.call_drop
         st.stalls_s = st.stalls_s * k + ev.video_stall_s
         st.bad = st.bad * k + bad
         st.sessions = st.sessions * k + 1.0
-        sev, what = session_severity(ev)
+        sev, what = _graded_severity(ev) if bad else (0.0, "")
         kr = _decay(dt, RECENT_HALF_LIFE_MS)
         kb = _decay(dt, BURDEN_HALF_LIFE_MS)
         st.recent_sev = st.recent_sev * kr
@@ -202,43 +252,70 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
             if sev >= st.worst_sev:
                 st.worst_sev, st.worst_what = sev, what
     elif isinstance(ev, TicketEvent):
-        k = _decay(ts - st.care_ts, CARE_HALF_LIFE_MS) if st.care_ts else 1.0
+        dt = ts - st.care_ts if st.care_ts else 0
+        k = _decay(dt, CARE_HALF_LIFE_MS)
+        kd = _decay(dt, DOSE_HALF_LIFE_MS)
+        kg = _decay(dt, GRUDGE_HALF_LIFE_MS)
         st.care_ts = max(ts, st.care_ts)
         st.complaints *= k
         st.billing *= k
         st.reopened *= k
         st.escalated *= k
         st.fcr_fail *= k
+        st.complaint_d *= kd
+        st.billing_d *= kd
+        st.handling_d *= kd
+        st.handling_g *= kg
         if ev.region is not None and st.region is None:
             st.region = ev.region
         action = ev.action
+        hurt = 0.0
         if action == "opened":
             st.complaints += 1
             st.open_tickets += 1
+            st.complaint_d += 1
             if ev.category == "billing":
                 st.billing += 1
+                st.billing_d += 1
         elif action == "reopened":
             st.reopened += 1
             st.open_tickets += 1
+            hurt = 1.0
         elif action == "escalated":
             st.escalated += 1
+            hurt = 0.5
+        elif action == "updated":
+            hurt = 0.25  # an update, sometimes the subscriber chasing an open ticket
         elif action == "resolved":
             st.open_tickets = max(0, st.open_tickets - 1)
             st.last_resolution_min = ev.resolution_minutes or 0.0
             if ev.first_contact_resolution is False:
                 st.fcr_fail += 1
+                hurt += 0.5
+            if st.last_resolution_min > 240.0:  # longer than a working morning
+                hurt += min(1.0, st.last_resolution_min / 1440.0)
+        st.handling_d += hurt
+        st.handling_g += hurt
     else:
-        k = _decay(ts - st.app_ts, APP_HALF_LIFE_MS) if st.app_ts else 1.0
+        dt = ts - st.app_ts if st.app_ts else 0
+        k = _decay(dt, APP_HALF_LIFE_MS)
+        kd = _decay(dt, DOSE_HALF_LIFE_MS)
         st.app_ts = max(ts, st.app_ts)
         st.app_fail *= k
         st.bot_human *= k
+        st.checks_d *= kd
+        st.app_d *= kd
         if ev.region is not None and st.region is None:
             st.region = ev.region
         kind = ev.kind
+        if ev.feature == "network_check":
+            st.checks_d += 1
         if kind == "self_service_failure" or kind == "error":
             st.app_fail += 1
+            st.app_d += 1
         elif kind == "bot_to_human":
             st.bot_human += 1
+            st.app_d += 1
         elif kind == "survey_answer" and ev.nps is not None:
             st.nps, st.nps_ts = ev.nps, ts
 
@@ -249,8 +326,9 @@ class Feature(NamedTuple):
     (``(reason code, text, value)`` for a feature contributing to a score).
 
     ``extract`` is a Python expression over the state ``st`` and the decay factors of the instant:
-    ``kn`` (network counters), ``kc`` (care), ``ka`` (app), ``ks`` (last survey), ``kr`` (recent
-    moments), ``kb`` (burden), ``net`` (any network activity seen).
+    ``kn`` (network counters and one-day doses), ``kc`` (care), ``ka`` (app), ``ks`` (last survey),
+    ``kr`` (recent moments), ``kb`` (burden), ``net`` (any network activity seen), ``kg`` (network
+    doses of weeks), ``kcd``/``kcg`` (care doses of a day / of weeks), ``kad`` (app doses of a day).
     The expressions are compiled into one function (:func:`feature_vector`), as fast as a
     hand-written list."""
 
@@ -317,6 +395,45 @@ FEATURE_TABLE: tuple[Feature, ...] = (
             lambda st, v: ("detractor", f"last survey answer NPS {st.nps}", float(st.nps))),
     Feature("promoter", -0.8, "ks if st.nps >= 9 else 0.0",
             lambda st, v: ("promoter", f"last survey answer NPS {st.nps}", float(st.nps))),
+    # doses of the last day or two (what makes people call) and of weeks (what makes them leave)
+    Feature("coverage_dose", 0.1, "st.cov_d * kn",
+            lambda st, v: ("weak_coverage", f"{v:.0f} sessions' worth of weak coverage in 24 h", round(v, 1))),
+    Feature("latency_voice", 0.3, "st.lat_voice_d * kn",
+            lambda st, v: ("latency", "calls with noticeable delay in 24 h", round(v, 2))),
+    Feature("latency_video", 0.3, "st.lat_video_d * kn",
+            lambda st, v: ("latency", "video with noticeable delay in 24 h", round(v, 2))),
+    Feature("latency_gaming", 0.3, "st.lat_gaming_d * kn",
+            lambda st, v: ("latency", "games with noticeable lag in 24 h", round(v, 2))),
+    Feature("slow_data", 0.1, "st.slow_d * kn",
+            lambda st, v: ("throughput", f"slow data sessions in 24 h (dose {v:.1f})", round(v, 2))),
+    Feature("stall_dose", 0.3, "st.stall_d * kn",
+            lambda st, v: ("stalls", f"video stalls in 24 h (dose {v:.1f})", round(v, 2))),
+    Feature("network_checks", 0.5, "st.checks_d * kad",
+            lambda st, v: ("network_checks", f"checked the network in the app {_times(v)} in 24 h", round(v, 1))),
+    Feature("app_trouble", 0.3, "st.app_d * kad",
+            lambda st, v: ("app_failures", f"{v:.0f} app failures or bot bounces in 24 h", round(v, 1))),
+    Feature("recent_complaint", 1.0, "st.complaint_d * kcd",
+            lambda st, v: ("complaints", "contacted care in the last day or two", round(v, 1))),
+    Feature("recent_billing", 0.8, "st.billing_d * kcd",
+            lambda st, v: ("billing", "billing complaint in the last day or two", round(v, 1))),
+    Feature("recent_handling", 0.8, "st.handling_d * kcd",
+            lambda st, v: ("handling", "complaint handled badly in the last day or two (reopened, escalated, "
+                           "slow or not fixed)", round(v, 2))),
+    Feature("handling_weeks", 0.4, "st.handling_g * kcg",
+            lambda st, v: ("handling", "complaints handled badly in recent weeks", round(v, 2))),
+    Feature("network_weeks", 0.3, "math.log1p(st.net_g * kg)",
+            lambda st, v: ("network_weeks", "network trouble over recent weeks", round(v, 2))),
+    Feature("trouble_today", 0.8,
+            "math.log1p(0.3 * st.cov_d * kn + (st.lat_voice_d + st.lat_video_d + st.lat_gaming_d + st.stall_d"
+            " + 2.0 * st.drops + 0.3 * st.slow_d) * kn + (st.checks_d + 0.5 * st.app_d) * kad"
+            " + 2.0 * (st.complaint_d + st.billing_d + st.handling_d) * kcd)",
+            lambda st, v: ("trouble_today", "a lot went wrong in the last day or two", round(v, 2))),
+    Feature("prepaid", -0.3, "1.0 if st.segment == 'prepaid' else 0.0",
+            lambda st, v: ("segment", "prepaid plan", v)),
+    Feature("business", 0.3, "1.0 if st.segment == 'business' else 0.0",
+            lambda st, v: ("segment", "business plan", v)),
+    Feature("premium", 0.3, "1.0 if st.segment == 'premium' else 0.0",
+            lambda st, v: ("segment", "premium plan", v)),
 )
 #: feature names, in the order of :func:`feature_vector`
 FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURE_TABLE)
@@ -326,7 +443,8 @@ PRIOR_BIAS = -3.0
 PRIOR_WEIGHTS: tuple[float, ...] = tuple(f.prior for f in FEATURE_TABLE)
 # the table's extraction expressions as one compiled function (the table is code of this module)
 _extract: Callable[..., list[float]] = eval(  # noqa: S307 -- compiles the constant table above
-    "lambda st, kn, kc, ka, ks, kr, kb, net: [" + ", ".join(f"({f.extract})" for f in FEATURE_TABLE) + "]")
+    "lambda st, kn, kc, ka, ks, kr, kb, net, kg, kcd, kcg, kad: ["
+    + ", ".join(f"({f.extract})" for f in FEATURE_TABLE) + "]")
 
 
 def feature_vector(st: SubscriberState, now_ms: int) -> list[float]:
@@ -337,7 +455,11 @@ def feature_vector(st: SubscriberState, now_ms: int) -> list[float]:
                     _decay(now_ms - st.app_ts, APP_HALF_LIFE_MS) if st.app_ts else 0.0,
                     _decay(now_ms - st.nps_ts, SURVEY_HALF_LIFE_MS) if st.nps >= 0 else 0.0,
                     _decay(now_ms - st.net_ts, RECENT_HALF_LIFE_MS) if net else 0.0,
-                    _decay(now_ms - st.net_ts, BURDEN_HALF_LIFE_MS) if net else 0.0, net)
+                    _decay(now_ms - st.net_ts, BURDEN_HALF_LIFE_MS) if net else 0.0, net,
+                    _decay(now_ms - st.net_ts, GRUDGE_HALF_LIFE_MS) if net else 0.0,
+                    _decay(now_ms - st.care_ts, DOSE_HALF_LIFE_MS) if st.care_ts else 0.0,
+                    _decay(now_ms - st.care_ts, GRUDGE_HALF_LIFE_MS) if st.care_ts else 0.0,
+                    _decay(now_ms - st.app_ts, DOSE_HALF_LIFE_MS) if st.app_ts else 0.0)
 
 
 def describe(feature: str, st: SubscriberState, value: float) -> tuple[str, str, float | None]:

@@ -38,6 +38,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from monitor.degraded import DEGRADED, DegradedSessionPolicy
+
 # Network KPIs whose per-window sums every partial carries (means for drift detection and the
 # hot-spot latency metric); their order is the order of ``Partial.kpi_sums``.
 NETWORK_KPIS: tuple[str, ...] = ("latency_ms", "jitter_ms", "packet_loss_pct", "dl_mbps", "ul_mbps",
@@ -85,7 +87,7 @@ class Partial(msgspec.Struct, array_like=True, kw_only=True):
     start_ms: int
     width_ms: int
     sessions: int = 0          # network sessions
-    degraded: int = 0          # sessions judged degraded (see WindowAggregator's thresholds)
+    degraded: int = 0          # sessions judged degraded (monitor.degraded)
     drops: int = 0             # sessions with a dropped call
     stalls: int = 0            # sessions with a video stall
     kpi_sums: list[float] = msgspec.field(default_factory=lambda: [0.0] * len(NETWORK_KPIS))
@@ -264,9 +266,8 @@ class WindowAggregator:
         Name of this aggregator in the partials it produces (the input partition, e.g. ``"3"``).
     retention_ms
         How long affected-subscriber ids are kept for :meth:`affected`.
-    degraded_latency_ms, degraded_loss_pct, degraded_min_dl_mbps, degraded_min_sinr_db
-        A session is *degraded* if it dropped a call, stalled video, or crossed any of these
-        (``dl_mbps`` only for video and download sessions, which need throughput).
+    degraded
+        What counts as a degraded session (:mod:`monitor.degraded`; the risk features use the same).
 
     The watermark is the largest event time seen; a window ``[s, s + width)`` closes once
     ``watermark >= s + width + allowed_lateness``. Events for a closed window are *late*: counted in
@@ -274,19 +275,14 @@ class WindowAggregator:
     """
 
     def __init__(self, *, width_ms: int = 60_000, allowed_lateness_ms: int = 30_000, source: str = "0",
-                 retention_ms: int = 3_600_000, degraded_latency_ms: float = 150.0,
-                 degraded_loss_pct: float = 2.0, degraded_min_dl_mbps: float = 1.5,
-                 degraded_min_sinr_db: float = -3.0) -> None:
+                 retention_ms: int = 3_600_000, degraded: DegradedSessionPolicy = DEGRADED) -> None:
         if width_ms <= 0 or allowed_lateness_ms < 0:
             raise ValueError("width_ms must be > 0 and allowed_lateness_ms >= 0")
         self.width_ms = width_ms
         self.allowed_lateness_ms = allowed_lateness_ms
         self.source = source
         self.retention_ms = retention_ms
-        self.degraded_latency_ms = degraded_latency_ms
-        self.degraded_loss_pct = degraded_loss_pct
-        self.degraded_min_dl_mbps = degraded_min_dl_mbps
-        self.degraded_min_sinr_db = degraded_min_sinr_db
+        self.degraded = degraded
         self._open: dict[int, dict[str, _Acc]] = {}   # window start -> cell -> accumulator
         self.watermark_ms: int | None = None
         # largest event time per stream: a stream with a backlog holds windows back (see close)
@@ -343,8 +339,11 @@ class WindowAggregator:
         width = self.width_ms
         closed = self.closed_before_ms
         opened = self._open
-        lat_lim, loss_lim = self.degraded_latency_ms, self.degraded_loss_pct
-        dl_lim, sinr_lim = self.degraded_min_dl_mbps, self.degraded_min_sinr_db
+        # DegradedSessionPolicy.is_degraded, inlined (this loop is the worker's hottest: no call per session)
+        # (tests/test_degraded.py checks the two agree on the simulator's sessions)
+        policy = self.degraded
+        lat_lim, loss_lim = policy.max_latency_ms, policy.max_loss_pct
+        dl_lim, sinr_lim, thru = policy.min_dl_mbps, policy.min_sinr_db, policy.throughput_services
         net_wm = self.stream_watermarks.get("network")
         n_net = late_net = 0
         cur_start: int | None = None
@@ -391,7 +390,7 @@ class WindowAggregator:
                 acc.stalls += 1
                 degraded = True
             if degraded or latency > lat_lim or loss > loss_lim or sinr < sinr_lim or (
-                    dl < dl_lim and ev.service in ("video", "download")):
+                    dl < dl_lim and ev.service in thru):
                 acc.degraded += 1
                 acc.affect(ev.subscriber_id)
         if n_net or late_net:
