@@ -162,9 +162,10 @@ DRIVER_REASONS: dict[str, tuple[str, ...]] = {
     "coverage": ("weak_coverage", "worst_coverage", "interference", "low_sinr"),
     "drops": ("drops",), "stalls": ("stalls",),
     "latency_voice": ("latency",), "latency_video": ("latency",), "latency_gaming": ("latency",),
-    "throughput": ("throughput",), "billing": ("billing",), "slow_handling": ("slow_resolution",),
-    "reopened": ("reopened",), "escalated": ("escalated",), "not_fixed": ("fcr_fail", "open_tickets"),
-    "app_failures": ("app_failures",), "bot_bounces": ("bot_to_human",),
+    "throughput": ("throughput",), "billing": ("billing",), "slow_handling": ("slow_resolution", "handling"),
+    "reopened": ("reopened", "handling"), "escalated": ("escalated", "handling"),
+    "not_fixed": ("fcr_fail", "open_tickets", "handling"),
+    "app_failures": ("app_failures",), "bot_bounces": ("bot_to_human", "app_failures"),
 }
 #: words in a "worst moment" reason's text that name a network driver
 DRIVER_WORDS: dict[str, tuple[str, ...]] = {

@@ -347,6 +347,22 @@ def _dbm(rsrp: float) -> str:
     return f"weak coverage: RSRP {rsrp:.0f} dBm".replace("-", "\u2212")
 
 
+def _dominant_trouble(st: SubscriberState, v: float) -> tuple[str, str, float | None]:
+    """The reason for ``trouble_today``, named after its largest part (its parts decay alike
+    within a day, so the undecayed doses rank them)."""
+    parts = (
+        (0.3 * st.cov_d, "weak_coverage", "weak coverage"),
+        (st.lat_voice_d + st.lat_video_d + st.lat_gaming_d, "latency", "noticeable delay"),
+        (st.stall_d, "stalls", "video stalls"), (2.0 * st.drops, "drops", "dropped calls"),
+        (0.3 * st.slow_d, "throughput", "slow data"), (st.checks_d, "network_checks", "checking the network in the app"),
+        (0.5 * st.app_d, "app_failures", "app failures"), (2.0 * st.complaint_d, "complaints", "a contact with care"),
+        (2.0 * st.billing_d, "billing", "a billing complaint"),
+        (2.0 * st.handling_d, "handling", "a complaint handled badly"),
+    )
+    _, code, what = max(parts)
+    return code, f"a lot went wrong in the last day or two, mostly {what}", round(v, 2)
+
+
 #: every feature, in the order of :func:`feature_vector`
 FEATURE_TABLE: tuple[Feature, ...] = (
     Feature("weak_coverage", 0.6, "max(0.0, (-105.0 - st.rsrp_ew) / 10.0) if net else 0.0",
@@ -427,7 +443,7 @@ FEATURE_TABLE: tuple[Feature, ...] = (
             "math.log1p(0.3 * st.cov_d * kn + (st.lat_voice_d + st.lat_video_d + st.lat_gaming_d + st.stall_d"
             " + 2.0 * st.drops + 0.3 * st.slow_d) * kn + (st.checks_d + 0.5 * st.app_d) * kad"
             " + 2.0 * (st.complaint_d + st.billing_d + st.handling_d) * kcd)",
-            lambda st, v: ("trouble_today", "a lot went wrong in the last day or two", round(v, 2))),
+            lambda st, v: _dominant_trouble(st, v)),
     Feature("prepaid", -0.3, "1.0 if st.segment == 'prepaid' else 0.0",
             lambda st, v: ("segment", "prepaid plan", v)),
     Feature("business", 0.3, "1.0 if st.segment == 'business' else 0.0",
