@@ -113,7 +113,7 @@ def _get(url: str, token: str | None = None, timeout: float = 5.0) -> tuple[int,
 def _events_processed(port: int) -> float:
     status, body = _get(f"http://127.0.0.1:{port}/metrics")
     return sum(float(line.rpartition(" ")[2]) for line in body.decode().splitlines()
-               if line.startswith("satmon_worker_events_total{"))
+               if line.startswith("satmon_ingest_events_decoded_total{"))
 
 
 async def _load(port: int, concurrency: int, seconds: float) -> dict:

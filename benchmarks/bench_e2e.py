@@ -155,7 +155,7 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
                 time.sleep(0.2)
                 continue
             now = time.perf_counter()
-            count = _metric_sum(text, "satmon_worker_events_total") + _metric_sum(text, "satmon_worker_dead_letters_total")
+            count = _metric_sum(text, "satmon_ingest_events_decoded_total") + _metric_sum(text, "satmon_ingest_records_dead_lettered_total")
             if count > 0 and t0 is None:
                 t0, c0, cpu0 = now, count, _cpu_s(proc.pid)
             if count >= n:

@@ -108,7 +108,7 @@ def counters(port: int) -> tuple[float, float] | None:
     m = scrape(port)
     if not m:
         return None
-    return (m.get("satmon_worker_events_total", 0.0) + m.get("satmon_worker_dead_letters_total", 0.0),
+    return (m.get("satmon_ingest_events_decoded_total", 0.0) + m.get("satmon_ingest_records_dead_lettered_total", 0.0),
             m.get("satmon_worker_batches_total", 0.0))
 
 

@@ -219,8 +219,8 @@ class SatmonWorker:
 
     def processed(self) -> float:
         text = self.metrics()
-        return e2e._metric_sum(text, "satmon_worker_events_total") + e2e._metric_sum(
-            text, "satmon_worker_dead_letters_total")
+        return e2e._metric_sum(text, "satmon_ingest_events_decoded_total") + e2e._metric_sum(
+            text, "satmon_ingest_records_dead_lettered_total")
 
     def check(self) -> None:
         if self.proc.poll() is not None:

@@ -174,16 +174,6 @@ class _PipelineCollector:
 
     def collect(self) -> Iterable[Any]:
         p = self.worker.pipeline
-        events = CounterMetricFamily("satmon_worker_events", "Input events decoded and processed", labels=["stream"])
-        for stream, n in sorted(p.processed.items()):
-            events.add_metric([stream], n)
-        yield events
-        dead = CounterMetricFamily("satmon_worker_dead_letters", "Invalid input records sent to satmon-dead-letter",
-                                   labels=["stream", "reason"])
-        for (stream, reason), n in sorted(p.dead_lettered.items()):
-            dead.add_metric([stream, reason], n)
-        yield dead
-        yield CounterMetricFamily("satmon_worker_scores", "risk_score.v1 records emitted", value=p.scores_emitted)
         yield CounterMetricFamily("satmon_worker_batches", "Input batches processed", value=p.batches)
         yield CounterMetricFamily("satmon_worker_skipped_below_floor",
                                   "Re-delivered records skipped: a previous owner's effects were acknowledged",

@@ -73,7 +73,7 @@ def test_any_worker_serves_the_complete_list_and_contacts_suppress_everywhere(br
     for w in (a, b):
         w.wait_for(lambda w=w: w.total("satmon_worker_partitions_assigned") >= 1, timeout_s=60, what="partitions")
     run(produce(broker.bootstrap, records))
-    a.wait_for(lambda: a.total("satmon_worker_events_total") + b.total("satmon_worker_events_total") >= len(records),
+    a.wait_for(lambda: a.total("satmon_ingest_events_decoded_total") + b.total("satmon_ingest_events_decoded_total") >= len(records),
                timeout_s=120, what="all events processed by the pair")
     owned = {w.worker_id: w.total("satmon_worker_partitions_assigned") for w in (a, b)}
     assert owned == {"wa": 2, "wb": 2}

@@ -71,7 +71,7 @@ def test_worker_reports_a_broker_restart_loudly_and_keeps_running(workers: Any, 
         records = valid_records(2_000, subscribers=100)
         run(produce(b.bootstrap, records))
         w = workers(b, app_id="t-watch", core="real")
-        w.wait_for(lambda: w.total("satmon_worker_events_total") >= len(records), timeout_s=60,
+        w.wait_for(lambda: w.total("satmon_ingest_events_decoded_total") >= len(records), timeout_s=60,
                    what="first records processed")
         w.wait_for(lambda: w.get("/readyz")[0] == 200, timeout_s=30, what="ready")
         w.wait_for(lambda: json.loads(w.get("/healthz")[2])["broker"]["snapshots"] >= 2, timeout_s=30,
@@ -97,12 +97,12 @@ def test_worker_reports_a_broker_restart_loudly_and_keeps_running(workers: Any, 
         assert len(lines) == 1 and "ERROR" in lines[0] and "end offset went back" in lines[0]
 
         # What the worker does with new input after the wipe (reported, not asserted: see docs/BROKER.md)
-        before = w.total("satmon_worker_events_total")
+        before = w.total("satmon_ingest_events_decoded_total")
         skipped_before = w.total("satmon_worker_skipped_below_floor_total")
         after = valid_records(300, subscribers=100, start=10_000)
         run(produce(b.bootstrap, after))
         time.sleep(6)
-        print(f"after the wipe: {w.total('satmon_worker_events_total') - before:.0f} of {len(after)} new records "
+        print(f"after the wipe: {w.total('satmon_ingest_events_decoded_total') - before:.0f} of {len(after)} new records "
               f"processed, {w.total('satmon_worker_skipped_below_floor_total') - skipped_before:.0f} skipped "
               "below the old resume floors")
 

@@ -131,7 +131,7 @@ def test_noc_sees_both_workers_in_prometheus_and_the_incidents_in_alertmanager(d
         promql(demo, 'up{job="satmon"} == 1')) == 2 else None, 60, "both workers up in Prometheus")
     assert len(ups) == 2
     # both workers consume (the consumer group split the partitions) and the metrics carry no ids
-    per_worker = promql(demo, "sum by (instance) (satmon_worker_events_total)")
+    per_worker = promql(demo, "sum by (instance) (satmon_ingest_events_decoded_total)")
     assert len(per_worker) == 2 and all(float(r["value"][1]) > 0 for r in per_worker)
     # the rules deploy/prometheus ships are loaded and evaluate without error
     groups = get_json(f"{demo.prometheus}/api/v1/rules")["data"]["groups"]

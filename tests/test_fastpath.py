@@ -108,7 +108,7 @@ def test_sigkill_resumes_at_committed_offsets_without_loss(broker: Broker, worke
     run(produce(broker.bootstrap, records[:10_000]))
     log = tmp_path / "seen.log"
     a = workers(broker, app_id="t-kill", core="recording", log_path=log, store="memory://")
-    a.wait_for(lambda: a.total("satmon_worker_events_total") >= 10_000, what="first part processed")
+    a.wait_for(lambda: a.total("satmon_ingest_events_decoded_total") >= 10_000, what="first part processed")
     time.sleep(2.5)  # past a periodic commit (broker_commit_interval=1 s)
     run(produce(broker.bootstrap, records[10_000:]))   # the worker is busy with these when killed
     a.stop(signal.SIGKILL)
@@ -121,7 +121,7 @@ def test_sigkill_resumes_at_committed_offsets_without_loss(broker: Broker, worke
     everything = {json.loads(v)["event_id"] for _, _, v in records}
     b.wait_for(lambda: set(seen_log(log)) >= everything, timeout_s=120, what="the rest processed")
     time.sleep(1.5)  # a late re-delivery would show in the counts now
-    processed_by_b = b.total("satmon_worker_events_total")
+    processed_by_b = b.total("satmon_ingest_events_decoded_total")
     b.stop()
 
     seen = seen_log(log)
@@ -144,7 +144,7 @@ def test_graceful_restart_is_exact(broker: Broker, workers: Any, tmp_path: Path,
     run(produce(broker.bootstrap, first))
     log = tmp_path / "seen.log"
     a = workers(broker, app_id="t-term", core="recording", log_path=log, store=store)
-    a.wait_for(lambda: a.total("satmon_worker_events_total") >= len(first), what="first part processed")
+    a.wait_for(lambda: a.total("satmon_ingest_events_decoded_total") >= len(first), what="first part processed")
     assert a.stop() == 0
     # Tansu numbers the first generation 0 and aiokafka never leaves a generation-0 group; without
     # our explicit LeaveGroup the successor waited for the member to expire and, in 2 of 5 runs,
@@ -156,8 +156,8 @@ def test_graceful_restart_is_exact(broker: Broker, workers: Any, tmp_path: Path,
     second = valid_records(2_000, subscribers=200, start=3_000)
     run(produce(broker.bootstrap, second))
     b = workers(broker, app_id="t-term", core="recording", log_path=log, store=store)  # same worker id/dir
-    b.wait_for(lambda: b.total("satmon_worker_events_total") >= len(second), what="second part processed")
-    assert b.total("satmon_worker_events_total") == len(second)
+    b.wait_for(lambda: b.total("satmon_ingest_events_decoded_total") >= len(second), what="second part processed")
+    assert b.total("satmon_ingest_events_decoded_total") == len(second)
     assert b.stop() == 0
     assert "ConsistencyError" not in b.tail(2000)
 
@@ -175,7 +175,7 @@ def test_two_workers_share_partitions_and_fail_over_exactly(broker: Broker, work
     log = tmp_path / "seen.log"
     run(produce(broker.bootstrap, records[:10_000]))
     a = workers(broker, app_id="t-pair", core="recording", log_path=log, worker_id="wa")
-    a.wait_for(lambda: a.total("satmon_worker_events_total") >= 10_000, what="A processed the first part")
+    a.wait_for(lambda: a.total("satmon_ingest_events_decoded_total") >= 10_000, what="A processed the first part")
     b = workers(broker, app_id="t-pair", core="recording", log_path=log, worker_id="wb")
     run(produce(broker.bootstrap, records[10_000:20_000]))
     a.wait_for(lambda: a.total("satmon_worker_partitions_assigned") > 0 and b.total("satmon_worker_partitions_assigned") > 0

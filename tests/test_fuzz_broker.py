@@ -127,7 +127,7 @@ def test_fuzzed_records_are_processed_or_dead_lettered_with_reasons_and_the_work
     assert kinds >= set(KINDS) | {"huge"} and valid > 0 and expected    # the draw covers every kind
 
     w = workers(broker, app_id="t-fuzz", core="real")
-    w.wait_for(lambda: w.total("satmon_worker_events_total") + w.total("satmon_worker_dead_letters_total")
+    w.wait_for(lambda: w.total("satmon_ingest_events_decoded_total") + w.total("satmon_ingest_records_dead_lettered_total")
                >= len(sent), timeout_s=60, what="every fuzzed record accounted")
     letters = [decode("dead_letter.v1", r.value)
                for r in run(read_topic(broker.bootstrap, "satmon-dead-letter", expect=len(expected)))]
@@ -138,8 +138,8 @@ def test_fuzzed_records_are_processed_or_dead_lettered_with_reasons_and_the_work
     assert {k: ahead.sub("(s ahead)", v) for k, v in got.items()} == {k: ahead.sub("(s ahead)", v)
                                                                       for k, v in expected.items()}
     assert all(reason for reason in got.values())
-    assert w.total("satmon_worker_events_total") == valid
-    assert w.total("satmon_worker_dead_letters_total") == len(expected)
+    assert w.total("satmon_ingest_events_decoded_total") == valid
+    assert w.total("satmon_ingest_records_dead_lettered_total") == len(expected)
     huge = [d for d in letters if d.reason.startswith("message too large")]
     assert len(huge) == len(INPUTS) and all(len(d.original_value()) == 4096 for d in huge)
 
@@ -147,10 +147,10 @@ def test_fuzzed_records_are_processed_or_dead_lettered_with_reasons_and_the_work
     assert w.proc.poll() is None and w.get("/healthz")[0] == 200
     after = valid_records(200, subscribers=20, start=5_000_000)
     run(produce(broker.bootstrap, after))
-    w.wait_for(lambda: w.total("satmon_worker_events_total") >= valid + len(after), timeout_s=30,
+    w.wait_for(lambda: w.total("satmon_ingest_events_decoded_total") >= valid + len(after), timeout_s=30,
                what="valid records after the fuzz processed")
-    assert w.total("satmon_worker_events_total") == valid + len(after)
-    assert w.total("satmon_worker_dead_letters_total") == len(expected)
+    assert w.total("satmon_ingest_events_decoded_total") == valid + len(after)
+    assert w.total("satmon_ingest_records_dead_lettered_total") == len(expected)
     print(f"\nfuzzed {len(sent)} records ({len(INPUTS)} over 512 KiB): {valid} processed, "
           f"{len(expected)} dead-lettered, reasons: "
           f"{sorted({r.split(':')[0][:40] for r in got.values()})[:12]}")

@@ -55,7 +55,7 @@ def test_outage_raises_the_scores_of_its_subscribers_with_network_reasons(broker
 
     run(produce(broker.bootstrap, records))
     w = workers(broker, app_id="t-outage", extra_args=("--model-checkpoint", str(ckpt)))
-    w.wait_for(lambda: w.total("satmon_worker_events_total") >= len(records), timeout_s=120, what="all events")
+    w.wait_for(lambda: w.total("satmon_ingest_events_decoded_total") >= len(records), timeout_s=120, what="all events")
     assert w.stop() == 0
 
     scores = [orjson.loads(r.value) for r in run(read_topic(broker.bootstrap, "risk-scores"))]

@@ -83,7 +83,7 @@ def test_outage_is_one_incident_listed_with_its_customers_paged_once_and_resolve
     w = workers(broker, app_id="t-notice", extra_args=("--tokens-file", str(tokens),
                                                        "--alertmanager-url", alertmanager))
     run(produce(broker.bootstrap, first))
-    w.wait_for(lambda: w.total("satmon_worker_events_total") >= len(first), timeout_s=120, what="phase 1 events")
+    w.wait_for(lambda: w.total("satmon_ingest_events_decoded_total") >= len(first), timeout_s=120, what="phase 1 events")
 
     def firing() -> list[dict]:
         status, body, _ = call(w.port, "/api/v1/incidents?status=firing", "noc")
@@ -152,7 +152,7 @@ def test_outage_is_one_incident_listed_with_its_customers_paged_once_and_resolve
 
     # phase 2: the outage ends -> the incident resolves, once
     run(produce(broker.bootstrap, rest))
-    w.wait_for(lambda: w.total("satmon_worker_events_total") >= len(records), timeout_s=120, what="all events")
+    w.wait_for(lambda: w.total("satmon_ingest_events_decoded_total") >= len(records), timeout_s=120, what="all events")
     wait(lambda: iid not in {i["incident_id"] for i in firing()}, 90, "the incident resolved in the API", firing)
     wait(lambda: not [a for a in am_alerts(alertmanager) if a["labels"].get("incident_id") == iid],
          60, "the incident resolved in Alertmanager", lambda: am_alerts(alertmanager))

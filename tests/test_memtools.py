@@ -107,9 +107,9 @@ def test_soak_counters_sum_a_workers_series_and_report_an_unreachable_worker() -
     import http.server
     import threading
 
-    body = (b'# HELP satmon_worker_events_total x\nsatmon_worker_events_total{stream="network"} 3.0\n'
-            b'satmon_worker_events_total{stream="app"} 4.0\n'
-            b'satmon_worker_dead_letters_total{stream="app",reason="schema"} 1.0\nsatmon_worker_batches_total 2.0\n'
+    body = (b'# HELP satmon_ingest_events_decoded_total x\nsatmon_ingest_events_decoded_total{stream="network"} 3.0\n'
+            b'satmon_ingest_events_decoded_total{stream="app"} 4.0\n'
+            b'satmon_ingest_records_dead_lettered_total{stream="app",reason="schema"} 1.0\nsatmon_worker_batches_total 2.0\n'
             b'# TYPE satmon_worker_store_memory_bytes gauge\n'
             b'satmon_worker_store_memory_bytes{table="state",kind="memtables"} 2097152.0\n'
             b'satmon_worker_store_memory_bytes{table="model",kind="memtables"} 1048576.0\n'

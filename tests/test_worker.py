@@ -164,11 +164,11 @@ def test_invalid_events_are_dead_lettered_and_valid_ones_processed(broker: Broke
     origin = {mixed.index(rec): pos for rec, pos in zip(mixed, positions)}
 
     w = workers(broker, app_id="t-accept", core=core_kind(), log_path=tmp_path / "seen.log")
-    w.wait_for(lambda: w.total("satmon_worker_events_total") + w.total("satmon_worker_dead_letters_total")
+    w.wait_for(lambda: w.total("satmon_ingest_events_decoded_total") + w.total("satmon_ingest_records_dead_lettered_total")
                >= len(mixed), what="all records accounted")
     time.sleep(1.0)  # a late duplicate would show up in the counts now
-    assert w.total("satmon_worker_events_total") == len(valid)
-    assert w.total("satmon_worker_dead_letters_total") == len(invalid)
+    assert w.total("satmon_ingest_events_decoded_total") == len(valid)
+    assert w.total("satmon_ingest_records_dead_lettered_total") == len(invalid)
 
     letters = run(read_topic(broker.bootstrap, "satmon-dead-letter", expect=len(invalid)))
     assert len(letters) == len(invalid)
@@ -196,7 +196,7 @@ def test_invalid_events_are_dead_lettered_and_valid_ones_processed(broker: Broke
     assert status == 200 and json.loads(body)["ready"] is True
     status, ctype, body = w.get("/metrics")
     assert status == 200 and ctype.startswith("text/plain")
-    assert 'satmon_worker_dead_letters_total{reason="empty",stream="tickets"} 1.0' in body
+    assert 'satmon_ingest_records_dead_lettered_total{reason="empty",stream="tickets"} 1.0' in body
     w.stop()
     assert w.proc.returncode == 0
 
@@ -224,16 +224,16 @@ def test_scores_flow_and_restart_keeps_state_and_model(broker: Broker, workers: 
     run(produce(broker.bootstrap, first))
     log = tmp_path / "seen.log"
     w1 = workers(broker, app_id="t-restart", core="recording", log_path=log)
-    w1.wait_for(lambda: w1.total("satmon_worker_events_total") >= len(first), what="first half processed")
-    scores_before = w1.total("satmon_worker_scores_total")
+    w1.wait_for(lambda: w1.total("satmon_ingest_events_decoded_total") >= len(first), what="first half processed")
+    scores_before = w1.total("satmon_risk_scores_emitted_total")
     assert scores_before > 0
     assert w1.stop() == 0
 
     second = valid_records(600, subscribers=40, start=600)
     run(produce(broker.bootstrap, second))
     w2 = workers(broker, app_id="t-restart", core="recording", log_path=log, worker_id="w2")
-    w2.wait_for(lambda: w2.total("satmon_worker_events_total") >= len(second), what="second half processed")
-    assert w2.total("satmon_worker_events_total") == len(second)   # resumed at the committed offsets
+    w2.wait_for(lambda: w2.total("satmon_ingest_events_decoded_total") >= len(second), what="second half processed")
+    assert w2.total("satmon_ingest_events_decoded_total") == len(second)   # resumed at the committed offsets
     w2.stop()
 
     scores = [orjson.loads(r.value) for r in run(read_topic(broker.bootstrap, "risk-scores"))]
@@ -270,16 +270,16 @@ def test_real_core_restart_matches_an_uninterrupted_run(broker: Broker, workers:
     first, second = network_only(800, 0), network_only(800, 800)
     run(produce(broker.bootstrap, first))
     w1 = workers(broker, app_id="t-real-restart", core="real")
-    w1.wait_for(lambda: w1.total("satmon_worker_events_total") >= len(first), what="first half")
+    w1.wait_for(lambda: w1.total("satmon_ingest_events_decoded_total") >= len(first), what="first half")
     assert w1.stop() == 0
     run(produce(broker.bootstrap, second))
     w2 = workers(broker, app_id="t-real-restart", core="real", worker_id="w2")
-    w2.wait_for(lambda: w2.total("satmon_worker_events_total") >= len(second), what="second half")
+    w2.wait_for(lambda: w2.total("satmon_ingest_events_decoded_total") >= len(second), what="second half")
     assert w2.stop() == 0
     assert "model restored from checkpoint" in w2.tail(400)
 
     ref = workers(broker, app_id="t-real-straight", core="real", worker_id="w3")
-    ref.wait_for(lambda: ref.total("satmon_worker_events_total") >= len(first) + len(second), what="reference")
+    ref.wait_for(lambda: ref.total("satmon_ingest_events_decoded_total") >= len(first) + len(second), what="reference")
     assert ref.stop() == 0
 
     def states(app_id: str) -> dict[bytes, bytes]:
@@ -500,7 +500,7 @@ def test_labels_feed_model_quality_metrics(broker: Broker, workers: Any, tmp_pat
     records = list(simulate.generate(config))
     run(produce(broker.bootstrap, records))
     w = workers(broker, app_id="t-quality", core="real")
-    w.wait_for(lambda: w.total("satmon_worker_events_total") >= len(records), timeout_s=120, what="all events")
+    w.wait_for(lambda: w.total("satmon_ingest_events_decoded_total") >= len(records), timeout_s=120, what="all events")
     # a partition with no complaint yet has no AUC (NaN): any partition with one exports it
     w.wait_for(lambda: any(k.startswith("satmon_model_roc_auc") and v > 0 for k, v in w.metrics().items()),
                timeout_s=90, what="model-quality gauges")

@@ -162,7 +162,7 @@ def _wait_history(sim_log: Path, log_start: int, ports: list[int], procs: _Procs
                         sent = int(line.split(":", 1)[1].split()[0])
         if sent is not None:
             scraped = [scrape(p) for p in ports]
-            done = sum(m.get("satmon_worker_events_total", 0) + m.get("satmon_worker_dead_letters_total", 0)
+            done = sum(m.get("satmon_ingest_events_decoded_total", 0) + m.get("satmon_ingest_records_dead_lettered_total", 0)
                        for m in scraped)
             stage = (sum(m.get("satmon_worker_window_batches_total", 0) for m in scraped),
                      sum(m.get("satmon_worker_alerts_total", 0) for m in scraped))
