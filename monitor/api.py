@@ -50,6 +50,7 @@ from aiohttp import web
 from monitor.outreach import CHANNELS, OUTCOMES, OutreachPolicy, OutreachRecord, OutreachStore, effect_report, new_record_id
 from monitor.privacy import AuditLog, Principal, Role, TokenStore, load_key, load_tokens
 from monitor.incidents import IncidentBoard
+from monitor.metrics import ApiMetrics
 from monitor.riskview import CursorExpired, HotspotBoard, RiskView, Version, alert_cell
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,6 @@ TARPIT_MAX_S = 0.5
 MAX_TARPITTED = 1024
 #: rows built between voluntary GIL hand-overs in the API's thread (~1 ms of work)
 YIELD_EVERY_ROWS = 50
-# Request latency buckets: an at-risk page is ~1 ms; an fsync'd audit write 1-20 ms on disk.
-LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -253,21 +252,6 @@ class _AddressTable:
 
     def __len__(self) -> int:
         return len(self.buckets) + len(self.trusted)
-
-
-class ApiMetrics:
-    """The API's Prometheus metrics (labels: route *pattern* and status code -- never a path,
-    which may hold a subscriber id)."""
-
-    def __init__(self, registry: Any):
-        from prometheus_client import Counter, Histogram
-
-        self.requests = Counter("satmon_api_requests_total", "API requests by route and status code",
-                                ["route", "code"], registry=registry)
-        self.latency = Histogram("satmon_api_request_duration_seconds", "API request latency by route",
-                                 ["route"], buckets=LATENCY_BUCKETS_SECONDS, registry=registry)
-        self.rate_limited = Counter("satmon_api_rate_limited_total", "API requests refused with 429",
-                                    registry=registry)
 
 
 # --------------------------------------------------------------------------- parameters

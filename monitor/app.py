@@ -30,7 +30,6 @@ from typing import Any
 
 import faust
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from monitor.config import Settings
 from monitor.events import INPUT_TOPICS
@@ -42,7 +41,6 @@ from monitor.topics import CELL_WINDOWS as CELL_WINDOWS_TOPIC
 from monitor.topics import DEAD_LETTER as DEAD_LETTER_TOPIC
 from monitor.topics import RISK_SCORES as RISK_SCORES_TOPIC
 from monitor.topics import Partitioner
-from monitor.tuning import malloc_stats
 
 log = logging.getLogger(__name__)
 
@@ -164,112 +162,6 @@ class Worker:
         if not recovery.completed.is_set():
             return False, "recovering table state"
         return True, "ok"
-
-
-class _PipelineCollector:
-    """Exports the pipeline's own counters at scrape time (no per-event metric calls)."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-
-    def collect(self) -> Iterable[Any]:
-        p = self.worker.pipeline
-        yield CounterMetricFamily("satmon_worker_batches", "Input batches processed", value=p.batches)
-        yield CounterMetricFamily("satmon_worker_skipped_below_floor",
-                                  "Re-delivered records skipped: a previous owner's effects were acknowledged",
-                                  value=p.skipped_below_floor)
-        h = self.worker.hotspots
-        if h is not None:
-            yield CounterMetricFamily("satmon_worker_window_batches", "Cell-window batches merged by this owner",
-                                      value=h.windows_in)
-            yield CounterMetricFamily("satmon_worker_alerts", "alert.v1 records emitted by the hot-spot engine",
-                                      value=h.alerts_out)
-            yield GaugeMetricFamily("satmon_worker_hotspot_baselines",
-                                    "Hot-spot baseline accumulators held (per cell and region: one per metric and one "
-                                    "24-hour array per metric; at most keys x metrics x 2)",
-                                    value=sum(e.baselines for _m, e in list(h.stages.values())))
-            yield CounterMetricFamily("satmon_worker_window_late_partials",
-                                      "Cell-window partials that arrived after their window was merged (left out)",
-                                      value=h.late_partials())
-        cw = self.worker.cell_windows
-        if cw is not None:
-            late = CounterMetricFamily("satmon_worker_window_late_events",
-                                       "Events older than their cell's closed window: counted, left out of hot-spot windows",
-                                       labels=["stream"])
-            for stream, n in sorted(cw.late_events().items()):
-                late.add_metric([stream], n)
-            yield late
-            open_cells = GaugeMetricFamily("satmon_worker_window_cells_open",
-                                           "(cell, window) accumulators open: per input partition before "
-                                           "closing (aggregator), per region owner before all sources "
-                                           "closed (merger)", labels=["side"])
-            open_cells.add_metric(["aggregator"], sum(a.open_windows for a in list(cw.aggregators.values())))
-            if h is not None:
-                open_cells.add_metric(["merger"], sum(m.open_windows for m, _e in list(h.stages.values())))
-            yield open_cells
-            yield CounterMetricFamily("satmon_worker_window_hold_capped_batches",
-                                      "Batches whose window hold was cut at max_hold_ms behind the newest event "
-                                      "(a stream further behind turns late)", value=cw.hold_capped)
-            yield CounterMetricFamily("satmon_worker_window_held_batches",
-                                      "Batches whose window closing waited for a stream with a backlog in Kafka",
-                                      value=cw.holds)
-        store = GaugeMetricFamily("satmon_worker_store_memory_bytes",
-                                  "RocksDB memory of the worker's table stores (all its partitions), by table and kind",
-                                  labels=["table", "kind"])
-        for table, ts in (("state", p.state_table), ("model", p.model_table)):
-            for kind, n in ts.memory().items():
-                store.add_metric([table, kind], n)
-        yield store
-        yield GaugeMetricFamily("satmon_worker_python_blocks",
-                                "Memory blocks Python's allocator has handed out and not freed (sys.getallocatedblocks): "
-                                "flat while resident memory grows means fragmentation, not live objects",
-                                value=sys.getallocatedblocks())
-        heap = GaugeMetricFamily("satmon_worker_malloc_bytes",
-                                 "The C heap (glibc mallinfo2): in_use, free (held, not returned) and mmapped",
-                                 labels=["kind"])
-        for kind, n in malloc_stats().items():
-            heap.add_metric([kind], n)
-        yield heap
-        consumer = getattr(self.worker.app, "_consumer", None)
-        yield CounterMetricFamily("satmon_worker_commits_not_done",
-                                  "Offset commits that did not happen (a rebalance, a failed send); retried",
-                                  value=getattr(consumer, "commits_not_done", 0))
-        yield CounterMetricFamily("satmon_worker_records_rewound",
-                                  "Input records fetched, dropped while flow was stopped (rebalance, recovery) "
-                                  "and rewound to be fetched again", value=getattr(consumer, "records_rewound", 0))
-        yield CounterMetricFamily("satmon_worker_floors_committed",
-                                  "Input topic-partitions taken over whose commit was advanced to the previous owner's "
-                                  "acknowledged offsets", value=getattr(consumer, "floors_committed", 0))
-        yield GaugeMetricFamily("satmon_worker_cores", "Input partitions with a live risk core in memory",
-                                value=len(p.cores))
-        yield CounterMetricFamily("satmon_worker_checkpoints_refused",
-                                  "Model checkpoints refused at restore (not the data-only format, e.g. an old "
-                                  "pickle): the partition started from a fresh model",
-                                  value=sum(getattr(c, "checkpoints_refused", 0) for c in list(p.cores.values())))
-
-
-class _ViewCollector:
-    """The outreach view's size at scrape time: what it holds grows until every subscriber's
-    history ring and every partition's change log is full, then stays (docs/WORKER.md, memory)."""
-
-    def __init__(self, view: Any, store: Any = None) -> None:
-        self.view = view
-        self.store = store
-
-    def collect(self) -> Iterable[Any]:
-        if self.store is not None:
-            yield CounterMetricFamily("satmon_outreach_records_trimmed",
-                                      "Outreach contacts and outcomes dropped as older than the newest kept per "
-                                      "subscriber (bounded memory)", value=self.store.trimmed)
-        v = self.view
-        yield GaugeMetricFamily("satmon_view_subscribers", "Subscribers in this worker's outreach view", value=len(v))
-        yield GaugeMetricFamily("satmon_view_history_versions", "Score versions held in the view's history rings",
-                                value=v.versions)
-        yield GaugeMetricFamily("satmon_view_change_log_entries",
-                                "Entries in the view's change log (page walks replay it; bounded per partition)",
-                                value=v.change_log_entries())
-        yield CounterMetricFamily("satmon_view_records_applied", "risk_score.v1 records applied to the view",
-                                  value=v.records_applied)
 
 
 def _default_worker_id() -> str:
@@ -394,10 +286,12 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     registry = registry if registry is not None else CollectorRegistry()
     worker = Worker(app=app, pipeline=pipeline, registry=registry, settings=settings, worker_id=worker_id,
                     hotspots=hotspots, cell_windows=windows_obs)
-    registry.register(_PipelineCollector(worker))
     # The documented metric set (monitor/metrics.py, docs/OPERATIONS.md) that the rules and
-    # dashboards in deploy/ query: kept current by an observer of every batch.
-    from monitor.metrics import Metrics, MetricsObserver, load_cell_locations
+    # dashboards in deploy/ query: kept current by an observer of every batch, and the pipeline's
+    # own counters read at scrape time.
+    from monitor.metrics import Metrics, MetricsObserver, PipelineCollector, load_cell_locations
+
+    registry.register(PipelineCollector(worker))
 
     worker.metrics = Metrics(registry, worker_id=worker_id, cell_locations=load_cell_locations(settings.cell_inventory))
     pipeline.observers.append(MetricsObserver(worker.metrics, ingest=pipeline.ingest, cores=pipeline.cores))
@@ -519,7 +413,9 @@ def _add_api(worker: Worker) -> None:
                 log.error("risk view could not start (retrying in 5 s): %r", err)
                 await asyncio.sleep(5)
 
-    worker.registry.register(_ViewCollector(view, store))
+    from monitor.metrics import ViewCollector
+
+    worker.registry.register(ViewCollector(view, store))
 
     # At-risk gauges from the complete view (every worker has it; dashboards aggregate with max).
     AT_RISK_GAUGE_INTERVAL_S = 15.0

@@ -33,6 +33,7 @@ True
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +45,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 import monitor
 from monitor.ingest import REASON_KINDS as INGEST_REASON_KINDS
 from monitor.topics import STREAM_TOPICS, TOPIC_STREAMS
+from monitor.tuning import malloc_stats
 
 # -- bounded label values --------------------------------------------------------------------------
 
@@ -595,6 +597,181 @@ class Metrics:
 
     def broker_restart_detected(self) -> None:
         self.broker_restarts.inc()
+
+
+# -- collectors read at scrape time --------------------------------------------------------------
+
+# (kind, help, label names) of every family a scrape-time collector below exports
+_SCRAPED: dict[str, tuple[type, str, tuple[str, ...]]] = {
+    "satmon_worker_batches": (CounterMetricFamily, "Input batches processed", ()),
+    "satmon_worker_skipped_below_floor": (
+        CounterMetricFamily, "Re-delivered records skipped: a previous owner's effects were acknowledged", ()),
+    "satmon_worker_window_batches": (CounterMetricFamily, "Cell-window batches merged by this owner", ()),
+    "satmon_worker_alerts": (CounterMetricFamily, "alert.v1 records emitted by the hot-spot engine", ()),
+    "satmon_worker_hotspot_baselines": (
+        GaugeMetricFamily, "Hot-spot baseline accumulators held (per cell and region: one per metric and one "
+        "24-hour array per metric; at most keys x metrics x 2)", ()),
+    "satmon_worker_window_late_partials": (
+        CounterMetricFamily, "Cell-window partials that arrived after their window was merged (left out)", ()),
+    "satmon_worker_window_late_events": (
+        CounterMetricFamily, "Events older than their cell's closed window: counted, left out of hot-spot windows",
+        ("stream",)),
+    "satmon_worker_window_cells_open": (
+        GaugeMetricFamily, "(cell, window) accumulators open: per input partition before closing (aggregator), "
+        "per region owner before all sources closed (merger)", ("side",)),
+    "satmon_worker_window_hold_capped_batches": (
+        CounterMetricFamily, "Batches whose window hold was cut at max_hold_ms behind the newest event "
+        "(a stream further behind turns late)", ()),
+    "satmon_worker_window_held_batches": (
+        CounterMetricFamily, "Batches whose window closing waited for a stream with a backlog in Kafka", ()),
+    "satmon_worker_store_memory_bytes": (
+        GaugeMetricFamily, "RocksDB memory of the worker's table stores (all its partitions), by table and kind",
+        ("table", "kind")),
+    "satmon_worker_python_blocks": (
+        GaugeMetricFamily, "Memory blocks Python's allocator has handed out and not freed (sys.getallocatedblocks): "
+        "flat while resident memory grows means fragmentation, not live objects", ()),
+    "satmon_worker_malloc_bytes": (
+        GaugeMetricFamily, "The C heap (glibc mallinfo2): in_use, free (held, not returned) and mmapped", ("kind",)),
+    "satmon_worker_commits_not_done": (
+        CounterMetricFamily, "Offset commits that did not happen (a rebalance, a failed send); retried", ()),
+    "satmon_worker_records_rewound": (
+        CounterMetricFamily, "Input records fetched, dropped while flow was stopped (rebalance, recovery) "
+        "and rewound to be fetched again", ()),
+    "satmon_worker_floors_committed": (
+        CounterMetricFamily, "Input topic-partitions taken over whose commit was advanced to the previous owner's "
+        "acknowledged offsets", ()),
+    "satmon_worker_cores": (GaugeMetricFamily, "Input partitions with a live risk core in memory", ()),
+    "satmon_worker_checkpoints_refused": (
+        CounterMetricFamily, "Model checkpoints refused at restore (not the data-only format, e.g. an old pickle): "
+        "the partition started from a fresh model", ()),
+    "satmon_outreach_records_trimmed": (
+        CounterMetricFamily, "Outreach contacts and outcomes dropped as older than the newest kept per "
+        "subscriber (bounded memory)", ()),
+    "satmon_view_subscribers": (GaugeMetricFamily, "Subscribers in this worker's outreach view", ()),
+    "satmon_view_history_versions": (GaugeMetricFamily, "Score versions held in the view's history rings", ()),
+    "satmon_view_change_log_entries": (
+        GaugeMetricFamily, "Entries in the view's change log (page walks replay it; bounded per partition)", ()),
+    "satmon_view_records_applied": (CounterMetricFamily, "risk_score.v1 records applied to the view", ()),
+}
+
+
+def _family(name: str, value: float | None = None, samples: Iterable[tuple[Sequence[str], float]] = ()) -> Any:
+    """The family ``name`` of :data:`_SCRAPED`, with one unlabelled ``value`` or labelled ``samples``."""
+    kind, doc, labels = _SCRAPED[name]
+    if not labels:
+        return kind(name, doc, value=value)
+    fam = kind(name, doc, labels=labels)
+    for key, n in samples:
+        fam.add_metric(list(key), n)
+    return fam
+
+
+class PipelineCollector:
+    """The pipeline's, the cell windows', the hot-spot stage's and the consumer's own counters, read
+    at scrape time: they are plain ints those objects keep, so the batch path makes no metric call.
+
+    ``worker`` is the worker shell (:class:`monitor.app.Worker`): its ``pipeline``, ``hotspots``,
+    ``cell_windows`` and ``app`` are read duck-typed.
+
+    >>> from types import SimpleNamespace as NS
+    >>> from prometheus_client import CollectorRegistry
+    >>> reg = CollectorRegistry()
+    >>> table = NS(memory=lambda: {"mem": 10})
+    >>> pipe = NS(batches=3, skipped_below_floor=0, state_table=table, model_table=table, cores={})
+    >>> reg.register(PipelineCollector(NS(pipeline=pipe, hotspots=None, cell_windows=None, app=None)))
+    >>> reg.get_sample_value("satmon_worker_batches_total")
+    3
+    """
+
+    NAMES = tuple(n for n in _SCRAPED if n.startswith("satmon_worker_"))
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+
+    def describe(self) -> Iterable[Any]:
+        return [_SCRAPED[name][0](name, _SCRAPED[name][1]) for name in self.NAMES]
+
+    def collect(self) -> Iterable[Any]:
+        w = self.worker
+        p = w.pipeline
+        yield _family("satmon_worker_batches", p.batches)
+        yield _family("satmon_worker_skipped_below_floor", p.skipped_below_floor)
+        h = w.hotspots
+        if h is not None:
+            yield _family("satmon_worker_window_batches", h.windows_in)
+            yield _family("satmon_worker_alerts", h.alerts_out)
+            yield _family("satmon_worker_hotspot_baselines", sum(e.baselines for _m, e in list(h.stages.values())))
+            yield _family("satmon_worker_window_late_partials", h.late_partials())
+        cw = w.cell_windows
+        if cw is not None:
+            yield _family("satmon_worker_window_late_events",
+                          samples=(((s,), n) for s, n in sorted(cw.late_events().items())))
+            sides = [(("aggregator",), sum(a.open_windows for a in list(cw.aggregators.values())))]
+            if h is not None:
+                sides.append((("merger",), sum(m.open_windows for m, _e in list(h.stages.values()))))
+            yield _family("satmon_worker_window_cells_open", samples=sides)
+            yield _family("satmon_worker_window_hold_capped_batches", cw.hold_capped)
+            yield _family("satmon_worker_window_held_batches", cw.holds)
+        yield _family("satmon_worker_store_memory_bytes",
+                      samples=(((table, kind), n) for table, ts in (("state", p.state_table), ("model", p.model_table))
+                               for kind, n in ts.memory().items()))
+        yield _family("satmon_worker_python_blocks", sys.getallocatedblocks())
+        yield _family("satmon_worker_malloc_bytes", samples=(((k,), n) for k, n in malloc_stats().items()))
+        consumer = getattr(w.app, "_consumer", None)
+        yield _family("satmon_worker_commits_not_done", getattr(consumer, "commits_not_done", 0))
+        yield _family("satmon_worker_records_rewound", getattr(consumer, "records_rewound", 0))
+        yield _family("satmon_worker_floors_committed", getattr(consumer, "floors_committed", 0))
+        yield _family("satmon_worker_cores", len(p.cores))
+        yield _family("satmon_worker_checkpoints_refused",
+                      sum(getattr(c, "checkpoints_refused", 0) for c in list(p.cores.values())))
+
+
+class ViewCollector:
+    """The outreach view's size at scrape time: what it holds grows until every subscriber's
+    history ring and every partition's change log is full, then stays (docs/WORKER.md, memory).
+    ``store`` (the outreach store, optional) adds its trimmed-records counter."""
+
+    NAMES = tuple(n for n in _SCRAPED if n.startswith(("satmon_view_", "satmon_outreach_")))
+
+    def __init__(self, view: Any, store: Any = None) -> None:
+        self.view = view
+        self.store = store
+
+    def describe(self) -> Iterable[Any]:
+        return [_SCRAPED[name][0](name, _SCRAPED[name][1]) for name in self.NAMES
+                if self.store is not None or name != "satmon_outreach_records_trimmed"]
+
+    def collect(self) -> Iterable[Any]:
+        if self.store is not None:
+            yield _family("satmon_outreach_records_trimmed", self.store.trimmed)
+        v = self.view
+        yield _family("satmon_view_subscribers", len(v))
+        yield _family("satmon_view_history_versions", v.versions)
+        yield _family("satmon_view_change_log_entries", v.change_log_entries())
+        yield _family("satmon_view_records_applied", v.records_applied)
+
+
+# Request latency buckets: an at-risk page is ~1 ms; an fsync'd audit write 1-20 ms on disk.
+API_LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ApiMetrics:
+    """The API's Prometheus metrics (labels: route *pattern* and status code -- never a path,
+    which may hold a subscriber id).
+
+    >>> reg = CollectorRegistry()
+    >>> ApiMetrics(reg).requests.labels("/api/v1/at-risk", "200").inc()
+    >>> reg.get_sample_value("satmon_api_requests_total", {"route": "/api/v1/at-risk", "code": "200"})
+    1.0
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("satmon_api_requests_total", "API requests by route and status code",
+                                ["route", "code"], registry=registry)
+        self.latency = Histogram("satmon_api_request_duration_seconds", "API request latency by route",
+                                 ["route"], buckets=API_LATENCY_BUCKETS_SECONDS, registry=registry)
+        self.rate_limited = Counter("satmon_api_rate_limited_total", "API requests refused with 429",
+                                    registry=registry)
 
 
 def _sync(gauge: Gauge, old: set, new: set) -> set:
