@@ -491,23 +491,73 @@ def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> N
 @pytest.mark.slow
 def test_labels_feed_model_quality_metrics(broker: Broker, workers: Any, tmp_path: Path) -> None:
     """Graded snapshots learned by the real core show up as labels received per outcome head and as
-    the complaint head's rolling model-quality gauges on /metrics (by partition, never by subscriber)."""
+    the complaint head's rolling model-quality gauges on /metrics (by partition, never by subscriber).
+
+    A complaint label is made certain by construction rather than hoped for: the simulated day goes
+    to the worker in three parts, each decoded before the next is sent (the worker consumes its input
+    topics in no fixed order between them), so a subscriber seen in the first hour whose ticket is
+    opened before hour 20 and who is seen again after hour 24 matures a positive complaint label."""
     from monitor import simulate
+    from monitor.risk import LEARN_HORIZON_H
+    from monitor.topics import partition_for
 
     # a snapshot becomes a label once its 24 h horizon has passed (monitor.risk): 26 simulated hours
     config = simulate.SimConfig(subscribers=800, hours=26, seed=4, malformed_share=0, duplicate_share=0,
                                 late_share=0)
-    records = list(simulate.generate(config))
-    run(produce(broker.bootstrap, records))
-    w = workers(broker, app_id="t-quality", core="real")
-    w.wait_for(lambda: w.total("satmon_ingest_events_decoded_total") >= len(records), timeout_s=120, what="all events")
-    # a partition with no complaint yet has no AUC (NaN): any partition with one exports it
-    w.wait_for(lambda: any(k.startswith("satmon_model_roc_auc") and v > 0 for k, v in w.metrics().items()),
-               timeout_s=90, what="model-quality gauges")
+    records = [(t, k, v, orjson.loads(v)) for t, k, v in simulate.generate(config)]
+    start = min(rec["ts_ms"] for _t, _k, _v, rec in records)
+    hour = 3_600_000
+    parts = [[r for r in records if lo <= r[3]["ts_ms"] - start < hi]
+             for lo, hi in ((0, hour), (hour, 20 * hour), (20 * hour, float("inf")))]
+    assert sum(map(len, parts)) == len(records)
+    horizon = LEARN_HORIZON_H * hour
+    first = {}  # subscriber -> first network event of the first part (the label's snapshot)
+    for t, _k, _v, rec in parts[0]:
+        if t == "network-events":
+            first.setdefault(rec["subscriber_id"], rec["ts_ms"])
+    opened = {(rec["subscriber_id"]) for t, _k, _v, rec in parts[1]
+              if t == "care-tickets" and rec["action"] == "opened"
+              and rec["ts_ms"] <= first.get(rec["subscriber_id"], -horizon) + horizon}
+    seen_after = {rec["subscriber_id"] for t, _k, _v, rec in parts[2]
+                  if t == "network-events" and rec["subscriber_id"] in opened
+                  and rec["ts_ms"] > first[rec["subscriber_id"]] + horizon}
+    positive = {partition_for(sub.encode(), PARTITIONS) for sub in seen_after}
+    assert positive, "seed 4 must give a complaint label (the world changed: pick another seed)"
+
+    w = None
+    sent = 0
+    for part in parts:
+        run(produce(broker.bootstrap, [(t, k, v) for t, k, v, _rec in part]))
+        sent += len(part)
+        if w is None:
+            w = workers(broker, app_id="t-quality", core="real")
+        w.wait_for(lambda n=sent: w.total("satmon_ingest_events_decoded_total") >= n, timeout_s=120,
+                   what=f"{sent} events")
+
+    def gauge(name: str, partition: int) -> float | None:
+        return w.metrics().get(f'{name}{{partition="{partition}"}}')
+
+    def received() -> dict[str, float]:
+        return {k: v for k, v in w.metrics().items() if k.startswith("satmon_model_labels_received_total")}
+
+    def learned() -> set[int]:
+        return {int(k.split('partition="')[1].split('"')[0]) for k in received()}
+
+    # every partition that learned labels exports the log-loss and calibration (they need no
+    # positive); a partition that learned a positive complaint label exports the AUC too
+    w.wait_for(lambda: positive <= learned() and all(gauge("satmon_model_log_loss_nats", p) is not None
+                                                     for p in learned() | positive),
+               timeout_s=90, what=f"model-quality gauges (positives in partitions {sorted(positive)})")
     m = w.metrics()
-    labels = {k: v for k, v in m.items() if k.startswith("satmon_model_labels_received_total")}
-    assert sum(labels.values()) >= 10 and any('kind="complaint"' in k for k in labels)
-    assert any(k.startswith("satmon_model_log_loss") and v > 0 for k, v in m.items())
+    labels = received()
+    assert sum(labels.values()) >= 10
+    assert all(any(f'kind="{kind}"' in k for k in labels) for kind in ("complaint", "detractor", "churn"))
+    for p in learned():
+        assert gauge("satmon_model_log_loss_nats", p) > 0
+        assert 0 <= gauge("satmon_model_calibration_error_ratio", p) <= 1
+    for p in positive:
+        auc = gauge("satmon_model_roc_auc_ratio", p)
+        assert auc is not None and 0 <= auc <= 1
     assert not any("sub-" in k for k in m)
     assert w.stop() == 0
 
