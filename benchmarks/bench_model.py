@@ -1,5 +1,5 @@
 """The risk model's tuning experiment (docs/MODEL.md): several model settings learn from the same
-labels of one replay, beside the untrained prior, a model learned from zero and the simulator's
+labels of one replay (the worker's pipeline, :mod:`monitor.replay`), beside the untrained prior, a model learned from zero and the simulator's
 oracle (its true hazard), all scored at the same instants against the outcomes that followed.
 
 Run it on *tuning* worlds (seeds that ``satmon evaluate`` does not report on)::
@@ -24,9 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from monitor import replay  # noqa: E402
 from monitor.core import PartitionCore  # noqa: E402
-from monitor.evaluation import read_events  # noqa: E402
-from monitor.topics import partition_for  # noqa: E402
 from monitor.features import feature_vector  # noqa: E402
 from monitor.risk import RiskModel, roc_auc  # noqa: E402
 
@@ -49,7 +48,8 @@ def lift_at(y: np.ndarray, s: np.ndarray, share: float = 0.01) -> float:
 
 def run(d: Path, *, every_h: float, from_h: float, horizon_h: float, grid: dict[str, dict],
         partitions: int = 4) -> dict:
-    events, _ = read_events(d)
+    """Replay ``d`` through the worker's pipeline (:func:`monitor.replay.run`); its cores score with
+    the grid's first model and every label they learn teaches every model of the grid."""
     truth = {}
     for line in open(d / "ground_truth" / "labels.jsonl"):
         r = json.loads(line)
@@ -63,20 +63,22 @@ def run(d: Path, *, every_h: float, from_h: float, horizon_h: float, grid: dict[
         for m in models.values():
             m.learn(rec)
 
-    cores = [PartitionCore(p, model=main, label_sink=sink, clock_ms=lambda: 0) for p in range(partitions)]
-    start, end = events[0].ts_ms, events[-1].ts_ms
+    def make_core(partition, state_loader):
+        return PartitionCore(partition, model=main, label_sink=sink, state_loader=state_loader, clock_ms=lambda: 0)
+
+    records = list(replay.file_records(d))
+    stamped = [r[3] for r in records if r[3] is not None]
+    start, end = min(stamped), max(stamped)
     H = int(horizon_h * HOUR_MS)
-    instants = [t for t in o_ts if t >= start + from_h * HOUR_MS and t + H <= end
+    instants = [int(t) for t in o_ts if t >= start + from_h * HOUR_MS and t + H <= end
                 and (t - o_ts[0]) % int(every_h * HOUR_MS) == 0]
     rows: dict[str, dict[str, list]] = {o: {"y": [], **{n: [] for n in [*grid, "oracle"]}} for o in ("complaint", "churn")}
-    j = 0
     t0 = time.perf_counter()
-    for ev in events:
-        while j < len(instants) and ev.ts_ms >= instants[j]:
-            _score(instants[j], cores, models, truth, oracle, rows, H, horizon_h)
-            j += 1
-        cores[partition_for(ev.subscriber_id.encode(), partitions)].process(ev)
-    out = {"dir": str(d), "events": len(events), "instants": len(instants), "labels": main.n_labels,
+    result = replay.run_records(records, partitions=partitions, instants=instants, hotspots=False,
+                                make_core=make_core,
+                                on_instant=lambda t, pipe: _score(t, pipe.cores.values(), models, truth, oracle,
+                                                                  rows, H, horizon_h))
+    out = {"dir": str(d), "events": result.events, "instants": len(instants), "labels": main.n_labels,
            "seconds": round(time.perf_counter() - t0, 1), "outcomes": {}}
     for o, r in rows.items():
         y = np.array(r["y"], dtype=bool)

@@ -14,8 +14,7 @@ rule-based prior), ``zero_prior`` (a second replay whose models start from zero 
 of the first half of the evaluated period, scored on the second) and ``best_single_feature``
 (one feature, chosen and signed on the first half). ROC-AUC is exact and counts pairs *within* an
 instant only (pooling instants would reward knowing the time of day). Intervals: bootstrap over
-worlds. :func:`read_events` and :func:`replay` are the older in-process replay kept for tools that
-want decoded events.
+worlds. :func:`read_events` reads a directory's decoded events for tools that want them.
 """
 
 from __future__ import annotations
@@ -23,17 +22,16 @@ from __future__ import annotations
 import bisect
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
-from monitor.core import HOUR_MS, LabelJoin, PartitionCore
+from monitor.core import HOUR_MS
 from monitor.errors import InvalidEventError, MonitorError
-from monitor.events import INPUT_TOPICS, RiskScore, decode
-from monitor.topics import partition_for
+from monitor.events import INPUT_TOPICS, decode
 
 
 def read_events(sim_dir: str | Path) -> tuple[list[Any], int]:
@@ -58,34 +56,6 @@ def read_events(sim_dir: str | Path) -> tuple[list[Any], int]:
         raise MonitorError(f"{d}: no input files ({', '.join(t + '.jsonl' for t in INPUT_TOPICS)})")
     events.sort(key=lambda e: e.ts_ms)
     return events, invalid
-
-
-def replay(events: list[Any], *, partitions: int = 4, settings: Any = None,
-           on_label: Callable[[LabelJoin], None] | None = None) -> Iterator[RiskScore]:
-    """Run ``events`` through per-partition cores; yield every emitted score in order (``on_label``
-    sees every label the cores learn)."""
-    cores = [PartitionCore(p, settings=settings, clock_ms=lambda: 0) for p in range(partitions)]
-    for core in cores:
-        core.on_label = on_label
-    core_of = _router(cores)
-    for event in events:
-        score = core_of(event.subscriber_id).process(event)
-        if score is not None:
-            yield score
-
-
-def _router(cores: list[PartitionCore]) -> Callable[[str], PartitionCore]:
-    """``subscriber_id -> core`` by Kafka's default partitioner, cached per subscriber."""
-    cache: dict[str, PartitionCore] = {}
-    n = len(cores)
-
-    def core_of(sid: str) -> PartitionCore:
-        core = cache.get(sid)
-        if core is None:
-            core = cache[sid] = cores[partition_for(sid.encode(), n)]
-        return core
-
-    return core_of
 
 
 # --- metrics ------------------------------------------------------------------------------------

@@ -219,24 +219,6 @@ def test_unseen_event_fields_tolerated():
     assert len(feature_vector(st, T0)) == len(FEATURES)
 
 
-@pytest.mark.slow
-def test_replay_and_core_agree(tmp_path):
-    from monitor.evaluation import read_events, replay
-    from monitor.topics import partition_for
-    from monitor.simulate import SimConfig, write_files
-
-    write_files(SimConfig(subscribers=300, hours=0.5, seed=3), tmp_path)
-    events, _ = read_events(tmp_path)
-    via_replay = [(s.subscriber_id, s.score) for s in replay(events, partitions=2)]
-    cores = [PartitionCore(p, clock_ms=lambda: 0) for p in range(2)]
-    direct = []
-    for e in events:
-        s = cores[partition_for(e.subscriber_id.encode(), 2)].process(e)
-        if s:
-            direct.append((s.subscriber_id, s.score))
-    assert via_replay == direct and len(direct) > 100
-
-
 def test_state_cache_is_bounded_when_a_table_backs_it():
     """With a state table behind it the core keeps at most ``cache_max`` subscribers in memory;
     the quietest clean ones go, come back from the table on their next event, and nothing is lost."""
