@@ -111,6 +111,25 @@ def _metric_sum(text: str, name: str) -> float:
     return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+def _stages(text: str) -> dict[str, float]:
+    """``satmon_worker_stage_cpu_seconds_total`` per stage, from a /metrics body."""
+    return {m.group(1): float(m.group(2)) for m in
+            re.finditer(r'^satmon_worker_stage_cpu_seconds_total\{stage="([^"]+)"\} (\S+)$', text, re.M)}
+
+
+def stage_profile(before: dict[str, float], after: dict[str, float], events: float, cpu_s: float) -> dict[str, float]:
+    """CPU-seconds per million events of each stage between two scrapes; ``other`` is the process's
+    CPU the stages do not account for (fetching, commits, the event loop, Faust, other threads).
+    ``gc`` is not added up: collector pauses also fall inside the stages."""
+    if events <= 0:
+        return {}
+    per_m = 1e6 / events
+    out = {k: round((after[k] - before.get(k, 0.0)) * per_m, 2) for k in sorted(after)}
+    out["other"] = round(cpu_s * per_m - sum(v for k, v in out.items() if k != "gc"), 2)
+    out["total"] = round(cpu_s * per_m, 2)
+    return out
+
+
 def _cpu_s(pid: int | None) -> float:
     """User + system CPU seconds of process ``pid`` so far (0 when unknown)."""
     if pid is None:
@@ -157,7 +176,7 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
             now = time.perf_counter()
             count = _metric_sum(text, "satmon_ingest_events_decoded_total") + _metric_sum(text, "satmon_ingest_records_dead_lettered_total")
             if count > 0 and t0 is None:
-                t0, c0, cpu0 = now, count, _cpu_s(proc.pid)
+                t0, c0, cpu0, stages0 = now, count, _cpu_s(proc.pid), _stages(text)
             if count >= n:
                 elapsed = now - t0
                 cpu = _cpu_s(proc.pid) - cpu0
@@ -165,6 +184,7 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
                         "events_per_s": round((count - c0) / elapsed) if elapsed > 0 else None, "cores": 1,
                         "worker_cpu_s": round(cpu, 2),
                         "events_per_cpu_s": round((count - c0) / cpu) if cpu > 0 else None,
+                        "cpu_s_per_million_events": stage_profile(stages0, _stages(text), count - c0, cpu),
                         "note": f"timed by polling /metrics every {poll_s:g} s"}
             time.sleep(poll_s)  # a scrape costs the worker CPU: poll gently (the rate is exact at poll instants)
         raise RuntimeError("satmon worker did not finish: " + proc.stderr.read(4000).decode(errors="replace"))

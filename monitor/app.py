@@ -282,6 +282,8 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     pipeline.ingest = Ingest(worker=worker_id, max_clock_skew_ms=int(settings.max_clock_skew_s * 1000),
                              pseudonymise=pseudonymise, keep_original=settings.dead_letter_keep_original)
     app.satmon_batch_handler = pipeline
+    hotspots.stage_clock = pipeline.stage_clock
+    _time_collections(pipeline.stage_clock)
     pipeline.durable_offsets = lambda: app.consumer.durable_offsets()
     registry = registry if registry is not None else CollectorRegistry()
     worker = Worker(app=app, pipeline=pipeline, registry=registry, settings=settings, worker_id=worker_id,
@@ -346,6 +348,22 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     return worker
 
 
+def _time_collections(clock: Any) -> None:
+    """Add the cyclic collector's pauses to ``clock`` as ``gc`` (they also fall inside whatever
+    stage was running: the row says how much of the job is the collector's)."""
+    import gc
+
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = clock.now()
+        else:
+            clock.add("gc", started[0])
+
+    gc.callbacks.append(on_gc)
+
+
 def full_collection() -> float:
     """One full cyclic garbage collection; returns its duration, s.
 
@@ -391,6 +409,7 @@ def _add_api(worker: Worker) -> None:
                     worker.registry, hotspots=board, incidents=incident_board, ready=lambda: feeder.caught_up)
     mount_api(app.web.web_app, api)
     feeder.lock = api[API_KEY].view_lock  # the API reads the views from its threads
+    feeder.stage_clock = worker.pipeline.stage_clock
     worker.view, worker.feeder = view, feeder
 
     @app.task
@@ -444,6 +463,8 @@ class ModelQualityFeed:
     :class:`monitor.drift.ConceptDriftMonitor`, whose alerts go out with the next batch (the
     ``alerts`` topic, the metrics, Alertmanager) through ``on_alert``."""
 
+    stage = "model quality"   # its monitor.pipeline.StageClock row
+
     def __init__(self, metrics: Any, on_alert: list[Callable[[Any], None]],
                  clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
                  runbook_base: str | None = None) -> None:
@@ -496,6 +517,8 @@ class OutcomeObserver:
     """Publishes the outcomes ingest implies (a complaint opened, a detractor answer) to
     ``satmon-outreach``, where every worker's outreach store reads them for
     ``/api/v1/outreach/effect`` (record ids derive from event ids: replays do not double count)."""
+
+    stage = "outcome records"   # its monitor.pipeline.StageClock row
 
     def on_batch(self, partition: int, events: Any, scores: Any, letters: Any, out: Any) -> None:
         from monitor.outreach import OUTREACH_TOPIC, encode_record, outcome_for_event
@@ -564,7 +587,11 @@ def _add_web_views(worker: Worker) -> None:
         from aiohttp.web import Response
 
         # Built directly: Faust's web.bytes() rejects a content type that carries a charset.
-        return Response(body=generate_latest(worker.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        clock = worker.pipeline.stage_clock
+        t = clock.now()
+        body = generate_latest(worker.registry)
+        clock.add("metrics scrape", t)
+        return Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

@@ -375,7 +375,12 @@ class FastConsumer(faust_aiokafka.Consumer):
     async def _send(self, out: Outputs) -> list[asyncio.Future]:
         if not out:
             return []
+        clock = getattr(getattr(self.app, "satmon_batch_handler", None), "stage_clock", None)
+        t = clock.now() if clock is not None else 0.0
+        # (an await: other tasks that run meanwhile, rarely, are counted here too)
         futures = await send_outputs(out, self.app.producer._producer)
+        if clock is not None:
+            clock.add("producer", t)
         self._fast_sends.extend(futures)
         return futures
 

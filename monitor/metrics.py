@@ -641,6 +641,10 @@ _SCRAPED: dict[str, tuple[type, str, tuple[str, ...]]] = {
         CounterMetricFamily, "Input topic-partitions taken over whose commit was advanced to the previous owner's "
         "acknowledged offsets", ()),
     "satmon_worker_cores": (GaugeMetricFamily, "Input partitions with a live risk core in memory", ()),
+    "satmon_worker_stage_cpu_seconds": (
+        CounterMetricFamily, "CPU seconds of the worker's thread per stage of the job (decode, core, cell windows, "
+        "hot spots and drift, view, metrics, producer, state and checkpoints, ...; gc also falls inside them)",
+        ("stage",)),
     "satmon_worker_checkpoints_refused": (
         CounterMetricFamily, "Model checkpoints refused at restore (not the data-only format, e.g. an old pickle): "
         "the partition started from a fresh model", ()),
@@ -722,6 +726,10 @@ class PipelineCollector:
         yield _family("satmon_worker_records_rewound", getattr(consumer, "records_rewound", 0))
         yield _family("satmon_worker_floors_committed", getattr(consumer, "floors_committed", 0))
         yield _family("satmon_worker_cores", len(p.cores))
+        clock = getattr(p, "stage_clock", None)
+        if clock is not None:
+            yield _family("satmon_worker_stage_cpu_seconds",
+                          samples=(((stage,), s) for stage, s in sorted(clock.seconds.items())))
         yield _family("satmon_worker_checkpoints_refused",
                       sum(getattr(c, "checkpoints_refused", 0) for c in list(p.cores.values())))
 
@@ -795,6 +803,8 @@ class MetricsObserver:
     ``partition -> core`` with a ``duplicates`` counter (``pipeline.cores``). Batch wall time is
     not visible to an observer: the batch handler calls :meth:`Metrics.batch_done` itself.
     """
+
+    stage = "metrics"   # its monitor.pipeline.StageClock row
 
     def __init__(self, metrics: Metrics, *, ingest: Any = None, cores: Mapping[int, Any] | None = None) -> None:
         self.metrics = metrics

@@ -56,6 +56,36 @@ MODEL_CHANGELOG = "risk-model"
 
 
 
+class StageClock:
+    """CPU seconds the worker's thread spent per stage of the whole job (issue 22's profile).
+
+    The pipeline, the consumer, the hot-spot stage and the view each add the thread CPU time
+    (:func:`time.thread_time`) between two reads to their stage: about 30 reads per batch of up to
+    ``max_poll_records`` records, not per event. Exported as
+    ``satmon_worker_stage_cpu_seconds_total{stage}``; ``./run bench`` turns it into CPU-seconds per
+    million events. ``gc`` (collector pauses, timed by :mod:`gc` callbacks) also falls inside
+    whatever stage was running.
+
+    >>> clock = StageClock()
+    >>> t = clock.add("decode", clock.now())
+    >>> sorted(clock.seconds), clock.seconds["decode"] >= 0
+    (['decode'], True)
+    """
+
+    __slots__ = ("seconds", "now")
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.now: Callable[[], float] = time.thread_time
+
+    def add(self, stage: str, since: float) -> float:
+        """Add the CPU time since ``since`` to ``stage``; returns now, the next stage's start."""
+        t = self.now()
+        seconds = self.seconds
+        seconds[stage] = seconds.get(stage, 0.0) + (t - since)
+        return t
+
+
 class BatchHandler(Protocol):
     """What :class:`FastConsumer` hands fast-topic batches to (:class:`RiskPipeline`)."""
 
@@ -247,6 +277,8 @@ class CellWindows:
     hold was capped is counted too (``hold_capped``).
     """
 
+    stage = "cell windows"   # its StageClock row
+
     def __init__(self, *, partitions: int, width_ms: int = 60_000, allowed_lateness_ms: int = 30_000,
                  backlog: Callable[[str, int], int | None] | None = None, idle_s: float = 5.0,
                  max_hold_ms: int = MAX_HOLD_MS, clock: Callable[[], float] = time.monotonic) -> None:
@@ -358,6 +390,8 @@ class HotspotStage:
     every alert links its runbook under ``runbook_base``.
     """
 
+    stage = "hot spots and drift"   # its StageClock row
+
     def __init__(self, *, partitions: int, data_drift: bool = True, runbook_base: str | None = None,
                  max_skew_ms: int = MAX_HOLD_MS) -> None:
         self.sources = [str(p) for p in range(partitions)]
@@ -377,6 +411,8 @@ class HotspotStage:
         self.incidents: list[ev.Incident] = []
         #: ``(window end ms, incident records)`` as they are produced (evaluation)
         self.on_incidents: Callable[[int, list[ev.Incident]], None] | None = None
+        #: the worker's :class:`StageClock` (None: not timed)
+        self.stage_clock: StageClock | None = None
 
     def late_partials(self) -> int:
         """Partials that reached a merger after their window was complete (left out, counted)."""
@@ -398,6 +434,8 @@ class HotspotStage:
             stage = self.stages[partition] = (WindowMerger(sources=self.sources, max_skew_ms=self.max_skew_ms),
                                               self._engine())
         merger, engine = stage
+        clock = self.stage_clock
+        t = clock.now() if clock is not None else 0.0
         merger.add(decode_batch(raw))
         self.windows_in += 1
         alerts: list[ev.Alert] = []
@@ -412,6 +450,8 @@ class HotspotStage:
                     self.on_incidents(start_ms + windows[0].width_ms, incidents)
             alerts.extend(step)
         self.alerts_out += len(alerts)
+        if clock is not None:
+            clock.add(self.stage, t)
         return alerts
 
     def _tracker(self, partition: int) -> Any:
@@ -506,6 +546,8 @@ class RiskPipeline:
         self.scores_emitted = 0
         self.skipped_below_floor = 0
         self.batches = 0
+        #: CPU per stage (the worker shares it with its consumer, hot-spot stage and view)
+        self.stage_clock = StageClock()
 
     @classmethod
     def in_memory(cls, settings: Any = None, **options: Any) -> "RiskPipeline":
@@ -606,6 +648,8 @@ class RiskPipeline:
     # -- BatchHandler ---------------------------------------------------------------------------
 
     def handle(self, batch: Mapping[Any, list[Any]], out: Outputs) -> None:
+        clock = self.stage_clock
+        t = clock.now()
         by_partition: dict[int, list[Any]] = {}
         dead: dict[int, list[ev.DeadLetter]] = {}
         decode_batch = self.ingest.decode_batch
@@ -634,6 +678,7 @@ class RiskPipeline:
                 dead.setdefault(tp.partition, []).extend(letters)
 
         now = self.clock()
+        t = clock.add("decode", t)
         for partition in by_partition.keys() | dead.keys():
             events = by_partition.get(partition, [])
             core = self.core_for(partition)
@@ -647,10 +692,13 @@ class RiskPipeline:
             for letter in letters:
                 key = None if letter.key_b64 is None else base64.b64decode(letter.key_b64)
                 out.add(DEAD_LETTER, 0, key, ev.encode(letter))
+            t = clock.add("core", t)
             for observer in self.observers:
                 observer.on_batch(partition, events, scores, letters, out)
+                t = clock.add(getattr(observer, "stage", None) or type(observer).__name__, t)
             due = now - self._checkpointed_at.get(partition, now) >= self.checkpoint_interval_s
             self._flush_core(partition, core, out, checkpoint=due)
+            t = clock.add("state and checkpoints", t)
         self.batches += 1
 
     def _pseudonymised(self, events: list[Any]) -> list[Any]:
@@ -684,6 +732,8 @@ class RiskPipeline:
 
     def tick(self, out: Outputs) -> None:
         """Wall-clock work of the observers (about once a second, see ``BatchHandler``)."""
+        clock = self.stage_clock
+        t = clock.now()
         for observer in self.observers:
             tick = getattr(observer, "tick", None)
             if tick is not None:
@@ -691,6 +741,7 @@ class RiskPipeline:
                     tick(out)
                 except Exception:  # a timer must not stop the drain loop
                     log.exception("tick of %r failed", observer)
+        clock.add("ticks", t)
 
     def flush_all(self, out: Outputs, *, checkpoint: bool = True) -> None:
         """Flush every partition's dirty state (and checkpoint its model): used at shutdown."""

@@ -554,6 +554,8 @@ class ViewFeeder:
         #: held (``async with``) while a fetched batch is applied: the API reads the views from
         #: its threads under the same lock (``monitor.api.ViewLock``); a no-op by default
         self.lock: Any = contextlib.nullcontext()
+        #: the worker's :class:`monitor.pipeline.StageClock` (None: not timed)
+        self.stage_clock: Any = None
 
     @property
     def caught_up(self) -> bool:
@@ -595,7 +597,11 @@ class ViewFeeder:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             if batches:
                 async with self.lock:
+                    clock = self.stage_clock
+                    t = clock.now() if clock is not None else 0.0
                     self._apply(batches)
+                    if clock is not None:
+                        clock.add("view", t)
             if not self._caught_up.is_set() and self._at_high_water(tps):
                 self._caught_up.set()
 

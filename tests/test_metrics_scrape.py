@@ -54,3 +54,28 @@ def test_every_documented_metric_is_exported_and_every_exported_one_documented(b
     assert not missing, f"documented in docs/OPERATIONS.md but not exported: {sorted(missing)}"
     undocumented = names - doc
     assert not undocumented, f"exported but not in docs/OPERATIONS.md: {sorted(undocumented)}"
+
+
+def test_a_worker_accounts_its_cpu_per_stage(broker, workers, tmp_path):
+    """The per-stage profile ``./run bench`` reports: every stage of the whole job shows up with
+    CPU time once the records are through, and together they never exceed the process's CPU
+    (what they leave out -- fetching, commits, the event loop, Faust -- the benchmark reports as
+    the rest)."""
+    w = workers(broker, app_id="stages", data_dir=tmp_path)
+    w.wait_for(lambda: w.total("satmon_worker_partitions_assigned") == PARTITIONS, what="assignment")
+    cpu0 = w.total("process_cpu_seconds_total")
+    config = simulate.SimConfig(subscribers=2000, hours=0.5, seed=5, late_share=0.0)
+    records = list(simulate.generate(config, simulate.Simulator(config)))
+    run(produce(broker.bootstrap, records))
+    w.wait_for(lambda: w.total("satmon_ingest_records_consumed_total") >= len(records), what="records")
+    stages = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            m = re.match(r'satmon_worker_stage_cpu_seconds_total\{stage="([^"]+)"\} (\S+)', line)
+            if m:
+                stages[m.group(1)] = float(m.group(2))
+    for stage in ("decode", "core", "cell windows", "metrics", "state and checkpoints", "producer", "view"):
+        assert stages.get(stage, 0) > 0, (stage, stages)
+    cpu = w.total("process_cpu_seconds_total") - cpu0
+    accounted = sum(s for k, s in stages.items() if k != "gc")
+    assert 0 < accounted <= cpu + 0.02, (accounted, cpu, stages)   # /metrics rounds CPU to 10 ms
