@@ -112,15 +112,15 @@ def _metric_sum(text: str, name: str) -> float:
 
 
 def _stages(text: str) -> dict[str, float]:
-    """``satmon_worker_stage_cpu_seconds_total`` per stage, from a /metrics body."""
+    """``satmon_worker_stage_seconds_total`` per stage, from a /metrics body."""
     return {m.group(1): float(m.group(2)) for m in
-            re.finditer(r'^satmon_worker_stage_cpu_seconds_total\{stage="([^"]+)"\} (\S+)$', text, re.M)}
+            re.finditer(r'^satmon_worker_stage_seconds_total\{stage="([^"]+)"\} (\S+)$', text, re.M)}
 
 
 def stage_profile(before: dict[str, float], after: dict[str, float], events: float, cpu_s: float) -> dict[str, float]:
-    """CPU-seconds per million events of each stage between two scrapes; ``other`` is the process's
-    CPU the stages do not account for (fetching, commits, the event loop, Faust, other threads).
-    ``gc`` is not added up: collector pauses also fall inside the stages."""
+    """Seconds per million events of each stage between two scrapes; ``total`` is the process's CPU
+    seconds per million events and ``other`` what the stages leave of it (fetching, commits, the
+    event loop, Faust, other threads). ``gc`` is not added up: its pauses also fall inside the stages."""
     if events <= 0:
         return {}
     per_m = 1e6 / events
@@ -184,7 +184,7 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
                         "events_per_s": round((count - c0) / elapsed) if elapsed > 0 else None, "cores": 1,
                         "worker_cpu_s": round(cpu, 2),
                         "events_per_cpu_s": round((count - c0) / cpu) if cpu > 0 else None,
-                        "cpu_s_per_million_events": stage_profile(stages0, _stages(text), count - c0, cpu),
+                        "stage_s_per_million_events": stage_profile(stages0, _stages(text), count - c0, cpu),
                         "note": f"timed by polling /metrics every {poll_s:g} s"}
             time.sleep(poll_s)  # a scrape costs the worker CPU: poll gently (the rate is exact at poll instants)
         raise RuntimeError("satmon worker did not finish: " + proc.stderr.read(4000).decode(errors="replace"))

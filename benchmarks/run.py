@@ -150,7 +150,7 @@ def end_to_end(system: str, records: list, partitions: int, timeout_s: float,
             r = e2e.run_peer(script, args, timeout_s=timeout_s)
         return entry(system, workload, events_per_s=r["events_per_s"], cores=r.get("cores", 1),
                      events=r["events"], seconds=r["seconds"], workers=1, core=r.get("core") or CORE_NAME,
-                     **{k: r[k] for k in ("worker_cpu_s", "events_per_cpu_s", "cpu_s_per_million_events")
+                     **{k: r[k] for k in ("worker_cpu_s", "events_per_cpu_s", "stage_s_per_million_events")
                         if k in r})
     except Exception as err:  # noqa: BLE001 - recorded in the results, the other systems still run
         return entry(system, workload, error=_short(err), workers=1)
@@ -351,8 +351,8 @@ def median_run(tries: list[dict[str, Any]]) -> dict[str, Any]:
     best["samples_events_per_s"] = [t.get("events_per_s") for t in tries]
     if any("events_per_cpu_s" in t for t in tries):
         best["samples_events_per_cpu_s"] = [t.get("events_per_cpu_s") for t in tries]
-    if any("cpu_s_per_million_events" in t for t in tries):
-        best["samples_cpu_s_per_million_events"] = [t.get("cpu_s_per_million_events") for t in tries]
+    if any("stage_s_per_million_events" in t for t in tries):
+        best["samples_stage_s_per_million_events"] = [t.get("stage_s_per_million_events") for t in tries]
     return best
 
 
@@ -379,16 +379,17 @@ def ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def stage_table(runs: list[dict[str, Any]]) -> list[str]:
-    """Markdown: satmon's CPU-seconds per million events per stage (``satmon_worker_stage_cpu_seconds_total``),
+    """Markdown: satmon's seconds per million events per stage (``satmon_worker_stage_seconds_total``),
     each workload's every sample, the median run's first."""
-    mine = [r for r in runs if r["system"] == "satmon" and r.get("samples_cpu_s_per_million_events")]
+    mine = [r for r in runs if r["system"] == "satmon" and r.get("samples_stage_s_per_million_events")]
     if not mine:
         return []
-    cols = [(r["workload"], i, s) for r in mine for i, s in enumerate(r["samples_cpu_s_per_million_events"]) if s]
+    cols = [(r["workload"], i, s) for r in mine for i, s in enumerate(r["samples_stage_s_per_million_events"]) if s]
     stages = sorted({k for _w, _i, s in cols for k in s if k not in ("other", "total", "gc")},
                     key=lambda k: -max(s.get(k, 0.0) for _w, _i, s in cols))
-    lines = ["", "CPU-seconds per million events, per stage of satmon's worker (its thread's CPU per stage from "
-             "`satmon_worker_stage_cpu_seconds_total`; `other`: the process's CPU the stages leave out -- fetching, "
+    lines = ["", "Seconds per million events, per stage of satmon's worker (`satmon_worker_stage_seconds_total`: "
+             "synchronous work on the event-loop thread, so its CPU time unless the thread was preempted; `total`: "
+             "the process's CPU seconds per million events; `other`: what the stages leave of it -- fetching, "
              "commits, the event loop, Faust, other threads; `gc`: collector pauses, already inside the stages):", "",
              "| stage | " + " | ".join(f"{w} #{i + 1}" for w, i, _s in cols) + " |",
              "| --- |" + " ---: |" * len(cols)]

@@ -641,9 +641,10 @@ _SCRAPED: dict[str, tuple[type, str, tuple[str, ...]]] = {
         CounterMetricFamily, "Input topic-partitions taken over whose commit was advanced to the previous owner's "
         "acknowledged offsets", ()),
     "satmon_worker_cores": (GaugeMetricFamily, "Input partitions with a live risk core in memory", ()),
-    "satmon_worker_stage_cpu_seconds": (
-        CounterMetricFamily, "CPU seconds of the worker's thread per stage of the job (decode, core, cell windows, "
-        "hot spots and drift, view, metrics, producer, state and checkpoints, ...; gc also falls inside them)",
+    "satmon_worker_stage_seconds": (
+        CounterMetricFamily, "Seconds the worker's event-loop thread spent per stage of the job (decode, core, cell "
+        "windows, hot spots and drift, view, metrics, producer, state and checkpoints, ...; gc also falls inside "
+        "them): synchronous work, its CPU time unless the thread was preempted",
         ("stage",)),
     "satmon_worker_checkpoints_refused": (
         CounterMetricFamily, "Model checkpoints refused at restore (not the data-only format, e.g. an old pickle): "
@@ -728,7 +729,7 @@ class PipelineCollector:
         yield _family("satmon_worker_cores", len(p.cores))
         clock = getattr(p, "stage_clock", None)
         if clock is not None:
-            yield _family("satmon_worker_stage_cpu_seconds",
+            yield _family("satmon_worker_stage_seconds",
                           samples=(((stage,), s) for stage, s in sorted(clock.seconds.items())))
         yield _family("satmon_worker_checkpoints_refused",
                       sum(getattr(c, "checkpoints_refused", 0) for c in list(p.cores.values())))
