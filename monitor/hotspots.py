@@ -800,10 +800,10 @@ class HotspotEngine:
                 self._last_worst.pop(cell, None)
                 if alert is not None:
                     out.append(alert)
-        out.extend(self._regions(start_ms, windows, width))
+        rolled = self._rollups(windows)
+        out.extend(self._regions(start_ms, rolled, width))
         if self.drift is not None:
-            regions = self._rollups(windows)
-            out.extend(self.drift.update(start_ms, regions, self.lifecycle))
+            out.extend(self.drift.update(start_ms, rolled, self.lifecycle))
         return out
 
     def _rollups(self, windows: Sequence[Partial]) -> dict[str, Partial]:
@@ -812,9 +812,8 @@ class HotspotEngine:
             by_region.setdefault(p.region, []).append(p)
         return {r: rollup(ps, r) for r, ps in by_region.items()}
 
-    def _regions(self, start_ms: int, windows: Sequence[Partial], width: int) -> list[Alert]:
+    def _regions(self, start_ms: int, rolled: Mapping[str, Partial], width: int) -> list[Alert]:
         out: list[Alert] = []
-        rolled = self._rollups(windows)
         rverdicts = self.region_detector.step(start_ms, {r: cell_observation(p) for r, p in rolled.items()})
         hot_by_region: dict[str, list[str]] = {}
         for cell in self.cell_detector.active_keys():

@@ -151,13 +151,30 @@ def rollup(partials: Iterable[Partial], key: str) -> Partial:
 
     Distinct affected subscribers stay exact: a subscriber seen on two cells counts once.
     """
-    acc: Partial | None = None
-    for p in partials:
-        q = msgspec.structs.replace(p, cell_id=key)
-        acc = q if acc is None else merge(acc, q)
-    if acc is None:
+    ps = list(partials)
+    if not ps:
         raise ValueError("rollup of no partials")
-    return acc
+    return _sum(ps, key)
+
+
+def _sum(ps: list[Partial], cell_id: str) -> Partial:
+    """:func:`merge` folded over ``ps`` in one pass, named ``cell_id`` (the same sums in the same
+    order; the hash lists are unioned once instead of re-merged at every step, which made a
+    region's roll-up quadratic in its cells: 3 % of the benchmark worker's time in a profile)."""
+    first = ps[0]
+    return Partial(
+        cell_id=cell_id, region=next((p.region for p in ps if p.region), first.region), start_ms=first.start_ms,
+        width_ms=first.width_ms, sessions=sum(p.sessions for p in ps), degraded=sum(p.degraded for p in ps),
+        drops=sum(p.drops for p in ps), stalls=sum(p.stalls for p in ps),
+        kpi_sums=[sum(col) for col in zip(*(p.kpi_sums for p in ps))],
+        latency_sumsq=sum(p.latency_sumsq for p in ps), latency_max=max(p.latency_max for p in ps),
+        tickets=sum(p.tickets for p in ps), complaints=sum(p.complaints for p in ps),
+        app_events=sum(p.app_events for p in ps), app_failures=sum(p.app_failures for p in ps),
+        risk_n=sum(p.risk_n for p in ps), risk_sum=sum(p.risk_sum for p in ps),
+        risk_sumsq=sum(p.risk_sumsq for p in ps), risk_max=max(p.risk_max for p in ps),
+        affected=sorted(set().union(*(p.affected for p in ps))),
+        sources=sorted(set().union(*(p.sources for p in ps))),
+    )
 
 
 def _union_sorted(a: list, b: list) -> list:
