@@ -117,6 +117,11 @@ def _stages(text: str) -> dict[str, float]:
             re.finditer(r'^satmon_worker_stage_seconds_total\{stage="([^"]+)"\} (\S+)$', text, re.M)}
 
 
+#: stage rows that are not work of their own: collector pauses (inside the stages) and the waits
+#: for the producer's accumulator (other tasks run meanwhile; monitor.fastpath.AWAITING_PRODUCER)
+NOT_ADDED = ("gc", "awaiting the producer")
+
+
 def stage_profile(before: dict[str, float], after: dict[str, float], events: float, cpu_s: float) -> dict[str, float]:
     """Seconds per million events of each stage between two scrapes; ``total`` is the process's CPU
     seconds per million events and ``other`` what the stages leave of it (fetching, commits, the
@@ -125,7 +130,7 @@ def stage_profile(before: dict[str, float], after: dict[str, float], events: flo
         return {}
     per_m = 1e6 / events
     out = {k: round((after[k] - before.get(k, 0.0)) * per_m, 2) for k in sorted(after)}
-    out["other"] = round(cpu_s * per_m - sum(v for k, v in out.items() if k != "gc"), 2)
+    out["other"] = round(cpu_s * per_m - sum(v for k, v in out.items() if k not in NOT_ADDED), 2)
     out["total"] = round(cpu_s * per_m, 2)
     return out
 

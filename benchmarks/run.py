@@ -385,15 +385,17 @@ def stage_table(runs: list[dict[str, Any]]) -> list[str]:
     if not mine:
         return []
     cols = [(r["workload"], i, s) for r in mine for i, s in enumerate(r["samples_stage_s_per_million_events"]) if s]
-    stages = sorted({k for _w, _i, s in cols for k in s if k not in ("other", "total", "gc")},
+    stages = sorted({k for _w, _i, s in cols for k in s if k not in ("other", "total", *e2e.NOT_ADDED)},
                     key=lambda k: -max(s.get(k, 0.0) for _w, _i, s in cols))
     lines = ["", "Seconds per million events, per stage of satmon's worker (`satmon_worker_stage_seconds_total`: "
              "synchronous work on the event-loop thread, so its CPU time unless the thread was preempted; `total`: "
              "the process's CPU seconds per million events; `other`: what the stages leave of it -- fetching, "
-             "commits, the event loop, Faust, other threads; `gc`: collector pauses, already inside the stages):", "",
+             "commits, the event loop, Faust, other threads; `gc`: collector pauses, already inside the stages; "
+             "`awaiting the producer`: waits for a partition's previous batch to leave, while other tasks run -- "
+             "not added up):", "",
              "| stage | " + " | ".join(f"{w} #{i + 1}" for w, i, _s in cols) + " |",
              "| --- |" + " ---: |" * len(cols)]
-    for k in [*stages, "other", "total", "gc"]:
+    for k in [*stages, "other", "total", *e2e.NOT_ADDED]:
         lines.append(f"| {k} | " + " | ".join(_fmt(s.get(k), 1) for _w, _i, s in cols) + " |")
     return lines
 
