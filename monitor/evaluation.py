@@ -11,8 +11,11 @@ Systems graded on the same rows: ``model`` (the pipeline's), ``prior`` (an untra
 rule-based prior), ``zero_prior`` (a second replay whose models start from zero weights),
 ``oracle`` (the world's true probability, ``ground_truth/oracle.npz``), ``batch_reference``
 (scikit-learn's ``HistGradientBoostingClassifier`` with default settings, trained on the snapshots
-of the first half of the evaluated period, scored on the second) and ``best_single_feature``
-(one feature, chosen and signed on the first half). ROC-AUC is exact and counts pairs *within* an
+of the first half of the evaluated period, scored on the second), ``batch_logistic`` (scikit-learn's
+``LogisticRegression``, default ``C``, on standardised features, same rows and split: what a linear
+model like the online heads can reach offline) and ``best_single_feature`` (one feature, chosen and
+signed on the first half). Each headline outcome also carries a ``lift_curve`` (lift at the
+budgets of :data:`CURVE_BUDGETS`, daily instants) for a picture. ROC-AUC is exact and counts pairs *within* an
 instant only (pooling instants would reward knowing the time of day). Intervals: bootstrap over
 worlds. :func:`read_events` reads a directory's decoded events for tools that want them.
 """
@@ -127,6 +130,8 @@ def outcome_name(outcome: str, h: int) -> str:
 
 #: the budgets the list is graded at (share of the scored subscribers)
 BUDGETS = (0.01, 0.05)
+#: the budgets of each headline outcome's lift curve (share of the scored subscribers)
+CURVE_BUDGETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 #: the simulator's drivers -> the model's reason codes that name them (explanation fidelity)
 DRIVER_REASONS: dict[str, tuple[str, ...]] = {
     "coverage": ("weak_coverage", "worst_coverage", "interference", "low_sinr"),
@@ -241,6 +246,7 @@ class _Collector:
                             self.pending.setdefault(s, []).append((ts, drv, o))
         self.last_reason: dict[tuple[int, int, str], tuple[int, str, str]] = {}
         self.instants = instants
+        self.model: Any = None
 
     def __call__(self, t: int, pipeline: Any) -> None:
         from monitor.features import feature_vector
@@ -248,7 +254,7 @@ class _Collector:
         churned = self.truth["churned"]
         subs, xs, probs = [], [], []
         for core in pipeline.cores.values():
-            model = core.model
+            model = self.model = core.model
             for sid, st in core.states.items():
                 s = _sub_index(sid)
                 c = churned.get(s)
@@ -316,7 +322,7 @@ def replay_world(sim_dir: str | Path, *, settings: Any = None, partitions: int =
     result = replay_driver.run(sim_dir, settings=settings, partitions=partitions, instants=instants,
                                on_instant=main, hotspots=False)
     out = {"truth": truth, "instants": instants, "rows": main.rows, "reasons": main.last_reason,
-           "events": result.events, "dead_letters": result.dead_letters, "replay_s": round(time.perf_counter() - t0, 1)}
+           "labels_learned": _labels_learned(main.model), "events": result.events, "dead_letters": result.dead_letters, "replay_s": round(time.perf_counter() - t0, 1)}
     if zero_prior:
         zp = _Collector(truth, instants, reasons=False)
         replay_driver.run(sim_dir, settings=settings, partitions=partitions, instants=instants, on_instant=zp,
@@ -324,6 +330,15 @@ def replay_world(sim_dir: str | Path, *, settings: Any = None, partitions: int =
         out["zero_prior_rows"] = zp.rows
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+def _labels_learned(model: Any) -> dict[str, Any]:
+    """How many matured labels (and positives per outcome) the pipeline's model had learned by the
+    last instant: what learning had to go on."""
+    if model is None:
+        return {}
+    return {"labels": int(getattr(model, "n_labels", 0)),
+            "positives": {o: int(v) for o, v in getattr(model, "n_positive", {}).items()}}
 
 
 def _local_hour(t: int, utc_offset_h: float) -> float:
@@ -343,7 +358,8 @@ def grade_world(data: dict[str, Any], *, list_hour: float = 9.0) -> dict[str, An
     zrows = data.get("zero_prior_rows")
     half = instants[0] + (instants[-1] - instants[0]) / 2 if instants else 0
     out: dict[str, Any] = {"seed": w["seed"], "events": data["events"], "replay_s": data["replay_s"],
-                           "daily_instants": len(daily), "hourly_instants": len(instants), "outcomes": {}}
+                           "daily_instants": len(daily), "hourly_instants": len(instants),
+                           "labels_learned": data.get("labels_learned", {}), "outcomes": {}}
     # prior scores and the snapshot matrices once per instant
     prior = {t: _prior_scores(rows[t]["x"]) for t in instants}
     for oi, o in enumerate(("complaint", "detractor", "churn")):
@@ -377,6 +393,10 @@ def grade_world(data: dict[str, Any], *, list_hour: float = 9.0) -> dict[str, An
                 res["calibration_surveyed"] = _surveyed_calibration(per_t, valid, truth["surveys"], h_ms)
             res["lead"] = {}
             res["systems"] = systems
+            if name in HEADLINE:
+                res["lift_curve"] = {"budgets": list(CURVE_BUDGETS),
+                                     "systems": {s: _lift_curve(per_t, [t for t in valid if t in daily] or valid, s)
+                                                 for s in names}}
             feat = per_t[valid[-1]].get("best_feature")
             if feat is not None:
                 res["best_single_feature_name"] = feat
@@ -404,8 +424,26 @@ def _mean(v: list[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
+def _lift_curve(per_t: dict[int, dict[str, Any]], ts: list[int], sysname: str) -> list[float | None]:
+    """Lift (precision over the base rate) of ``sysname`` at each of :data:`CURVE_BUDGETS`, over the
+    instants ``ts`` where it scored."""
+    ts = [t for t in ts if sysname in per_t[t]["scores"]]
+    pos = sum(int(per_t[t]["y"].sum()) for t in ts)
+    n = sum(len(per_t[t]["y"]) for t in ts)
+    out: list[float | None] = []
+    for b in CURVE_BUDGETS:
+        tp = k = 0
+        for t in ts:
+            top = _top(per_t[t]["scores"][sysname], b)
+            tp += int(per_t[t]["y"][top].sum())
+            k += len(top)
+        out.append(_r((tp / k) / (pos / n), 3) if k and pos else None)
+    return out
+
+
 def _batch_and_single_feature(per_t: dict[int, dict[str, Any]], valid: list[int], half: float) -> None:
-    """Add ``batch_reference`` and ``best_single_feature`` scores to the second-half instants."""
+    """Add ``batch_reference``, ``batch_logistic`` and ``best_single_feature`` scores to the
+    second-half instants."""
     first = [t for t in valid if t <= half]
     second = [t for t in valid if t > half]
     if not first or not second:
@@ -430,16 +468,20 @@ def _batch_and_single_feature(per_t: dict[int, dict[str, Any]], valid: list[int]
         fname = FEATURES[best] if best is not None else None
     except (ImportError, IndexError):
         fname = str(best)
-    clf = None
+    clf = logit = None
     if y1.sum() >= 5 and y1.sum() < len(y1):
         clf = _hgb()
         clf.fit(x1, y1)
+        logit = _logistic()
+        logit.fit(x1, y1)
     for t in second:
         if best is not None:
             per_t[t]["scores"]["best_single_feature"] = best_sign * per_t[t]["x"][:, best].astype(np.float64)
             per_t[t]["best_feature"] = fname
         if clf is not None:
             per_t[t]["scores"]["batch_reference"] = clf.predict_proba(per_t[t]["x"])[:, 1]
+        if logit is not None:
+            per_t[t]["scores"]["batch_logistic"] = logit.predict_proba(per_t[t]["x"])[:, 1]
 
 
 def _hgb() -> Any:
@@ -449,6 +491,15 @@ def _hgb() -> Any:
         raise MonitorError("the batch reference needs scikit-learn: pip install 'satmon[dev]' "
                            "(or pass --no-batch-reference)") from err
     return HistGradientBoostingClassifier(random_state=0)
+
+
+def _logistic() -> Any:
+    """Batch logistic regression, scikit-learn's defaults (``C=1``), on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
 
 
 def _grade_system(per_t: dict[int, dict[str, Any]], valid: list[int], daily: list[int], sysname: str,
@@ -503,7 +554,7 @@ def _grade_system(per_t: dict[int, dict[str, Any]], valid: list[int], daily: lis
     # calibration of the probabilities (hourly rows)
     ys = np.concatenate([per_t[t]["y"] for t in valid if sysname in per_t[t]["scores"]])
     ss = np.concatenate([per_t[t]["scores"][sysname] for t in valid if sysname in per_t[t]["scores"]])
-    if sysname in ("model", "prior", "zero_prior", "oracle", "batch_reference") and len(ss):
+    if sysname in ("model", "prior", "zero_prior", "oracle", "batch_reference", "batch_logistic") and len(ss):
         out["mean_probability"] = _r(float(ss.mean()))
         out["calibration_error"] = _r(_calibration_error(ys, ss))
     return out
@@ -628,6 +679,7 @@ def combine(worlds: list[dict[str, Any]]) -> dict[str, Any]:
         diffs: dict[str, Any] = {}
         for a, b, key in (("model", "prior", "roc_auc"), ("model", "zero_prior", "roc_auc"),
                           ("model", "batch_reference", "roc_auc_second_half"),
+                          ("model", "batch_logistic", "roc_auc_second_half"),
                           ("model", "oracle", "roc_auc")):
             d = [p["systems"][a].get(key) - p["systems"][b].get(key) for p in per
                  if a in p["systems"] and b in p["systems"] and p["systems"][a].get(key) is not None
@@ -644,6 +696,13 @@ def combine(worlds: list[dict[str, Any]]) -> dict[str, Any]:
         if mb is not None and bb:
             res["model_over_batch_reference"] = _r(mb / bb)
         res["differences"] = diffs
+        curves = [p["lift_curve"] for p in per if "lift_curve" in p]
+        if curves:
+            res["lift_curve"] = {"budgets": curves[0]["budgets"], "systems": {
+                s: [_r(float(np.mean(v)), 3) if v else None
+                    for v in ([c["systems"][s][i] for c in curves if s in c["systems"] and c["systems"][s][i] is not None]
+                              for i in range(len(curves[0]["budgets"])))]
+                for s in sorted({s for c in curves for s in c["systems"]})}}
         for key in ("calibration_surveyed", "best_single_feature_name"):
             if key in per[0]:
                 res[key] = per[0][key] if len(per) == 1 else [p.get(key) for p in per]
@@ -654,7 +713,8 @@ def combine(worlds: list[dict[str, Any]]) -> dict[str, Any]:
     out["reasons"] = {"fidelity_top1": _r(hit / n) if n else None, "outcomes_with_driver": n,
                       "fidelity_top1_ci95": _bootstrap([f["fidelity_top1"] for f in fid])}
     out["list"] = worlds[-1]["list"] if worlds else {}
-    out["per_world"] = [{k: w[k] for k in ("seed", "events", "replay_s", "daily_instants", "hourly_instants")}
+    out["per_world"] = [{k: w.get(k) for k in ("seed", "events", "replay_s", "daily_instants", "hourly_instants",
+                                               "labels_learned")}
                         for w in worlds]
     return out
 

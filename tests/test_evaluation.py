@@ -88,7 +88,8 @@ def test_a_small_world_is_graded_with_every_reference(world):
     c = r["outcomes"]["complaint_72h"]
     assert 0 < c["base_rate"] < 0.5
     systems = c["systems"]
-    assert {"model", "prior", "zero_prior", "oracle", "batch_reference", "best_single_feature"} <= set(systems)
+    assert {"model", "prior", "zero_prior", "oracle", "batch_reference", "batch_logistic",
+            "best_single_feature"} <= set(systems)
     for name, m in systems.items():
         for key in ("roc_auc", "pr_auc", "precision_at_1pct", "lift_at_1pct", "precision_at_5pct"):
             assert key in m, (name, key)
@@ -100,6 +101,12 @@ def test_a_small_world_is_graded_with_every_reference(world):
     assert r["reasons"]["fidelity_top1"] is None or 0 <= r["reasons"]["fidelity_top1"] <= 1
     assert r["list"]["subscribers"] > 400 and r["list"]["listed"] >= 1
     assert "calibration_surveyed" in r["outcomes"]["detractor_72h"]
+    # a lift curve per headline outcome and system, one point per budget
+    curve = c["lift_curve"]
+    assert len(curve["budgets"]) == len(curve["systems"]["oracle"]) and "model" in curve["systems"]
+    # what learning had to go on
+    learned = r["per_world"][0]["labels_learned"]
+    assert learned["labels"] > 0 and set(learned["positives"]) == {"complaint", "detractor", "churn"}
     json.dumps(r)   # other tools read it
 
 
