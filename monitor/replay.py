@@ -175,6 +175,8 @@ def run_records(records: Iterable[tuple[Any, ...]], *, settings: Any = None,
         stage = HotspotStage(partitions=partitions, runbook_base=getattr(settings, "runbook_base", None))
     pipeline = RiskPipeline.in_memory(settings, make_core=make_core or default_core_factory(settings),
                                       observers=observers + extra, clock=clock)
+    if stage is not None:
+        stage.stage_clock = pipeline.stage_clock   # the stage profile of the whole replay
     pipeline.on_label = on_label
     result = ReplayResult(pipeline=pipeline, hotspots=stage)
     if stage is not None:

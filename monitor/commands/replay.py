@@ -63,4 +63,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.records:,} records ({result.dead_letters:,} dead-lettered) -> {result.events:,} events, "
           f"{result.scores:,} scores{alerts} in {dt:.1f} s ({result.records / dt:,.0f} records/s, reading and "
           f"decoding included; {result.batches:,} batches of up to {settings.max_poll_records:,})", file=sys.stderr)
+    stages = result.pipeline.stage_clock.seconds
+    if result.records and stages:
+        # the same stages as a worker's satmon_worker_stage_seconds_total
+        per = ", ".join(f"{k} {v / result.records * 1e6:.1f}" for k, v in sorted(stages.items(), key=lambda kv: -kv[1]))
+        print(f"µs per record by stage: {per}; reading the files and the rest "
+              f"{(dt - sum(stages.values())) / result.records * 1e6:.1f}", file=sys.stderr)
     return 0
