@@ -192,10 +192,6 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     ``cell_windows`` (default) every batch also feeds :class:`monitor.pipeline.CellWindows`.
     """
     from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-    # The drift detectors' module, imported now rather than by the first closed window's engine:
-    # river.drift pulls in scikit-learn and SciPy, ~2 s that stalled the stream (a profile of the
-    # benchmark's worker put 12 % of a 100k-event run there).
-    import river.drift  # noqa: F401
 
     if settings.broker is None:
         from monitor.errors import ConfigError
