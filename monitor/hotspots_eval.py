@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from monitor.alerting import DATA_DRIFT, HOTSPOT_CELL, HOTSPOT_REGION
-from monitor.events import Alert
+from monitor.events import Alert, Incident as IncidentRecord
 from monitor.windows import NETWORK_KPIS, Partial, subscriber_hash
 
 MINUTE_MS = 60_000
+#: ``alert.v1`` kinds of cell and region hot spots (the incident tracker's)
+KIND_CELL, KIND_REGION = "hotspot_cell", "hotspot_region"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,3 +314,151 @@ def load_truth(sim_dir: Any) -> tuple[list[Incident], list[dict[str, Any]]]:
                                       kind=r.get("kind", "outage"), id=str(r.get("id", i))))
     shifts = truth.get("drifts", truth.get("shifts", [])) if isinstance(truth, dict) else []
     return incidents, [{"start_ms": int(s.get("start_ms", s.get("onset_ms", 0))), **s} for s in shifts]
+
+
+# -- incidents found against injected ones ------------------------------------------------------
+
+def score_incidents(records: Iterable[tuple[int, Any]], truth: Iterable[Mapping[str, Any]], *,
+                    grace_ms: int = 5 * MINUTE_MS) -> dict[str, Any]:
+    """Incidents found against injected ones (the simulator's ground truth).
+
+    ``records``: ``(emitted at ms, incident record)`` in emission order (emitted at = the end of the
+    window whose alerts produced it, i.e. when the page goes out). ``truth``: the simulator's
+    incidents (``id``, ``scope`` cell/region, ``cells``, ``region``/``regions``, ``onset_ms``,
+    ``end_ms``); segment and app incidents are skipped, a KPI drift counts as a regional one.
+
+    An injected incident is **found** if an incident of its region that contains one of its cells
+    (cell scope) -- any incident of its region for regional scope -- fired between its onset and its
+    end + ``grace_ms``. Reported: found / injected, incidents per injected (how many records an
+    outage was split into), cells per found incident, time to the first page (fire - onset), and
+    incidents that match nothing (false), and incidents that match two or more injected ones (mixed).
+    """
+    first: dict[str, tuple[int, IncidentRecord]] = {}
+    latest: dict[str, IncidentRecord] = {}
+    for at, inc in records:
+        first.setdefault(inc.incident_id, (at, inc))
+        latest[inc.incident_id] = inc
+    injected = [t for t in truth if t.get("scope", "cell") in ("cell", "region")]
+    matched: dict[str, int] = {}   # incident id -> injected incidents it matched
+    rows = []
+    for t in injected:
+        onset = int(t.get("onset_ms", t.get("start_ms", 0)))
+        end = t.get("end_ms")
+        end = int(end) if end is not None else None
+        regions = set(t.get("regions") or ([t["region"]] if t.get("region") else []))
+        cells = set(t.get("cells") or ())
+        hits = []
+        for iid, (at, inc) in first.items():
+            final = latest[iid]
+            if inc.region not in regions:
+                continue
+            if t.get("scope") == "cell" and cells and not cells & set(final.cells):
+                continue
+            if at < onset or (end is not None and at > end + grace_ms):
+                continue
+            hits.append((at, final))
+        for iid in {f.incident_id for _, f in hits}:
+            matched[iid] = matched.get(iid, 0) + 1
+        rows.append({"id": t.get("id"), "scope": t.get("scope"), "found": bool(hits), "incidents": len(hits),
+                     "first_page_min": (min(at for at, _ in hits) - onset) / MINUTE_MS if hits else None,
+                     "cells": sorted({c for _, f in hits for c in f.cells}).__len__(),
+                     "injected_cells": len(cells) or None})
+    found = [r for r in rows if r["found"]]
+    delays = sorted(r["first_page_min"] for r in found)
+    false = [i for i in latest if i not in matched]
+    return {
+        "injected": len(rows), "found": len(found),
+        "recall": len(found) / len(rows) if rows else None,
+        "incidents": len(latest), "false_incidents": len(false),
+        # one record standing for two or more injected incidents (grouped too coarsely): it was
+        # the page of several, or holds the cells of several cell incidents
+        "mixed_incidents": sum(1 for iid, inc in latest.items() if matched.get(iid, 0) > 1 or sum(
+            1 for t in injected if t.get("scope") == "cell" and set(t.get("cells") or ()) & set(inc.cells)) > 1),
+        "incidents_per_found": sum(r["incidents"] for r in found) / len(found) if found else None,
+        "cells_per_incident": ({r["id"]: r["cells"] for r in found}),
+        "median_first_page_min": delays[len(delays) // 2] if delays else None,
+        "max_first_page_min": delays[-1] if delays else None,
+        "per_incident": rows,
+        "false_examples": [{"region": latest[i].region, "cells": list(latest[i].cells)[:5]} for i in false[:10]],
+    }
+
+
+class _Group(NamedTuple):
+    """A baseline's grouping of alerts, scored like an incident."""
+
+    incident_id: str
+    region: str
+    cells: list[str]
+
+
+def per_alert_groups(emitted: Iterable[tuple[int, Alert]]) -> list[tuple[int, _Group]]:
+    """Baseline: every cell hot-spot alert is its own incident (what Prometheus' alert page lists)."""
+    out = []
+    for at, a in emitted:
+        if a.kind == KIND_CELL and a.sequence == 0:
+            out.append((at, _Group(a.alert_id, a.labels.get("region", ""), [a.labels.get("cell_id", "")])))
+    return out
+
+
+def per_region_groups(emitted: Iterable[tuple[int, Alert]]) -> list[tuple[int, _Group]]:
+    """Baseline: a region's hot-spot and region alerts form one group while any of them fires
+    (Alertmanager's ``group_by: [region]`` alone: no KPIs, no time window)."""
+    out: list[tuple[int, _Group]] = []
+    firing: dict[str, set[str]] = {}
+    group: dict[str, _Group] = {}
+    for at, a in emitted:
+        if a.kind not in (KIND_CELL, KIND_REGION):
+            continue
+        region = a.labels.get("region", "")
+        ids = firing.setdefault(region, set())
+        if a.status == "firing":
+            if not ids:
+                group[region] = _Group(f"{region}@{at}", region, [])
+            ids.add(a.alert_id)
+            cell = a.labels.get("cell_id")
+            g = group[region]
+            if cell and cell not in g.cells:
+                g.cells.append(cell)
+            out.append((at, g))
+        else:
+            ids.discard(a.alert_id)
+    return out
+
+
+def evaluate_incidents(records: Iterable[tuple[Any, ...]], truth: Iterable[Mapping[str, Any]], *,
+                       partitions: int = 4, settings: Any = None) -> dict[str, Any]:
+    """Replay raw input records through the worker's pipeline (:func:`monitor.replay.run_records`:
+    the hot-spot engine and :class:`monitor.incidents.IncidentTracker` as :class:`~monitor.pipeline.HotspotStage` runs
+    them) and score its incidents against ``truth`` (:func:`score_incidents`), beside two
+    baselines over the same alerts: one incident per cell alert, one per region while any fires."""
+    from monitor.replay import run_records
+
+    truth = list(truth)
+    result = run_records(records, partitions=partitions, settings=settings)
+    return {"incidents": score_incidents(result.incidents, truth),
+            "baseline_per_cell_alert": score_incidents(per_alert_groups(result.alerts), truth),
+            "baseline_per_region": score_incidents(per_region_groups(result.alerts), truth),
+            "records": len(result.incidents), "alerts": len(result.alerts)}
+
+
+def evaluate_incidents_dir(sim_dir: Any, **options: Any) -> dict[str, Any]:
+    """:func:`evaluate_incidents` over a simulator output directory (``satmon simulate --out``):
+    its input files and ``ground_truth/incidents.json`` (incidents and KPI drifts)."""
+    import json
+    from pathlib import Path
+
+    from monitor.replay import file_records
+
+    doc = json.loads((Path(sim_dir) / "ground_truth" / "incidents.json").read_text())
+    truth = list(doc.get("incidents", [])) + list(doc.get("drifts", []))
+    return evaluate_incidents(file_records(sim_dir), truth, **options)
+
+
+if __name__ == "__main__":   # python -m monitor.hotspots_eval SIM_DIR: the incident scores of a simulator run
+    import json
+    import sys
+
+    result = evaluate_incidents_dir(sys.argv[1])
+    for name in ("incidents", "baseline_per_cell_alert", "baseline_per_region"):
+        result[name].pop("per_incident", None)
+    print(json.dumps(result, indent=1))

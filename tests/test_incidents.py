@@ -10,8 +10,8 @@ import msgspec
 
 from monitor import simulate
 from monitor.events import decode, encode
-from monitor.incidents import (IncidentBoard, IncidentPager, IncidentTracker, evaluate_incidents, per_alert_groups,
-                               score_incidents)
+from monitor.hotspots_eval import evaluate_incidents, per_alert_groups, score_incidents
+from monitor.incidents import IncidentBoard, IncidentPager, IncidentTracker
 from outage_traffic import outage_run
 
 MINUTE = 60_000
