@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -178,17 +177,13 @@ def _sum(ps: list[Partial], cell_id: str) -> Partial:
 
 
 def _union_sorted(a: list, b: list) -> list:
+    """The sorted union of two sorted lists without duplicates. (A set and one sort in C: 5-10x a
+    Python merge of the two for the tens of hashes a cell's window holds.)"""
     if not a:
         return list(b)
     if not b:
         return list(a)
-    out = []
-    last = object()
-    for x in heapq.merge(a, b):
-        if x != last:
-            out.append(x)
-            last = x
-    return out
+    return sorted(set(a).union(b))
 
 
 class WindowBatch(msgspec.Struct, array_like=True, kw_only=True):
