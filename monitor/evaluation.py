@@ -755,3 +755,76 @@ def oracle_only(sim_dir: str | Path, *, list_hour: float = 9.0) -> dict[str, Any
             if p:
                 out[outcome_name(o, h)] = {"roc_auc": _r(c / p), "base_rate": _r(pos / n), "positives": int(pos)}
     return out
+
+
+#: systems drawn by :func:`lift_curve_svg`, with their colours (Okabe-Ito: distinguishable in colour blindness)
+CURVE_STYLE: dict[str, tuple[str, str]] = {
+    "oracle": ("#000000", "oracle (true hazard)"), "batch_reference": ("#E69F00", "batch HistGradientBoosting"),
+    "batch_logistic": ("#56B4E9", "batch logistic"), "model": ("#D55E00", "model (online)"),
+    "prior": ("#009E73", "prior only"), "zero_prior": ("#CC79A7", "learned from zero"),
+}
+
+
+def lift_curve_svg(result: Mapping[str, Any], outcomes: tuple[str, ...] = ("complaint_72h", "churn_7d"),
+                   *, title: str = "") -> str:
+    """An SVG of the lift curves in an :func:`evaluate` result: one panel per outcome, lift against
+    the share of subscribers listed (log scale), one line per system of :data:`CURVE_STYLE`.
+
+    >>> r = {"outcomes": {"complaint_72h": {"lift_curve": {"budgets": [0.01, 0.1],
+    ...      "systems": {"model": [5.0, 2.0], "oracle": [9.0, 3.0]}}}}}
+    >>> svg = lift_curve_svg(r, ("complaint_72h",))
+    >>> svg.startswith("<svg") and svg.count("<polyline") == 2
+    True
+    """
+    import math
+
+    panels = [(o, result["outcomes"][o]["lift_curve"]) for o in outcomes
+              if "lift_curve" in result.get("outcomes", {}).get(o, {})]
+    pw, ph, ml, mr, mt, mb = 360, 260, 52, 16, 40, 46
+    legend_h = 18 * ((len(CURVE_STYLE) + 2) // 3) + 10
+    width, height = len(panels) * (pw + ml + mr), ph + mt + mb + legend_h + (24 if title else 0)
+    top = 24 if title else 0
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>']
+    if title:
+        out.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>')
+    for i, (name, curve) in enumerate(panels):
+        budgets = curve["budgets"]
+        lx0, lx1 = math.log10(budgets[0]), math.log10(budgets[-1])
+        ymax = max([v for s in CURVE_STYLE for v in curve["systems"].get(s, []) if v is not None] + [1.0])
+        ymax = math.ceil(ymax)
+        x0, y0 = i * (pw + ml + mr) + ml, top + mt
+
+        def px(b: float) -> float:
+            return x0 + (math.log10(b) - lx0) / (lx1 - lx0) * pw
+
+        def py(v: float) -> float:
+            return y0 + ph - v / ymax * ph
+
+        out.append(f'<text x="{x0 + pw / 2}" y="{y0 - 12}" text-anchor="middle" font-size="12">{name}</text>')
+        out.append(f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
+        step = 1 if ymax <= 10 else 2 if ymax <= 20 else 5
+        for v in range(0, ymax + 1, step):
+            out.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{x0 - 6}" y="{py(v) + 4:.1f}" text-anchor="end">{v}</text>')
+        for b in budgets:
+            out.append(f'<text x="{px(b):.1f}" y="{y0 + ph + 15}" text-anchor="middle">{b * 100:g}%</text>')
+        out.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{py(1):.1f}" y2="{py(1):.1f}" stroke="#888" '
+                   f'stroke-dasharray="4 3"/>')
+        out.append(f'<text x="{x0 + pw / 2}" y="{y0 + ph + 32}" text-anchor="middle">share of subscribers listed</text>')
+        out.append(f'<text x="{x0 - 36}" y="{y0 + ph / 2}" text-anchor="middle" '
+                   f'transform="rotate(-90 {x0 - 36} {y0 + ph / 2})">lift (precision / base rate)</text>')
+        for s, (colour, _label) in CURVE_STYLE.items():
+            pts = [(px(b), py(v)) for b, v in zip(budgets, curve["systems"].get(s, [])) if v is not None]
+            if pts:
+                out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                           + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+    ly = top + mt + ph + mb
+    for j, (_s, (colour, label)) in enumerate(CURVE_STYLE.items()):
+        lx = ml + (j % 3) * 230
+        yy = ly + 18 * (j // 3)
+        out.append(f'<line x1="{lx}" x2="{lx + 22}" y1="{yy}" y2="{yy}" stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<text x="{lx + 28}" y="{yy + 4}">{label}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

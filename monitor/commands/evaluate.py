@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the second replay that learns from zero weights (halves the time)")
     parser.add_argument("--every-h", type=int, default=1,
                         help="grade every Nth hourly instant (the 09:00 list instants always; default 1)")
+    parser.add_argument("--svg", metavar="PATH",
+                        help="also write the lift curves of complaint_72h and churn_7d as an SVG picture")
     parser.add_argument("--oracle-only", action="store_true",
                         help="only the oracle's ROC-AUC per outcome, from the ground truth (no replay)")
     add_flags(parser, ("partitions", "model_checkpoint"))
@@ -44,6 +46,14 @@ def run(args: argparse.Namespace) -> int:
     settings = from_args(args)
     result = evaluate(*args.dir, settings=settings, partitions=settings.partitions,
                       zero_prior=not args.no_zero_prior, every_h=args.every_h)
+    if args.svg:
+        from pathlib import Path
+
+        from monitor.evaluation import lift_curve_svg
+
+        worlds = ", ".join(str(w) for w in result["worlds"])
+        Path(args.svg).write_text(lift_curve_svg(result, title=f"Lift at a budget, worlds {worlds} "
+                                                               "(daily 09:00 lists; batch: second half)"))
     if not args.no_hotspots:
         from monitor.hotspots_eval import evaluate_hotspots
 
