@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import Broker, produce, read_topic, run
+from support.kafka import Broker, produce, read_topic, run
 from monitor import simulate
 from monitor.topics import partition_for
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from conftest import produce, run
+from support.kafka import produce, run
 from monitor.brokerwatch import BrokerSnapshot, BrokerWatch
-from test_worker import valid_records
+from support.records import valid_records
 
 
 def snap(cluster: str | None = "c", parts: dict[str, int] | None = None,

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from conftest import free_port
+from support.kafka import free_port
 
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"

@@ -18,8 +18,8 @@ import pytest
 from monitor.fastpath import fetch_highwaters, send_outputs
 from monitor.pipeline import Outputs
 from monitor.tuning import GC_THRESHOLDS
-from conftest import PARTITIONS, Broker, committed_offsets, produce, read_topic, run
-from test_worker import valid_records
+from support.kafka import PARTITIONS, Broker, committed_offsets, produce, read_topic, run
+from support.records import valid_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import INPUTS, Broker, produce, read_topic, run
-from test_worker import app_event, network_event, ticket_event, valid_records
+from support.kafka import INPUTS, Broker, produce, read_topic, run
+from support.records import app_event, network_event, ticket_event, valid_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import Broker, produce, read_topic, run
+from support.kafka import Broker, produce, read_topic, run
 from monitor import simulate
 from monitor.warmstart import save, warm_start
 

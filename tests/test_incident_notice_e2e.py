@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from conftest import Broker, produce, read_topic, run
+from support.kafka import Broker, produce, read_topic, run
 from monitor import simulate
 from monitor.events import decode
 from test_rules import alertmanager  # noqa: F401  (the fixture: deploy/alertmanager/alertmanager.yml, real binary)

@@ -1,5 +1,5 @@
 """The page's Incidents section in headless Chromium, against a real server whose views hold what
-the worker's pipeline produced 20 minutes into a simulated outage (tests/outage_traffic.py): the
+the worker's pipeline produced 20 minutes into a simulated outage (tests/support/outage_traffic.py): the
 incident with its cells, KPIs and start, its affected customers, and their CSV."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from monitor.incidents import IncidentBoard
 from monitor.outreach import OutreachPolicy, OutreachStore
 from monitor.privacy import AuditLog, TokenStore
 from monitor.riskview import HotspotBoard, RiskView
-from outage_traffic import outage_run
+from support.outage_traffic import outage_run
 from test_browser import CHROMIUM, TOKENS, browser, login, serve  # noqa: F401  (browser: the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

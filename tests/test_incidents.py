@@ -1,5 +1,5 @@
 """Incidents (monitor/incidents.py): built from the alerts the real detector raised on simulated
-traffic (tests/outage_traffic.py, through the worker's pipeline), never from hand-made alerts."""
+traffic (tests/support/outage_traffic.py, through the worker's pipeline), never from hand-made alerts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from monitor import simulate
 from monitor.events import decode, encode
 from monitor.hotspots_eval import evaluate_incidents, per_alert_groups, score_incidents
 from monitor.incidents import IncidentBoard, IncidentPager, IncidentTracker
-from outage_traffic import outage_run
+from support.outage_traffic import outage_run
 
 MINUTE = 60_000
 

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import PARTITIONS, produce, run
+from support.kafka import PARTITIONS, produce, run
 
 from monitor import simulate
 

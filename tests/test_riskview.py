@@ -222,9 +222,9 @@ def test_on_cell_follows_the_current_cell_and_event_time():
 
 def test_hotspot_board_follows_the_alerts_the_detector_raises():
     """The board is fed the ``alert.v1`` records the real detector raised on simulated traffic with
-    an injected outage (tests/outage_traffic.py): while the outage lasts it lists exactly the dark
+    an injected outage (tests/support/outage_traffic.py): while the outage lasts it lists exactly the dark
     cells; an older state of an alert never overwrites a newer one; all are resolved at the end."""
-    from outage_traffic import outage_run
+    from support.outage_traffic import outage_run
 
     run = outage_run()
     board = HotspotBoard()
@@ -282,7 +282,7 @@ def test_two_workers_views_from_a_real_broker_give_the_same_complete_list(tmp_pa
             for i in range(n):
                 rec = score(f"s{i:03d}", round(rng.random(), 3), region=rng.choice(["north", "south"]))
                 await producer.send(RISK_SCORES_TOPIC, encode(rec), key=rec.subscriber_id.encode(), partition=i % 4)
-            from outage_traffic import outage_run
+            from support.outage_traffic import outage_run
 
             hot = next(x for x in outage_run().alerts if x.kind == "hotspot_cell")  # raised by the detector
             await producer.send_and_wait(ALERTS_TOPIC, encode(hot), key=hot.alert_id.encode())

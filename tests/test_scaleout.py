@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from conftest import INPUTS, Broker, WorkerProcess, committed_offsets, read_topic, run
+from support.kafka import INPUTS, Broker, WorkerProcess, committed_offsets, read_topic, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -448,7 +448,7 @@ def test_an_old_pickled_checkpoint_migrates_once_from_a_trusted_local_file(tmp_p
 def test_a_running_worker_closes_the_doors(broker, workers, tmp_path):
     """On a real worker and broker: Faust's pages do not answer, a far-future event is
     dead-lettered with its reason, an outreach token cannot lift a do-not-contact."""
-    from conftest import produce, read_topic
+    from support.kafka import produce, read_topic
 
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({k: {"token": v, "role": k} for k, v in TOKENS.items()}))
