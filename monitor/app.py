@@ -298,6 +298,7 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     worker.metrics = Metrics(registry, worker_id=worker_id, cell_locations=load_cell_locations(settings.cell_inventory))
     pipeline.observers.append(MetricsObserver(worker.metrics, ingest=pipeline.ingest, cores=pipeline.cores))
     pipeline.on_checkpoint = worker.metrics.checkpoint_written
+    pipeline.on_batch_done = worker.metrics.batch_done
 
     @app.on_partitions_assigned.connect
     async def export_assignment(sender: Any, assigned: Any = None, **kwargs: Any) -> None:

@@ -802,7 +802,7 @@ class MetricsObserver:
 
     ``ingest`` is the pipeline's ``Ingest`` (``pipeline.ingest``); ``cores`` a mapping
     ``partition -> core`` with a ``duplicates`` counter (``pipeline.cores``). Batch wall time is
-    not visible to an observer: the batch handler calls :meth:`Metrics.batch_done` itself.
+    not visible to an observer: the pipeline reports it to :meth:`Metrics.batch_done` (``on_batch_done``).
     """
 
     stage = "metrics"   # its monitor.pipeline.StageClock row

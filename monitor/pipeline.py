@@ -532,6 +532,8 @@ class RiskPipeline:
         self.on_checkpoint: Callable[[int, int], None] | None = None
         #: ``(topic, partition, n)`` when re-delivered records below the resume floor are skipped (metrics)
         self.on_skipped: Callable[[str, int, int], None] | None = None
+        #: ``(seconds, records)`` after each batch (metrics: the batch duration histograms)
+        self.on_batch_done: Callable[[float, int], None] | None = None
         #: given to every core: called with a :class:`monitor.core.LabelJoin` per label learned
         self.on_label: Callable[[Any], None] | None = None
         self.score_partitioner = score_partitioner
@@ -656,7 +658,7 @@ class RiskPipeline:
 
     def handle(self, batch: Mapping[Any, list[Any]], out: Outputs) -> None:
         clock = self.stage_clock
-        t = clock.now()
+        t = started = clock.now()
         by_partition: dict[int, list[Any]] = {}
         dead: dict[int, list[ev.DeadLetter]] = {}
         decode_batch = self.ingest.decode_batch
@@ -707,6 +709,8 @@ class RiskPipeline:
             self._flush_core(partition, core, out, checkpoint=due)
             t = clock.add("state and checkpoints", t)
         self.batches += 1
+        if self.on_batch_done is not None:
+            self.on_batch_done(t - started, sum(len(records) for records in batch.values()))
 
     def _pseudonymised(self, events: list[Any]) -> list[Any]:
         # The keyed hash costs ~2 µs; a subscriber's pseudonym is cached (bounded) instead.

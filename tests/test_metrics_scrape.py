@@ -82,3 +82,5 @@ def test_a_worker_accounts_its_time_per_stage(broker, workers, tmp_path):
         assert after.get(stage, 0) > 0, (stage, after)
     spent = sum(s - before.get(k, 0.0) for k, s in after.items() if k not in ("gc", "awaiting the producer"))
     assert 0 < spent <= elapsed, (spent, elapsed, after)
+    # the batch histograms the NOC dashboard reads are observed by the worker (they were empty once)
+    assert w.total("satmon_pipeline_batch_duration_seconds_count") >= w.total("satmon_worker_batches_total") > 0
