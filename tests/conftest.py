@@ -1,7 +1,8 @@
 """Fixtures every test can use; the helpers behind them live in ``tests/support/``.
 
 ``broker`` (a fresh :class:`support.kafka.Broker`), ``workers`` (starts
-:class:`support.kafka.WorkerProcess` es and kills whatever is still running at the end).
+:class:`support.kafka.WorkerProcess` es and kills whatever is still running at the end),
+``browser`` (a headless Chromium per module, :func:`support.browser.chromium`).
 """
 
 from __future__ import annotations
@@ -38,3 +39,10 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
             w.proc.kill()
             w.proc.wait(10)
 
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from support.browser import chromium
+
+    with chromium() as b:
+        yield b

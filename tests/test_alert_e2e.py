@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import pytest
 
-from support.kafka import Broker, produce, read_topic, run
+from support.kafka import Broker, free_port, produce, read_topic, run
 from monitor import simulate
-from test_alertmanager import Alertmanager, _free_port
+from support.alertmanager import Alertmanager
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 # Was flaky (8 of 14 runs): while the worker read the produced backlog, a whole stream's records
@@ -35,7 +35,7 @@ def wait(pred: Any, timeout: float, what: str) -> None:
 
 def test_outage_fires_one_alert_in_alertmanager_and_on_the_topic_then_resolves(broker: Broker, workers: Any,
                                                                                tmp_path: Path) -> None:
-    am = Alertmanager(tmp_path, _free_port())
+    am = Alertmanager(tmp_path, free_port())
     am.start()
     try:
         config = simulate.SimConfig(subscribers=6000, hours=1.6, seed=21, scenario=SCENARIO, cells=60,

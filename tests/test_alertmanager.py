@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import socket
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,70 +13,16 @@ from monitor.alerting import AlertLifecycle
 from monitor.hotspots import HotspotEngine
 from monitor.hotspots_eval import Incident, synthetic_cell_windows
 from monitor.windows import group_by_window
+from support.alertmanager import AM_BIN, Alertmanager
+from support.kafka import free_port
 
-AM_BIN = "/usr/bin/prometheus-alertmanager"
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not Path(AM_BIN).exists(), reason="prometheus-alertmanager not installed")]
-
-CONFIG = """\
-route:
-  receiver: "null"
-  group_wait: 1s
-receivers:
-  - name: "null"
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Alertmanager:
-    def __init__(self, tmp: Path, port: int) -> None:
-        self.tmp, self.port = tmp, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cfg = self.tmp / "am.yml"
-        cfg.write_text(CONFIG)
-        (self.tmp / "data").mkdir(exist_ok=True)
-        self.proc = subprocess.Popen(
-            [AM_BIN, f"--config.file={cfg}", f"--storage.path={self.tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=open(self.tmp / "am.log", "ab"))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("alertmanager did not become ready:\n" + (self.tmp / "am.log").read_text())
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-    def alerts(self, **filters: str) -> list[dict]:
-        with urllib.request.urlopen(f"{self.url}/api/v2/alerts", timeout=2) as r:
-            data = json.load(r)
-        return [a for a in data if all(a["labels"].get(k) == v for k, v in filters.items())]
 
 
 @pytest.fixture
 def alertmanager(tmp_path):
-    am = Alertmanager(tmp_path, _free_port())
+    am = Alertmanager(tmp_path, free_port())
     am.start()
     yield am
     am.stop()
@@ -141,7 +82,7 @@ def test_injected_outage_fires_once_then_resolves_in_alertmanager(alertmanager):
 
 
 def test_down_alertmanager_never_blocks_then_delivers(tmp_path):
-    am = Alertmanager(tmp_path, _free_port())        # not started yet: connection refused
+    am = Alertmanager(tmp_path, free_port())        # not started yet: connection refused
 
     async def main():
         client = AlertmanagerClient(am.url, max_queue=50, backoff_initial_s=0.05, backoff_max_s=0.3,
@@ -243,7 +184,7 @@ def test_alertmanager_killed_mid_run_leaves_the_stream_at_full_speed(tmp_path):
     cfg = SimConfig(subscribers=3_000, hours=3, scenario="quiet", seed=9, malformed_share=0, duplicate_share=0)
     events = [e for i, (t, k, v) in enumerate(generate(cfg)) if not isinstance(e := ingest.decode(t, 0, i, k, v), DeadLetter)]
     phase = len(events) // 3
-    am = Alertmanager(tmp_path, _free_port())
+    am = Alertmanager(tmp_path, free_port())
     am.start()
 
     async def main():

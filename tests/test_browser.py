@@ -3,13 +3,8 @@ the Python ``playwright`` package; its browser download is never used), against 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import random
 import shutil
-import threading
-from typing import Any
 
 import orjson
 import pytest
@@ -20,10 +15,8 @@ from monitor.events import Reason, RiskScore
 from monitor.outreach import OutreachPolicy, OutreachStore
 from monitor.privacy import AuditLog, TokenStore
 from monitor.riskview import HotspotBoard, RiskView
+from support.browser import CHROMIUM, login, serve
 
-CHROMIUM = os.environ.get("SATMON_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 playwright_sync = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")]
@@ -31,46 +24,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 T0 = 1_700_000_000_000
 TOKENS = {"noc": "noc-token-0123456789", "outreach": "outreach-token-0123456789"}
 XSS = '<img src=x onerror="document.title=\'pwned\'">'
-
-
-@contextlib.contextmanager
-def serve(app):
-    """Run ``app`` on a free port in a background thread; yield its base URL."""
-    from aiohttp import web
-
-    box: dict[str, Any] = {}
-    started = threading.Event()
-
-    def run():
-        async def main():
-            runner = web.AppRunner(app)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            box.update(port=runner.addresses[0][1], stop=asyncio.Event(), loop=asyncio.get_running_loop())
-            started.set()
-            await box["stop"].wait()
-            await runner.cleanup()
-
-        asyncio.run(main())
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(10), "server did not start"
-    try:
-        yield f"http://127.0.0.1:{box['port']}"
-    finally:
-        box["loop"].call_soon_threadsafe(box["stop"].set)
-        thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_sync.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture
@@ -104,12 +57,6 @@ def until(condition, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
-
-
-def login(page, url: str, token: str) -> None:
-    page.goto(f"{url}/ui/")
-    page.fill("#token", token)
-    page.click("#login-form button[type=submit]")
 
 
 def test_outreach_flow_login_list_filter_detail_contact_csv_logout(browser, site, tmp_path):

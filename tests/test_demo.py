@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from support.browser import CHROMIUM, chromium, login
 from support.kafka import free_port
 
 PROMETHEUS = "/usr/bin/prometheus"
@@ -196,39 +197,31 @@ def test_outreach_pulls_a_region_as_csv_from_either_worker_contacts_suppress_and
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not shutil.which(os.environ.get("SATMON_TEST_CHROMIUM", "/usr/bin/chromium")),
-                    reason="no Chromium")
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
 def test_the_page_lists_the_region_and_marks_a_contact_against_the_demo(demo: Demo, tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    from test_browser import CHROMIUM, CHROMIUM_ARGS, login
-
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(accept_downloads=True).new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            login(page, demo.workers[1], demo.tokens["outreach"])
-            page.wait_for_selector("#at-risk tbody tr")
-            page.fill("#f-region", REGION)
-            page.click("#apply")
-            eventually(lambda: set(page.locator("#at-risk tbody tr td:nth-child(4)").all_inner_texts()) == {REGION},
-                       15, "the region filter applied")
-            target = page.locator("#at-risk tbody tr").first.get_attribute("data-sid")
-            page.locator("#at-risk tbody tr").first.click()
-            page.wait_for_selector(f"#d-id:has-text('{target}')")
-            assert page.inner_text("#d-reasons").strip()
-            page.click("#mark-contacted")
-            page.wait_for_selector("#message:has-text('Recorded contact')")
-            with page.expect_download() as info:
-                page.click("#csv")
-            path = tmp_path / "page.csv"
-            info.value.save_as(path)
-            lines = path.read_text().splitlines()
-            assert lines[0].startswith("subscriber_id,score") and len(lines) > 1 and target not in path.read_text()
-            assert errors == []
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_context(accept_downloads=True).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        login(page, demo.workers[1], demo.tokens["outreach"])
+        page.wait_for_selector("#at-risk tbody tr")
+        page.fill("#f-region", REGION)
+        page.click("#apply")
+        eventually(lambda: set(page.locator("#at-risk tbody tr td:nth-child(4)").all_inner_texts()) == {REGION},
+                   15, "the region filter applied")
+        target = page.locator("#at-risk tbody tr").first.get_attribute("data-sid")
+        page.locator("#at-risk tbody tr").first.click()
+        page.wait_for_selector(f"#d-id:has-text('{target}')")
+        assert page.inner_text("#d-reasons").strip()
+        page.click("#mark-contacted")
+        page.wait_for_selector("#message:has-text('Recorded contact')")
+        with page.expect_download() as info:
+            page.click("#csv")
+        path = tmp_path / "page.csv"
+        info.value.save_as(path)
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith("subscriber_id,score") and len(lines) > 1 and target not in path.read_text()
+        assert errors == []
     # the contact made on the page (worker 1) suppresses the subscriber on worker 0 too
     eventually(lambda: target not in cli(demo, 0, "outreach", "--region", REGION, "--limit", "1000").stdout,
                30, "the page's contact reached worker 0")

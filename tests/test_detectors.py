@@ -137,3 +137,21 @@ def test_a_level_baseline_alone_misses_what_the_seasonal_one_catches():
             caught["seasonal"] += s_full >= D.DEFAULT_THRESHOLD
             caught["ewma"] += s_ewma >= D.DEFAULT_THRESHOLD
     assert caught["seasonal"] == len(drops) > caught["ewma"]
+
+
+def test_a_record_level_fires_after_a_day_and_not_in_a_young_series():
+    """The range statistic: a value beyond everything of the last ``range_window`` points scores by how
+    far beyond; a series watched for less than ``range_min_ms`` sets records without paging."""
+    rng = random.Random(4)
+    det = D.SeasonalDetector(warmup=20)
+    young = [det.process_one(10.0 + 0.01 * i + rng.gauss(0, 0.1), i * HOUR_MS) for i in range(22)]
+    assert max(young) < D.DEFAULT_THRESHOLD                           # a slow trend: records, not news
+    assert det._excess(20.0, 22 * HOUR_MS) == 0.0                     # less than a day watched
+    for i in range(22, 24 * 14):
+        det.process_one(10.0 + rng.gauss(0, 1.0), i * HOUR_MS)
+    lo, hi = det._lo[0][1], det._hi[0][1]
+    t = 24 * 14 * HOUR_MS
+    assert det._excess((lo + hi) / 2, t) == 0.0
+    assert det._excess(hi + 0.5 * (hi - lo), t) == pytest.approx(0.5)
+    assert det.score_one(hi + 0.5 * (hi - lo), t) >= D.DEFAULT_THRESHOLD
+    assert D.SeasonalDetector(warmup=20, direction="down").clone()._excess(100.0, t) == 0.0

@@ -12,16 +12,17 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from support.kafka import Broker, produce, read_topic, run
 from monitor import simulate
 from monitor.events import decode
-from test_rules import alertmanager  # noqa: F401  (the fixture: deploy/alertmanager/alertmanager.yml, real binary)
+from support.alertmanager import repo_alertmanager
+from support.kafka import Broker, produce, read_topic, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,8 +61,15 @@ def am_alerts(url: str) -> list[dict]:
         return json.load(resp)
 
 
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """The repository's alertmanager.yml on a real Alertmanager (``support.alertmanager``)."""
+    with repo_alertmanager(tmp_path) as url:
+        yield url
+
+
 def test_outage_is_one_incident_listed_with_its_customers_paged_once_and_resolved_once(
-        broker: Broker, workers: Any, alertmanager: str, tmp_path: Path) -> None:  # noqa: F811
+        broker: Broker, workers: Any, alertmanager: str, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({f"test-{role}": {"token": t, "role": role} for role, t in TOKENS.items()}))
     config = simulate.SimConfig(subscribers=2000, hours=1.6, seed=21, scenario=SCENARIO, cells=30,

@@ -15,9 +15,11 @@ from monitor.outreach import OutreachPolicy, OutreachStore
 from monitor.privacy import AuditLog, TokenStore
 from monitor.riskview import HotspotBoard, RiskView
 from support.outage_traffic import outage_run
-from test_browser import CHROMIUM, TOKENS, browser, login, serve  # noqa: F401  (browser: the fixture)
+from support.browser import login, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+TOKENS = {"noc": "noc-token-0123456789", "outreach": "outreach-token-0123456789"}
 
 
 @pytest.fixture
@@ -44,7 +46,7 @@ def site(tmp_path):
     audit.close()
 
 
-def test_incidents_section_lists_the_outage_and_its_customers(browser, site, tmp_path):  # noqa: F811
+def test_incidents_section_lists_the_outage_and_its_customers(browser, site, tmp_path):
     url, run, incidents = site
     [inc] = incidents.active()
     context = browser.new_context(accept_downloads=True)

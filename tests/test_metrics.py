@@ -1,16 +1,11 @@
 """monitor.metrics: names, bounded labels, stale-series removal, and the series budget at scale.
 
-``feed_worker_like`` drives :class:`monitor.metrics.Metrics` the way the worker does -- simulator
-records through the real :class:`~monitor.ingest.Ingest` and one real
-:class:`~monitor.core.PartitionCore` per partition, batch by batch -- and is reused by
-``tests/test_promql_live.py``.
+Metrics are fed through the worker's pipeline (``support.metrics.feed_worker_like``).
 """
 
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -19,67 +14,10 @@ from prometheus_client import CollectorRegistry
 from monitor import metrics as mm
 from monitor.alerting import AlertLifecycle
 from monitor.alertmanager import AlertmanagerClient
-from monitor.core import PartitionCore
 from monitor.events import INPUT_TOPICS, RiskScore
 from monitor.ingest import Ingest
-from monitor.metrics import Metrics, MetricsObserver, RollingQuality, attach_faust_sensor
-
-PARTITIONS = 4
-
-
-def _partition(key: bytes, n: int = PARTITIONS) -> int:
-    from aiokafka.partitioner import murmur2
-
-    return (murmur2(key) & 0x7FFFFFFF) % n
-
-
-def feed_worker_like(m: Metrics, records: Iterable[tuple[str, bytes, bytes]], *, batch: int = 2000,
-                     partitions: int = PARTITIONS, cores: dict[int, Any] | None = None,
-                     ingest: Ingest | None = None, observer: MetricsObserver | None = None) -> dict[str, Any]:
-    """Feed raw ``(topic, key, value)`` records through Ingest and per-partition cores in batches,
-    reporting to ``m`` exactly as the worker's batch handler does. Returns the pieces it built."""
-    ingest = ingest or Ingest(worker="w-test")
-    cores = {} if cores is None else cores
-    observer = observer or MetricsObserver(m, ingest=ingest, cores=cores)
-    offsets: dict[tuple[str, int], int] = {}
-    scores_out: list[RiskScore] = []
-    pending: dict[tuple[str, int], list[tuple[int, bytes, bytes]]] = {}
-
-    def flush() -> None:
-        started = time.perf_counter()
-        n = 0
-        by_partition: dict[int, tuple[list, list]] = {}
-        for (topic, p), recs in pending.items():
-            events, letters = ingest.decode_batch(topic, p, recs)
-            n += len(recs)
-            slot = by_partition.setdefault(p, ([], []))
-            slot[0].extend(events)
-            slot[1].extend(letters)
-        for p, (events, letters) in sorted(by_partition.items()):
-            core = cores.get(p)
-            if core is None:
-                core = cores[p] = PartitionCore(p)
-            scores = core.process_batch(events) if events else []
-            scores_out.extend(scores)
-            observer.on_batch(p, events, scores, letters, None)
-            m.checkpoint_written(p, len(core.checkpoint()))
-        m.batch_done(time.perf_counter() - started, n)
-        pending.clear()
-
-    count = 0
-    for topic, key, value in records:
-        p = _partition(key, partitions)
-        off = offsets.get((topic, p), 0)
-        offsets[(topic, p)] = off + 1
-        pending.setdefault((topic, p), []).append((off, key, value))
-        count += 1
-        if count % batch == 0:
-            flush()
-    if pending:
-        flush()
-    m.set_partitions(range(partitions))
-    return {"ingest": ingest, "cores": cores, "scores": scores_out, "offsets": offsets}
-
+from monitor.metrics import Metrics, RollingQuality, attach_faust_sensor
+from support.metrics import PARTITIONS, feed_worker_like
 
 def _simulated(subscribers: int, hours: float, cells: int = 400, seed: int = 7) -> list[tuple[str, bytes, bytes]]:
     from monitor.simulate import SimConfig, generate

@@ -97,18 +97,18 @@ def _free_port() -> int:
 
 def _fed_registry_endpoint() -> Endpoint:
     """A Metrics registry on prometheus_client's HTTP server, fed continuously by a thread that
-    does what the worker does: simulator records -> Ingest -> PartitionCore per partition ->
-    MetricsObserver, checkpoints, Faust's sensor for offsets, the alert lifecycle for detectors."""
+    does what the worker does: simulator records -> the worker's pipeline (ingest, a core per
+    partition, MetricsObserver, checkpoints), Faust's sensor for offsets, the alert lifecycle for
+    detectors."""
     import faust
     from faust.types import TP
     from prometheus_client import CollectorRegistry, start_http_server
 
     from monitor.alerting import AlertLifecycle
     from monitor.alertmanager import AlertmanagerClient
-    from monitor.ingest import Ingest
-    from monitor.metrics import Metrics, MetricsObserver, RollingQuality, attach_faust_sensor
+    from monitor.metrics import Metrics, RollingQuality, attach_faust_sensor
     from monitor.simulate import SimConfig, Simulator, generate
-    from test_metrics import PARTITIONS, feed_worker_like
+    from support.metrics import PARTITIONS, feed_worker_like, worker_pipeline
 
     registry = CollectorRegistry()
     stop = threading.Event()
@@ -134,8 +134,7 @@ def _fed_registry_endpoint() -> Endpoint:
     lifecycle.fire("SatmonModelDrift", {"model": "risk", "partition": "1"}, ts_ms=1, severity="info",
                    summary="s", description="d")
     records = generate(sim.config, sim)
-    ingest, cores = Ingest(worker="promql-live"), {}
-    observer = MetricsObserver(m, ingest=ingest, cores=cores)
+    pipeline = worker_pipeline(m)
     quality = {p: RollingQuality() for p in range(PARTITIONS)}
     rng = random.Random(5)
     at_risk: dict[str, tuple[str | None, str | None]] = {}
@@ -144,7 +143,7 @@ def _fed_registry_endpoint() -> Endpoint:
         offsets: dict[tuple[str, int], int] = {}
         while not stop.is_set():
             chunk = [next(records) for _ in range(3_000)]
-            fed = feed_worker_like(m, chunk, batch=1_000, cores=cores, ingest=ingest, observer=observer)
+            fed = feed_worker_like(m, chunk, batch=1_000, pipeline=pipeline)
             for (topic, p), n in fed["offsets"].items():
                 offsets[(topic, p)] = offsets.get((topic, p), 0) + n
                 app.monitor.track_tp_end_offset(TP(topic, p), offsets[(topic, p)])

@@ -3,12 +3,9 @@ runbooks, and a real Alertmanager grouping a regional outage into one notificati
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -16,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from support.alertmanager import Webhook, repo_alertmanager
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM = ROOT / "deploy" / "prometheus"
@@ -144,72 +143,11 @@ def test_cell_and_region_alerts_of_one_region_share_a_group():
 
 # -- a real Alertmanager -----------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Webhook(http.server.BaseHTTPRequestHandler):
-    received: list[tuple[str, dict]] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).received.append((self.path, body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def alertmanager(tmp_path):
     """The repository's alertmanager.yml with receivers pointed at a local webhook and short timers."""
-    if not Path(ALERTMANAGER).exists():
-        pytest.skip("prometheus-alertmanager not installed")
-    _Webhook.received = []
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    cfg = yaml.safe_load(AM_CONFIG.read_text())
-    for rec in cfg["receivers"]:
-        for wh in rec.get("webhook_configs", []):
-            wh["url"] = f"http://127.0.0.1:{hook.server_address[1]}/{rec['name']}"
-
-    def shorten(route: dict) -> None:
-        for key in ("group_wait", "group_interval"):
-            if key in route or route is cfg["route"]:
-                route[key] = "1s"
-        for child in route.get("routes", []):
-            shorten(child)
-
-    shorten(cfg["route"])
-    (tmp_path / "am.yml").write_text(yaml.safe_dump(cfg))
-    port = _free_port()
-    proc = subprocess.Popen([ALERTMANAGER, f"--config.file={tmp_path / 'am.yml'}",
-                             f"--storage.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("alertmanager did not start") from None
-                time.sleep(0.2)
+    with repo_alertmanager(tmp_path) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        hook.shutdown()
-        hook.server_close()
 
 
 def _post(url: str, alerts: list[dict]) -> None:
@@ -230,7 +168,7 @@ def _wait_for(pred, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; webhook got {_Webhook.received}")
+            raise AssertionError(f"timed out; webhook got {Webhook.received}")
         time.sleep(0.2)
 
 
@@ -245,10 +183,10 @@ def test_outage_notifies_once_per_region_and_region_alert_inhibits_cells(alertma
     # inhibition needs the source alert in place when the targets are grouped
     _wait_for(lambda: ("SatmonRegionDegraded", "north") in _active(alertmanager))
     _post(alertmanager, cells_south + cells_north)
-    _wait_for(lambda: {b["groupLabels"].get("region") for _p, b in _Webhook.received} >= {"north", "south"})
+    _wait_for(lambda: {b["groupLabels"].get("region") for _p, b in Webhook.received} >= {"north", "south"})
     time.sleep(2.5)   # a second flush would show up here
     by_region: dict[str, list] = {}
-    for path, body in _Webhook.received:
+    for path, body in Webhook.received:
         assert path == "/oncall"
         by_region.setdefault(body["groupLabels"]["region"], []).append(body)
     # south: five hot cells, one notification listing all five
