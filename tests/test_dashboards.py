@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from test_promql_live import DASHBOARDS, RULE_FILES, expressions, grafana_expand, metric_names
+from support.promql import DASHBOARDS, RULE_FILES, expressions, grafana_expand, metric_names
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = ROOT / "deploy" / "grafana" / "generate.py"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess
@@ -34,16 +33,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-RULE_FILES = sorted((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
-DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+from support.promql import DASHBOARDS, RULE_FILES, expressions, grafana_expand, metric_names
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="prometheus not installed")]
-
-# Grafana's variables, as Grafana would expand them with a 1 s scrape interval.
-GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
 
 # Alert expressions (and panels built on them) that return nothing while all is well; the reason is
 # the documentation. The test only asserts they parse, run, and read metrics that exist.
@@ -277,53 +272,6 @@ def _query(url: str, expr: str) -> dict:
     if body.get("status") != "success":
         raise AssertionError(f"{expr!r}: {body.get('errorType')}: {body.get('error')}")
     return body["data"]
-
-
-def expressions() -> list[tuple[str, str]]:
-    """``(name, PromQL)`` for every rule, dashboard panel target and annotation we ship."""
-    out = []
-    for f in RULE_FILES:
-        for group in yaml.safe_load(f.read_text())["groups"]:
-            for rule in group["rules"]:
-                out.append((rule.get("alert") or rule["record"], rule["expr"]))
-    for f in DASHBOARDS:
-        doc = json.loads(f.read_text())
-        for panel in doc["panels"]:
-            for target in panel.get("targets", []):
-                out.append((panel["title"], target["expr"]))
-        for ann in doc.get("annotations", {}).get("list", []):
-            if ann.get("expr"):
-                out.append((ann["name"], ann["expr"]))
-    return out
-
-
-def grafana_expand(expr: str) -> str:
-    for var, value in GRAFANA_VARS.items():
-        expr = expr.replace(var, value)
-    assert "$" not in expr, f"unexpanded Grafana variable in {expr!r}"
-    return expr
-
-
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset",
-             "bool", "le"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric (and recorded series) names an expression reads: identifiers outside strings, label
-    matchers and grouping clauses that are not function calls or keywords."""
-    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)                                   # strings
-    e = re.sub(r"\{[^}]*\}", " ", e)                                             # label matchers
-    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", e)
-    e = re.sub(r"\[[^\]]*\]", " ", e)                                            # ranges
-    e = re.sub(r"\boffset\s+[0-9smhdwy]+", " ", e)                                # offsets
-    names = set()
-    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", e):
-        tok = m.group(0)
-        rest = e[m.end():].lstrip()
-        if tok in _KEYWORDS or rest.startswith("(") or re.fullmatch(r"\d+[smhdwy]", tok):
-            continue
-        names.add(tok)
-    return names
 
 
 def test_expression_inventory_is_complete():

@@ -26,7 +26,7 @@ from monitor.config import load
 from monitor.core import CHECKPOINT_FORMAT, PartitionCore, migrate_checkpoint
 from monitor.ingest import Ingest
 from monitor.privacy import Pseudonymiser
-from test_api import TOKENS, Env, auth, get_json, run
+from support.api import TOKENS, Env, auth, get_json, run
 
 NOW_MS = 1_700_000_000_000
 NETWORK = {"event_id": "n1", "subscriber_id": "s-1", "ts_ms": NOW_MS, "cell_id": "c1", "region": "north",
