@@ -49,10 +49,10 @@ def measure(subscribers: int, hours: float, *, rocksdb: bool, cache: int, partit
         tmpdir = tempfile.mkdtemp(prefix="satmon-mem-")
         db = Rdict(tmpdir)
         loader = db.get
-    settings = type("S", (), {"state_cache_per_partition": cache})()
     gc.collect()
     base = rss_bytes()
-    cores = [PartitionCore(p, settings=settings, state_loader=loader, clock_ms=lambda: 0) for p in range(partitions)]
+    cores = [PartitionCore(p, state_cache_per_partition=cache, state_loader=loader, clock_ms=lambda: 0)
+             for p in range(partitions)]
     part: dict[str, int] = {}
     schemas = dict(INPUT_TOPICS)
     events = 0
@@ -120,8 +120,7 @@ def measure_view(subscribers: int, *, history: int | None = None, pool_hours: fl
     from monitor.riskview import DEFAULT_HISTORY, RiskView
 
     history = history or DEFAULT_HISTORY
-    settings = type("S", (), {"state_cache_per_partition": 10**12})()
-    core = PartitionCore(0, settings=settings, clock_ms=lambda: 0)
+    core = PartitionCore(0, state_cache_per_partition=10**12, clock_ms=lambda: 0)
     schemas = dict(INPUT_TOPICS)
     pool = []
     for topic, _key, value in simulate.generate(simulate.SimConfig(subscribers=5_000, hours=pool_hours, seed=5)):

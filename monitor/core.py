@@ -93,6 +93,17 @@ class LabelJoin(NamedTuple):
     y: bool
 
 
+def core_options(settings: Any) -> dict[str, Any]:
+    """The core's keyword arguments from :class:`monitor.config.Settings` (None: the defaults): the
+    one place settings are mapped onto a core."""
+    return {} if settings is None else {k: getattr(settings, k) for k in PartitionCore.SETTINGS}
+
+
+def model_options(settings: Any) -> dict[str, Any]:
+    """The risk model's keyword arguments from settings: the label horizon."""
+    return {} if settings is None else {"learn_horizon_hours": settings.label_horizon_hours}
+
+
 class PartitionCore:
     """All risk state of one input partition.
 
@@ -100,8 +111,16 @@ class PartitionCore:
     ----------
     partition
         The Kafka partition these subscribers hash to.
-    settings
-        :class:`monitor.config.Settings` (threshold, label horizon, state TTL); defaults if None.
+    at_risk_threshold
+        Headline score from which a subscriber is "at risk" (the record's ``at_risk`` flag).
+    state_ttl_days
+        A subscriber with no event for this long is forgotten (state evicted).
+    max_clock_skew_s
+        A restored watermark is clamped to wall clock + this (ingest refuses later events).
+    state_cache_per_partition
+        Subscribers kept in memory when a state table backs the cache (see :meth:`shrink_cache`).
+    model_checkpoint
+        A warm-start file (``monitor.warmstart``) for a model of its own (ignored with ``model``).
     state_loader
         ``subscriber_id -> bytes | None``: a cache miss is looked up here (the worker's table).
     model
@@ -113,31 +132,38 @@ class PartitionCore:
         feeds what it reads there to :meth:`RiskModel.learn` (see docs/MODEL.md).
     """
 
-    def __init__(self, partition: int, *, settings: Any = None,
+    #: the :class:`monitor.config.Settings` fields that are hyper-parameters of a core
+    SETTINGS = ("at_risk_threshold", "state_ttl_days", "max_clock_skew_s", "state_cache_per_partition",
+                "model_checkpoint")
+
+    def __init__(self, partition: int, *, at_risk_threshold: float = 0.5, state_ttl_days: float = 30.0,
+                 max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
+                 state_cache_per_partition: int = STATE_CACHE_PER_PARTITION, model_checkpoint: str | None = None,
                  state_loader: Callable[[str], bytes | None] | None = None,
                  clock_ms: Callable[[], int] | None = None, model: RiskModel | None = None,
                  label_sink: Callable[[LabelRecord], None] | None = None) -> None:
         self.partition = partition
-        self.threshold = getattr(settings, "at_risk_threshold", 0.5)
-        self.horizon_ms = int(getattr(settings, "label_horizon_hours", 24.0) * HOUR_MS)
-        self.ttl_ms = int(getattr(settings, "state_ttl_days", 30.0) * 24 * HOUR_MS)
+        self.at_risk_threshold = at_risk_threshold
+        self.state_ttl_days = state_ttl_days
+        self.max_clock_skew_s = max_clock_skew_s
+        self.state_cache_per_partition = state_cache_per_partition
+        self.model_checkpoint = model_checkpoint
+        self.threshold = at_risk_threshold
+        self.ttl_ms = int(state_ttl_days * 24 * HOUR_MS)
         self.state_loader = state_loader
         self.clock_ms = clock_ms or wall_clock_ms
-        #: a restored watermark is clamped to wall clock + this (ingest refuses later events)
-        self.max_skew_ms = int(getattr(settings, "max_clock_skew_s", MAX_CLOCK_SKEW_S) * 1000)
+        self.max_skew_ms = int(max_clock_skew_s * 1000)
         #: checkpoints refused at restore (an old pickle, a corrupt blob): the partition started fresh
         self.checkpoints_refused = 0
         self.shared_model = model is not None
         if model is not None:
             self.model = model
-        else:
-            start_from = getattr(settings, "model_checkpoint", None)
-            if start_from:
-                from monitor.warmstart import load_model
+        elif model_checkpoint:
+            from monitor.warmstart import load_model
 
-                self.model = load_model(start_from)  # a warm start; a partition checkpoint overrides it
-            else:
-                self.model = RiskModel()
+            self.model = load_model(model_checkpoint)  # a warm start; a partition checkpoint overrides it
+        else:
+            self.model = RiskModel()
         self.label_sink = label_sink
         self.label_horizon_ms = int(self.model.learn_horizon_hours * HOUR_MS)
         self.labels_matured = 0
@@ -147,8 +173,7 @@ class PartitionCore:
         self.evicted: set[str] = set()
         self.watermark_ms = 0
         self.labels_dropped = 0
-        #: subscribers kept in memory when a state table backs the cache (see shrink_cache)
-        self.cache_max = int(getattr(settings, "state_cache_per_partition", STATE_CACHE_PER_PARTITION))
+        self.cache_max = int(state_cache_per_partition)
         self.cache_dropped = 0
         #: called with a :class:`LabelJoin` for every label learned (metrics, feature exports)
         self.on_label: Callable[[LabelJoin], None] | None = None

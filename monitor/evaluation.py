@@ -285,17 +285,17 @@ def _prior_scores(x: np.ndarray) -> np.ndarray:
 
 def _zero_prior_factory(settings: Any) -> Any:
     """Cores whose models start from zero weights (the learned-from-zero ablation)."""
-    from monitor.core import PartitionCore, RiskModel
+    from monitor.core import PartitionCore, RiskModel, core_options, model_options
 
     shared: list[Any] = []
 
     def make(partition: int, state_loader: Any) -> Any:
         try:
             if not shared:
-                shared.append(RiskModel(use_prior=False))
-            return PartitionCore(partition, settings=settings, state_loader=state_loader, model=shared[0])
+                shared.append(RiskModel(use_prior=False, **model_options(settings)))
+            return PartitionCore(partition, **core_options(settings), state_loader=state_loader, model=shared[0])
         except TypeError:   # an older core: a model per partition, zeroed in place
-            core = PartitionCore(partition, settings=settings, state_loader=state_loader)
+            core = PartitionCore(partition, **core_options(settings), state_loader=state_loader)
             model = core.model
             for name in ("prior_weights", "weights"):
                 if hasattr(model, name):

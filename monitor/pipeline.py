@@ -480,22 +480,23 @@ def default_core_factory(settings: Any) -> Callable[..., Any]:
 
     Every core it makes scores with one :class:`monitor.risk.RiskModel` (the process's), which
     every partition's labels teach (docs/MODEL.md); a warm start (``model_checkpoint``) seeds it."""
-    from monitor.core import PartitionCore
+    from monitor.core import PartitionCore, core_options, model_options
 
     shared: list[Any] = []
+    options = core_options(settings)
 
     def make(partition: int, state_loader: Callable[[str], bytes | None]) -> Any:
         if not shared:
-            start = getattr(settings, "model_checkpoint", None)
+            start = options.get("model_checkpoint")
             if start:
                 from monitor.warmstart import load_model
 
-                shared.append(load_model(start))
+                shared.append(load_model(start))   # its label horizon is the file's
             else:
                 from monitor.risk import RiskModel
 
-                shared.append(RiskModel())
-        return PartitionCore(partition, settings=settings, state_loader=state_loader, model=shared[0])
+                shared.append(RiskModel(**model_options(settings)))
+        return PartitionCore(partition, **options, state_loader=state_loader, model=shared[0])
 
     return make
 

@@ -202,10 +202,7 @@ def test_deterministic_and_input_not_mutated():
 
 
 def test_ttl_evicts_quiet_subscribers():
-    class S:
-        state_ttl_days = 1.0
-
-    core = PartitionCore(0, settings=S())
+    core = PartitionCore(0, state_ttl_days=1.0)
     core.process(net(1, sub="quiet"))
     core.process(net(2, sub="busy", ts=T0 + 3 * 86_400_000))
     assert core.evict_quiet() == 1
@@ -223,8 +220,7 @@ def test_state_cache_is_bounded_when_a_table_backs_it():
     """With a state table behind it the core keeps at most ``cache_max`` subscribers in memory;
     the quietest clean ones go, come back from the table on their next event, and nothing is lost."""
     table: dict[str, bytes] = {}
-    settings = type("S", (), {"state_cache_per_partition": 10})()
-    bounded = PartitionCore(0, settings=settings, state_loader=table.get)
+    bounded = PartitionCore(0, state_cache_per_partition=10, state_loader=table.get)
     unbounded = PartitionCore(0)
     for rnd in range(3):
         for k in range(40):
@@ -238,3 +234,17 @@ def test_state_cache_is_bounded_when_a_table_backs_it():
     for k in range(40):
         sid = f"s{k}"
         assert _decode_state(table[sid]) == unbounded.states[sid]
+
+
+def test_settings_map_onto_the_cores_and_the_models_keyword_arguments(tmp_path):
+    """Settings reach a core once, through its keyword arguments (River's way), and the label
+    horizon setting is the process model's: it was read into an attribute nothing used."""
+    from monitor.config import load
+    from monitor.pipeline import default_core_factory
+
+    s = load({}, at_risk_threshold="0.7", state_ttl_days="3", label_horizon_hours="48",
+             state_cache_per_partition="1000")
+    core = default_core_factory(s)(0, lambda sid: None)
+    assert (core.at_risk_threshold, core.state_ttl_days, core.state_cache_per_partition) == (0.7, 3.0, 1000)
+    assert core.model.learn_horizon_hours == 48.0 and core.label_horizon_ms == 48 * 3_600_000
+    assert PartitionCore(0).label_horizon_ms == 24 * 3_600_000

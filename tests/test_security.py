@@ -437,7 +437,7 @@ def test_an_old_pickled_checkpoint_migrates_once_from_a_trusted_local_file(tmp_p
     migrate_checkpoint(str(old), str(new))
     assert not new.read_bytes().startswith(b"\x80")
     # what SATMON_MODEL_CHECKPOINT loads: new partitions start from the migrated model
-    core = PartitionCore(0, settings=load({}, model_checkpoint=str(new)), clock_ms=lambda: NOW_MS)
+    core = PartitionCore(0, model_checkpoint=str(new), clock_ms=lambda: NOW_MS)
     assert core.model.to_state() == trained.model.to_state()
 
 

@@ -10,7 +10,6 @@ import os
 import random
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -75,8 +74,7 @@ def test_warm_start_reports_prequential_auc_and_saves_a_checkpoint_workers_use(t
     assert model.heads["churn"].wa["drops"] > RiskModel().heads["churn"].wa["drops"]  # churn rises with drops
     assert model.heads["complaint"].wa == RiskModel().heads["complaint"].wa  # a churn file teaches churn only
     # a core starts from it
-    settings = types.SimpleNamespace(model_checkpoint=str(out))
-    a = PartitionCore(0, settings=settings)
+    a = PartitionCore(0, model_checkpoint=str(out))
     assert a.model.to_state() == model.to_state()
     # the human-readable report says the workers can start from it
     text = satmon("model", "warm-start", "--csv", str(src), "--label", "Churn", "--id", "customerID",
