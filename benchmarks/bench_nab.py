@@ -46,6 +46,11 @@ def _satmon():
     return SeasonalDetector()
 
 
+def _satmon_no_range():
+    from monitor.detectors import SeasonalDetector
+    return SeasonalDetector(range_window=0)
+
+
 def _satmon_lenient():
     from monitor.detectors import SeasonalDetector
     return SeasonalDetector(robust=False, horizon=3.0)
@@ -67,10 +72,10 @@ def _hst():
 
 
 #: NAB detector name (letters only: NAB puts it in paths and JSON keys) -> factory of a fresh detector
-#: (satmon = the configuration ``satmon detect`` runs; satmonLenient = the same detector without
-#: winsorising alarms, horizon 3: the best NAB variant found, not used by satmon)
-DETECTORS = {"satmon": _satmon, "satmonLenient": _satmon_lenient, "ewmaZ": _ewma,
-             "pageHinkley": _pagehinkley, "riverHST": _hst}
+#: (satmon = the configuration ``satmon detect`` runs; satmonNoRange = the same without its range
+#: statistic, an ablation; satmonLenient = the same without winsorising alarms, horizon 3)
+DETECTORS = {"satmon": _satmon, "satmonNoRange": _satmon_no_range, "satmonLenient": _satmon_lenient,
+             "ewmaZ": _ewma, "pageHinkley": _pagehinkley, "riverHST": _hst}
 
 
 def series_files(nab_dir: Path) -> list[Path]:

@@ -13,7 +13,9 @@ slots and to infer the sampling period; ``None`` is accepted and disables season
 Scores are calibrated tail probabilities: :func:`surprise_score` maps the p-value ``p`` of what the
 detector saw under its learned normal model to ``log10(1/p) / (2 log10(1/p_fire))``, clipped to
 [0, 1], so the default threshold 0.5 means "rarer than ``p_fire``" (1 in 10,000 by default) and 1.0
-means rarer than ``p_fire`` squared. See docs/DETECTION.md for what each detector scored on NAB.
+means rarer than ``p_fire`` squared. :class:`SeasonalDetector` also scores a value beyond the range
+of its recent past (0.5 = half a percent of that range beyond the record) and reports the larger.
+See docs/DETECTION.md for what each detector scored on NAB.
 
 >>> import math
 >>> det = SeasonalDetector()
@@ -191,9 +193,16 @@ class SeasonalDetector(Detector):
     p-value, Bonferroni-corrected for the statistics and (``horizon``) for the number of points
     watched beyond 1,000, through :func:`surprise_score`.
 
+    Range: a value beyond the range (min to max) of the last ``range_window`` values by ``e`` times
+    that range's width scores ``e / (e + range_excess)`` if that is higher (0.5 = ``range_excess``
+    beyond a record; counted once the series has been watched for ``range_min_ms``). A level not
+    seen for weeks is news even when the residual models have widened their bands (on NAB it is
+    worth more than the three residual statistics together; docs/DETECTION.md).
+
     Onsets only: within ``refractory`` points (and at most ``refractory_ms``) after a score, a
     point that does not exceed it scores 0 (the incident is already reported; NAB and an on-call
-    person both pay for repeats). No score before ``warmup`` points.
+    person both pay for repeats; the comparison uses the scores before they are clipped to 1, so a
+    rarer point after a saturated one still fires). No score before ``warmup`` points.
 
     Parameters
     ----------
@@ -227,6 +236,12 @@ class SeasonalDetector(Detector):
         10,000.
     slot_scale : bool
         Per-time-of-day error scale for the seasonal predictors.
+    range_window : int
+        Values whose range the range statistic compares a point with (0 = off).
+    range_excess : float
+        Excess beyond that range, as a fraction of its width, that scores 0.5.
+    range_min_ms : int
+        Time watched before the range statistic counts (a young series sets records all the time).
     seed : int | None
         Unused (the detector is deterministic); kept for the protocol.
 
@@ -239,9 +254,10 @@ class SeasonalDetector(Detector):
 
     def __init__(self, level_halflife: float = 8.0, season_alpha: float = 0.3, season_min_periods: int = 2,
                  collective: int = 10, history: int = 2000, p_fire: float = 1e-4, warmup: int = 100,
-                 refractory: int = 200, shape: int = 4, memory: int = 1000, direction: str = "both",
+                 refractory: int = 150, shape: int = 4, memory: int = 1000, direction: str = "both",
                  heavy_tail: bool = False, robust: bool = True, horizon: float = 2.0,
-                 slot_scale: bool = True, refractory_ms: int = _DAY_MS, seed: int | None = None) -> None:
+                 slot_scale: bool = True, refractory_ms: int = _DAY_MS, range_window: int = 5000,
+                 range_excess: float = 0.005, range_min_ms: int = _DAY_MS, seed: int | None = None) -> None:
         if direction not in ("both", "up", "down"):
             raise ValueError(f"direction must be 'both', 'up' or 'down', not {direction!r}")
         self.level_halflife = level_halflife
@@ -260,6 +276,9 @@ class SeasonalDetector(Detector):
         self.horizon = horizon
         self.slot_scale = slot_scale
         self.refractory_ms = refractory_ms
+        self.range_window = range_window
+        self.range_excess = range_excess
+        self.range_min_ms = range_min_ms
         self.seed = seed
         self._alpha = 1.0 - 0.5 ** (1.0 / level_halflife)
         self._n = 0
@@ -286,6 +305,8 @@ class SeasonalDetector(Detector):
         self._slot_err: tuple[_SlotMeans, _SlotMeans] | None = None
         self._last_t: int | None = None
         self._cache: tuple | None = None
+        self._hi: deque[tuple[int, float]] = deque()   # sliding max / min of the last ``range_window``
+        self._lo: deque[tuple[int, float]] = deque()   # values (monotonic queues of (index, value))
 
     # -- state -----------------------------------------------------------------------------------
     def _slots(self, t: int | None) -> tuple[int, int] | None:
@@ -344,7 +365,7 @@ class SeasonalDetector(Detector):
             p *= (min(max(self._n, 1000), _HORIZON_CAP) / 1000.0) ** self.horizon
         if (self.direction == "up" and signed < 0) or (self.direction == "down" and signed > 0):
             p = 1.0                  # a deviation the caller does not count as bad
-        out = (z, coll, min(1.0, p), preds, nov, ps)
+        out = (z, coll, min(1.0, p), preds, nov, ps, self._excess(x, t))
         self._cache = ((x, t), out)
         return out
 
@@ -376,23 +397,64 @@ class SeasonalDetector(Detector):
                 return entry[2]
         return -1.0
 
-    def _raw_score(self, p: float) -> float:
-        return surprise_score(p, self.p_fire) if self._n >= self.warmup else 0.0
+    def _raw_score(self, p: float, excess: float = 0.0) -> float:
+        """The larger of the surprise of ``p`` and the range statistic's score ``e / (e + range_excess)``,
+        *not* clipped at 1 (``p`` floored at 1e-300): the refractory period compares these, so a point
+        rarer than an earlier saturated one (score 1.0) still fires."""
+        if self._n < self.warmup:
+            return 0.0
+        s = math.log10(1.0 / max(p, 1e-300)) / (2.0 * math.log10(1.0 / self.p_fire)) if p < 1.0 else 0.0
+        if excess > 0.0:
+            s = max(s, excess / (excess + self.range_excess))
+        return s
+
+    def _excess(self, x: float, t: int | None) -> float:
+        """How far ``x`` lies beyond the range of the last ``range_window`` values, in units of that
+        range's width (0 inside it): a KPI at a level not seen for that long (a record low of
+        successful sessions) is news whatever the residual models say."""
+        if not self.range_window or not self._hi:
+            return 0.0
+        # a young series reaches new extremes all the time (the first day of a daily curve): the
+        # statistic counts after ``range_min_ms`` of watching (without timestamps, a full window)
+        if (self._n < self.range_window) if t is None or self._t0 is None else (t - self._t0 < self.range_min_ms):
+            return 0.0
+        hi, lo = self._hi[0][1], self._lo[0][1]
+        width = hi - lo
+        if width <= 0.0:
+            width = 1e-9 * (abs(hi) + 1.0)
+        up, down = (x - hi) / width, (lo - x) / width
+        if self.direction == "up":
+            down = 0.0
+        elif self.direction == "down":
+            up = 0.0
+        return max(0.0, up, down)
+
+    def _learn_range(self, x: float) -> None:
+        if not self.range_window:
+            return
+        i, old = self._n, self._n - self.range_window
+        for q, worse in ((self._hi, lambda v: v <= x), (self._lo, lambda v: v >= x)):
+            while q and q[0][0] <= old:
+                q.popleft()
+            while q and worse(q[-1][1]):
+                q.pop()
+            q.append((i, x))
 
     def score_one(self, x: float, t: int | None = None) -> float:
         if self._n < self.warmup:
             return 0.0
-        raw = self._raw_score(self._evaluate(x, t)[2])
+        ev = self._evaluate(x, t)
+        raw = self._raw_score(ev[2], ev[6])
         # refractory: within ``refractory`` points of a higher (or equal) score, stay quiet
         if self.refractory and raw <= self._recent_max(t):
             return 0.0
-        return raw
+        return min(1.0, raw)
 
     def learn_one(self, x: float, t: int | None = None) -> None:
-        z, coll, p, preds, nov, ps = self._evaluate(x, t)
+        z, coll, p, preds, nov, ps, excess = self._evaluate(x, t)
         self._cache = None
         if self.refractory:
-            raw = self._raw_score(p)
+            raw = self._raw_score(p, excess)
             while self._raw and self._expired(self._raw[0], t):
                 self._raw.popleft()
             while self._raw and self._raw[-1][2] <= raw:
@@ -413,6 +475,7 @@ class SeasonalDetector(Detector):
             self._recent_sum -= self._recent[0]
         self._recent.append(z)
         self._recent_sum += z
+        self._learn_range(x)
         self._learn_predictors(x, t, preds)
         self._n += 1
 

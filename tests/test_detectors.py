@@ -154,4 +154,6 @@ def test_a_record_level_fires_after_a_day_and_not_in_a_young_series():
     assert det._excess((lo + hi) / 2, t) == 0.0
     assert det._excess(hi + 0.5 * (hi - lo), t) == pytest.approx(0.5)
     assert det.score_one(hi + 0.5 * (hi - lo), t) >= D.DEFAULT_THRESHOLD
-    assert D.SeasonalDetector(warmup=20, direction="down").clone()._excess(100.0, t) == 0.0
+    det.direction = "down"                                            # only falls count
+    assert det._excess(hi + 0.5 * (hi - lo), t) == 0.0
+    assert det._excess(lo - 0.5 * (hi - lo), t) == pytest.approx(0.5)
