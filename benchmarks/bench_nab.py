@@ -46,6 +46,11 @@ def _satmon():
     return SeasonalDetector()
 
 
+def _satmon_no_context():
+    from monitor.detectors import SeasonalDetector
+    return SeasonalDetector(context_levels=0)
+
+
 def _satmon_no_range():
     from monitor.detectors import SeasonalDetector
     return SeasonalDetector(range_window=0)
@@ -72,10 +77,11 @@ def _hst():
 
 
 #: NAB detector name (letters only: NAB puts it in paths and JSON keys) -> factory of a fresh detector
-#: (satmon = the configuration ``satmon detect`` runs; satmonNoRange = the same without its range
-#: statistic, an ablation; satmonLenient = the same without winsorising alarms, horizon 3)
-DETECTORS = {"satmon": _satmon, "satmonNoRange": _satmon_no_range, "satmonLenient": _satmon_lenient,
-             "ewmaZ": _ewma, "pageHinkley": _pagehinkley, "riverHST": _hst}
+#: (satmon = the configuration ``satmon detect`` runs; satmonNoContext / satmonNoRange = the same
+#: without its context / range statistic, ablations; satmonLenient = the same without winsorising
+#: alarms, horizon 3)
+DETECTORS = {"satmon": _satmon, "satmonNoContext": _satmon_no_context, "satmonNoRange": _satmon_no_range,
+             "satmonLenient": _satmon_lenient, "ewmaZ": _ewma, "pageHinkley": _pagehinkley, "riverHST": _hst}
 
 
 def series_files(nab_dir: Path) -> list[Path]:

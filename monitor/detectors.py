@@ -14,7 +14,8 @@ Scores are calibrated tail probabilities: :func:`surprise_score` maps the p-valu
 detector saw under its learned normal model to ``log10(1/p) / (2 log10(1/p_fire))``, clipped to
 [0, 1], so the default threshold 0.5 means "rarer than ``p_fire``" (1 in 10,000 by default) and 1.0
 means rarer than ``p_fire`` squared. :class:`SeasonalDetector` also scores a value beyond the range
-of its recent past (0.5 = half a percent of that range beyond the record) and reports the larger.
+of its recent past (0.5 = half a percent of that range beyond the record) and reports the larger;
+below 0.5 it damps points whose recent run of coarse levels is a known one (the context statistic).
 See docs/DETECTION.md for what each detector scored on NAB.
 
 >>> import math
@@ -50,6 +51,8 @@ _WEEK_MS = 7 * _DAY_MS
 _HORIZON_CAP = 10_000
 #: at most this many time-of-day slots (5-minute slots); finer series share a slot
 _MAX_DAY_SLOTS = 288
+#: the context statistic looks at runs of 2 .. this + 1 levels
+_CONTEXT_ORDERS = 3
 
 
 def surprise_score(p: float, p_fire: float = 1e-4) -> float:
@@ -199,6 +202,13 @@ class SeasonalDetector(Detector):
     seen for weeks is news even when the residual models have widened their bands (on NAB it is
     worth more than the three residual statistics together; docs/DETECTION.md).
 
+    Context (CAD's idea on an online scale): the value's level is one of ``context_levels`` equal
+    steps over the range of every value seen so far (half as many more on each side beyond it); the
+    novelty is the share of the runs of 2, 3 and 4 levels ending at the point that were never seen.
+    A point whose residual/range score reaches 0.5 keeps it; below that the score is
+    ``(1 - context_weight) * score + context_weight * novelty``, so moderate evidence counts only with
+    a transition the series never made, and novelty alone (at most ``context_weight``) never pages.
+
     Onsets only: within ``refractory`` points (and at most ``refractory_ms``) after a score, a
     point that does not exceed it scores 0 (the incident is already reported; NAB and an on-call
     person both pay for repeats; the comparison uses the scores before they are clipped to 1, so a
@@ -242,6 +252,11 @@ class SeasonalDetector(Detector):
         Excess beyond that range, as a fraction of its width, that scores 0.5.
     range_min_ms : int
         Time watched before the range statistic counts (a young series sets records all the time).
+    context_levels : int
+        Levels of the context statistic over the range seen so far (0 = off).
+    context_weight : float
+        Weight of the context novelty in the score of points below the threshold (< 0.5, so that
+        novelty alone does not page).
     seed : int | None
         Unused (the detector is deterministic); kept for the protocol.
 
@@ -257,7 +272,8 @@ class SeasonalDetector(Detector):
                  refractory: int = 150, shape: int = 4, memory: int = 1000, direction: str = "both",
                  heavy_tail: bool = False, robust: bool = True, horizon: float = 2.0,
                  slot_scale: bool = True, refractory_ms: int = _DAY_MS, range_window: int = 5000,
-                 range_excess: float = 0.005, range_min_ms: int = _DAY_MS, seed: int | None = None) -> None:
+                 range_excess: float = 0.005, range_min_ms: int = _DAY_MS, context_levels: int = 8,
+                 context_weight: float = 0.4, seed: int | None = None) -> None:
         if direction not in ("both", "up", "down"):
             raise ValueError(f"direction must be 'both', 'up' or 'down', not {direction!r}")
         self.level_halflife = level_halflife
@@ -279,6 +295,8 @@ class SeasonalDetector(Detector):
         self.range_window = range_window
         self.range_excess = range_excess
         self.range_min_ms = range_min_ms
+        self.context_levels = context_levels
+        self.context_weight = context_weight
         self.seed = seed
         self._alpha = 1.0 - 0.5 ** (1.0 / level_halflife)
         self._n = 0
@@ -307,6 +325,10 @@ class SeasonalDetector(Detector):
         self._cache: tuple | None = None
         self._hi: deque[tuple[int, float]] = deque()   # sliding max / min of the last ``range_window``
         self._lo: deque[tuple[int, float]] = deque()   # values (monotonic queues of (index, value))
+        self._seen: set[tuple[int, ...]] = set()         # contexts (runs of levels) seen so far
+        self._levels: deque[int] = deque(maxlen=_CONTEXT_ORDERS + 1)   # the last levels
+        self._vmin: float | None = None                   # range of every value seen (the levels' scale)
+        self._vmax: float | None = None
 
     # -- state -----------------------------------------------------------------------------------
     def _slots(self, t: int | None) -> tuple[int, int] | None:
@@ -365,7 +387,7 @@ class SeasonalDetector(Detector):
             p *= (min(max(self._n, 1000), _HORIZON_CAP) / 1000.0) ** self.horizon
         if (self.direction == "up" and signed < 0) or (self.direction == "down" and signed > 0):
             p = 1.0                  # a deviation the caller does not count as bad
-        out = (z, coll, min(1.0, p), preds, nov, ps, self._excess(x, t))
+        out = (z, coll, min(1.0, p), preds, nov, ps, self._excess(x, t), self._context_novelty(x))
         self._cache = ((x, t), out)
         return out
 
@@ -429,6 +451,46 @@ class SeasonalDetector(Detector):
             up = 0.0
         return max(0.0, up, down)
 
+    def _level_of(self, x: float) -> int:
+        """The value's level: ``context_levels`` equal steps over the range of every value seen so far,
+        ``context_levels // 2`` more on each side for values beyond it (no future range needed)."""
+        over = self.context_levels // 2
+        if self._vmin is None or self._vmax is None:
+            return over
+        step = (self._vmax - self._vmin) / (self.context_levels - 1) or 1.0
+        return max(0, min(self.context_levels + 2 * over - 1, over + int(math.floor((x - self._vmin) / step))))
+
+    def _context_novelty(self, x: float) -> float:
+        """The share of the runs of 2, 3 and 4 levels ending at ``x`` never seen before (a transition
+        between coarse levels the series has not made: CAD's idea, on an online scale)."""
+        if not self.context_levels:
+            return 0.0
+        run = (*self._levels, self._level_of(x))
+        new = sum(run[-k - 1:] not in self._seen for k in range(1, _CONTEXT_ORDERS + 1) if len(run) > k)
+        return new / _CONTEXT_ORDERS
+
+    def _learn_context(self, x: float) -> None:
+        if not self.context_levels:
+            return
+        self._levels.append(self._level_of(x))
+        run = tuple(self._levels)
+        for k in range(1, _CONTEXT_ORDERS + 1):
+            if len(run) > k:
+                self._seen.add(run[-k - 1:])
+        self._vmin = x if self._vmin is None else min(self._vmin, x)
+        self._vmax = x if self._vmax is None else max(self._vmax, x)
+
+    def _combined(self, raw: float, novelty: float) -> float:
+        """The detector's score before the refractory period. A point the residual and range
+        statistics call anomalous (``raw`` >= 0.5) keeps its (unclipped) score; below that, the score
+        is the weighted mean of ``raw`` and the context novelty: moderate evidence counts when the
+        series also makes a transition it never made (on NAB most of the residual statistics' false
+        alarms are repeats of known patterns)."""
+        if not self.context_levels or self._n < self.warmup:
+            return raw
+        mean = (1.0 - self.context_weight) * min(1.0, raw) + self.context_weight * novelty
+        return max(raw, mean) if raw >= DEFAULT_THRESHOLD else mean
+
     def _learn_range(self, x: float) -> None:
         if not self.range_window:
             return
@@ -444,17 +506,17 @@ class SeasonalDetector(Detector):
         if self._n < self.warmup:
             return 0.0
         ev = self._evaluate(x, t)
-        raw = self._raw_score(ev[2], ev[6])
+        raw = self._combined(self._raw_score(ev[2], ev[6]), ev[7])
         # refractory: within ``refractory`` points of a higher (or equal) score, stay quiet
         if self.refractory and raw <= self._recent_max(t):
             return 0.0
         return min(1.0, raw)
 
     def learn_one(self, x: float, t: int | None = None) -> None:
-        z, coll, p, preds, nov, ps, excess = self._evaluate(x, t)
+        z, coll, p, preds, nov, ps, excess, novelty = self._evaluate(x, t)
         self._cache = None
         if self.refractory:
-            raw = self._raw_score(p, excess)
+            raw = self._combined(self._raw_score(p, excess), novelty)
             while self._raw and self._expired(self._raw[0], t):
                 self._raw.popleft()
             while self._raw and self._raw[-1][2] <= raw:
@@ -476,6 +538,7 @@ class SeasonalDetector(Detector):
         self._recent.append(z)
         self._recent_sum += z
         self._learn_range(x)
+        self._learn_context(x)
         self._learn_predictors(x, t, preds)
         self._n += 1
 

@@ -157,3 +157,19 @@ def test_a_record_level_fires_after_a_day_and_not_in_a_young_series():
     det.direction = "down"                                            # only falls count
     assert det._excess(hi + 0.5 * (hi - lo), t) == 0.0
     assert det._excess(lo - 0.5 * (hi - lo), t) == pytest.approx(0.5)
+
+
+def test_context_novelty_is_a_transition_never_made_and_moderate_evidence_needs_it():
+    """The context statistic: runs of coarse levels (over the range seen so far) never seen before; a
+    point below the firing threshold pages only if the series also makes such a transition."""
+    det = D.SeasonalDetector(warmup=20)
+    for i in range(200):                                  # a square wave between two levels
+        det.process_one(10.0 if (i // 10) % 2 else 0.0, i * HOUR_MS)
+    t = 200 * HOUR_MS
+    assert det._context_novelty(10.0 if (200 // 10) % 2 else 0.0) == 0.0     # the wave goes on
+    assert det._context_novelty(5.0) == 1.0                                    # a level never visited
+    assert det._combined(0.4, 0.0) == pytest.approx(0.6 * 0.4)                 # moderate, known: damped
+    assert det._combined(0.4, 1.0) == pytest.approx(0.6 * 0.4 + 0.4)           # moderate, new: counts
+    assert det._combined(0.9, 0.0) == 0.9                                      # anomalous: kept
+    assert D.SeasonalDetector(context_levels=0)._combined(0.4, 1.0) == 0.4     # off
+    assert 0.0 <= det.score_one(5.0, t) <= 1.0
