@@ -4,8 +4,9 @@
 Input: CSV with a header containing ``timestamp`` and ``value`` (other columns are ignored);
 timestamps ISO-8601 (``2024-05-01T10:00:00Z``, naive = UTC) or epoch seconds / milliseconds.
 Output: ``timestamp,value,anomaly_score`` (score in [0, 1], a calibrated tail probability: 0.5 = the
-firing threshold, rarer than 1 in 10,000 under the learned normal model, or half a percent of the
-range of the last 5,000 values beyond it), or with
+firing threshold: rarer than 1 in 10,000 under the learned normal model, or half a percent of the
+range of the last 5,000 values beyond it, or weaker evidence together with a run of levels the series
+never made; see docs/DETECTION.md), or with
 ``--drift`` ``timestamp,value,change_point`` (1 on the row where a change was detected), one row per
 input row, in input order.
 """
