@@ -41,13 +41,13 @@ from monitor.features import FEATURES, PRIOR_BIAS, PRIOR_WEIGHTS
 OUTCOMES: tuple[str, ...] = ("complaint", "detractor", "churn")
 #: horizon (hours) of each outcome's reported probability: the list's horizons
 OUTCOME_HORIZON_H: dict[str, float] = {"complaint": 72.0, "detractor": 72.0, "churn": 168.0}
-#: cold-start log-odds offset of each outcome against the prior's bias (:data:`PRIOR_BIAS`), set so
-#: that the untrained model's mean probability is within a few times the observed rate on the tuning
-#: worlds 11-13 (docs/MODEL.md). With the 39-feature table most subscribers carry some dose, and
-#: the offsets of the 22-feature table (-1 / -1.5 / -3) put the cold-start mean at 66 % for a
-#: complaint within 72 h where 1.3 % happen; the head's SGD then spent its first thousands of labels
-#: pulling everything down, which cost ranking (complaint ROC-AUC 0.632 against 0.645 from a
-#: calibrated start). A uniform shift does not change how the prior ranks.
+#: cold-start log-odds offset of each outcome against the prior's bias (:data:`PRIOR_BIAS`). With the
+#: 39-feature table most subscribers carry some dose, and the offsets of the 22-feature table
+#: (-1 / -1.5 / -3) put the untrained mean at 66 % for a complaint within 72 h where 1.3 % happen
+#: (tuning worlds 11-13); the heads' SGD then spent its first labels pulling everything down, which
+#: cost ranking (learned complaint ROC-AUC 0.632, 0.644 from these offsets; docs/MODEL.md). Lower
+#: still ranks alike but the calibration offset, which climbs slowly, no longer reaches a rate a few
+#: percent a day (tests/test_risk.py). A uniform shift does not change how the prior ranks.
 OUTCOME_BIAS_OFFSET: dict[str, float] = {"complaint": -3.0, "detractor": -3.5, "churn": -5.0}
 #: the share of the prior's weights each outcome starts from: the table's weights were written for
 #: "dissatisfied now"; a daily outcome is damped (the worst subscribers stay below certainty, so
