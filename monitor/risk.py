@@ -39,6 +39,7 @@ from monitor.features import FEATURES, PRIOR_BIAS, PRIOR_WEIGHTS
 
 #: the outcomes a care or retention team acts on, in :class:`LabelRecord` order
 OUTCOMES: tuple[str, ...] = ("complaint", "detractor", "churn")
+assert len(OUTCOMES) == 3, "RiskModel._sums scores three heads in one pass"
 #: horizon (hours) of each outcome's reported probability: the list's horizons
 OUTCOME_HORIZON_H: dict[str, float] = {"complaint": 72.0, "detractor": 72.0, "churn": 168.0}
 #: cold-start log-odds offset of each outcome against the prior's bias (:data:`PRIOR_BIAS`). With the
@@ -285,6 +286,22 @@ class RiskModel:
     def _refresh(self) -> None:
         self._w = {o: [h.wa.get(f, 0.0) for f in FEATURES] for o, h in self.heads.items()}
         self._b = {o: h.ba for o, h in self.heads.items()}
+        # per feature the three heads' weights: one pass over the (mostly zero: ~5 of 39 set)
+        # feature vector scores every head -- 1.9 µs against 5.7 for a generator per head
+        self._rows = list(zip(*(self._w[o] for o in OUTCOMES)))
+        self._prior_rows = list(zip(*(self.prior_heads[o][0] for o in OUTCOMES)))
+
+    @staticmethod
+    def _sums(rows: Sequence[tuple[float, float, float]], x: Sequence[float]) -> tuple[float, float, float]:
+        """Each head's weighted sum over the set features (summed in feature order from zero, as
+        ``sum`` would: the same floats as one sum per head)."""
+        s0 = s1 = s2 = 0.0
+        for w, xi in zip(rows, x):
+            if xi:
+                s0 += w[0] * xi
+                s1 += w[1] * xi
+                s2 += w[2] * xi
+        return s0, s1, s2
 
     def _z(self, o: str, x: Sequence[float]) -> float:
         return self._b[o] + sum(w * xi for w, xi in zip(self._w[o], x) if xi)
@@ -297,9 +314,11 @@ class RiskModel:
     def predict(self, x: Sequence[float]) -> dict[str, float]:
         """Probability of each outcome within its :data:`OUTCOME_HORIZON_H`."""
         L = self.learn_horizon_hours
+        b, calib = self._b, self.calib
         out = {}
-        for o in OUTCOMES:
-            h = min(self.hazard(o, x), 1 - 1e-9)
+        for o, s in zip(OUTCOMES, self._sums(self._rows, x)):
+            a, c = calib[o]
+            h = min(_sigmoid(a * (b[o] + s) + c), 1 - 1e-9)
             out[o] = 1.0 - (1.0 - h) ** (OUTCOME_HORIZON_H[o] / L)
         return out
 
@@ -315,8 +334,8 @@ class RiskModel:
         """The headline score of the untrained prior (for the record's ``prior`` field)."""
         q = 1.0
         L = self.learn_horizon_hours
-        for o, (pw, pb) in self.prior_heads.items():
-            h = _sigmoid(pb + sum(w * xi for w, xi in zip(pw, x) if xi))
+        for o, s in zip(OUTCOMES, self._sums(self._prior_rows, x)):
+            h = _sigmoid(self.prior_heads[o][1] + s)
             q *= (1.0 - min(h, 1 - 1e-9)) ** (OUTCOME_HORIZON_H[o] / L)
         return 1.0 - q
 
