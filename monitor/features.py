@@ -203,8 +203,16 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         st.segment = intern(ev.segment)
     if isinstance(ev, NetworkEvent):
         dt = ts - st.net_ts if st.net_ts else 0
-        k = _decay(dt, NET_HALF_LIFE_MS)
-        a = 1.0 - _decay(dt, EW_HALF_LIFE_MS) if st.net_ts else 1.0
+        if dt > 0:   # the decays of every half-life, inline (_decay's formula; a call each cost ~5 %)
+            k = 0.5 ** (dt / NET_HALF_LIFE_MS)
+            e = 0.5 ** (dt / EW_HALF_LIFE_MS)
+            kd = 0.5 ** (dt / DOSE_HALF_LIFE_MS)
+            kg = 0.5 ** (dt / GRUDGE_HALF_LIFE_MS)
+            kr = 0.5 ** (dt / RECENT_HALF_LIFE_MS)
+            kb = 0.5 ** (dt / BURDEN_HALF_LIFE_MS)
+        else:
+            k = e = kd = kg = kr = kb = 1.0
+        a = 1.0 - e if st.net_ts else 1.0
         a = max(a, 0.2)  # every session moves the recent means
         st.net_ts = max(ts, st.net_ts)
         # interned: a few thousand distinct values shared by millions of states
@@ -223,8 +231,6 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         st.worst_rsrp = min(ev.rsrp_dbm, st.worst_rsrp + (st.rsrp_ew - st.worst_rsrp) * (1 - k))
         bad = DEGRADED.is_degraded(ev)
         st.drops = st.drops * k + ev.call_drop
-        kd = _decay(dt, DOSE_HALF_LIFE_MS)
-        kg = _decay(dt, GRUDGE_HALF_LIFE_MS)
         cov = min(3.0, max(0.0, (WEAK_RSRP_DBM - ev.rsrp_dbm) / 10.0))
         noticed = NOTICED_LATENCY_MS.get(ev.service)
         late = min(3.0, max(0.0, math.log2(ev.latency_ms / noticed))) if noticed and ev.latency_ms > 0 else 0.0
@@ -242,8 +248,6 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         st.bad = st.bad * k + bad
         st.sessions = st.sessions * k + 1.0
         sev, what = _graded_severity(ev) if bad else (0.0, "")
-        kr = _decay(dt, RECENT_HALF_LIFE_MS)
-        kb = _decay(dt, BURDEN_HALF_LIFE_MS)
         st.recent_sev = st.recent_sev * kr
         st.burden = st.burden * kb + sev
         st.worst_sev *= k
