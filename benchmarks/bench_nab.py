@@ -58,7 +58,7 @@ def _satmon_no_range():
 
 def _satmon_lenient():
     from monitor.detectors import SeasonalDetector
-    return SeasonalDetector(robust=False, horizon=3.0)
+    return SeasonalDetector(robust=False)
 
 
 def _ewma():
@@ -79,7 +79,7 @@ def _hst():
 #: NAB detector name (letters only: NAB puts it in paths and JSON keys) -> factory of a fresh detector
 #: (satmon = the configuration ``satmon detect`` runs; satmonNoContext / satmonNoRange = the same
 #: without its context / range statistic, ablations; satmonLenient = the same without winsorising
-#: alarms, horizon 3)
+#: alarms)
 DETECTORS = {"satmon": _satmon, "satmonNoContext": _satmon_no_context, "satmonNoRange": _satmon_no_range,
              "satmonLenient": _satmon_lenient, "ewmaZ": _ewma, "pageHinkley": _pagehinkley, "riverHST": _hst}
 

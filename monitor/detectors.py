@@ -251,7 +251,8 @@ class SeasonalDetector(Detector):
     range_excess : float
         Excess beyond that range, as a fraction of its width, that scores 0.5.
     range_min_ms : int
-        Time watched before the range statistic counts (a young series sets records all the time).
+        Time watched before the range and context statistics count (a young series sets records and
+        makes new transitions all the time).
     context_levels : int
         Levels of the context statistic over the range seen so far (0 = off).
     context_weight : float
@@ -270,10 +271,10 @@ class SeasonalDetector(Detector):
     def __init__(self, level_halflife: float = 8.0, season_alpha: float = 0.3, season_min_periods: int = 2,
                  collective: int = 10, history: int = 2000, p_fire: float = 1e-4, warmup: int = 100,
                  refractory: int = 150, shape: int = 4, memory: int = 1000, direction: str = "both",
-                 heavy_tail: bool = False, robust: bool = True, horizon: float = 2.0,
+                 heavy_tail: bool = False, robust: bool = True, horizon: float = 3.0,
                  slot_scale: bool = True, refractory_ms: int = _DAY_MS, range_window: int = 5000,
                  range_excess: float = 0.005, range_min_ms: int = _DAY_MS, context_levels: int = 8,
-                 context_weight: float = 0.4, seed: int | None = None) -> None:
+                 context_weight: float = 0.45, seed: int | None = None) -> None:
         if direction not in ("both", "up", "down"):
             raise ValueError(f"direction must be 'both', 'up' or 'down', not {direction!r}")
         self.level_halflife = level_halflife
@@ -387,7 +388,7 @@ class SeasonalDetector(Detector):
             p *= (min(max(self._n, 1000), _HORIZON_CAP) / 1000.0) ** self.horizon
         if (self.direction == "up" and signed < 0) or (self.direction == "down" and signed > 0):
             p = 1.0                  # a deviation the caller does not count as bad
-        out = (z, coll, min(1.0, p), preds, nov, ps, self._excess(x, t), self._context_novelty(x))
+        out = (z, coll, min(1.0, p), preds, nov, ps, self._excess(x, t), self._context_novelty(x, t))
         self._cache = ((x, t), out)
         return out
 
@@ -430,15 +431,19 @@ class SeasonalDetector(Detector):
             s = max(s, excess / (excess + self.range_excess))
         return s
 
+    def _watched(self, t: int | None) -> bool:
+        """Whether the series has been watched for ``range_min_ms`` (without timestamps: for
+        ``range_window`` points). A young series reaches new extremes and makes new transitions all
+        the time (the first day of a daily curve): the range and context statistics wait for it."""
+        if t is None or self._t0 is None:
+            return self._n >= self.range_window
+        return t - self._t0 >= self.range_min_ms
+
     def _excess(self, x: float, t: int | None) -> float:
         """How far ``x`` lies beyond the range of the last ``range_window`` values, in units of that
         range's width (0 inside it): a KPI at a level not seen for that long (a record low of
         successful sessions) is news whatever the residual models say."""
-        if not self.range_window or not self._hi:
-            return 0.0
-        # a young series reaches new extremes all the time (the first day of a daily curve): the
-        # statistic counts after ``range_min_ms`` of watching (without timestamps, a full window)
-        if (self._n < self.range_window) if t is None or self._t0 is None else (t - self._t0 < self.range_min_ms):
+        if not self.range_window or not self._hi or not self._watched(t):
             return 0.0
         hi, lo = self._hi[0][1], self._lo[0][1]
         width = hi - lo
@@ -460,10 +465,10 @@ class SeasonalDetector(Detector):
         step = (self._vmax - self._vmin) / (self.context_levels - 1) or 1.0
         return max(0, min(self.context_levels + 2 * over - 1, over + int(math.floor((x - self._vmin) / step))))
 
-    def _context_novelty(self, x: float) -> float:
+    def _context_novelty(self, x: float, t: int | None) -> float:
         """The share of the runs of 2, 3 and 4 levels ending at ``x`` never seen before (a transition
         between coarse levels the series has not made: CAD's idea, on an online scale)."""
-        if not self.context_levels:
+        if not self.context_levels or not self._watched(t):
             return 0.0
         run = (*self._levels, self._level_of(x))
         new = sum(run[-k - 1:] not in self._seen for k in range(1, _CONTEXT_ORDERS + 1) if len(run) > k)

@@ -166,10 +166,13 @@ def test_context_novelty_is_a_transition_never_made_and_moderate_evidence_needs_
     for i in range(200):                                  # a square wave between two levels
         det.process_one(10.0 if (i // 10) % 2 else 0.0, i * HOUR_MS)
     t = 200 * HOUR_MS
-    assert det._context_novelty(10.0 if (200 // 10) % 2 else 0.0) == 0.0     # the wave goes on
-    assert det._context_novelty(5.0) == 1.0                                    # a level never visited
-    assert det._combined(0.4, 0.0) == pytest.approx(0.6 * 0.4)                 # moderate, known: damped
-    assert det._combined(0.4, 1.0) == pytest.approx(0.6 * 0.4 + 0.4)           # moderate, new: counts
+    assert det._context_novelty(10.0 if (200 // 10) % 2 else 0.0, t) == 0.0  # the wave goes on
+    assert det._context_novelty(5.0, t) == 1.0                                 # a level never visited
+    assert det._context_novelty(5.0, 12 * HOUR_MS) == 0.0                      # (not in its first day)
+    w = det.context_weight
+    assert w < D.DEFAULT_THRESHOLD                                             # novelty alone never pages
+    assert det._combined(0.4, 0.0) == pytest.approx((1 - w) * 0.4)             # moderate, known: damped
+    assert det._combined(0.4, 1.0) == pytest.approx((1 - w) * 0.4 + w)         # moderate, new: counts
     assert det._combined(0.9, 0.0) == 0.9                                      # anomalous: kept
     assert D.SeasonalDetector(context_levels=0)._combined(0.4, 1.0) == 0.4     # off
     assert 0.0 <= det.score_one(5.0, t) <= 1.0
