@@ -42,14 +42,13 @@ OUTCOMES: tuple[str, ...] = ("complaint", "detractor", "churn")
 assert len(OUTCOMES) == 3, "RiskModel._sums scores three heads in one pass"
 #: horizon (hours) of each outcome's reported probability: the list's horizons
 OUTCOME_HORIZON_H: dict[str, float] = {"complaint": 72.0, "detractor": 72.0, "churn": 168.0}
-#: cold-start log-odds offset of each outcome against the prior's bias (:data:`PRIOR_BIAS`). With the
-#: 39-feature table most subscribers carry some dose, and the offsets of the 22-feature table
-#: (-1 / -1.5 / -3) put the untrained mean at 66 % for a complaint within 72 h where 1.3 % happen
-#: (tuning worlds 11-13); the heads' SGD then spent its first labels pulling everything down, which
-#: cost ranking (learned complaint ROC-AUC 0.632, 0.644 from these offsets; docs/MODEL.md). Lower
-#: still ranks alike but the calibration offset, which climbs slowly, no longer reaches a rate a few
-#: percent a day (tests/test_risk.py). A uniform shift does not change how the prior ranks.
-OUTCOME_BIAS_OFFSET: dict[str, float] = {"complaint": -3.0, "detractor": -3.5, "churn": -5.0}
+#: cold-start log-odds offset of each outcome against the prior's bias (:data:`PRIOR_BIAS`). They put
+#: the untrained mean at 66 % for a complaint within 72 h where 1.3 % happen (tuning worlds 11-13).
+#: Offsets two lower (-3 / -3.5 / -5) calibrated the list better but were reverted (docs/MODEL.md):
+#: the model's calibration then climbed through a run, and the hot-spot engine's region-wide
+#: ``mean_risk`` read that climb as 29 false SatmonRegionDegraded in the quiet scenario; scores
+#: emitted on an outage fell under the material-change rule; on untuned worlds they ranked no better.
+OUTCOME_BIAS_OFFSET: dict[str, float] = {"complaint": -1.0, "detractor": -1.5, "churn": -3.0}
 #: the share of the prior's weights each outcome starts from: the table's weights were written for
 #: "dissatisfied now"; a daily outcome is damped (the worst subscribers stay below certainty, so
 #: the cold-start list is still ranked), churn more (it follows weeks, not a day). The shares were
