@@ -34,8 +34,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from monitor.broker import EmbeddedBroker, free_port  # noqa: E402
-from monitor.events import Reason, RiskScore, encode  # noqa: E402
+from monitor.worker.broker import EmbeddedBroker, free_port  # noqa: E402
+from monitor.records.events import Reason, RiskScore, encode  # noqa: E402
 
 TOKENS = {"outreach-a": "bench-outreach-token-a-0123456789", "outreach-b": "bench-outreach-token-b-0123456789"}
 PARTITIONS = 4

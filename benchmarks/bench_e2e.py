@@ -1,7 +1,7 @@
 """End-to-end throughput: input topics on the broker -> decode -> risk core -> outputs, per worker process.
 
 Starts a fresh local Tansu broker, creates the topics, produces ``--events`` input records over
-20k subscribers (``monitor.simulate``'s default scenario when present), then runs each contender on the same records, one at a time, each in its own
+20k subscribers (``monitor.sim.simulate``'s default scenario when present), then runs each contender on the same records, one at a time, each in its own
 process (one core each):
 
 * ``satmon``        -- the satmon worker (Faust app, batched consumer path, tables, changelogs);
@@ -44,7 +44,7 @@ def free_port() -> int:
 
 
 class LocalTansu:
-    """The embedded broker for this run: ``monitor.broker.EmbeddedBroker`` when it exists."""
+    """The embedded broker for this run: ``monitor.worker.broker.EmbeddedBroker`` when it exists."""
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
@@ -53,7 +53,7 @@ class LocalTansu:
 
     def start(self) -> str:
         try:
-            from monitor.broker import EmbeddedBroker
+            from monitor.worker.broker import EmbeddedBroker
         except ImportError:
             EmbeddedBroker = None
         if EmbeddedBroker is not None:
@@ -118,7 +118,7 @@ def _stages(text: str) -> dict[str, float]:
 
 
 #: stage rows that are not work of their own: collector pauses (inside the stages) and the waits
-#: for the producer's accumulator (other tasks run meanwhile; monitor.fastpath.AWAITING_PRODUCER)
+#: for the producer's accumulator (other tasks run meanwhile; monitor.worker.fastpath.AWAITING_PRODUCER)
 NOT_ADDED = ("gc", "awaiting the producer")
 
 
@@ -160,7 +160,7 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
         "from common import core_factory\n"
         "from monitor.tuning import tune_malloc; tune_malloc()  # as `satmon worker` does, before threads\n"
         "from monitor.config import load\n"
-        "from monitor.app import build_worker\n"
+        "from monitor.worker.app import build_worker\n"
         "from faust.worker import Worker\n"
         "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='bench', pseudonymise='false')\n"
         "w = build_worker(s, app_id='bench-satmon-%d', make_core=core_factory()[1], cell_windows=%r, api=%r)\n"
@@ -221,7 +221,7 @@ def measure_latency(partitions: int, rate: int, seconds: float, warmup_s: float 
         "from common import core_factory\n"
         "from monitor.tuning import tune_malloc; tune_malloc()  # as `satmon worker` does, before threads\n"
         "from monitor.config import load\n"
-        "from monitor.app import build_worker\n"
+        "from monitor.worker.app import build_worker\n"
         "from faust.worker import Worker\n"
         "s = load({}, broker=%r, store='memory://', data_dir=%r, web_port=%r, partitions=%r, worker_id='lat', pseudonymise='false')\n"
         "w = build_worker(s, app_id='bench-latency', make_core=core_factory()[1])\n"

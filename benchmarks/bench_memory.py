@@ -1,7 +1,7 @@
 """Memory per subscriber of the risk core, at 100,000 and 1,000,000 simulated subscribers.
 
 For each population the simulator's default scenario runs for ``--hours`` (streamed, never held in
-memory) through four :class:`monitor.core.PartitionCore` objects, as in a worker with four
+memory) through four :class:`monitor.scoring.core.PartitionCore` objects, as in a worker with four
 partitions. Reported per subscriber:
 
 * ``state_bytes``: the serialised state (msgpack) -- what the state table and its changelog hold;
@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from monitor import simulate  # noqa: E402
-from monitor.core import PartitionCore, _encode_state  # noqa: E402
-from monitor.topics import partition_for  # noqa: E402
-from monitor.events import INPUT_TOPICS, decode  # noqa: E402
-from monitor.errors import InvalidEventError  # noqa: E402
+from monitor.sim import simulate  # noqa: E402
+from monitor.scoring.core import PartitionCore, _encode_state  # noqa: E402
+from monitor.records.topics import partition_for  # noqa: E402
+from monitor.records.events import INPUT_TOPICS, decode  # noqa: E402
+from monitor.records.errors import InvalidEventError  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -106,7 +106,7 @@ def measure(subscribers: int, hours: float, *, rocksdb: bool, cache: int, partit
 
 
 def measure_view(subscribers: int, *, history: int | None = None, pool_hours: float = 2.0) -> dict:
-    """Memory of the outreach view (:class:`monitor.riskview.RiskView`) per subscriber, every
+    """Memory of the outreach view (:class:`monitor.outreach.view.RiskView`) per subscriber, every
     subscriber with a full history ring (the steady state), measured with tracemalloc.
 
     The scores are real: the risk core's emitted scores from a simulator run (``pool_hours`` of
@@ -116,8 +116,8 @@ def measure_view(subscribers: int, *, history: int | None = None, pool_hours: fl
     import msgspec
     import tracemalloc
 
-    from monitor.events import encode
-    from monitor.riskview import DEFAULT_HISTORY, RiskView
+    from monitor.records.events import encode
+    from monitor.outreach.view import DEFAULT_HISTORY, RiskView
 
     history = history or DEFAULT_HISTORY
     core = PartitionCore(0, state_cache_per_partition=10**12, clock_ms=lambda: 0)

@@ -25,9 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor import replay  # noqa: E402
-from monitor.core import PartitionCore  # noqa: E402
-from monitor.features import feature_vector  # noqa: E402
-from monitor.risk import RiskModel, roc_auc  # noqa: E402
+from monitor.scoring.core import PartitionCore  # noqa: E402
+from monitor.scoring.features import feature_vector  # noqa: E402
+from monitor.scoring.risk import RiskModel, roc_auc  # noqa: E402
 
 HOUR_MS = 3_600_000
 #: the settings compared (name -> RiskModel keyword arguments); "prior" never learns

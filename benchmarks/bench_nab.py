@@ -42,37 +42,37 @@ PUBLISHED = {"ARTime": (74.9, 65.1, 80.4), "Numenta HTM": (70.1, 63.1, 74.3), "C
 
 
 def _satmon():
-    from monitor.detectors import SeasonalDetector
+    from monitor.detection.detectors import SeasonalDetector
     return SeasonalDetector()
 
 
 def _satmon_no_context():
-    from monitor.detectors import SeasonalDetector
+    from monitor.detection.detectors import SeasonalDetector
     return SeasonalDetector(context_levels=0)
 
 
 def _satmon_no_range():
-    from monitor.detectors import SeasonalDetector
+    from monitor.detection.detectors import SeasonalDetector
     return SeasonalDetector(range_window=0)
 
 
 def _satmon_lenient():
-    from monitor.detectors import SeasonalDetector
+    from monitor.detection.detectors import SeasonalDetector
     return SeasonalDetector(robust=False)
 
 
 def _ewma():
-    from monitor.detectors import EWMAZScore
+    from monitor.detection.detectors import EWMAZScore
     return EWMAZScore()
 
 
 def _pagehinkley():
-    from monitor.detectors import PageHinkleyDetector
+    from monitor.detection.detectors import PageHinkleyDetector
     return PageHinkleyDetector()
 
 
 def _hst():
-    from monitor.detectors import HalfSpaceTreesDetector
+    from monitor.detection.detectors import HalfSpaceTreesDetector
     return HalfSpaceTreesDetector(seed=42)
 
 

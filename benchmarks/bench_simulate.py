@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def one(subscribers: int, hours: float, scenario: str, out: str | None) -> dict:
-    from monitor import simulate
+    from monitor.sim import simulate
 
     cfg = simulate.SimConfig(subscribers=subscribers, hours=hours, scenario=scenario)
     with tempfile.TemporaryDirectory() as tmp:

@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     # Stopped early (kill, Ctrl-C): still stop the broker, worker and simulator in ``finally``.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    from monitor.broker import EmbeddedBroker
-    from monitor.kafka import create_topics
+    from monitor.worker.broker import EmbeddedBroker
+    from monitor.worker.kafka import create_topics
 
     tmp = Path(tempfile.mkdtemp(prefix="satmon-soak-"))
     broker = EmbeddedBroker(data_dir=tmp / "broker", partitions=args.partitions)
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    from monitor.privacy import ensure_key_file
+    from monitor.outreach.privacy import ensure_key_file
 
     key_file = ensure_key_file(tmp / "pseudonym.key")   # production default: pseudonymised at ingest
     env = dict(os.environ, SATMON_PSEUDONYM_KEY_FILE=str(key_file), SATMON_BROKER=url, SATMON_PARTITIONS=str(args.partitions),

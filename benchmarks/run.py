@@ -100,7 +100,7 @@ def versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     try:
-        from monitor.broker import tansu_binary
+        from monitor.worker.broker import tansu_binary
 
         text = subprocess.run([str(tansu_binary()), "--version"], capture_output=True, text=True, timeout=10).stdout
         out["tansu"] = text.split()[-1] if text.strip() else None
@@ -450,7 +450,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "End-to-end is timed from the first event processed to the last, per worker process (group join and "
         "table recovery excluded). Every system does the same per-event work (`benchmarks/peers/common.py`: "
-        "msgspec decode and validate, `monitor.core.PartitionCore`, scores encoded and produced). satmon's "
+        "msgspec decode and validate, `monitor.scoring.core.PartitionCore`, scores encoded and produced). satmon's "
         "`end-to-end-full` is its production worker, which also folds every event into the hot-spot windows, "
         "runs the hot-spot and data-drift detectors and keeps the outreach API's view of `risk-scores` -- work "
         "no peer does; `satmon_full_over_*` ratios compare it with the peers anyway. Latency is produce→score "

@@ -14,7 +14,7 @@ import sys
 
 import monitor
 import monitor.commands
-from monitor.errors import MonitorError
+from monitor.records.errors import MonitorError
 
 
 def _command_modules():

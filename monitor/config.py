@@ -2,7 +2,7 @@
 
 Every setting is declared once in :data:`OPTIONS` with its env var, type, default and help; the CLI
 builds its flags from the same table. :func:`load` collects *every* problem and raises one
-:class:`~monitor.errors.ConfigError` listing them all, so an operator fixes a bad deployment in one go.
+:class:`~monitor.records.errors.ConfigError` listing them all, so an operator fixes a bad deployment in one go.
 
 >>> s = load({"SATMON_PARTITIONS": "8"})
 >>> s.partitions, s.broker
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from monitor.errors import ConfigError
+from monitor.records.errors import ConfigError
 
 
 def _parse_bool(text: str) -> bool:

@@ -3,7 +3,7 @@
 :class:`RiskPipeline` takes batches shaped like the consumer's (``{topic-partition: [record]}``,
 records with ``offset``, ``key`` and ``value``), decodes every record (invalid ones become
 ``dead_letter.v1`` records with their origin and original bytes), feeds each partition's events to
-that partition's :class:`~monitor.core.PartitionCore`, and queues, in an :class:`Outputs`:
+that partition's :class:`~monitor.scoring.core.PartitionCore`, and queues, in an :class:`Outputs`:
 
 * ``risk_score.v1`` records on ``risk-scores`` (only the scores the core emits: material changes);
 * the per-subscriber states the core reports dirty, written to the subscriber-state store
@@ -15,11 +15,11 @@ per-(cell, window) partials for ``satmon-cell-windows``, whose owner runs :class
 metrics and the at-risk view plug in the same way.
 
 State lives behind :class:`StateStore`: :class:`DictStore` here (replay, evaluation, tests), a Faust
-table adapter in the worker (``monitor.tablestore.TableStore``). One object, many drivers: the
-worker's consumer (``monitor.fastpath``), ``satmon replay`` and ``satmon evaluate``
+table adapter in the worker (``monitor.worker.tablestore.TableStore``). One object, many drivers: the
+worker's consumer (``monitor.worker.fastpath``), ``satmon replay`` and ``satmon evaluate``
 (``monitor.replay``) and the tests feed it the same way.
 
->>> from monitor.topics import NETWORK_EVENTS
+>>> from monitor.records.topics import NETWORK_EVENTS
 >>> pipeline = RiskPipeline.in_memory()
 >>> raw = (b'{"event_id":"e1","subscriber_id":"s1","ts_ms":1700000000000,"cell_id":"c1",'
 ...        b'"region":"north","radio":"4G","service":"video","rsrp_dbm":-121,"sinr_db":-3,'
@@ -44,9 +44,9 @@ from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
-from monitor import events as ev
-from monitor.ingest import Ingest
-from monitor.topics import CELL_WINDOWS, DEAD_LETTER, RISK_SCORES, TOPIC_STREAMS, Partitioner
+from monitor.records import events as ev
+from monitor.records.ingest import Ingest
+from monitor.records.topics import CELL_WINDOWS, DEAD_LETTER, RISK_SCORES, TOPIC_STREAMS, Partitioner
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +248,12 @@ MAX_HOLD_MS = 7_200_000
 
 class CellWindows:
     """:class:`BatchObserver` that folds every batch into per-(cell, window) aggregates and ships
-    closed windows to ``satmon-cell-windows`` (see :mod:`monitor.windows`).
+    closed windows to ``satmon-cell-windows`` (see :mod:`monitor.detection.windows`).
 
-    One :class:`~monitor.windows.WindowAggregator` per input partition (source name: the partition
+    One :class:`~monitor.detection.windows.WindowAggregator` per input partition (source name: the partition
     number). Tickets, app events and scores carry no cell: they are attributed to the subscriber's
     last network cell seen on this partition. Whenever a partition's watermark closes windows, one
-    :class:`~monitor.windows.WindowBatch` goes to *every* partition of ``satmon-cell-windows`` (empty
+    :class:`~monitor.detection.windows.WindowBatch` goes to *every* partition of ``satmon-cell-windows`` (empty
     ones too: they tell each owner that this source is done with those windows), carrying the
     partials of the regions that partition owns (murmur2 of the region, like a keyed record): the
     hot-spot engine rolls cells up into their region, so a region's cells must meet in one place.
@@ -268,11 +268,11 @@ class CellWindows:
     with idleness, windows close up to the *smallest* watermark of the streams that are **active**:
     records seen within ``idle_s`` of wall-clock time, or records still waiting in Kafka
     (``backlog(topic, partition)`` -> count or None, see
-    :meth:`monitor.fastpath.FastConsumer.backlog`). A stream that has gone quiet holds nothing back.
+    :meth:`monitor.worker.fastpath.FastConsumer.backlog`). A stream that has gone quiet holds nothing back.
 
     **Bounded hold.** A lagging worker has a backlog on every stream, and the streams are read at
     different event-time paces, so the spread between them can keep widening; every window in that
-    spread stays open (a tracemalloc soak whose worker lagged: ``monitor/windows.py`` 8 -> 44 MB in
+    spread stays open (a tracemalloc soak whose worker lagged: ``monitor/detection/windows.py`` 8 -> 44 MB in
     13 minutes). So windows never stay open more than ``max_hold_ms`` of event time behind the
     partition's largest watermark (default 2 h, twice the hour a sparse stream's backlog was seen
     ahead); records of a stream further behind are late events, counted, and each batch whose
@@ -302,7 +302,7 @@ class CellWindows:
     def _aggregator(self, partition: int) -> Any:
         agg = self.aggregators.get(partition)
         if agg is None:
-            from monitor.windows import WindowAggregator
+            from monitor.detection.windows import WindowAggregator
 
             agg = self.aggregators[partition] = WindowAggregator(
                 width_ms=self.width_ms, allowed_lateness_ms=self.allowed_lateness_ms, source=str(partition))
@@ -368,7 +368,7 @@ class CellWindows:
             self.on_revoked(partition, out)
 
     def _ship(self, agg: Any, partials: Sequence[Any], out: Outputs) -> None:
-        from monitor.windows import encode_batch
+        from monitor.detection.windows import encode_batch
 
         by_dest: dict[int, list[Any]] = {p: [] for p in range(self.partitions)}
         for part in partials:
@@ -381,13 +381,13 @@ class CellWindows:
 
 class HotspotStage:
     """The owner side of ``satmon-cell-windows``: per partition, merge the partials of every input
-    partition (:class:`~monitor.windows.WindowMerger`) and run the hot-spot engine over complete
-    windows (:class:`~monitor.hotspots.HotspotEngine`), returning ``alert.v1`` records.
+    partition (:class:`~monitor.detection.windows.WindowMerger`) and run the hot-spot engine over complete
+    windows (:class:`~monitor.detection.hotspots.HotspotEngine`), returning ``alert.v1`` records.
 
     Low volume (one batch per source per closed window), so it runs as an ordinary Faust agent.
     Detector baselines live in memory: a restarted or reassigned owner relearns them.
 
-    With ``data_drift`` (default) the engine also runs a :class:`~monitor.drift.DataDriftMonitor`
+    With ``data_drift`` (default) the engine also runs a :class:`~monitor.detection.drift.DataDriftMonitor`
     over the region windows it owns (``SatmonDataDrift``, what ``replay`` and ``detect`` run too);
     every alert links its runbook under ``runbook_base``.
     """
@@ -412,7 +412,7 @@ class HotspotStage:
         self.alerts_out = 0
         #: ``(window end ms, alerts)`` each time a complete window produced alerts (evaluation)
         self.on_detected: Callable[[int, list[ev.Alert]], None] | None = None
-        #: per partition, the :class:`monitor.incidents.IncidentTracker` fed the engine's alerts
+        #: per partition, the :class:`monitor.detection.incidents.IncidentTracker` fed the engine's alerts
         self.trackers: dict[int, Any] = {}
         #: ``incident.v1`` records to send (topic ``incidents``), drained by :meth:`pop_incidents`
         self.incidents: list[ev.Incident] = []
@@ -426,15 +426,15 @@ class HotspotStage:
         return sum(merger.late_partials for merger, _engine in self.stages.values())
 
     def _engine(self) -> Any:
-        from monitor.alerting import AlertLifecycle
-        from monitor.drift import DataDriftMonitor
-        from monitor.hotspots import HotspotEngine
+        from monitor.detection.alerting import AlertLifecycle
+        from monitor.detection.drift import DataDriftMonitor
+        from monitor.detection.hotspots import HotspotEngine
 
         lifecycle = AlertLifecycle(runbook_base=self.runbook_base) if self.runbook_base else None
         return HotspotEngine(lifecycle=lifecycle, drift=DataDriftMonitor() if self.data_drift else None)
 
     def on_window_batch(self, partition: int, raw: bytes) -> list[ev.Alert]:
-        from monitor.windows import WindowMerger, decode_batch, group_by_window
+        from monitor.detection.windows import WindowMerger, decode_batch, group_by_window
 
         stage = self.stages.get(partition)
         if stage is None:
@@ -462,7 +462,7 @@ class HotspotStage:
         return alerts
 
     def _tracker(self, partition: int) -> Any:
-        from monitor.incidents import IncidentTracker
+        from monitor.detection.incidents import IncidentTracker
 
         tracker = self.trackers.get(partition)
         if tracker is None:
@@ -476,11 +476,11 @@ class HotspotStage:
 
 
 def default_core_factory(settings: Any) -> Callable[..., Any]:
-    """``make(partition, state_loader)`` building the real :class:`monitor.core.PartitionCore`.
+    """``make(partition, state_loader)`` building the real :class:`monitor.scoring.core.PartitionCore`.
 
-    Every core it makes scores with one :class:`monitor.risk.RiskModel` (the process's), which
+    Every core it makes scores with one :class:`monitor.scoring.risk.RiskModel` (the process's), which
     every partition's labels teach (docs/MODEL.md); a warm start (``model_checkpoint``) seeds it."""
-    from monitor.core import PartitionCore, core_options, model_options
+    from monitor.scoring.core import PartitionCore, core_options, model_options
 
     shared: list[Any] = []
     options = core_options(settings)
@@ -489,11 +489,11 @@ def default_core_factory(settings: Any) -> Callable[..., Any]:
         if not shared:
             start = options.get("model_checkpoint")
             if start:
-                from monitor.warmstart import load_model
+                from monitor.scoring.warmstart import load_model
 
                 shared.append(load_model(start))   # its label horizon is the file's
             else:
-                from monitor.risk import RiskModel
+                from monitor.scoring.risk import RiskModel
 
                 shared.append(RiskModel(**model_options(settings)))
         return PartitionCore(partition, **options, state_loader=state_loader, model=shared[0])
@@ -535,7 +535,7 @@ class RiskPipeline:
         self.on_skipped: Callable[[str, int, int], None] | None = None
         #: ``(seconds, records)`` after each batch (metrics: the batch duration histograms)
         self.on_batch_done: Callable[[float, int], None] | None = None
-        #: given to every core: called with a :class:`monitor.core.LabelJoin` per label learned
+        #: given to every core: called with a :class:`monitor.scoring.core.LabelJoin` per label learned
         self.on_label: Callable[[Any], None] | None = None
         self.score_partitioner = score_partitioner
         self.clock = clock

@@ -2,7 +2,7 @@
 
 A live worker gets ``getmany`` batches: per topic-partition, records with offsets, keys and raw
 values, in the order the producers sent them. :func:`run` builds exactly that from a simulator
-directory (or any ``(topic, key, value)`` iterator, e.g. :func:`monitor.simulate.generate`) and
+directory (or any ``(topic, key, value)`` iterator, e.g. :func:`monitor.sim.simulate.generate`) and
 hands it to the same :class:`~monitor.pipeline.RiskPipeline` the worker runs, over in-memory
 stores, with the same observers: :class:`~monitor.pipeline.CellWindows` ships closed windows and a
 :class:`~monitor.pipeline.HotspotStage` consumes them, as the owner of ``satmon-cell-windows``
@@ -42,11 +42,11 @@ from typing import Any
 
 import msgspec
 
-from monitor.errors import MonitorError
-from monitor.events import Alert, RiskScore, decode
+from monitor.records.errors import MonitorError
+from monitor.records.events import Alert, RiskScore, decode
 from monitor.pipeline import (CellWindows, HotspotStage, Outputs, Record, RiskPipeline, TopicPartition,
                               default_core_factory)
-from monitor.topics import ALERTS, CELL_WINDOWS, DEAD_LETTER, INPUT_TOPICS, RISK_SCORES, Partitioner
+from monitor.records.topics import ALERTS, CELL_WINDOWS, DEAD_LETTER, INPUT_TOPICS, RISK_SCORES, Partitioner
 
 #: records per batch when no settings say otherwise (the worker's ``max_poll_records`` default)
 BATCH_RECORDS = 2000
@@ -113,7 +113,7 @@ class ReplayResult:
     batches: int = 0
     #: ``(window end ms, alert)`` in emission order (hot-spot evaluation)
     alerts: list[tuple[int, Alert]] = field(default_factory=list)
-    #: ``(window end ms, incident.v1 record)`` in emission order (monitor.incidents)
+    #: ``(window end ms, incident.v1 record)`` in emission order (monitor.detection.incidents)
     incidents: list[tuple[int, Any]] = field(default_factory=list)
     first_ts_ms: int | None = None
     last_ts_ms: int | None = None
@@ -147,7 +147,7 @@ def run_records(records: Iterable[tuple[Any, ...]], *, settings: Any = None,
         Event times (ms, ascending); ``on_instant(t, pipeline)`` is called once every record with
         event time ``<= t`` that arrives before the first later one has been processed.
     on_label:
-        Every label the cores learn (:class:`monitor.core.LabelJoin`).
+        Every label the cores learn (:class:`monitor.scoring.core.LabelJoin`).
     on_scores:
         The ``risk_score.v1`` records of each batch, decoded from what the worker would produce.
     hotspots:

@@ -16,7 +16,7 @@ from typing import Any
 #: rare cycle, so here a young collection runs every 200,000 net allocations (~0.1 s at full load),
 #: an older one every 50 of those and a full one every 100 older ones. In steady state net
 #: allocations stay near zero, so that full collection in practice never comes: the worker runs one
-#: on a timer instead (``gc_full_s``, ``monitor.app.full_collection``), or a cycle promoted to the
+#: on a timer instead (``gc_full_s``, ``monitor.worker.app.full_collection``), or a cycle promoted to the
 #: oldest generation would stay for the life of the process (the soak's census found them).
 #: ``benchmarks/run.py`` measures the worker with these.
 GC_THRESHOLDS = (200_000, 50, 100)

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from support.kafka import Broker, free_port, produce, read_topic, run
-from monitor import simulate
+from monitor.sim import simulate
 from support.alertmanager import Alertmanager
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -9,11 +9,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from monitor.alerting import ALERT_KINDS, AlertLifecycle, alert_id
-from monitor.events import decode, encode
-from monitor.hotspots import HotspotEngine
-from monitor.hotspots_eval import Incident, synthetic_cell_windows
-from monitor.windows import group_by_window
+from monitor.detection.alerting import ALERT_KINDS, AlertLifecycle, alert_id
+from monitor.records.events import decode, encode
+from monitor.detection.hotspots import HotspotEngine
+from monitor.evaluation.hotspots import Incident, synthetic_cell_windows
+from monitor.detection.windows import group_by_window
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "alert.v1.json").read_text())
 LABELS = {"cell_id": "c1", "region": "north"}

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from monitor.alertmanager import AlertmanagerClient, postable
-from monitor.alerting import AlertLifecycle
-from monitor.hotspots import HotspotEngine
-from monitor.hotspots_eval import Incident, synthetic_cell_windows
-from monitor.windows import group_by_window
+from monitor.observability.alertmanager import AlertmanagerClient, postable
+from monitor.detection.alerting import AlertLifecycle
+from monitor.detection.hotspots import HotspotEngine
+from monitor.evaluation.hotspots import Incident, synthetic_cell_windows
+from monitor.detection.windows import group_by_window
 from support.alertmanager import AM_BIN, Alertmanager
 from support.kafka import free_port
 
@@ -175,10 +175,10 @@ def test_alertmanager_killed_mid_run_leaves_the_stream_at_full_speed(tmp_path):
 
     The worker does not push to Alertmanager itself yet (``alertmanager_url`` is a setting that no
     shell uses): this is the client a worker would use, under the load of the real core."""
-    from monitor.core import PartitionCore
-    from monitor.events import DeadLetter
-    from monitor.ingest import Ingest
-    from monitor.simulate import SimConfig, generate
+    from monitor.scoring.core import PartitionCore
+    from monitor.records.events import DeadLetter
+    from monitor.records.ingest import Ingest
+    from monitor.sim.simulate import SimConfig, generate
 
     ingest = Ingest(clock_ms=lambda: 0)
     cfg = SimConfig(subscribers=3_000, hours=3, scenario="quiet", seed=9, malformed_share=0, duplicate_share=0)

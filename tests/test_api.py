@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from monitor.api import API_KEY, ApiConfig
-from monitor.events import Alert, Reason, RiskScore
-from monitor.outreach import OutreachPolicy, OutreachRecord
+from monitor.outreach.api import API_KEY, ApiConfig
+from monitor.records.events import Alert, Reason, RiskScore
+from monitor.outreach.store import OutreachPolicy, OutreachRecord
 from support.api import DAY, T0, TOKENS, Env, auth, get_json, run, score
 
 
@@ -303,7 +303,7 @@ def test_cursor_errors(tmp_path):
         assert (await get_json(client, "/api/v1/at-risk", status=400, cursor="!!nonsense"))["error"] == "invalid_cursor"
         # A cursor from a worker that has read further than this one: wait, then 503 with Retry-After.
         env.app[API_KEY].config = ApiConfig(cursor_wait_s=0.2, rate_burst=1000, rate_per_s=1000)
-        from monitor.api import encode_cursor, _filter_hash
+        from monitor.outreach.api import encode_cursor, _filter_hash
 
         ahead = encode_cursor((-0.9, "s001"), (999, 0, 0), _filter_hash(
             {"region": None, "segment": None, "min_score": None, "reason": None, "not_contacted_since": None}))
@@ -553,7 +553,7 @@ def test_mount_api_on_an_existing_app_keeps_its_routes_open(tmp_path):
     """What the worker does with Faust's aiohttp app: /metrics stays public, /api/ needs a token."""
     from aiohttp import web
 
-    from monitor.api import mount_api
+    from monitor.outreach.api import mount_api
 
     env = Env(tmp_path)
     env.populate()
@@ -580,7 +580,7 @@ def test_mount_api_on_an_existing_app_keeps_its_routes_open(tmp_path):
 def test_worklist_is_each_regions_budget_of_contactable_subscribers_audited(tmp_path):
     """The worklist from scores the real core emitted (outcome probabilities and reasons): the
     capacity per region, ranked, without the subscribers who asked not to be contacted; audited."""
-    from monitor import simulate
+    from monitor.sim import simulate
     from monitor.replay import run_records
 
     env = Env(tmp_path)

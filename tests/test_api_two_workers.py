@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from support.kafka import Broker, produce, read_topic, run
-from monitor import simulate
-from monitor.topics import partition_for
+from monitor.sim import simulate
+from monitor.records.topics import partition_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,10 +12,10 @@ import pickle
 
 import msgspec
 
-from monitor import simulate
-from monitor.core import PartitionCore
-from monitor.ingest import Ingest
-from monitor.windows import WindowAggregator
+from monitor.sim import simulate
+from monitor.scoring.core import PartitionCore
+from monitor.records.ingest import Ingest
+from monitor.detection.windows import WindowAggregator
 
 
 def epoch() -> int:

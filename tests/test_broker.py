@@ -9,9 +9,9 @@ import stat
 
 import pytest
 
-from monitor.broker import EmbeddedBroker, tansu_binary
-from monitor.errors import BrokerError
-from monitor.kafka import PRODUCER_SETTINGS, TOPICS, bootstrap_of, create_topics
+from monitor.worker.broker import EmbeddedBroker, tansu_binary
+from monitor.records.errors import BrokerError
+from monitor.worker.kafka import PRODUCER_SETTINGS, TOPICS, bootstrap_of, create_topics
 
 
 def test_missing_binary_is_a_clear_error(tmp_path, monkeypatch):
@@ -70,11 +70,11 @@ async def _produce(bootstrap: str, topic: str, n: int, batches: int) -> None:
 @pytest.mark.integration
 def test_listoffsets_gap_and_fetch_highwater_workaround(tmp_path):
     """Tansu answers ListOffsets(latest) with first-offset-of-last-batch + 1; the Fetch high-water
-    used by satmon's recovery (monitor.fastpath.fetch_highwaters) is the true end offset."""
+    used by satmon's recovery (monitor.worker.fastpath.fetch_highwaters) is the true end offset."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from faust.types import TP
 
-    from monitor.fastpath import fetch_highwaters
+    from monitor.worker.fastpath import fetch_highwaters
 
     with EmbeddedBroker(data_dir=tmp_path, partitions=1) as b:
         asyncio.run(_produce(b.bootstrap, "alerts", 300, 3))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from support.kafka import produce, run
-from monitor.brokerwatch import BrokerSnapshot, BrokerWatch
+from monitor.worker.brokerwatch import BrokerSnapshot, BrokerWatch
 from support.records import valid_records
 
 
@@ -63,7 +63,7 @@ def test_worker_reports_a_broker_restart_loudly_and_keeps_running(workers: Any, 
     """EmbeddedBroker.restart() under a running worker: within seconds the worker logs the loss at
     ERROR, counts it in ``satmon_broker_restarts_detected_total``, /healthz says so (200) and
     /readyz is 503 with the reason; HTTP keeps answering and SIGTERM still stops it cleanly."""
-    from monitor.broker import EmbeddedBroker
+    from monitor.worker.broker import EmbeddedBroker
 
     b = EmbeddedBroker(data_dir=tmp_path / "broker", partitions=4)
     b.start()

@@ -9,12 +9,12 @@ import shutil
 import orjson
 import pytest
 
-from monitor.api import ApiConfig, build_api
+from monitor.outreach.api import ApiConfig, build_api
 from monitor.config import load
-from monitor.events import Reason, RiskScore
-from monitor.outreach import OutreachPolicy, OutreachStore
-from monitor.privacy import AuditLog, TokenStore
-from monitor.riskview import HotspotBoard, RiskView
+from monitor.records.events import Reason, RiskScore
+from monitor.outreach.store import OutreachPolicy, OutreachStore
+from monitor.outreach.privacy import AuditLog, TokenStore
+from monitor.outreach.view import HotspotBoard, RiskView
 from support.browser import CHROMIUM, login, serve
 
 playwright_sync = pytest.importorskip("playwright.sync_api")

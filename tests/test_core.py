@@ -7,10 +7,10 @@ import pickle
 
 import pytest
 
-from monitor.core import PartitionCore, _decode_state, _encode_state
-from monitor.events import AppEvent, NetworkEvent, TicketEvent
-from monitor.features import FEATURES, SubscriberState, apply_event, feature_vector
-from monitor.risk import LabelRecord, RiskModel, decode_label, encode_label
+from monitor.scoring.core import PartitionCore, _decode_state, _encode_state
+from monitor.records.events import AppEvent, NetworkEvent, TicketEvent
+from monitor.scoring.features import FEATURES, SubscriberState, apply_event, feature_vector
+from monitor.scoring.risk import LabelRecord, RiskModel, decode_label, encode_label
 
 T0 = 1_740_000_000_000
 MIN = 60_000

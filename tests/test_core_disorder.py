@@ -1,8 +1,8 @@
-"""Duplicated and out-of-order input gives the same scores as clean input (``monitor.core``, no broker).
+"""Duplicated and out-of-order input gives the same scores as clean input (``monitor.scoring.core``, no broker).
 
 At-least-once delivery re-sends events, and three input topics interleave differently on every run,
 so a partition core sees duplicates and events out of event-time order. The same simulator traffic
-is fed to a :class:`~monitor.core.PartitionCore` clean (in event-time order, once each) and
+is fed to a :class:`~monitor.scoring.core.PartitionCore` clean (in event-time order, once each) and
 disordered (10 % of the events sent twice, every delivery shuffled by up to ``lateness`` of event
 time), and the final scores of every subscriber are compared at the same event time.
 
@@ -22,7 +22,7 @@ import random
 
 import pytest
 
-from monitor.core import PartitionCore
+from monitor.scoring.core import PartitionCore
 
 TOLERANCE_MAX = 0.05
 TOLERANCE_MEAN = 0.001
@@ -31,9 +31,9 @@ THRESHOLD = 0.5
 
 @pytest.fixture(scope="module")
 def clean_events() -> list:
-    from monitor.events import DeadLetter
-    from monitor.ingest import Ingest
-    from monitor.simulate import SimConfig, generate
+    from monitor.records.events import DeadLetter
+    from monitor.records.ingest import Ingest
+    from monitor.sim.simulate import SimConfig, generate
 
     # the v2 world: its tickets come within two hours (v3's complaints follow experience by hours
     # and the call centre's opening hours); this test is about delivery order, not the world

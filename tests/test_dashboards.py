@@ -83,9 +83,9 @@ def _exported_names() -> set[str]:
 
     import faust
 
-    from monitor.app import build_worker
+    from monitor.worker.app import build_worker
     from monitor.config import load
-    from monitor.metrics import Metrics, attach_faust_sensor
+    from monitor.observability.metrics import Metrics, attach_faust_sensor
 
     reg = CollectorRegistry()
     Metrics(reg, worker_id="w", process_metrics=False)

@@ -13,12 +13,12 @@ import pickle
 import msgspec
 import pytest
 
-from monitor import events as ev
-from monitor import simulate
-from monitor.degraded import DEGRADED, DegradedSessionPolicy
-from monitor.features import SubscriberState, apply_event, session_severity
-from monitor.topics import NETWORK_EVENTS
-from monitor.windows import WindowAggregator
+from monitor.records import events as ev
+from monitor.sim import simulate
+from monitor.records.degraded import DEGRADED, DegradedSessionPolicy
+from monitor.scoring.features import SubscriberState, apply_event, session_severity
+from monitor.records.topics import NETWORK_EVENTS
+from monitor.detection.windows import WindowAggregator
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from monitor import simulate
-from monitor.hotspots_eval import evaluate_hotspots
+from monitor.sim import simulate
+from monitor.evaluation.hotspots import evaluate_hotspots
 
 pytestmark = pytest.mark.slow
 

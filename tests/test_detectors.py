@@ -1,4 +1,4 @@
-"""monitor.detectors: a River-style battery over every detector, and satmon's detector on a
+"""monitor.detection.detectors: a River-style battery over every detector, and satmon's detector on a
 daily- and weekly-seasonal KPI with sudden drops (through ``satmon detect`` at its default threshold)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from monitor import detectors as D
+from monitor.detection import detectors as D
 from monitor.cli import main
 
 HOUR_MS = 3_600_000

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from monitor.alerting import AlertLifecycle
-from monitor.drift import ConceptDriftMonitor, DataDriftMonitor, change_point
-from monitor.windows import NETWORK_KPIS, Partial
+from monitor.detection.alerting import AlertLifecycle
+from monitor.detection.drift import ConceptDriftMonitor, DataDriftMonitor, change_point
+from monitor.detection.windows import NETWORK_KPIS, Partial
 
 T0 = 1_699_999_200_000
 W = 60_000
@@ -110,7 +110,7 @@ def test_drift_events_kept_for_inspection_are_bounded_also_across_checkpoints():
     # the monitors ride in checkpoints: a worker running for months must not carry every drift it saw
     import pickle
 
-    from monitor.drift import EVENTS_KEPT
+    from monitor.detection.drift import EVENTS_KEPT
 
     mon = DataDriftMonitor(hold_ms=0)
     flips = EVENTS_KEPT + 16

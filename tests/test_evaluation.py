@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from monitor import simulate
-from monitor.errors import MonitorError
-from monitor.evaluation import (
+from monitor.sim import simulate
+from monitor.records.errors import MonitorError
+from monitor.evaluation.risk import (
     _auc,
     _auc_counts,
     _average_precision,

@@ -1,4 +1,4 @@
-"""monitor.events: reasons that name field, expectation and finding; no other exception ever escapes
+"""monitor.records.events: reasons that name field, expectation and finding; no other exception ever escapes
 ``decode``; every valid record round-trips through ``encode``; the valid path stays fast."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from msgspec import inspect as mi
 
 import monitor
-from monitor import events
-from monitor.errors import InvalidEventError
+from monitor.records import events
+from monitor.records.errors import InvalidEventError
 
 NET = {"event_id": "e1", "subscriber_id": "s1", "ts_ms": 1_700_000_000_000, "cell_id": "c1",
        "region": "north", "radio": "5G", "service": "video", "rsrp_dbm": -95, "sinr_db": 12,
@@ -318,7 +318,7 @@ def test_valid_path_costs_little_more_than_msgspec():
 
 # Every module's doctests run (River's way); the foundation's own must have examples.
 MODULES = sorted(m.name for m in pkgutil.walk_packages(monitor.__path__, "monitor.") if m.name != "monitor.__main__")
-MUST_HAVE_EXAMPLES = {"monitor.events", "monitor.config", "monitor.ingest", "monitor.pipeline", "monitor.topics",
+MUST_HAVE_EXAMPLES = {"monitor.records.events", "monitor.config", "monitor.records.ingest", "monitor.pipeline", "monitor.records.topics",
                       "monitor.replay"}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from monitor.fastpath import fetch_highwaters, send_outputs
+from monitor.worker.fastpath import fetch_highwaters, send_outputs
 from monitor.pipeline import Outputs
 from monitor.tuning import GC_THRESHOLDS
 from support.kafka import PARTITIONS, Broker, committed_offsets, produce, read_topic, run
@@ -282,7 +282,7 @@ def test_fixed_mmap_threshold_keeps_large_blocks_out_of_the_heap(tmp_path, tuned
 def offline_worker(tmp_path: Path, app_id: str) -> Any:
     """A worker built but never started (its broker address refuses connections): for the consumer
     logic that a test drives by substituting the consumer thread's commit, seek or assignment."""
-    from monitor.app import build_worker
+    from monitor.worker.app import build_worker
     from monitor.config import load
 
     settings = load({}, broker="kafka://127.0.0.1:1", store="memory://", data_dir=str(tmp_path), pseudonymise="false")
@@ -329,7 +329,7 @@ def test_a_commit_in_progress_for_long_says_what_it_waits_for(tmp_path: Path, mo
 
     from faust.types import TP
 
-    from monitor import fastpath
+    from monitor.worker import fastpath
 
     monkeypatch.setattr(fastpath, "COMMIT_SLOW_WARN_S", 0.05)
 
@@ -346,7 +346,7 @@ def test_a_commit_in_progress_for_long_says_what_it_waits_for(tmp_path: Path, mo
         consumer._fast_next[tp] = 5
         return await consumer.commit()
 
-    with caplog.at_level(logging.WARNING, logger="monitor.fastpath"):
+    with caplog.at_level(logging.WARNING, logger="monitor.worker.fastpath"):
         assert asyncio.run(scenario()) is True
     slow = [r.getMessage() for r in caplog.records if "in progress" in r.getMessage()]
     assert slow and all("committing to the broker" in m for m in slow), slow
@@ -429,7 +429,7 @@ def test_a_cycle_that_outlived_young_collections_waits_for_the_full_collection()
     import gc
     import weakref
 
-    from monitor.app import full_collection
+    from monitor.worker.app import full_collection
 
     class Node:
         pass

@@ -6,7 +6,7 @@ valid events. Hypothesis draws the examples first (one inner ``@given`` run that
 they then go through one broker and one worker process, so the test costs one group join.
 
 What must hold: the worker's outcome for *every* record equals what the pure ingest
-(:class:`monitor.ingest.Ingest`) decides for it -- processed if valid, otherwise a dead letter
+(:class:`monitor.records.ingest.Ingest`) decides for it -- processed if valid, otherwise a dead letter
 whose origin (topic, partition, offset) and reason text are the same -- its counters reconcile
 exactly with what was sent, and it keeps running (a batch of valid records sent afterwards is
 processed).
@@ -104,8 +104,8 @@ def huge_records() -> list[tuple[str, bytes | None, bytes, str]]:
 
 def test_fuzzed_records_are_processed_or_dead_lettered_with_reasons_and_the_worker_keeps_running(
         broker: Broker, workers: Any, tmp_path: Path) -> None:
-    from monitor.events import DeadLetter, decode
-    from monitor.ingest import Ingest
+    from monitor.records.events import DeadLetter, decode
+    from monitor.records.ingest import Ingest
 
     examples = draw_examples(EXAMPLES) + huge_records()
     sent = [(t, k, v) for t, k, v, _ in examples]

@@ -8,10 +8,10 @@ import pickle
 import msgspec
 import pytest
 
-from monitor.drift import ConceptDriftMonitor, DataDriftMonitor
-from monitor.hotspots import CELL_METRICS, HotspotDetector, HotspotEngine, cell_observation
-from monitor.hotspots_eval import Incident, synthetic_cell_windows
-from monitor.windows import Partial, group_by_window
+from monitor.detection.drift import ConceptDriftMonitor, DataDriftMonitor
+from monitor.detection.hotspots import CELL_METRICS, HotspotDetector, HotspotEngine, cell_observation
+from monitor.evaluation.hotspots import Incident, synthetic_cell_windows
+from monitor.detection.windows import Partial, group_by_window
 
 T0 = 1_699_999_200_000
 W = 60_000
@@ -33,8 +33,8 @@ def _feed(target, windows):
         elif isinstance(target, HotspotEngine):
             trace.append([msgspec.json.encode(a) for a in target.step(start, ws)])
         elif isinstance(target, DataDriftMonitor):
-            from monitor.alerting import AlertLifecycle
-            from monitor.windows import rollup
+            from monitor.detection.alerting import AlertLifecycle
+            from monitor.detection.windows import rollup
             lc = getattr(target, "_test_lc", None) or AlertLifecycle()
             target._test_lc = lc
             by = {}
@@ -168,7 +168,7 @@ def test_metrics_cover_the_issue_symptoms():
 def _events(minutes=60, cells=12, outage=("c04", 35, 45), seed=0):
     import random
 
-    from monitor.events import NetworkEvent
+    from monitor.records.events import NetworkEvent
 
     rng = random.Random(seed)
     out = []
@@ -190,7 +190,7 @@ def _events(minutes=60, cells=12, outage=("c04", 35, 45), seed=0):
 
 
 def test_replay_over_events_across_partitions_detects_the_outage():
-    from monitor.hotspots_eval import as_records, fired_alerts, replay, score_alerts
+    from monitor.evaluation.hotspots import as_records, fired_alerts, replay, score_alerts
 
     inc = Incident("cell", "r0", T0 + 35 * W, T0 + 45 * W, cell_id="c04")
     results = []
@@ -223,7 +223,7 @@ def test_baselines_are_bounded_by_keys_and_metrics_and_full_from_the_first_day()
 
 def test_hour_baselines_of_an_older_checkpoint_load_into_the_arrays():
     # checkpoints written when every (metric, hour) was its own _Stat load with the same sums
-    from monitor.hotspots import _Key, _Stat
+    from monitor.detection.hotspots import _Key, _Stat
 
     key = _Key()
     old = _Stat()

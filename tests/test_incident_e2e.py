@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from support.kafka import Broker, produce, read_topic, run
-from monitor import simulate
-from monitor.warmstart import save, warm_start
+from monitor.sim import simulate
+from monitor.scoring.warmstart import save, warm_start
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import pytest
 
-from monitor import simulate
-from monitor.events import decode
+from monitor.sim import simulate
+from monitor.records.events import decode
 from support.alertmanager import repo_alertmanager
 from support.kafka import Broker, produce, read_topic, run
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from monitor.api import ApiConfig, build_api
+from monitor.outreach.api import ApiConfig, build_api
 from monitor.config import load
-from monitor.events import encode
-from monitor.incidents import IncidentBoard
-from monitor.outreach import OutreachPolicy, OutreachStore
-from monitor.privacy import AuditLog, TokenStore
-from monitor.riskview import HotspotBoard, RiskView
+from monitor.records.events import encode
+from monitor.detection.incidents import IncidentBoard
+from monitor.outreach.store import OutreachPolicy, OutreachStore
+from monitor.outreach.privacy import AuditLog, TokenStore
+from monitor.outreach.view import HotspotBoard, RiskView
 from support.outage_traffic import outage_run
 from support.browser import login, serve
 

@@ -1,4 +1,4 @@
-"""Incidents (monitor/incidents.py): built from the alerts the real detector raised on simulated
+"""Incidents (monitor/detection/incidents.py): built from the alerts the real detector raised on simulated
 traffic (tests/support/outage_traffic.py, through the worker's pipeline), never from hand-made alerts."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import pickle
 
 import msgspec
 
-from monitor import simulate
-from monitor.events import decode, encode
-from monitor.hotspots_eval import evaluate_incidents, per_alert_groups, score_incidents
-from monitor.incidents import IncidentBoard, IncidentPager, IncidentTracker
+from monitor.sim import simulate
+from monitor.records.events import decode, encode
+from monitor.evaluation.hotspots import evaluate_incidents, per_alert_groups, score_incidents
+from monitor.detection.incidents import IncidentBoard, IncidentPager, IncidentTracker
 from support.outage_traffic import outage_run
 
 MINUTE = 60_000

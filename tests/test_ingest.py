@@ -1,4 +1,4 @@
-"""monitor.ingest: raw Kafka records to decoded events or dead letters, with bounded counters."""
+"""monitor.records.ingest: raw Kafka records to decoded events or dead letters, with bounded counters."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor import events
-from monitor.ingest import MAX_KEPT_BYTES, MAX_MESSAGE_BYTES, REASON_KINDS, UNKNOWN_STREAM, Ingest
+from monitor.records import events
+from monitor.records.ingest import MAX_KEPT_BYTES, MAX_MESSAGE_BYTES, REASON_KINDS, UNKNOWN_STREAM, Ingest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 NOW_MS = 1_700_000_123_456

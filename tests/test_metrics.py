@@ -1,4 +1,4 @@
-"""monitor.metrics: names, bounded labels, stale-series removal, and the series budget at scale.
+"""monitor.observability.metrics: names, bounded labels, stale-series removal, and the series budget at scale.
 
 Metrics are fed through the worker's pipeline (``support.metrics.feed_worker_like``).
 """
@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monitor import metrics as mm
-from monitor.alerting import AlertLifecycle
-from monitor.alertmanager import AlertmanagerClient
-from monitor.events import INPUT_TOPICS, RiskScore
-from monitor.ingest import Ingest
-from monitor.metrics import Metrics, RollingQuality, attach_faust_sensor
+from monitor.observability import metrics as mm
+from monitor.detection.alerting import AlertLifecycle
+from monitor.observability.alertmanager import AlertmanagerClient
+from monitor.records.events import INPUT_TOPICS, RiskScore
+from monitor.records.ingest import Ingest
+from monitor.observability.metrics import Metrics, RollingQuality, attach_faust_sensor
 from support.metrics import PARTITIONS, feed_worker_like
 
 def _simulated(subscribers: int, hours: float, cells: int = 400, seed: int = 7) -> list[tuple[str, bytes, bytes]]:
-    from monitor.simulate import SimConfig, generate
+    from monitor.sim.simulate import SimConfig, generate
 
     return list(generate(SimConfig(subscribers=subscribers, hours=hours, seed=seed, cells=cells)))
 
@@ -313,7 +313,7 @@ def test_series_stay_under_budget_and_never_name_a_subscriber():
     fed = feed_worker_like(m, records, batch=2000)
     subscriber_ids = {key.decode() for _t, key, _v in records}
     # every subscriber of the population also gets a score through the metrics path
-    from monitor.simulate import REGION_NAMES, SEGMENTS, subscriber_id
+    from monitor.sim.simulate import REGION_NAMES, SEGMENTS, subscriber_id
 
     extra = [_score(subscriber_id(i), (i % 100) / 100, 1_700_000_000_000, 1_700_000_000_050,
                     region=REGION_NAMES[i % 8], segment=SEGMENTS[i % 4], cell_id=f"cell-{i % 400:06d}")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support.kafka import PARTITIONS, produce, run
 
-from monitor import simulate
+from monitor.sim import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 

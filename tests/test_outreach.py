@@ -6,8 +6,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from monitor.events import decode
-from monitor.outreach import (OutreachPolicy, OutreachRecord, OutreachStore, decode_record, effect_report,
+from monitor.records.events import decode
+from monitor.outreach.store import (OutreachPolicy, OutreachRecord, OutreachStore, decode_record, effect_report,
                               encode_record, outcome_for_event)
 
 DAY = 86_400_000

@@ -42,8 +42,8 @@ def test_the_wheel_holds_every_subpackage_and_the_page(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     on_disk = {str(p.relative_to(ROOT)) for p in (ROOT / "monitor").rglob("*.py")}
     assert on_disk - names == set()
-    for data in ("monitor/web/index.html", "monitor/web/assets/app.js", "monitor/web/assets/style.css",
-                 "monitor/scenarios/default.yaml"):
+    for data in ("monitor/outreach/web/index.html", "monitor/outreach/web/assets/app.js", "monitor/outreach/web/assets/style.css",
+                 "monitor/sim/scenarios/default.yaml"):
         assert data in names
 
 
@@ -66,7 +66,7 @@ def test_the_installed_wheel_runs_outside_the_source_tree(wheel: Path, tmp_path:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=300)
 
-    where = run(str(py), "-c", "import monitor, monitor.commands, monitor.api; print(monitor.__file__)")
+    where = run(str(py), "-c", "import monitor, monitor.commands, monitor.outreach.api; print(monitor.__file__)")
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(str(purelib)), where.stdout
     assert site.getsitepackages()   # the project's own environment is untouched
@@ -80,5 +80,5 @@ def test_the_installed_wheel_runs_outside_the_source_tree(wheel: Path, tmp_path:
     replay = run(str(env_dir / "bin" / "satmon"), "replay", "sim", "--out", "scores.jsonl")
     assert replay.returncode == 0, replay.stderr
     assert (work / "scores.jsonl").stat().st_size > 0
-    page = run(str(py), "-c", "from monitor.api import WEB_DIR; print((WEB_DIR / 'assets' / 'app.js').is_file())")
+    page = run(str(py), "-c", "from monitor.outreach.api import WEB_DIR; print((WEB_DIR / 'assets' / 'app.js').is_file())")
     assert page.stdout.strip() == "True", page.stderr

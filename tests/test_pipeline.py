@@ -10,11 +10,11 @@ import functools
 import msgspec
 import pytest
 
-from monitor import events as ev
-from monitor import simulate
+from monitor.records import events as ev
+from monitor.sim import simulate
 from monitor.pipeline import DictStore, Outputs, Record, RiskPipeline, TopicPartition, default_core_factory
 from monitor.replay import run_records
-from monitor.topics import DEAD_LETTER, INPUT_TOPICS, RISK_SCORES, Partitioner
+from monitor.records.topics import DEAD_LETTER, INPUT_TOPICS, RISK_SCORES, Partitioner
 
 
 @functools.lru_cache(maxsize=2)
@@ -156,7 +156,7 @@ def test_replay_runs_the_same_pipeline_as_batches_fed_by_hand():
 
 
 def test_the_topic_registry_names_the_stream_each_record_type_carries():
-    from monitor.topics import STREAM_TOPICS, TOPIC_STREAMS
+    from monitor.records.topics import STREAM_TOPICS, TOPIC_STREAMS
 
     assert TOPIC_STREAMS == {t: ev.RECORD_TYPES[s].stream for t, s in ev.INPUT_TOPICS.items()}
     assert all(TOPIC_STREAMS[t] == s for s, t in STREAM_TOPICS.items())

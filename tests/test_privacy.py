@@ -11,9 +11,9 @@ import stat
 import pytest
 
 from monitor.config import load
-from monitor.errors import ConfigError
-from monitor.events import decode
-from monitor.privacy import (AuditLog, Principal, Pseudonymiser, Role, TokenStore, ensure_demo_tokens, ensure_key_file,
+from monitor.records.errors import ConfigError
+from monitor.records.events import decode
+from monitor.outreach.privacy import (AuditLog, Principal, Pseudonymiser, Role, TokenStore, ensure_demo_tokens, ensure_key_file,
                              load_key, load_tokens, pseudonymiser_for)
 
 KEY = b"k" * 32

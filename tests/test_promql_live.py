@@ -4,7 +4,7 @@ annotations -- executed by a real Prometheus scraping a live satmon metrics endp
 The endpoint comes from :func:`start_metrics_endpoint`, the one function to change to point the test
 at something else. By default it runs ``satmon demo`` (embedded broker, a real worker, the simulator
 replaying the demo scenario's history: ~40 s); with ``SATMON_PROMQL_TARGET=registry`` it serves a
-:class:`monitor.metrics.Metrics` registry fed the way the worker feeds it (simulator records through
+:class:`monitor.observability.metrics.Metrics` registry fed the way the worker feeds it (simulator records through
 the real ingest and per-partition risk cores, Faust's own Prometheus sensor, the alert lifecycle),
 a quicker check while editing rules.
 
@@ -61,7 +61,7 @@ EXPECTED_EMPTY: dict[str, str] = {
 }
 
 # Expressions over the model-quality series, which a worker exports only once labels exist: a feature
-# snapshot becomes a label 24 h after it was taken (monitor.risk), so the demo's 80 minutes of
+# snapshot becomes a label 24 h after it was taken (monitor.scoring.risk), so the demo's 80 minutes of
 # history hold none, and the series themselves do not exist yet (not only empty). The test asserts
 # they parse and run; the rules that read them simply do not fire during a deployment's first day.
 FIRST_DAY_ABSENT: dict[str, str] = {
@@ -99,10 +99,10 @@ def _fed_registry_endpoint() -> Endpoint:
     from faust.types import TP
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from monitor.alerting import AlertLifecycle
-    from monitor.alertmanager import AlertmanagerClient
-    from monitor.metrics import Metrics, RollingQuality, attach_faust_sensor
-    from monitor.simulate import SimConfig, Simulator, generate
+    from monitor.detection.alerting import AlertLifecycle
+    from monitor.observability.alertmanager import AlertmanagerClient
+    from monitor.observability.metrics import Metrics, RollingQuality, attach_faust_sensor
+    from monitor.sim.simulate import SimConfig, Simulator, generate
     from support.metrics import PARTITIONS, feed_worker_like, worker_pipeline
 
     registry = CollectorRegistry()
@@ -116,7 +116,7 @@ def _fed_registry_endpoint() -> Endpoint:
     attach_faust_sensor(app, registry)
     m.track_alertmanager(AlertmanagerClient("http://127.0.0.1:9"))
     lifecycle = AlertLifecycle(on_change=[m.on_alert])
-    from monitor.simulate import REGION_NAMES
+    from monitor.sim.simulate import REGION_NAMES
 
     # what the detectors would have raised by now: two hot cells, a data drift
     for i in (3, 17):

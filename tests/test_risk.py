@@ -13,8 +13,8 @@ import random
 import msgspec
 import pytest
 
-from monitor.features import FEATURES
-from monitor.risk import OUTCOMES, LabelRecord, OnlineLogit, RiskModel, decode_label, encode_label, roc_auc
+from monitor.scoring.features import FEATURES
+from monitor.scoring.risk import OUTCOMES, LabelRecord, OnlineLogit, RiskModel, decode_label, encode_label, roc_auc
 
 N = len(FEATURES)
 BILLING, WORST = FEATURES.index("billing"), FEATURES.index("worst_moment")
@@ -107,7 +107,7 @@ def test_hyper_parameters_are_stored_under_their_names(cls):
 
 
 def test_one_online_pass_close_to_a_batch_fit():
-    from monitor.warmstart import batch_logistic
+    from monitor.scoring.warmstart import batch_logistic
 
     rnd = random.Random(2)
     rows = [{"a": rnd.gauss(0, 1), "b": rnd.gauss(3, 5), f"k={rnd.randint(0, 3)}": 1.0} for _ in range(4000)]

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from monitor.events import Alert, Reason, RiskScore, encode
-from monitor.riskview import CursorExpired, HotspotBoard, RiskView, alert_cell
+from monitor.records.events import Alert, Reason, RiskScore, encode
+from monitor.outreach.view import CursorExpired, HotspotBoard, RiskView, alert_cell
 
 T0 = 1_700_000_000_000
 
@@ -262,11 +262,11 @@ def test_two_workers_views_from_a_real_broker_give_the_same_complete_list(tmp_pa
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from monitor.api import ApiConfig, build_api
+    from monitor.outreach.api import ApiConfig, build_api
     from monitor.config import load
-    from monitor.outreach import OUTREACH_TOPIC, OutreachPolicy, OutreachStore, kafka_sink
-    from monitor.privacy import AuditLog, TokenStore
-    from monitor.riskview import ALERTS_TOPIC, RISK_SCORES_TOPIC, feeder_for
+    from monitor.outreach.store import OUTREACH_TOPIC, OutreachPolicy, OutreachStore, kafka_sink
+    from monitor.outreach.privacy import AuditLog, TokenStore
+    from monitor.outreach.view import ALERTS_TOPIC, RISK_SCORES_TOPIC, feeder_for
 
     with _tansu() as bootstrap:
         async def main() -> None:
@@ -350,7 +350,7 @@ def test_two_workers_views_from_a_real_broker_give_the_same_complete_list(tmp_pa
 
 
 def _tansu():
-    """A Tansu broker on a free port (monitor/broker.py, once it exists, does the same)."""
+    """A Tansu broker on a free port (monitor/worker/broker.py, once it exists, does the same)."""
     import contextlib
     import importlib.resources
     import socket
@@ -391,8 +391,8 @@ def _tansu():
 
 
 def test_at_risk_by_region_segment_counts_only_current_at_risk():
-    from monitor.events import RiskScore
-    from monitor.riskview import RiskView
+    from monitor.records.events import RiskScore
+    from monitor.outreach.view import RiskView
 
     view = RiskView()
 

@@ -27,7 +27,7 @@ AMTOOL = shutil.which("amtool") or "/usr/bin/amtool"
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 
 # The alerts this project promises (docs/OPERATIONS.md); the detectors' names are shared with
-# monitor/alerting.py.
+# monitor/detection/alerting.py.
 REQUIRED_ALERTS = {"SatmonHotSpotActive", "SatmonRegionDegraded", "SatmonAtRiskSurge", "SatmonDataDrift",
                    "SatmonModelDegraded", "SatmonConsumerLagHigh", "SatmonDeadLetterRateHigh", "SatmonWorkerDown",
                    "SatmonWorkerAbsent", "SatmonCheckpointStale"}
@@ -223,7 +223,7 @@ def test_region_incident_inhibits_its_data_drift_alert_but_not_others(alertmanag
 def test_worker_alerts_and_rules_link_the_same_runbooks():
     """The detectors' alerts (pushed by the workers) and the rules' use one runbook base, and every
     alert the detectors can raise has its page."""
-    from monitor.alerting import DATA_DRIFT, DEFAULT_RUNBOOK_BASE, HOTSPOT_CELL, HOTSPOT_REGION, MODEL_DRIFT
+    from monitor.detection.alerting import DATA_DRIFT, DEFAULT_RUNBOOK_BASE, HOTSPOT_CELL, HOTSPOT_REGION, MODEL_DRIFT
 
     assert DEFAULT_RUNBOOK_BASE == f"{RUNBOOK_BASE}docs/runbook"
     for name in (HOTSPOT_CELL, HOTSPOT_REGION, DATA_DRIFT, MODEL_DRIFT):
@@ -234,7 +234,7 @@ def test_runbook_base_is_one_setting_for_every_alert_the_worker_raises():
     """SATMON_RUNBOOK_BASE (default: the rules' base) sets the runbook link of the hot-spot, region,
     data-drift (HotspotStage) and concept-drift (ModelQualityFeed) alerts a worker raises."""
     from monitor.pipeline import HotspotStage
-    from monitor.app import ModelQualityFeed
+    from monitor.worker.app import ModelQualityFeed
     from monitor.config import DEFAULT_RUNBOOK_BASE, load
 
     assert load({}).runbook_base == DEFAULT_RUNBOOK_BASE == f"{RUNBOOK_BASE}docs/runbook"
@@ -257,7 +257,7 @@ def test_runbook_base_is_one_setting_for_every_alert_the_worker_raises():
 
 def test_every_alert_anywhere_has_its_runbook_page():
     """Rules, the detectors' alert names and Alertmanager's routes: each alertname has docs/runbook/<name>.md."""
-    from monitor.alerting import ALERT_KINDS
+    from monitor.detection.alerting import ALERT_KINDS
 
     names = set(ALERT_KINDS)
     for f in (ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"):

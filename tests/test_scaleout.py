@@ -46,7 +46,7 @@ _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 def simulator_records(subscribers: int, hours: float, seed: int) -> list[tuple[str, bytes | None, bytes]]:
     """Simulator traffic with more noise than the default (2 % malformed, 2 % duplicates)."""
-    from monitor.simulate import SimConfig, generate
+    from monitor.sim.simulate import SimConfig, generate
 
     cfg = SimConfig(subscribers=subscribers, hours=hours, scenario="quiet", seed=seed,
                     malformed_share=0.02, duplicate_share=0.02)
@@ -129,8 +129,8 @@ def expected_outcomes(records: list[tuple[str, bytes | None, bytes]],
                       positions: list[tuple[str, int, int]]) -> tuple[dict[str, str], set[tuple[str, int, int]]]:
     """What ingest makes of the produced records: ``{event_id: subscriber}`` of the valid events and
     the ``(topic, partition, offset)`` of every record it dead-letters."""
-    from monitor.events import DeadLetter
-    from monitor.ingest import Ingest
+    from monitor.records.events import DeadLetter
+    from monitor.records.ingest import Ingest
 
     ingest = Ingest(clock_ms=lambda: 0)
     valid: dict[str, str] = {}
@@ -170,10 +170,10 @@ STANDBY = ("--standby-replicas", "1")
 
 def test_three_workers_scale_out_survive_sigkill_and_restart_with_every_record_accounted(
         workers: Any, tmp_path: Path) -> None:
-    from monitor.core import _decode_state
-    from monitor.features import event_key, recent_keys
-    from monitor.events import decode
-    from monitor.features import RECENT_IDS
+    from monitor.scoring.core import _decode_state
+    from monitor.scoring.features import event_key, recent_keys
+    from monitor.records.events import decode
+    from monitor.scoring.features import RECENT_IDS
 
     t_start = time.monotonic()
     broker = Broker(partitions=PARTITIONS).start()

@@ -1,7 +1,7 @@
 """The JSON Schemas, their examples, and the msgspec records that mirror them.
 
 Three guarantees: every schema is a valid 2020-12 schema; every example in ``schemas/examples/``
-is judged the same way by ``jsonschema`` and by :func:`monitor.events.decode` (and an invalid one
+is judged the same way by ``jsonschema`` and by :func:`monitor.records.events.decode` (and an invalid one
 is rejected *for the reason its manifest names*); and each record in ``RECORD_TYPES`` declares
 exactly what its schema declares (fields, required set, types, nullability, enums, bounds), so the
 two cannot drift apart.
@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgspec import inspect as mi
 
-from monitor import events
-from monitor.errors import InvalidEventError
+from monitor.records import events
+from monitor.records.errors import InvalidEventError
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 EXAMPLES = SCHEMAS / "examples"

@@ -20,12 +20,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
-from monitor import events
-from monitor.api import AUTH_FAILURE_BURST, AUTH_GLOBAL_FAILURE_BURST, PUBLIC_ROUTES, _roles
+from monitor.records import events
+from monitor.outreach.api import AUTH_FAILURE_BURST, AUTH_GLOBAL_FAILURE_BURST, PUBLIC_ROUTES, _roles
 from monitor.config import load
-from monitor.core import CHECKPOINT_FORMAT, PartitionCore, migrate_checkpoint
-from monitor.ingest import Ingest
-from monitor.privacy import Pseudonymiser
+from monitor.scoring.core import CHECKPOINT_FORMAT, PartitionCore, migrate_checkpoint
+from monitor.records.ingest import Ingest
+from monitor.outreach.privacy import Pseudonymiser
 from support.api import TOKENS, Env, auth, get_json, run
 
 NOW_MS = 1_700_000_000_000
@@ -44,7 +44,7 @@ def raw(doc: dict[str, Any]) -> bytes:
 def _worker_routes(tmp_path: Path) -> tuple[Any, list[tuple[str, str, Any]]]:
     """A real worker app object (no broker needed to build it) and every (method, path, handler)
     its web server serves once Faust has set it up."""
-    from monitor.app import build_worker
+    from monitor.worker.app import build_worker
 
     worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), store="memory://",
                                pseudonymise="false"))
@@ -253,7 +253,7 @@ def _request_from(address: str, token: str = "wrong-token-0123456789") -> web.Re
 
 
 def test_failure_table_is_bounded_and_pruned():
-    from monitor.api import AUTH_FAILURE_RATE_PER_S, _AddressTable
+    from monitor.outreach.api import AUTH_FAILURE_RATE_PER_S, _AddressTable
 
     table = _AddressTable(AUTH_FAILURE_RATE_PER_S, AUTH_FAILURE_BURST, 1_000)
     for i in range(5_000):
@@ -264,7 +264,7 @@ def test_failure_table_is_bounded_and_pruned():
 
 
 def test_rotating_addresses_hit_a_global_failure_budget(tmp_path):
-    from monitor.api import API_KEY, ApiError
+    from monitor.outreach.api import API_KEY, ApiError
 
     env = Env(tmp_path)
     api = env.app[API_KEY]
@@ -383,7 +383,7 @@ def msgspec_dict(letter: events.DeadLetter) -> dict[str, Any]:
 
 
 def _trained_core() -> PartitionCore:
-    from monitor.risk import LabelRecord
+    from monitor.scoring.risk import LabelRecord
 
     core = PartitionCore(0, clock_ms=lambda: NOW_MS)
     m = core.model
@@ -421,7 +421,7 @@ def test_a_pickled_checkpoint_from_the_topic_is_refused_and_never_run(tmp_path, 
     marker = tmp_path / "pwned"
     core = PartitionCore(0, clock_ms=lambda: NOW_MS)
     fresh = core.model.to_state()
-    with caplog.at_level(logging.ERROR, logger="monitor.core"):
+    with caplog.at_level(logging.ERROR, logger="monitor.scoring.core"):
         assert not core.restore(pickle.dumps({"model": _RunsCode(marker), "watermark_ms": 0}))
         assert not core.restore(b"\x00garbage")
     assert not marker.exists()

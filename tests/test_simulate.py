@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor import simulate
+from monitor.sim import simulate
 from monitor.cli import main
-from monitor.errors import ConfigError, InvalidEventError
-from monitor.events import INPUT_TOPICS, decode
+from monitor.records.errors import ConfigError, InvalidEventError
+from monitor.records.events import INPUT_TOPICS, decode
 
 MIN = 60_000
 BEYOND5G = Path("/work/shared/data/beyond5g")
@@ -471,9 +471,9 @@ def test_clean_records_satisfy_the_json_schemas_too(run):
             validator.validate(json.loads(ln))
 
 
-# --- simulator v3: the people (monitor/world.py) ------------------------------------------------
+# --- simulator v3: the people (monitor/sim/world.py) ------------------------------------------------
 
-SCORING_MODULES = ("monitor.features", "monitor.core", "monitor.risk", "monitor.warmstart", "monitor.evaluation",
+SCORING_MODULES = ("monitor.scoring.features", "monitor.scoring.core", "monitor.scoring.risk", "monitor.scoring.warmstart", "monitor.evaluation.risk",
                    "monitor.replay", "monitor.pipeline", "monitor.tuning")
 
 
@@ -496,7 +496,7 @@ def test_the_simulator_imports_nothing_from_the_scoring_code():
 
 
 def _people(n=6000, seed=3):
-    from monitor.world import People
+    from monitor.sim.world import People
 
     return People(np.ones(n, np.uint8), seed=seed, start_ms=simulate.DEFAULT_START_MS)
 
@@ -540,7 +540,7 @@ def test_churn_hazard_rises_with_dissatisfaction():
 
 
 def test_worlds_differ_in_what_matters():
-    from monitor.world import People
+    from monitor.sim.world import People
 
     a = People(np.zeros(10, np.uint8), seed=1, start_ms=0).params.weight
     b = People(np.zeros(10, np.uint8), seed=2, start_ms=0).params.weight
@@ -588,7 +588,7 @@ def test_v3_run_has_burn_in_follow_up_and_port_outs(v3_run):
 
 
 def test_v3_oracle_is_informative_but_not_perfect(v3_run):
-    from monitor.evaluation import oracle_only
+    from monitor.evaluation.risk import oracle_only
 
     out, _m, _cfg = v3_run
     r = oracle_only(out)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from monitor import simulate
-from monitor.core import PartitionCore
-from monitor.errors import ConfigError
-from monitor.features import FEATURES
-from monitor.risk import OnlineLogit, RiskModel, roc_auc
-from monitor.warmstart import Encoder, WarmStartError, batch_logistic, check, load_model, warm_start
+from monitor.sim import simulate
+from monitor.scoring.core import PartitionCore
+from monitor.records.errors import ConfigError
+from monitor.scoring.features import FEATURES
+from monitor.scoring.risk import OnlineLogit, RiskModel, roc_auc
+from monitor.scoring.warmstart import Encoder, WarmStartError, batch_logistic, check, load_model, warm_start
 
 
 def satmon(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -8,8 +8,8 @@ import random
 import msgspec
 import pytest
 
-from monitor.events import AppEvent, NetworkEvent, TicketEvent
-from monitor.windows import (Partial, WindowAggregator, WindowBatch, WindowMerger, decode_batch,
+from monitor.records.events import AppEvent, NetworkEvent, TicketEvent
+from monitor.detection.windows import (Partial, WindowAggregator, WindowBatch, WindowMerger, decode_batch,
                              encode_batch, merge, merge_all, rollup, subscriber_hash)
 
 W = 60_000

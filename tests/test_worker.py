@@ -23,7 +23,7 @@ integration = [pytest.mark.integration, pytest.mark.slow]
 
 def real_core_available() -> bool:
     try:
-        import monitor.core  # noqa: F401
+        import monitor.scoring.core  # noqa: F401
     except ImportError:
         return False
     return True
@@ -71,7 +71,7 @@ def test_invalid_events_are_dead_lettered_and_valid_ones_processed(broker: Broke
 
     letters = run(read_topic(broker.bootstrap, "satmon-dead-letter", expect=len(invalid)))
     assert len(letters) == len(invalid)
-    from monitor.events import decode
+    from monitor.records.events import decode
 
     decoded = [decode("dead_letter.v1", r.value) for r in letters]
     by_bytes = {(d.source_topic, d.original_value()): d for d in decoded}
@@ -153,7 +153,7 @@ def test_scores_flow_and_restart_keeps_state_and_model(broker: Broker, workers: 
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.skipif(not real_core_available(), reason="monitor.core not present")
+@pytest.mark.skipif(not real_core_available(), reason="monitor.scoring.core not present")
 def test_real_core_restart_matches_an_uninterrupted_run(broker: Broker, workers: Any, tmp_path: Path) -> None:
     """With the real risk core: a worker stopped half-way and restarted ends with exactly the
     per-subscriber state an uninterrupted worker reaches on the same input (state restored from
@@ -206,9 +206,9 @@ def test_worker_refuses_to_start_without_a_broker(monkeypatch: pytest.MonkeyPatc
 
 def test_worker_refuses_pseudonymisation_without_a_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Pseudonymisation is on by default; a worker without a key must not start with real ids."""
-    from monitor.app import build_worker
+    from monitor.worker.app import build_worker
     from monitor.config import load
-    from monitor.errors import ConfigError
+    from monitor.records.errors import ConfigError
 
     monkeypatch.delenv("SATMON_PSEUDONYM_KEY", raising=False)
     with pytest.raises(ConfigError, match="no key"):
@@ -218,7 +218,7 @@ def test_worker_refuses_pseudonymisation_without_a_key(monkeypatch: pytest.Monke
 def test_rocksdb_stores_are_bounded_not_faust_defaults(tmp_path: Path) -> None:
     """Faust's RocksDB defaults (2 GiB block cache, 3 x 64 MiB memtables per database) made a
     worker's memory climb in the soak run; every table partition's database gets satmon's bounds."""
-    from monitor.app import MODEL_ROCKSDB_OPTIONS, MODEL_TABLE, ROCKSDB_OPTIONS, STATE_TABLE, build_worker
+    from monitor.worker.app import MODEL_ROCKSDB_OPTIONS, MODEL_TABLE, ROCKSDB_OPTIONS, STATE_TABLE, build_worker
     from monitor.config import load
 
     worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), store="rocksdb://",
@@ -236,8 +236,8 @@ def test_store_memory_is_exported_per_table_and_kind(tmp_path: Path) -> None:
     """RocksDB's own memory is on /metrics (the soak attributes resident memory with it): a state
     write shows up in the state table's memtables, the model table stays apart, and the C heap's
     in-use bytes are there too."""
-    from monitor.tablestore import TableStore
-    from monitor.app import STATE_TABLE, build_worker
+    from monitor.worker.tablestore import TableStore
+    from monitor.worker.app import STATE_TABLE, build_worker
     from monitor.config import load
     from monitor.pipeline import Outputs
 
@@ -267,9 +267,9 @@ def test_store_memory_is_exported_per_table_and_kind(tmp_path: Path) -> None:
 def test_view_size_is_exported(tmp_path: Path) -> None:
     """The outreach view's size is on /metrics (what the soak's memory grows with until every ring
     and change log is full): subscribers, history versions, change-log entries, records applied."""
-    from monitor.app import build_worker
+    from monitor.worker.app import build_worker
     from monitor.config import load
-    from monitor.events import RiskScore
+    from monitor.records.events import RiskScore
 
     worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), pseudonymise="false"))
     for i in range(30):
@@ -298,9 +298,9 @@ def test_view_size_is_exported(tmp_path: Path) -> None:
 def test_open_hot_spot_windows_are_exported(tmp_path: Path) -> None:
     """The (cell, window) accumulators a worker holds open are on /metrics: they grow while windows
     cannot close (a watermark held back) and fall back when they do."""
-    from monitor.app import build_worker
+    from monitor.worker.app import build_worker
     from monitor.config import load
-    from monitor.events import decode
+    from monitor.records.events import decode
     from monitor.pipeline import Outputs
 
     worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), pseudonymise="false"))
@@ -331,7 +331,7 @@ def test_open_hot_spot_windows_are_exported(tmp_path: Path) -> None:
 
     assert {m.max_skew_ms for m, _engine in worker.hotspots.stages.values()} == {MAX_HOLD_MS}   # bounded too
     # the hot-spot baselines the region owners learn are on /metrics too
-    from monitor.hotspots_eval import synthetic_cell_windows
+    from monitor.evaluation.hotspots import synthetic_cell_windows
 
     assert worker.registry.get_sample_value("satmon_worker_hotspot_baselines") == 0
     _merger, engine = next(iter(worker.hotspots.stages.values()))
@@ -347,10 +347,10 @@ def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> N
     from aiokafka.partitioner import murmur2
 
     from monitor.pipeline import CellWindows
-    from monitor.topics import CELL_WINDOWS as CELL_WINDOWS_TOPIC
-    from monitor.events import decode
+    from monitor.records.topics import CELL_WINDOWS as CELL_WINDOWS_TOPIC
+    from monitor.records.events import decode
     from monitor.pipeline import Outputs
-    from monitor.windows import decode_batch
+    from monitor.detection.windows import decode_batch
 
     def net(i: int, sub: str, ts: int, cell: str, **kw: Any) -> Any:
         return decode("network_event.v1", orjson.dumps(network_event(i, sub, ts_ms=ts, cell_id=cell, **kw)))
@@ -396,11 +396,11 @@ def test_labels_feed_model_quality_metrics(broker: Broker, workers: Any, tmp_pat
     to the worker in three parts, each decoded before the next is sent (the worker consumes its input
     topics in no fixed order between them), so a subscriber seen in the first hour whose ticket is
     opened before hour 20 and who is seen again after hour 24 matures a positive complaint label."""
-    from monitor import simulate
-    from monitor.risk import LEARN_HORIZON_H
-    from monitor.topics import partition_for
+    from monitor.sim import simulate
+    from monitor.scoring.risk import LEARN_HORIZON_H
+    from monitor.records.topics import partition_for
 
-    # a snapshot becomes a label once its 24 h horizon has passed (monitor.risk): 26 simulated hours
+    # a snapshot becomes a label once its 24 h horizon has passed (monitor.scoring.risk): 26 simulated hours
     config = simulate.SimConfig(subscribers=800, hours=26, seed=4, malformed_share=0, duplicate_share=0,
                                 late_share=0)
     records = [(t, k, v, orjson.loads(v)) for t, k, v in simulate.generate(config)]
@@ -464,7 +464,7 @@ def test_labels_feed_model_quality_metrics(broker: Broker, workers: Any, tmp_pat
 def test_the_batch_bound_is_the_max_poll_records_setting(tmp_path: Path) -> None:
     """``max_poll_records`` bounds what one getmany hands the fast path (Faust passes it to aiokafka's
     consumer): the soak pins it below what arrives per fetch so that batches keep one size."""
-    from monitor.app import build_worker
+    from monitor.worker.app import build_worker
     from monitor.config import load
 
     def bound(**over: str) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from monitor.core import PartitionCore
-from monitor.events import NetworkEvent, TicketEvent
-from monitor.metrics import Metrics
-from monitor.risk import RISK_BANDS, TEAMS
-from monitor.riskview import RiskView
+from monitor.scoring.core import PartitionCore
+from monitor.records.events import NetworkEvent, TicketEvent
+from monitor.observability.metrics import Metrics
+from monitor.scoring.risk import RISK_BANDS, TEAMS
+from monitor.outreach.view import RiskView
 
 T0 = 1_740_000_000_000
 MIN = 60_000

@@ -21,7 +21,7 @@ from common import INPUTS, core_factory
 
 
 async def main(args: argparse.Namespace) -> dict:
-    from monitor import events as ev
+    from monitor.records import events as ev
 
     core_name, make_core = core_factory()
     consumer = AIOKafkaConsumer(bootstrap_servers=args.bootstrap, enable_auto_commit=False, group_id=None,

@@ -34,7 +34,7 @@ def build(args: argparse.Namespace, stats: dict[str, Any]) -> Any:
     from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource
     from bytewax.dataflow import Dataflow
 
-    from monitor import events as ev
+    from monitor.records import events as ev
 
     core_name, make_core = core_factory()
     stats["core"] = core_name

@@ -1,7 +1,7 @@
 """Shared by the end-to-end benchmark and its peers: the event generator and the core to run.
 
 Every contender does the same per-event work: msgspec decode + validate, then the risk core
-(``monitor.core.PartitionCore``, one per input partition) and encoding of the scores it emits.
+(``monitor.scoring.core.PartitionCore``, one per input partition) and encoding of the scores it emits.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ BASE_TS = 1_700_000_000_000
 def generate(n: int, subscribers: int = 20_000, seed: int = 7) -> Iterator[tuple[str, bytes, bytes]]:
     """``n`` valid ``(topic, key, value)`` input records over ``subscribers`` subscribers, in time order.
 
-    Uses ``monitor.simulate`` (default scenario, its noise included) when it exists, else a plain
+    Uses ``monitor.sim.simulate`` (default scenario, its noise included) when it exists, else a plain
     mix of valid events: 85 % network sessions, 10 % app interactions (with survey answers), 5 %
     care tickets.
     """
     try:
-        from monitor import simulate
+        from monitor.sim import simulate
     except ImportError:
         simulate = None
     if simulate is not None:
@@ -67,14 +67,14 @@ def generate(n: int, subscribers: int = 20_000, seed: int = 7) -> Iterator[tuple
 
 
 class CountingCore:
-    """Stand-in used only while ``monitor.core`` does not exist: counts events per subscriber and
+    """Stand-in used only while ``monitor.scoring.core`` does not exist: counts events per subscriber and
     emits a score every fifth event. The JSON output says when it was used."""
 
     def __init__(self, partition: int, state_loader: Any) -> None:
         self.partition, self.load, self.cache, self.dirty, self.n = partition, state_loader, {}, set(), 0
 
     def process_batch(self, events: list[Any]) -> list[Any]:
-        from monitor.events import RiskScore
+        from monitor.records.events import RiskScore
 
         out = []
         for e in events:
@@ -111,6 +111,6 @@ def core_factory() -> tuple[str, Any]:
         from monitor.config import load
 
         make = default_core_factory(load({}))
-        return "monitor.core.PartitionCore", make
+        return "monitor.scoring.core.PartitionCore", make
     except ImportError:
-        return "CountingCore (monitor.core not present)", CountingCore
+        return "CountingCore (monitor.scoring.core not present)", CountingCore

@@ -34,8 +34,8 @@ def main() -> None:
     parser.add_argument("--web-port", type=int, default=6099)
     args = parser.parse_args()
 
-    from monitor import events as ev
-    from monitor.app import BROKER_SETTINGS
+    from monitor.records import events as ev
+    from monitor.worker.app import BROKER_SETTINGS
 
     core_name, make_core = core_factory()
     settings = {k: v for k, v in BROKER_SETTINGS.items() if k != "table_standby_replicas"}

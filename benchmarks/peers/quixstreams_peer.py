@@ -48,7 +48,7 @@ def main() -> None:
     from quixstreams.models.topics import TopicAdmin, TopicManager
     from quixstreams.state.rocksdb import RocksDBOptions
 
-    from monitor import events as ev
+    from monitor.records import events as ev
 
     class ScoreSerializer(Serializer):
         """Rows after the expand are ``(key, encoded score)``: the value is the second half."""

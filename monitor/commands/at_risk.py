@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _token(args: argparse.Namespace) -> str:
-    from monitor.errors import MonitorError
+    from monitor.records.errors import MonitorError
 
     if args.token_file:
         try:
@@ -52,7 +52,7 @@ def fetch(url: str, token: str, filters: dict[str, str], limit: int, timeout: fl
     import urllib.parse
     import urllib.request
 
-    from monitor.errors import MonitorError
+    from monitor.records.errors import MonitorError
 
     rows: list[dict] = []
     cursor = None
@@ -84,7 +84,7 @@ def fetch(url: str, token: str, filters: dict[str, str], limit: int, timeout: fl
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from monitor.errors import MonitorError
+    from monitor.records.errors import MonitorError
 
     if args.limit < 1:
         raise MonitorError("--limit must be at least 1")
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(rows, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        from monitor.api import csv_text
+        from monitor.outreach.api import csv_text
 
         sys.stdout.write(csv_text(rows))
     print(f"{len(rows)} at-risk subscriber(s)", file=sys.stderr)

@@ -136,7 +136,7 @@ def scrape(port: int) -> dict[str, float]:
 #: seconds without a new cell-window batch or alert after which the hot-spot stage is caught up
 STAGE_SETTLED_S = 5.0
 #: gauges exported by timers (every 10-15 s), not per batch: the history is "in" once they exist. Not
-#: the model-quality gauges: a snapshot becomes a label 24 h after it (monitor.risk), so 80 minutes
+#: the model-quality gauges: a snapshot becomes a label 24 h after it (monitor.scoring.risk), so 80 minutes
 #: of history hold none and those gauges come only a simulated day later
 _TIMER_GAUGES = ("satmon_risk_at_risk_subscribers", "satmon_risk_band_subscribers")
 
@@ -190,7 +190,7 @@ def _prometheus_config(path: Path, worker_ports: list[int], am_port: int | None)
 
 def run(args: argparse.Namespace) -> int:
     from monitor.config import from_args
-    from monitor.privacy import ensure_demo_tokens, ensure_key_file
+    from monitor.outreach.privacy import ensure_demo_tokens, ensure_key_file
 
     settings = from_args(args)
     root = settings.data_dir.resolve() / "demo"
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     try:
         if settings.broker is None:
-            from monitor.broker import EmbeddedBroker
+            from monitor.worker.broker import EmbeddedBroker
 
             broker = EmbeddedBroker(data_dir=root, partitions=settings.partitions)
             url = broker.start()
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(root / "workers", ignore_errors=True)
         else:
             url = settings.broker
-        from monitor.kafka import create_topics
+        from monitor.worker.kafka import create_topics
 
         create_topics(url, settings.partitions)
         key_file = ensure_key_file(root / "pseudonym.key")
@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         env = dict(os.environ)
         env.setdefault("SATMON_CHECKPOINT_INTERVAL_S", DEMO_CHECKPOINT_INTERVAL_S)
         # the simulated network's cell inventory, so active hot spots show on the geo map
-        from monitor import simulate
+        from monitor.sim import simulate
 
         cells_file = root / "cells.json"
         simulate.write_cells(simulate.SimConfig(subscribers=args.subscribers, hours=0, scenario=args.scenario),

@@ -1,4 +1,4 @@
-"""``satmon detect FILE.csv``: run satmon's univariate detector (:mod:`monitor.detectors`; or, with
+"""``satmon detect FILE.csv``: run satmon's univariate detector (:mod:`monitor.detection.detectors`; or, with
 ``--drift``, the drift detector) over one KPI's time series and score every row.
 
 Input: CSV with a header containing ``timestamp`` and ``value`` (other columns are ignored);
@@ -68,7 +68,7 @@ def read_series(path: str) -> tuple[list[tuple[str, str]], list[int], list[float
     import csv
     import math
 
-    from monitor.errors import MonitorError
+    from monitor.records.errors import MonitorError
 
     try:
         stream = sys.stdin if path == "-" else open(path, newline="", encoding="utf-8-sig")
@@ -117,9 +117,9 @@ def read_series(path: str) -> tuple[list[tuple[str, str]], list[int], list[float
 
 
 def series_detector(direction: str = "both", warmup: int | None = None, refractory: int | None = None):
-    """satmon's univariate detector (:class:`monitor.detectors.SeasonalDetector`, the configuration
+    """satmon's univariate detector (:class:`monitor.detection.detectors.SeasonalDetector`, the configuration
     measured on NAB in docs/DETECTION.md), optionally with another warm-up, refractory or direction."""
-    from monitor.detectors import SeasonalDetector
+    from monitor.detection.detectors import SeasonalDetector
 
     params: dict = {"direction": direction}
     if warmup is not None:
@@ -147,7 +147,7 @@ def anomaly_scores(stamps: list[int], values: list[float], *, direction: str = "
 
 def change_points(stamps: list[int], values: list[float]) -> list[int]:
     """1 on the rows where the drift detector reports a change (time order), else 0."""
-    from monitor.drift import DataDriftMonitor
+    from monitor.detection.drift import DataDriftMonitor
 
     mon = DataDriftMonitor(features=("latency_ms",), reference_windows=15, min_rel_change=0.0)
     order = sorted(range(len(values)), key=lambda i: stamps[i])
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     import contextlib
     import csv
 
-    from monitor.errors import MonitorError
+    from monitor.records.errors import MonitorError
 
     texts, stamps, values = read_series(args.file)
     if args.drift:

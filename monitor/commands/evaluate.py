@@ -2,7 +2,7 @@
 
 Each DIR (``satmon simulate --out DIR``) is one world; its streams are replayed through the
 worker's pipeline and, at list instants after the burn-in, every system is graded on complaints,
-detractor answers and port-outs that follow (see :mod:`monitor.evaluation`). Several DIRs give 95 %
+detractor answers and port-outs that follow (see :mod:`monitor.evaluation.risk`). Several DIRs give 95 %
 intervals by bootstrap over worlds. The hot-spot section (recall, precision, delay) is kept.
 """
 
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from monitor.config import from_args
-    from monitor.evaluation import evaluate, oracle_only
+    from monitor.evaluation.risk import evaluate, oracle_only
 
     if args.oracle_only:
         result = {"oracle_only": [oracle_only(d) for d in args.dir]}
@@ -49,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
     if args.svg:
         from pathlib import Path
 
-        from monitor.evaluation import lift_curve_svg
+        from monitor.evaluation.risk import lift_curve_svg
 
         worlds = ", ".join(str(w) for w in result["worlds"])
         Path(args.svg).write_text(lift_curve_svg(result, title=f"Lift at a budget, worlds {worlds} "
                                                                "(daily 09:00 lists; batch: second half)"))
     if not args.no_hotspots:
-        from monitor.hotspots_eval import evaluate_hotspots
+        from monitor.evaluation.hotspots import evaluate_hotspots
 
         result["hotspots"] = [evaluate_hotspots(d, partitions=settings.partitions) for d in args.dir]
     if args.json:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from monitor.config import from_args
-    from monitor.warmstart import WARM_LR, check, save, warm_start
+    from monitor.scoring.warmstart import WARM_LR, check, save, warm_start
 
     settings = from_args(args)
     lr = args.lr if args.lr is not None else WARM_LR

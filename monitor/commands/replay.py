@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from monitor.config import from_args
-    from monitor.events import encode
+    from monitor.records.events import encode
     from monitor.replay import run as replay
     from monitor.tuning import tune_gc
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         if labels:
             import csv
 
-            from monitor.features import FEATURES
+            from monitor.scoring.features import FEATURES
 
             writer = csv.writer(labels)
             writer.writerow(("subscriber_id", "label", "kind", *FEATURES))

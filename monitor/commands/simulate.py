@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loop", action="store_true", help="run until stopped (same as --hours 0)")
     parser.add_argument("--seed", type=int, default=42, help="random seed: same seed, same bytes (default 42)")
     parser.add_argument("--scenario", default="default",
-                        help="scenario name in monitor/scenarios (default, quiet, drift) or a YAML path")
+                        help="scenario name in monitor/sim/scenarios (default, quiet, drift) or a YAML path")
     parser.add_argument("--out", help="directory for the JSONL streams and the ground truth")
     parser.add_argument("--broker", help="send to Kafka at kafka://host:port[,host:port] instead of (or with --out: "
                                          "besides the ground truth in) files")
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duplicate-share", type=float, default=0.002, help="share of re-sent duplicates (default 0.002)")
     parser.add_argument("--late-share", type=float, default=0.003, help="share of late records (default 0.003)")
     parser.add_argument("--world", choices=("v3", "v2"), default="v3",
-                        help="v3 (default): per-seed drivers, outcomes with a lead, port-outs (monitor/world.py); "
+                        help="v3 (default): per-seed drivers, outcomes with a lead, port-outs (monitor/sim/world.py); "
                              "v2: the earlier latent-satisfaction people")
     parser.add_argument("--burn-in-hours", type=float, default=None,
                         help="emitted hours before the evaluated --hours, for the model to warm up "
@@ -61,7 +61,7 @@ def _start_ms(text: str | None) -> tuple[int | None, bool]:
     import datetime as dt
     import time
 
-    from monitor.errors import ConfigError
+    from monitor.records.errors import ConfigError
 
     if not text:
         return None, False
@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from monitor import simulate
-    from monitor.errors import ConfigError
+    from monitor.sim import simulate
+    from monitor.records.errors import ConfigError
 
     start_ms, live = _start_ms(args.start)
     if args.history:

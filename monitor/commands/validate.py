@@ -9,7 +9,7 @@ HELP = "check every line of a JSONL file against a schema; exit 1 if any line is
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from monitor.events import RECORD_TYPES
+    from monitor.records.events import RECORD_TYPES
 
     parser.add_argument("file", help="JSONL file, one record per line ('-' for standard input)")
     parser.add_argument("--schema", required=True, choices=sorted(RECORD_TYPES), help="schema name")
@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.errors import InvalidEventError, MonitorError
-    from monitor.events import decode
+    from monitor.records.errors import InvalidEventError, MonitorError
+    from monitor.records.events import decode
 
     try:
         stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")

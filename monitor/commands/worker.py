@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from monitor.config import from_args
-    from monitor.errors import ConfigError
+    from monitor.records.errors import ConfigError
 
     settings = from_args(args)
     if settings.malloc_trim_s > 0:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(["no broker configured: set SATMON_BROKER=kafka://host:port (or --broker), "
                                "or pass --embedded to start the local Tansu broker"])
         try:
-            from monitor.broker import EmbeddedBroker  # the embedded Tansu lifecycle (demo command)
+            from monitor.worker.broker import EmbeddedBroker  # the embedded Tansu lifecycle (demo command)
         except ImportError as err:
             raise ConfigError([f"--embedded: the embedded broker is not available ({err}); "
                                "set SATMON_BROKER instead"]) from None
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     from faust.worker import Worker as FaustWorker
 
-    from monitor.app import build_worker
+    from monitor.worker.app import build_worker
 
     from monitor.tuning import tune_gc
 

@@ -12,12 +12,12 @@ import orjson
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from monitor.api import ApiConfig, build_api
+from monitor.outreach.api import ApiConfig, build_api
 from monitor.config import load
-from monitor.events import Reason, RiskScore
-from monitor.outreach import OutreachPolicy, OutreachStore
-from monitor.privacy import AuditLog, TokenStore
-from monitor.riskview import HotspotBoard, RiskView
+from monitor.records.events import Reason, RiskScore
+from monitor.outreach.store import OutreachPolicy, OutreachStore
+from monitor.outreach.privacy import AuditLog, TokenStore
+from monitor.outreach.view import HotspotBoard, RiskView
 
 T0 = 1_700_000_000_000
 DAY = 86_400_000

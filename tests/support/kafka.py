@@ -163,7 +163,7 @@ async def committed_offsets(bootstrap: str, group: str, topics: tuple[str, ...] 
 class WorkerProcess:
     """``satmon worker`` in a subprocess (optionally with the recording core), read through HTTP.
 
-    ``broker`` is anything with ``url`` (a :class:`Broker` or a ``monitor.broker.EmbeddedBroker``);
+    ``broker`` is anything with ``url`` (a :class:`Broker` or a ``monitor.worker.broker.EmbeddedBroker``);
     ``extra_args`` are appended to the ``satmon worker`` command line (real core only)."""
 
     def __init__(self, broker: Any, *, app_id: str, data_dir: Path, store: str = "memory://",
@@ -192,7 +192,7 @@ class WorkerProcess:
         else:
             code = (
                 "from monitor.config import load\n"
-                "from monitor.app import build_worker\n"
+                "from monitor.worker.app import build_worker\n"
                 "from support.records import RecordingCore\n"
                 "from faust.worker import Worker\n"
                 f"s = load({{}}, broker={self.broker.url!r}, store={self.store!r}, data_dir={str(self.data_dir)!r},"

@@ -1,16 +1,16 @@
 """Metrics fed the way a worker feeds them: :func:`feed_worker_like` runs raw records through the
-worker's pipeline (:class:`monitor.pipeline.RiskPipeline` with its :class:`~monitor.metrics.MetricsObserver`,
-checkpoint and batch hooks wired as ``monitor.app`` wires them) in consumer-shaped batches."""
+worker's pipeline (:class:`monitor.pipeline.RiskPipeline` with its :class:`~monitor.observability.metrics.MetricsObserver`,
+checkpoint and batch hooks wired as ``monitor.worker.app`` wires them) in consumer-shaped batches."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from monitor.events import decode
-from monitor.metrics import Metrics, MetricsObserver
+from monitor.records.events import decode
+from monitor.observability.metrics import Metrics, MetricsObserver
 from monitor.pipeline import Outputs, Record, RiskPipeline, TopicPartition
-from monitor.topics import RISK_SCORES, Partitioner
+from monitor.records.topics import RISK_SCORES, Partitioner
 
 PARTITIONS = 4
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from monitor import simulate
-from monitor.events import Alert, Incident, RiskScore
+from monitor.sim import simulate
+from monitor.records.events import Alert, Incident, RiskScore
 
 OUTAGE = {"name": "outage-test", "incidents": [
     {"id": "outage-x", "type": "cell_outage", "onset": "40m", "end": "70m", "cells": 3, "region": "metro",

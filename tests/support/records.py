@@ -68,7 +68,7 @@ class RecordingCore:
         self.log = open(os.environ["TEST_SEEN_LOG"], "a")
 
     def process_batch(self, events: list[Any]) -> list[Any]:
-        from monitor.events import RiskScore
+        from monitor.records.events import RiskScore
 
         scores = []
         for e in events:

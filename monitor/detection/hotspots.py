@@ -1,0 +1,919 @@
+"""Hot-spot detection: per-key window detectors with time-of-day baselines, and the region grouping.
+
+:class:`HotspotDetector` judges each closed window of each key (a cell or a region) against that
+key's own baseline and keeps a small state machine per key: *k* consecutive bad windows (or one
+very bad one) fire, *m* consecutive clear windows resolve (hysteresis), a key without data for
+``stale_windows`` resolves as stale. (``satmon detect`` uses :mod:`monitor.detection.detectors` instead.)
+
+Baselines (see ``docs/DETECTION.md``)
+    For count rates and means (``rate``/``mean`` metrics) the expected value of key *c* in hour *h*
+    is ``g · f[c, h]``: ``g`` is the network-wide rate, an exponentially weighted pool over all
+    keys' normal windows (fast: it follows the time of day and network-wide load), ``f[c, h]`` is
+    the key's own factor for that hour of day, shrunk towards the key's all-hours factor, itself
+    shrunk towards 1 (a cold cell starts at the global prior). The noise allowed around it is the
+    sampling noise of the window (binomial, or the within-window variance) plus the key's own
+    learned over-dispersion (a noisy-but-normal cell earns a wider band) plus a floor. ``level``
+    metrics (a univariate KPI series) use a fast EW mean and the variance of its one-step
+    prediction error instead (the mean follows the daily curve).
+    Baselines learn only from windows that are neither bad nor part of an active hot spot
+    (score first, then learn).
+
+:class:`HotspotEngine` wires it together for the worker and replays: merged cell windows in,
+``alert.v1`` records out (``SatmonHotSpotActive`` per cell, ``SatmonRegionDegraded`` per region,
+and ``SatmonDataDrift`` from an optional :class:`monitor.detection.drift.DataDriftMonitor`).
+
+>>> from monitor.detection.windows import Partial
+>>> det = HotspotDetector(warmup_windows=3)
+>>> def w(t, degraded, sessions=200):
+...     return {"c1": cell_observation(Partial(cell_id="c1", region="r", start_ms=t * 60_000,
+...             width_ms=60_000, sessions=sessions, degraded=degraded))}
+>>> for t in range(30):
+...     _ = det.step(t * 60_000, w(t, 10))
+>>> [det.step(t * 60_000, w(t, 120))["c1"].event for t in (30, 31)]   # outage: fires at once
+['fire', 'update']
+>>> [det.step(t * 60_000, w(t, 10))["c1"].event for t in (32, 33, 34)]
+['update', 'update', 'resolve']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from monitor.detection.alerting import HOTSPOT_CELL, HOTSPOT_REGION, AlertLifecycle
+from monitor.records.events import Alert
+from monitor.detection.windows import NETWORK_KPIS, Partial, group_by_window, rollup
+
+_LAT = NETWORK_KPIS.index("latency_ms")
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """One symptom a detector watches.
+
+    ``kind``: ``rate`` (count / trials, binomial noise), ``mean`` (sum / count, within-window noise)
+    or ``level`` (one value per window: an EW mean with half-life ``level_halflife`` that follows
+    slow movements such as the daily curve, and the EW variance of its one-step prediction error). ``min_support``: the window's
+    denominator must reach it for the metric to count. ``min_delta``: excess over the baseline
+    needed to call a window bad (absolute, in the metric's unit) — significance alone is not enough
+    on a busy cell. ``floor``: absolute noise floor (std) added to the band. ``direction``: which
+    deviation is bad (``up``, ``down`` or ``both``).
+    """
+
+    name: str
+    kind: str
+    min_support: float
+    min_delta: float
+    floor: float
+    label: str
+    unit: str = ""
+    direction: str = "up"
+    #: a window is judged on this metric only with at least this many events (its numerator):
+    #: one complaint in a quiet cell's minute is not a hot spot
+    min_events: float = 0.0
+    #: an outcome that trails the network (complaints, risk): it can fire, but does not keep a
+    #: hot spot open once the network symptoms are back to normal
+    lagging: bool = False
+
+    def fmt(self, value: float) -> str:
+        if self.unit == "%":
+            return f"{100 * value:.1f}%"
+        if self.unit:
+            return f"{value:.0f} {self.unit}"
+        return f"{value:.3g}"
+
+
+# Symptoms of a cell hot spot, in order of preference when naming the worst one.
+CELL_METRICS: tuple[Metric, ...] = (
+    Metric("degraded_share", "rate", 20, 0.08, 0.01, "degraded sessions", "%"),
+    Metric("drop_rate", "rate", 20, 0.03, 0.005, "dropped calls", "%"),
+    Metric("stall_rate", "rate", 20, 0.05, 0.01, "video stalls", "%"),
+    Metric("latency_ms", "mean", 20, 25.0, 2.0, "latency", "ms"),
+    Metric("complaint_rate", "rate", 20, 0.02, 0.004, "complaints per session", "%", min_events=3, lagging=True),
+    Metric("app_failure_rate", "rate", 10, 0.15, 0.02, "app failures", "%", min_events=3),
+    Metric("mean_risk", "mean", 10, 0.10, 0.01, "mean churn risk", "", lagging=True),
+)
+
+
+#: the symptoms judged on evidence accumulated over windows (see ``HotspotDetector``)
+NETWORK_SYMPTOMS = ("degraded_share", "drop_rate", "stall_rate", "latency_ms")
+
+
+def cell_observation(p: Partial) -> dict[str, tuple[float, float, float | None]]:
+    """``metric -> (numerator, denominator, sum of squares or None)`` of a (merged) window."""
+    n = p.sessions
+    return {
+        "degraded_share": (p.degraded, n, None),
+        "drop_rate": (p.drops, n, None),
+        "stall_rate": (p.stalls, n, None),
+        "latency_ms": (p.kpi_sums[_LAT], n, p.latency_sumsq),
+        "complaint_rate": (p.complaints, n, None),
+        "app_failure_rate": (p.app_failures, p.app_events, None),
+        "mean_risk": (p.risk_sum, p.risk_n, p.risk_sumsq),
+    }
+
+
+@dataclasses.dataclass
+class Verdict:
+    """The detector's judgement of one key in one window.
+
+    ``event`` is ``"fire"``, ``"update"`` (still firing, new window), ``"resolve"`` or ``None``.
+    ``score`` in [0, 1] (0.5 at the firing threshold). ``metrics``: per metric with support,
+    ``(observed, expected, z)``.
+    """
+
+    key: str
+    start_ms: int
+    score: float
+    bad: bool
+    active: bool
+    event: str | None
+    worst: str | None
+    since_ms: int | None
+    severity: str
+    metrics: dict[str, tuple[float, float, float]]
+    ends_at_ms: int | None = None
+    stale: bool = False
+
+
+class _Stat:
+    """Exponentially weighted pooled sums for one metric of one key (or hour bucket)."""
+
+    __slots__ = ("num", "den", "phi", "phi_w", "mean", "var", "n")
+
+    def __init__(self) -> None:
+        self.num = self.den = 0.0     # EW sums of numerator and expected denominator (den * g)
+        self.phi = self.phi_w = 0.0   # EW sum of relative excess variance and its weight
+        self.mean = self.var = 0.0    # level metrics
+        self.n = 0
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, s) for s in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        for s, v in zip(self.__slots__, state):
+            setattr(self, s, v)
+
+
+#: per metric of a key: EW sums (numerator, expected denominator) for each hour of day, in one
+#: array of doubles -- all 24 hours from the first window that teaches the metric
+_NO_HOURS = array("d", bytes(8 * 2 * 24))
+
+
+def _hours_from_stats(hours: dict) -> dict[str, array]:
+    """Hour baselines of a checkpoint written when each (metric, hour) was its own ``_Stat``."""
+    out: dict[str, array] = {}
+    for key, st in hours.items():
+        if isinstance(key, tuple):
+            name, hour = key
+            sums = out.setdefault(name, array("d", _NO_HOURS))
+            sums[2 * hour], sums[2 * hour + 1] = st.num, st.den
+        else:
+            out[key] = st
+    return out
+
+
+class _Key:
+    __slots__ = ("stats", "hours", "bad_streak", "good_streak", "missing", "active", "since_ms",
+                 "first_bad_ms", "first_good_ms", "severity", "last_ms", "windows", "cusum", "seen",
+                 "cusum_since_ms", "raw")
+
+    def __init__(self) -> None:
+        self.cusum: dict[str, float] = {}  # per sequential metric: accumulated log-likelihood ratio
+        self.seen = 0.0                     # denominator units observed (sessions): the key's history
+        self.cusum_since_ms: int | None = None  # first window of the current run of evidence
+        self.raw: dict[str, list[float]] = {}  # per sequential metric: EW sums [numerator, denominator]
+        self.stats: dict[str, _Stat] = {}
+        self.hours: dict[str, array] = {}   # metric -> [num, den] x 24 hours of day
+        self.bad_streak = self.good_streak = self.missing = 0
+        self.active = False
+        self.since_ms: int | None = None
+        self.first_bad_ms: int | None = None
+        self.first_good_ms: int | None = None
+        self.severity = "warning"
+        self.last_ms: int | None = None
+        self.windows = 0
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, s) for s in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        for s, v in zip(self.__slots__, state):
+            setattr(self, s, v)
+        self.hours = _hours_from_stats(self.hours)
+
+
+class HotspotDetector:
+    """Per-key window detector with hysteresis (River-style: hyper-parameters in, state inside).
+
+    Parameters
+    ----------
+    metrics
+        The :class:`Metric` s to watch (default :data:`CELL_METRICS`).
+    z_fire, z_strong, z_clear
+        A window is *bad* when a metric's z-score reaches ``z_fire`` (and its excess ``min_delta``);
+        *strongly* bad at ``z_strong`` and twice ``min_delta`` (fires on its own); *clear* when
+        every metric is below ``z_clear`` or within half its ``min_delta``.
+    k_fire, m_resolve
+        Consecutive bad windows to fire; consecutive clear windows to resolve.
+    stale_windows
+        An active key without data for this many windows resolves (marked stale).
+    warmup_windows
+        Windows of network-wide data before anything may fire.
+    global_halflife, key_halflife
+        Half-lives (in windows) of the network-wide rate and of each key's own factor.
+    prior_weight, hour_prior_weight
+        Pseudo-support (in denominator units) pulling a key's factor towards 1 and an hour's
+        factor towards the key's all-hours factor.
+    rel_floor
+        Relative noise floor (fraction of the expected value) in every band.
+    critical_z
+        z-score (with thrice ``min_delta``) from which a hot spot is ``critical``.
+    hour_offset_ms
+        Shift from UTC to the local time whose hour of day the baselines follow.
+    level_halflife
+        Half-life (windows) of the mean of ``level`` metrics.
+    adapt_after_windows
+        A key that has been firing this long starts learning again: a permanent change becomes
+        the new baseline and the alert resolves instead of firing forever.
+    sequential, cusum_h, cusum_shift, cusum_min_history
+        Evidence across windows for the ``rate`` metrics named in ``sequential`` (and ``mean``
+        ones, capped per window): a one-sided CUSUM of the log-likelihood ratio of "a share
+        ``cusum_shift`` of the healthy sessions went bad" against the key's baseline (its upper
+        band, so an uncertain baseline does not fire), firing at ``cusum_h`` nats. So a sparse
+        cell (a handful of sessions a window, below any ``min_support``) fires within a window or
+        two of an outage, while noise needs ~e^h windows to cross once. A key needs
+        ``cusum_min_history`` sessions of history before its evidence counts.
+    """
+
+    def __init__(self, *, metrics: Sequence[Metric] = CELL_METRICS, z_fire: float = 5.0,
+                 z_strong: float = 9.0, z_clear: float = 3.0, k_fire: int = 2, m_resolve: int = 3,
+                 stale_windows: int = 10, warmup_windows: int = 10, global_halflife: float = 20.0,
+                 key_halflife: float = 240.0, prior_weight: float = 200.0,
+                 hour_prior_weight: float = 2000.0, rel_floor: float = 0.05, critical_z: float = 15.0,
+                 hour_offset_ms: int = 0, adapt_after_windows: int = 120,
+                 level_halflife: float = 15.0, sequential: Sequence[str] = (),
+                 cusum_h: float = 12.0, cusum_shift: float = 0.3, cusum_min_history: float = 20.0,
+                 cusum_prior: float = 20.0, cusum_z: float = 2.3) -> None:
+        self.metrics = tuple(metrics)
+        self.sequential = tuple(sequential)
+        self.cusum_prior = cusum_prior
+        self.cusum_z = cusum_z
+        self.cusum_h = cusum_h
+        self.cusum_shift = cusum_shift
+        self.cusum_min_history = cusum_min_history
+        self.z_fire = z_fire
+        self.z_strong = z_strong
+        self.z_clear = z_clear
+        self.k_fire = k_fire
+        self.m_resolve = m_resolve
+        self.stale_windows = stale_windows
+        self.warmup_windows = warmup_windows
+        self.global_halflife = global_halflife
+        self.key_halflife = key_halflife
+        self.prior_weight = prior_weight
+        self.hour_prior_weight = hour_prior_weight
+        self.rel_floor = rel_floor
+        self.critical_z = critical_z
+        self.hour_offset_ms = hour_offset_ms
+        self.adapt_after_windows = adapt_after_windows
+        self.level_halflife = level_halflife
+        self._keys: dict[str, _Key] = {}
+        self._global: dict[str, _Stat] = {m.name: _Stat() for m in self.metrics}
+        self._cv2: dict[str, float] = {}
+        self.windows = 0
+        self.last_start_ms: int | None = None
+        self.width_ms: int | None = None
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _hour(self, start_ms: int) -> int:
+        return ((start_ms + self.hour_offset_ms) // 3_600_000) % 24
+
+    def _expected(self, m: Metric, key: _Key | None, hour: int) -> tuple[float, float] | None:
+        """(expected value, variance excluding the window's own sampling noise), or None if cold."""
+        g = self._global[m.name]
+        if m.kind == "level":
+            st = key.stats.get(m.name) if key is not None else None
+            if st is not None and st.n >= 3:
+                mean, var = st.mean, st.var
+            elif g.n >= 3:
+                mean, var = g.mean, g.var
+            else:
+                return None
+            return mean, var + (self.rel_floor * mean) ** 2 + m.floor ** 2
+        if g.den <= 0:
+            return None
+        rate = g.num / g.den
+        factor = 1.0
+        phi = g.phi / g.phi_w if g.phi_w > 0 else 0.0
+        if key is not None:
+            st = key.stats.get(m.name)
+            if st is not None:
+                c = self.prior_weight * rate
+                factor = (st.num + c) / (st.den + c) if st.den + c > 0 else 1.0
+                cp = 5.0
+                phi = (st.phi + cp * phi) / (st.phi_w + cp)
+                hs = key.hours.get(m.name)
+                if hs is not None and hs[2 * hour + 1] > 0:
+                    ch = self.hour_prior_weight * rate
+                    factor = (hs[2 * hour] + ch * factor) / (hs[2 * hour + 1] + ch)
+        mu = rate * factor
+        return mu, phi * mu * mu + (self.rel_floor * mu) ** 2 + m.floor ** 2
+
+    def _sampling_var(self, m: Metric, mu: float, den: float) -> float:
+        if m.kind == "rate":
+            p = min(max(mu, 1e-6), 1 - 1e-6)
+            return p * (1 - p) / den
+        if m.kind == "mean":
+            return self._cv2.get(m.name, 0.25) * mu * mu / den
+        return 0.0
+
+    def score_one(self, key: str, start_ms: int,
+                  obs: Mapping[str, tuple[float, float, float | None]]) -> dict[str, tuple[float, float, float, float]]:
+        """``metric -> (observed, expected, z, excess)`` for the metrics with support (no learning)."""
+        k = self._keys.get(key)
+        hour = self._hour(start_ms)
+        out = {}
+        for m in self.metrics:
+            o = obs.get(m.name)
+            if o is None:
+                continue
+            num, den = o[0], o[1]
+            if den < m.min_support or den <= 0 or num < m.min_events:
+                continue
+            value = num / den
+            exp = self._expected(m, k, hour)
+            if exp is None:
+                continue
+            mu, var = exp
+            sd = math.sqrt(var + self._sampling_var(m, mu, den))
+            excess = value - mu
+            if m.direction == "down":
+                excess = -excess
+            elif m.direction == "both":
+                excess = abs(excess)
+            out[m.name] = (value, mu, excess / sd if sd > 0 else 0.0, excess)
+        return out
+
+    def _evidence(self, k: _Key, start_ms: int, obs: Mapping[str, tuple[float, float, float | None]]
+                  ) -> tuple[dict[str, float], bool]:
+        """Per sequential metric the window's log-likelihood ratio (degraded vs baseline), and
+        whether the window looks normal on all of them (every ratio <= 0)."""
+        llrs: dict[str, float] = {}
+        hour = self._hour(start_ms)
+        by = {m.name: m for m in self.metrics}
+        for name in self.sequential:
+            m = by[name]
+            o = obs.get(name)
+            if o is None or o[1] <= 0:
+                continue
+            num, den = o[0], o[1]
+            # the key's own rate (EW sums of its normal windows) shrunk towards the network-wide
+            # rate with ``cusum_prior`` pseudo-sessions, and judged from its upper bound
+            # (``cusum_z`` standard errors): a cell with little history faces a higher bar
+            g = self._global[name]
+            if g.den <= 0:
+                continue
+            c = self.cusum_prior
+            xs, ns = k.raw.get(name, (0.0, 0.0))
+            mu = (xs + c * g.num / g.den) / (ns + c)
+            # over-dispersion (the key's learned relative excess variance, shrunk to the network's):
+            # sessions of one window are not independent (a busy minute, one bad device), so a
+            # dense window's evidence is divided by its design effect
+            phi = g.phi / g.phi_w if g.phi_w > 0 else 0.0
+            st = k.stats.get(name)
+            if st is not None:
+                phi = (st.phi + 5.0 * phi) / (st.phi_w + 5.0)
+            if m.kind == "rate":
+                mu = min(max(mu, 1e-4), 0.9)
+                p0 = min(mu + self.cusum_z * math.sqrt(mu * (1.0 - mu) / (ns + c)), 0.9)
+                p1 = p0 + self.cusum_shift * (1.0 - p0)
+                rho = min(1.0, phi * mu / (1.0 - mu))
+                design = 1.0 + (den - 1.0) * rho
+                llrs[name] = (num * math.log(p1 / p0) + (den - num) * math.log((1.0 - p1) / (1.0 - p0))) / design
+            elif m.kind == "mean" and mu > 0:
+                # the window mean against the bound shifted by cusum_shift of the baseline; one
+                # heavy-tailed window can add at most 3 nats
+                cv2 = max(self._cv2.get(name, 0.25), 1e-6)
+                base = mu * (1.0 + self.cusum_z * math.sqrt(cv2 / (ns + c)))
+                delta = max(self.cusum_shift * mu, m.min_delta)
+                design = 1.0 + den * phi / cv2
+                llr = delta * den / (cv2 * mu * mu) * (num / den - base - delta / 2.0) / design
+                llrs[name] = max(-3.0, min(3.0, llr))
+        return llrs, all(v <= 0 for v in llrs.values())
+
+    def _score(self, scored: Mapping[str, tuple[float, float, float, float]]) -> float:
+        best = 0.0
+        for m in self.metrics:
+            s = scored.get(m.name)
+            if s is None:
+                continue
+            z = s[2]
+            if m.min_delta > 0:
+                z = min(z, self.z_fire * s[3] / m.min_delta)
+            if z > 0:
+                best = max(best, z * z / (z * z + self.z_fire * self.z_fire))
+        return best
+
+    # -- one window of every key ----------------------------------------------------------------
+    def step(self, start_ms: int, observations: Mapping[str, Mapping[str, tuple[float, float, float | None]]]
+             ) -> dict[str, Verdict]:
+        """Judge, then learn from, one window of every key that has data; advance the others.
+
+        Returns a :class:`Verdict` per key observed, plus one per active key without data.
+        Windows must come in order of ``start_ms`` (a window older than the last is ignored).
+        """
+        if self.last_start_ms is not None and start_ms < self.last_start_ms:
+            return {}
+        if self.last_start_ms is not None and start_ms > self.last_start_ms:
+            step = start_ms - self.last_start_ms
+            self.width_ms = step if self.width_ms is None else min(self.width_ms, step)
+        gap = 1
+        if self.last_start_ms is not None and self.width_ms:
+            gap = max(1, (start_ms - self.last_start_ms) // self.width_ms)
+        self.last_start_ms = start_ms
+        warm = self.windows >= self.warmup_windows
+        verdicts: dict[str, Verdict] = {}
+        learn: list[tuple[str, Mapping[str, tuple[float, float, float | None]], bool]] = []
+        for key, obs in observations.items():
+            scored = self.score_one(key, start_ms, obs)
+            k = self._keys.get(key)
+            if k is None:
+                k = self._keys[key] = _Key()
+            if gap > 1 and not k.active:
+                k.bad_streak = 0
+            k.missing = 0
+            evidence = None
+            if self.sequential:
+                llrs, normal = self._evidence(k, start_ms, obs)
+                for name, llr in llrs.items():
+                    before = k.cusum.get(name, 0.0)
+                    k.cusum[name] = min(max(0.0, before + llr), 1.5 * self.cusum_h)
+                if k.active and normal:
+                    k.cusum.clear()  # a firing key is judged on its latest windows: evidence restarts
+                top = max(k.cusum.values(), default=0.0)
+                if top <= 0:
+                    k.cusum_since_ms = None
+                elif k.cusum_since_ms is None:
+                    k.cusum_since_ms = start_ms
+                seasoned = k.seen >= self.cusum_min_history
+                evidence = (top >= self.cusum_h and seasoned, normal)
+                first = self.sequential[0]
+                k.seen += obs[first][1] if first in obs else 0.0
+            v = self._transition(key, k, start_ms, scored, warm, evidence)
+            verdicts[key] = v
+            skip = v.bad or v.active or v.event == "resolve"
+            if v.active and v.since_ms is not None and self.width_ms and \
+                    (start_ms - v.since_ms) // self.width_ms >= self.adapt_after_windows:
+                skip = False   # a lasting change is the new normal: learn it (the alert then resolves)
+            if evidence is not None and max(k.cusum.values(), default=0.0) > self.cusum_h / 3:
+                skip = True   # evidence building up: keep the window out of the baseline
+            if self.sequential and not (skip and warm):
+                lam = 0.5 ** (1.0 / self.key_halflife)
+                for name in self.sequential:
+                    o = obs.get(name)
+                    if o is not None and o[1] > 0:
+                        acc = k.raw.setdefault(name, [0.0, 0.0])
+                        acc[0] = lam * acc[0] + o[0]
+                        acc[1] = lam * acc[1] + o[1]
+            learn.append((key, obs, skip))
+        for key, k in self._keys.items():
+            if key in observations or not k.active:
+                continue
+            k.missing += gap
+            if k.missing >= self.stale_windows:
+                verdicts[key] = self._resolve(key, k, start_ms, stale=True)
+        self._learn(start_ms, learn)
+        self.windows += 1
+        return verdicts
+
+    def _transition(self, key: str, k: _Key, start_ms: int,
+                    scored: Mapping[str, tuple[float, float, float, float]], warm: bool,
+                    evidence: tuple[bool, bool] | None = None) -> Verdict:
+        by = {m.name: m for m in self.metrics}
+        bad = strong = False
+        clear = True
+        worst, worst_rank = None, -math.inf
+        crit = False
+        for name, (value, mu, z, excess) in scored.items():
+            m = by[name]
+            is_bad = z >= self.z_fire and excess >= m.min_delta
+            if is_bad:
+                bad = True
+                strong = strong or (z >= self.z_strong and excess >= 2 * m.min_delta)
+                crit = crit or (z >= self.critical_z and excess >= 3 * m.min_delta)
+                rank = min(z / self.z_fire, excess / m.min_delta if m.min_delta else z)
+                if rank > worst_rank:
+                    worst, worst_rank = name, rank
+            if z >= self.z_clear and excess >= m.min_delta / 2 and not m.lagging:
+                clear = False
+        if evidence is not None:
+            # sequential metrics: the accumulated evidence decides (the z-scores still name the
+            # worst symptom and the severity); a window looks clear only if it looks normal
+            fired, normal = evidence
+            if fired:
+                bad = strong = True
+                if worst is None:
+                    worst = max(k.cusum, key=k.cusum.get)
+                if k.bad_streak == 0 and not k.active:
+                    k.first_bad_ms = k.cusum_since_ms
+            else:
+                seq_only_bad = bad and all(n in self.sequential for n, s in scored.items()
+                                           if s[2] >= self.z_fire and s[3] >= by[n].min_delta)
+                if seq_only_bad:
+                    bad = strong = False
+            clear = clear and normal
+        if not warm:
+            bad = strong = False
+        score = self._score(scored) if warm else 0.0
+        event = None
+        ends = None
+        k.windows += 1
+        k.last_ms = start_ms
+        if not k.active:
+            if bad:
+                if k.bad_streak == 0 and k.first_bad_ms is None:
+                    k.first_bad_ms = start_ms
+                k.bad_streak += 1
+                if strong or k.bad_streak >= self.k_fire:
+                    k.active = True
+                    k.since_ms = k.first_bad_ms
+                    k.good_streak = 0
+                    k.severity = "critical" if crit else "warning"
+                    event = "fire"
+            else:
+                k.bad_streak = 0
+                k.first_bad_ms = None
+        else:
+            if crit:
+                k.severity = "critical"
+            if clear and not bad:
+                if k.good_streak == 0:
+                    k.first_good_ms = start_ms
+                k.good_streak += 1
+                if k.good_streak >= self.m_resolve:
+                    return self._resolve(key, k, start_ms, scored=scored, score=score)
+            else:
+                k.good_streak = 0
+            event = "update"
+        metrics = {n: (s[0], s[1], s[2]) for n, s in scored.items()}
+        return Verdict(key=key, start_ms=start_ms, score=score, bad=bad, active=k.active, event=event,
+                       worst=worst, since_ms=k.since_ms if k.active else None, severity=k.severity,
+                       metrics=metrics, ends_at_ms=ends)
+
+    def _resolve(self, key: str, k: _Key, start_ms: int, *, stale: bool = False,
+                 scored: Mapping[str, tuple[float, float, float, float]] | None = None,
+                 score: float = 0.0) -> Verdict:
+        since = k.since_ms
+        ends = start_ms if stale or k.first_good_ms is None else k.first_good_ms
+        k.active = False
+        k.bad_streak = k.good_streak = k.missing = 0
+        k.since_ms = k.first_bad_ms = k.first_good_ms = None
+        k.cusum.clear()
+        k.cusum_since_ms = None
+        metrics = {n: (s[0], s[1], s[2]) for n, s in (scored or {}).items()}
+        return Verdict(key=key, start_ms=start_ms, score=score, bad=False, active=False, event="resolve",
+                       worst=None, since_ms=since, severity=k.severity, metrics=metrics, ends_at_ms=ends,
+                       stale=stale)
+
+    # -- learning ------------------------------------------------------------------------------
+    def _learn(self, start_ms: int, items: list[tuple[str, Mapping[str, tuple[float, float, float | None]], bool]]) -> None:
+        hour = self._hour(start_ms)
+        lam_g = 0.5 ** (1.0 / self.global_halflife)
+        lam_k = 0.5 ** (1.0 / self.key_halflife)
+        lam_l = 0.5 ** (1.0 / self.level_halflife)
+        warm = self.windows >= self.warmup_windows
+        pooled = {m.name: [0.0, 0.0, 0.0] for m in self.metrics}  # num, den, level sum
+        level_vals: dict[str, list[float]] = {m.name: [] for m in self.metrics}
+        for key, obs, skip in items:
+            if skip and warm:
+                continue
+            k = self._keys[key]
+            for m in self.metrics:
+                o = obs.get(m.name)
+                # sequential metrics learn from every window: a sparse cell's baseline is built
+                # from many small windows (their sums are what the baseline is made of)
+                if o is None or o[1] <= 0 or (o[1] < m.min_support and m.name not in self.sequential):
+                    continue
+                num, den, sq = o
+                if m.kind == "level":
+                    level_vals[m.name].append(num / den)
+                    self._learn_level(k.stats.setdefault(m.name, _Stat()), num / den, lam_l)
+                    continue
+                pooled[m.name][0] += num
+                pooled[m.name][1] += den
+                g = self._global[m.name]
+                if g.den <= 0:
+                    continue
+                rate = g.num / g.den
+                exp = self._expected(m, k, hour)
+                st = k.stats.setdefault(m.name, _Stat())
+                # relative excess variance of this window, winsorised so one odd window cannot
+                # blow the band open
+                if exp is not None and exp[0] > 0 and den >= m.min_support:  # sparse windows: too noisy
+                    mu = exp[0]
+                    samp = self._sampling_var(m, mu, den)
+                    e = ((num / den - mu) ** 2 - samp) / (mu * mu)
+                    e = min(max(e, 0.0), 16.0 * (exp[1] + samp) / (mu * mu))
+                    st.phi = lam_k * st.phi + e
+                    st.phi_w = lam_k * st.phi_w + 1.0
+                    g.phi = lam_g * g.phi + e
+                    g.phi_w = lam_g * g.phi_w + 1.0
+                if m.kind == "mean" and sq is not None and num > 0 and den >= 2:
+                    # one session has no spread within its window: learning from it drove cv2 to 0
+                    # (ZeroDivisionError in _evidence on a 200-subscriber replay through the pipeline)
+                    mean = num / den
+                    within = max(sq / den - mean * mean, 0.0) / (mean * mean)
+                    prev = self._cv2.get(m.name)
+                    self._cv2[m.name] = within if prev is None else 0.99 * prev + 0.01 * within
+                st.num = lam_k * st.num + num
+                st.den = lam_k * st.den + den * rate
+                hs = k.hours.get(m.name)
+                if hs is None:
+                    hs = k.hours[m.name] = array("d", _NO_HOURS)
+                hs[2 * hour] = lam_k * hs[2 * hour] + num
+                hs[2 * hour + 1] = lam_k * hs[2 * hour + 1] + den * rate
+        for m in self.metrics:
+            g = self._global[m.name]
+            if m.kind == "level":
+                for x in level_vals[m.name]:
+                    self._learn_level(g, x, lam_l)
+                continue
+            num, den = pooled[m.name][0], pooled[m.name][1]
+            if den <= 0:
+                continue
+            # a plain mean until the pool has history, then exponentially weighted
+            lam = min(lam_g, g.n / (g.n + 1.0))
+            g.num = lam * g.num + num
+            g.den = lam * g.den + den
+            g.n += 1
+
+    @staticmethod
+    def _learn_level(st: _Stat, x: float, lam: float) -> None:
+        st.n += 1
+        if st.n == 1:
+            st.mean, st.var = x, 0.0
+            return
+        a = max(1.0 - lam, 1.0 / st.n)
+        d = x - st.mean
+        sd = math.sqrt(st.var)
+        if st.n > 5 and sd > 0:   # winsorise: a spike moves the baseline by at most 3 sd
+            d = max(-3 * sd, min(3 * sd, d))
+        st.mean += a * d
+        # variance of the one-step prediction error (not of the series): a smooth daily curve
+        # followed by the mean does not widen the band
+        st.var = d * d if st.n == 2 else (1 - a) * st.var + a * d * d
+
+    # -- queries -------------------------------------------------------------------------------
+    def active_keys(self) -> list[str]:
+        return sorted(k for k, s in self._keys.items() if s.active)
+
+    @property
+    def baselines(self) -> int:
+        """Baseline accumulators held: per key, one per metric and one array of the 24 hours of
+        day per metric -- at most keys x metrics x 2, each allocated by the first window that
+        teaches the key that metric (not hour by hour)."""
+        return sum(len(k.stats) + len(k.hours) for k in self._keys.values())
+
+    def is_active(self, key: str) -> bool:
+        k = self._keys.get(key)
+        return bool(k and k.active)
+
+    def expected(self, key: str, start_ms: int) -> dict[str, float]:
+        """The baseline a window of ``key`` starting at ``start_ms`` would be compared with."""
+        hour = self._hour(start_ms)
+        out = {}
+        for m in self.metrics:
+            e = self._expected(m, self._keys.get(key), hour)
+            if e is not None:
+                out[m.name] = e[0]
+        return out
+
+    def forget(self, key: str) -> None:
+        """Drop a key's state (a decommissioned cell)."""
+        self._keys.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+# ------------------------------------------------------------------------------------------------
+class HotspotEngine:
+    """Merged cell windows in, ``alert.v1`` records out: cells, regions, and (optionally) drift.
+
+    Parameters
+    ----------
+    cell_detector, region_detector
+        :class:`HotspotDetector` s for cells and for whole regions (rolled-up cell windows).
+    region_min_cells, region_min_share
+        A region is degraded when its own rolled-up window fires, or when at least
+        ``region_min_cells`` of its cells, or at least ``region_min_share`` of its active cells
+        (and two or more), are hot at once.
+    region_cells_ttl_windows
+        A cell counts as one of its region's active cells if it had data this recently.
+    lifecycle
+        The :class:`AlertLifecycle` (shared with drift if given one); a new one by default.
+    drift
+        Optional :class:`monitor.detection.drift.DataDriftMonitor` fed the region windows.
+    max_affected
+        Cap on the affected-subscriber hashes kept per active hot spot (memory bound).
+
+    Feed it with :meth:`process` (any number of merged :class:`Partial` s, in window order per
+    window start); it returns the alert records to send.
+    """
+
+    def __init__(self, *, cell_detector: HotspotDetector | None = None,
+                 region_detector: HotspotDetector | None = None, region_min_cells: int = 3,
+                 region_min_share: float = 0.3, region_cells_ttl_windows: int = 60,
+                 lifecycle: AlertLifecycle | None = None, drift: Any = None,
+                 max_affected: int = 200_000) -> None:
+        self.cell_detector = cell_detector or HotspotDetector(sequential=NETWORK_SYMPTOMS)
+        self.region_detector = region_detector or HotspotDetector(z_fire=6.0, z_strong=10.0,
+                                                                  sequential=NETWORK_SYMPTOMS)
+        self.region_min_cells = region_min_cells
+        self.region_min_share = region_min_share
+        self.region_cells_ttl_windows = region_cells_ttl_windows
+        self.lifecycle = lifecycle if lifecycle is not None else AlertLifecycle()
+        self.drift = drift
+        self.max_affected = max_affected
+        self._cell_region: dict[str, str] = {}
+        self._cell_seen: dict[str, int] = {}
+        self._affected: dict[str, set[int]] = {}   # active (or pending) hot cell -> hashes
+        self._pending: dict[str, list[Partial]] = {}
+        self._region_clear: dict[str, int] = {}
+        self._region_since: dict[str, int] = {}
+        self.last_verdicts: dict[str, Verdict] = {}
+        self._last_worst: dict[str, str] = {}   # active cell -> its latest named symptom
+        self.windows = 0
+
+    @property
+    def baselines(self) -> int:
+        """Baseline accumulators of the cell and region detectors (see HotspotDetector.baselines)."""
+        return self.cell_detector.baselines + self.region_detector.baselines
+
+    def process(self, partials: Iterable[Partial]) -> list[Alert]:
+        """Run the detectors over merged windows (grouped by window start, oldest first)."""
+        out: list[Alert] = []
+        for start, ws in group_by_window(partials):
+            out.extend(self.step(start, ws))
+        return out
+
+    def step(self, start_ms: int, windows: Sequence[Partial]) -> list[Alert]:
+        """One window start: every cell with data in it."""
+        out: list[Alert] = []
+        self.windows += 1
+        width = windows[0].width_ms if windows else 60_000
+        for p in windows:
+            self._cell_region[p.cell_id] = p.region
+            self._cell_seen[p.cell_id] = self.windows
+        by_cell = {p.cell_id: p for p in windows}
+        verdicts = self.cell_detector.step(start_ms, {c: cell_observation(p) for c, p in by_cell.items()})
+        self.last_verdicts = verdicts
+        for cell, v in sorted(verdicts.items()):
+            p = by_cell.get(cell)
+            region = self._cell_region.get(cell, "")
+            labels = {"cell_id": cell, "region": region}
+            if v.bad and not v.active and p is not None:
+                self._pending.setdefault(cell, []).append(p)
+            elif not v.active and v.event != "resolve":
+                self._pending.pop(cell, None)
+            if v.event in ("fire", "update") and p is not None:
+                hashes = self._affected.setdefault(cell, set())
+                for q in self._pending.pop(cell, []):
+                    hashes.update(q.affected)
+                if len(hashes) < self.max_affected:
+                    hashes.update(p.affected)
+            if v.event in ("fire", "update"):
+                alert = self.lifecycle.fire(HOTSPOT_CELL, labels, ts_ms=v.since_ms or start_ms,
+                                            severity=v.severity, **self._cell_text(cell, v, p, width))
+                if alert is not None:
+                    out.append(alert)
+            elif v.event == "resolve":
+                text = self._cell_text(cell, v, p, width)
+                alert = self.lifecycle.resolve(HOTSPOT_CELL, labels, ts_ms=v.ends_at_ms or start_ms,
+                                               details=text["details"] | {"stale": v.stale})
+                self._affected.pop(cell, None)
+                self._pending.pop(cell, None)
+                self._last_worst.pop(cell, None)
+                if alert is not None:
+                    out.append(alert)
+        rolled = self._rollups(windows)
+        out.extend(self._regions(start_ms, rolled, width))
+        if self.drift is not None:
+            out.extend(self.drift.update(start_ms, rolled, self.lifecycle))
+        return out
+
+    def _rollups(self, windows: Sequence[Partial]) -> dict[str, Partial]:
+        by_region: dict[str, list[Partial]] = {}
+        for p in windows:
+            by_region.setdefault(p.region, []).append(p)
+        return {r: rollup(ps, r) for r, ps in by_region.items()}
+
+    def _regions(self, start_ms: int, rolled: Mapping[str, Partial], width: int) -> list[Alert]:
+        out: list[Alert] = []
+        rverdicts = self.region_detector.step(start_ms, {r: cell_observation(p) for r, p in rolled.items()})
+        hot_by_region: dict[str, list[str]] = {}
+        for cell in self.cell_detector.active_keys():
+            hot_by_region.setdefault(self._cell_region.get(cell, ""), []).append(cell)
+        n_cells: dict[str, int] = {}
+        horizon = self.windows - self.region_cells_ttl_windows
+        for cell, seen in self._cell_seen.items():
+            if seen > horizon:
+                r = self._cell_region.get(cell, "")
+                n_cells[r] = n_cells.get(r, 0) + 1
+        regions = set(hot_by_region) | {r for r in rverdicts} | {
+            a.labels.get("region", "") for a in self.lifecycle.active(HOTSPOT_REGION)}
+        for region in sorted(regions):
+            hot = sorted(hot_by_region.get(region, []))
+            total = max(n_cells.get(region, 0), len(hot), 1)
+            rv = rverdicts.get(region)
+            by_rollup = self.region_detector.is_active(region)
+            by_cells = len(hot) >= self.region_min_cells or (
+                len(hot) >= 2 and len(hot) / total >= self.region_min_share)
+            labels = {"region": region}
+            active = self.lifecycle.is_active(HOTSPOT_REGION, labels)
+            if by_rollup or by_cells:
+                self._region_clear[region] = 0
+                since = self._region_since.setdefault(region, (rv.since_ms if rv and rv.since_ms else start_ms))
+                severity = "critical" if (len(hot) >= 2 * self.region_min_cells or
+                                          (rv is not None and rv.severity == "critical" and by_rollup)) else "warning"
+                worst = rv.worst if rv is not None and rv.worst else None
+                if worst is None and hot:
+                    worst = self._worst_of(hot)
+                affected = set()
+                for c in hot:
+                    affected |= self._affected.get(c, set())
+                rp = rolled.get(region)
+                if rp is not None and by_rollup:
+                    affected.update(rp.affected)
+                desc = (f"{len(hot)} of {total} cells hot" + (f" ({', '.join(hot[:10])}"
+                        + (", ..." if len(hot) > 10 else "") + ")" if hot else "")
+                        + (f"; region-wide {_metric_text(self.region_detector, worst, rv)}" if by_rollup and rv else "")
+                        + f"; {len(affected)} subscribers affected")
+                alert = self.lifecycle.fire(
+                    HOTSPOT_REGION, labels, ts_ms=since, severity=severity,
+                    summary=f"Region {region} is degraded",
+                    description=desc,
+                    details={"hot_cells": hot, "cells": total, "region_wide": by_rollup,
+                             "worst_symptom": worst, "affected_subscribers": len(affected),
+                             "since_ms": since, "window_start_ms": start_ms})
+                if alert is not None:
+                    out.append(alert)
+            elif active:
+                self._region_clear[region] = self._region_clear.get(region, 0) + 1
+                if self._region_clear[region] >= self.cell_detector.m_resolve:
+                    alert = self.lifecycle.resolve(HOTSPOT_REGION, labels, ts_ms=start_ms)
+                    self._region_since.pop(region, None)
+                    if alert is not None:
+                        out.append(alert)
+            else:
+                self._region_since.pop(region, None)
+        return out
+
+    def _worst_of(self, cells: list[str]) -> str | None:
+        counts: dict[str, int] = {}
+        for c in cells:
+            v = self.last_verdicts.get(c)
+            if v is not None and v.worst:
+                counts[v.worst] = counts.get(v.worst, 0) + 1
+        return max(counts, key=lambda k: counts[k]) if counts else None
+
+    def _cell_text(self, cell: str, v: Verdict, p: Partial | None, width: int) -> dict[str, Any]:
+        affected = len(self._affected.get(cell, ()))
+        worst = v.worst or self._last_worst.get(cell)
+        if v.worst:
+            self._last_worst[cell] = v.worst
+        desc = _metric_text(self.cell_detector, worst, v)
+        since = v.since_ms
+        duration = ((v.start_ms + width - since) // 60_000) if since is not None else 0
+        details = {
+            "since_ms": since, "window_start_ms": v.start_ms, "affected_subscribers": affected,
+            "worst_symptom": worst, "score": round(v.score, 3),
+            "sessions": p.sessions if p is not None else 0,
+            "metrics": {n: {"observed": round(o, 4), "expected": round(e, 4), "z": round(z, 1)}
+                        for n, (o, e, z) in v.metrics.items()},
+        }
+        return {"summary": f"Cell {cell} is a hot spot",
+                "description": f"{desc} for {duration} min; {affected} subscribers affected",
+                "details": details}
+
+    # -- queries for the API and metrics shells ------------------------------------------------
+    def active_hotspots(self) -> list[Alert]:
+        """Active cell and region alerts (for gauges: one series per active cell / region)."""
+        return self.lifecycle.active(HOTSPOT_CELL) + self.lifecycle.active(HOTSPOT_REGION)
+
+    def affected_hashes(self, cell: str) -> set[int]:
+        """Hashes of the subscribers affected by the active hot spot on ``cell`` (all sources)."""
+        return set(self._affected.get(cell, ()))
+
+
+def _metric_text(det: HotspotDetector, worst: str | None, v: Verdict | None) -> str:
+    if worst is None or v is None or worst not in v.metrics:
+        return "degraded service"
+    m = next(m for m in det.metrics if m.name == worst)
+    obs, exp, _z = v.metrics[worst]
+    ratio = f" ({obs / exp:.1f}x)" if exp > 0 else ""
+    return f"{m.label} {m.fmt(obs)} vs baseline {m.fmt(exp)}{ratio}"

@@ -1,0 +1,2 @@
+"""Every Prometheus metric and collector (``metrics``) and the Alertmanager client (``alertmanager``).
+"""

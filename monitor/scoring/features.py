@@ -1,0 +1,490 @@
+"""Per-subscriber feature state and feature extraction (pure).
+
+The state is a compact msgspec struct (serialised as a msgpack array: ~200-300 bytes) holding
+exponentially decayed counters on event time, so "3 dropped calls in 24 h" needs no event history.
+What it tracks follows how people judge service: the worst and the recent network moments, how
+complaints were handled, billing surprises, app failures and bot-to-human bounces, the last survey.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from hashlib import blake2b
+from sys import intern
+from typing import NamedTuple
+
+import msgspec
+
+from monitor.records.degraded import DEGRADED
+from monitor.records.events import AppEvent, NetworkEvent, TicketEvent
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+# Half-lives of the decayed counters (event time).
+NET_HALF_LIFE_MS = 24 * HOUR_MS  # network moments fade over a day
+EW_HALF_LIFE_MS = 2 * HOUR_MS  # "recent" radio quality
+CARE_HALF_LIFE_MS = 30 * DAY_MS  # complaints weigh for a month (repeat complaints within 30 days)
+APP_HALF_LIFE_MS = 7 * DAY_MS
+SURVEY_HALF_LIFE_MS = 30 * DAY_MS
+RECENT_IDS = 8  # event ids kept per subscriber to drop duplicates (as 8-byte keys, see event_key)
+ID_KEY_BYTES = 8
+# Services for which latency is felt most.
+LATENCY_SENSITIVE = {"video": 1.5, "gaming": 2.0, "voice": 1.2}
+# Peak-end: how a subscriber remembers their service is weighted by its worst moment and by the
+# most recent ones (Kahneman's peak-end rule). A session's *severity* (0..1) is how bad it felt:
+REAL_TIME = frozenset(("voice", "video", "gaming"))  # latency is felt above REAL_TIME_LATENCY_MS
+DATA_HEAVY = frozenset(("video", "web", "social", "download"))  # starved below 1 Mbit/s
+REAL_TIME_LATENCY_MS = 150.0
+RECENT_HALF_LIFE_MS = HOUR_MS  # the "end" of peak-end: the last hour or two
+BURDEN_HALF_LIFE_MS = 8 * HOUR_MS  # lasting damage of many bad sessions, fading within a day
+# "Doses": how much of each kind of trouble a subscriber went through, summed per session and
+# decayed, on two time scales. Irritation that drives a call to care lasts a day or two (complaint
+# models in the literature use 24-72 h windows); what drives a port-out is the grudge of weeks.
+DOSE_HALF_LIFE_MS = DAY_MS
+GRUDGE_HALF_LIFE_MS = 14 * DAY_MS
+# Per-service latency a user starts to notice (ITU-T G.114 for voice; the usual budgets of cloud
+# gaming and of video start-up), and the throughput below which a data session is slow (ms, Mbit/s).
+NOTICED_LATENCY_MS = {"voice": 150.0, "video": 300.0, "gaming": 100.0}
+SLOW_DATA_MBPS = 2.0
+WEAK_RSRP_DBM = -100.0  # below this, coverage is marginal indoors (3GPP's "fair" band ends at -100)
+STALL_NOTICED_S = 5.0
+
+
+def session_severity(ev: NetworkEvent) -> tuple[float, str]:
+    """How bad one session felt, 0..1, and in words: a dropped call, a long video stall, latency a
+    real-time service cannot hide, a data service starved below 1 Mbit/s, heavy packet loss.
+    Zero for a session the degraded-session policy (:mod:`monitor.records.degraded`) does not call degraded."""
+    if not DEGRADED.is_degraded(ev):
+        return 0.0, ""
+    return _graded_severity(ev)
+
+
+def _graded_severity(ev: NetworkEvent) -> tuple[float, str]:
+    """:func:`session_severity` of a session already known to be degraded."""
+    sev, what = 0.0, ""
+    if ev.call_drop:
+        sev, what = 0.7, "dropped call"
+    stall = min(1.0, ev.video_stall_s / 30.0)
+    if stall > sev:
+        sev, what = stall, f"{ev.video_stall_s:.0f} s video stall"
+    if ev.service in REAL_TIME and ev.latency_ms > REAL_TIME_LATENCY_MS:
+        lat = min(0.8, (ev.latency_ms - REAL_TIME_LATENCY_MS) / 400.0)
+        if lat > sev:
+            sev, what = lat, f"{ev.latency_ms:.0f} ms latency on {ev.service}"
+    if ev.service in DATA_HEAVY and ev.dl_mbps < 1.0:
+        starved = 0.4 * (1.0 - ev.dl_mbps)
+        if starved > sev:
+            sev, what = starved, f"{ev.service} at {ev.dl_mbps:.1f} Mbit/s"
+    loss = min(0.5, (ev.packet_loss_pct - 5.0) / 30.0)
+    if loss > sev:
+        sev, what = loss, f"{ev.packet_loss_pct:.0f}% packet loss"
+    return sev, what
+
+
+class SubscriberState(msgspec.Struct, array_like=True, kw_only=True):
+    """Everything satmon keeps about one subscriber (compact; serialised with msgpack)."""
+
+    last_ts: int
+    cell: str | None = None
+    region: str | None = None
+    segment: str | None = None
+    service: str | None = None
+    net_ts: int = 0
+    rsrp_ew: float = -95.0
+    sinr_ew: float = 12.0
+    dl_ew: float = 50.0
+    lat_ew: float = 40.0
+    worst_rsrp: float = -95.0
+    drops: float = 0.0
+    stalls_s: float = 0.0
+    bad: float = 0.0
+    sessions: float = 0.0
+    worst_sev: float = 0.0
+    worst_what: str = ""
+    recent_sev: float = 0.0
+    burden: float = 0.0
+    care_ts: int = 0
+    complaints: float = 0.0
+    billing: float = 0.0
+    reopened: float = 0.0
+    escalated: float = 0.0
+    fcr_fail: float = 0.0
+    open_tickets: int = 0
+    last_resolution_min: float = 0.0
+    app_ts: int = 0
+    app_fail: float = 0.0
+    bot_human: float = 0.0
+    nps: int = -1
+    nps_ts: int = 0
+    recent_ids: bytes = b""  # the last RECENT_IDS event keys (event_key), 8 bytes each
+    snap_ts: int = 0  # a label's snapshot, pending until its horizon has passed (0: none)
+    snap_x: bytes = b""  # the feature vector as float32 (see pack/unpack): 4 bytes a feature
+    at_risk_since: int = 0
+    last_score: float = -1.0
+    last_top: str = ""
+    lab_y: int = 0  # outcomes seen since snap_ts, one bit per monitor.scoring.risk.OUTCOMES
+    gone_ts: int = 0  # ported out (churned) at
+    # doses (decayed sums, see DOSE_HALF_LIFE_MS): network ones on net_ts, care on care_ts, app on app_ts
+    cov_d: float = 0.0
+    lat_voice_d: float = 0.0
+    lat_video_d: float = 0.0
+    lat_gaming_d: float = 0.0
+    slow_d: float = 0.0
+    stall_d: float = 0.0
+    net_g: float = 0.0  # all network trouble over weeks (GRUDGE_HALF_LIFE_MS)
+    checks_d: float = 0.0  # network checks in the app
+    app_d: float = 0.0  # app failures and bot-to-human bounces
+    complaint_d: float = 0.0  # contacts with care (opened, or a repeat contact on an open ticket)
+    billing_d: float = 0.0
+    handling_d: float = 0.0  # reopened, escalated, not fixed at first contact, slow resolution
+    handling_g: float = 0.0
+
+
+def event_key(event_id: str) -> bytes:
+    """A stable 8-byte key of an event id (BLAKE2b): what the state keeps to drop duplicates.
+    Stable across processes (unlike ``hash``), so a re-delivery after a restart is still caught;
+    a false match needs a 64-bit collision among a subscriber's last 8 events."""
+    return blake2b(event_id.encode(), digest_size=ID_KEY_BYTES).digest()
+
+
+def outcome_of(ev: NetworkEvent | TicketEvent | AppEvent) -> str | None:
+    """The outcome an event *is*, if any: a complaint opened, a detractor answer (NPS 0-6), a
+    port-out (churn); these are what the risk model predicts, never its input features."""
+    if isinstance(ev, TicketEvent):
+        return "complaint" if ev.action == "opened" else None
+    if isinstance(ev, AppEvent):
+        if ev.kind == "survey_answer":
+            return "detractor" if ev.nps is not None and ev.nps <= 6 else None
+        if ev.kind == "port_out":
+            return "churn"
+    return None
+
+
+def seen_before(st: SubscriberState, key: bytes) -> bool:
+    """True when ``key`` (:func:`event_key`) is among the subscriber's recent events."""
+    ids = st.recent_ids
+    i = ids.find(key)
+    while i >= 0:
+        if i % ID_KEY_BYTES == 0:
+            return True
+        i = ids.find(key, i + 1)
+    return False
+
+
+def recent_keys(st: SubscriberState) -> list[bytes]:
+    ids = st.recent_ids
+    return [ids[i:i + ID_KEY_BYTES] for i in range(0, len(ids), ID_KEY_BYTES)]
+
+
+def pack(x: list[float]) -> bytes:
+    """A feature vector as float32 bytes (a snapshot kept in the state for late labels)."""
+    return struct.pack("<%df" % len(x), *x)
+
+
+def unpack(b: bytes) -> list[float]:
+    return list(struct.unpack("<%df" % (len(b) // 4), b))
+
+
+def _decay(dt_ms: int, half_life_ms: int) -> float:
+    return 0.5 ** (dt_ms / half_life_ms) if dt_ms > 0 else 1.0
+
+
+def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, key: bytes | None = None) -> None:
+    """Update ``st`` in place with one event (the event itself is never mutated); ``key`` is the
+    event's :func:`event_key` when the caller already has it."""
+    ts = ev.ts_ms
+    ids = st.recent_ids + (key or event_key(ev.event_id))
+    st.recent_ids = ids[-RECENT_IDS * ID_KEY_BYTES:]
+    if ts > st.last_ts:
+        st.last_ts = ts
+    if ev.segment is not None and ev.segment != st.segment:
+        st.segment = intern(ev.segment)
+    if isinstance(ev, NetworkEvent):
+        dt = ts - st.net_ts if st.net_ts else 0
+        if dt > 0:   # the decays of every half-life, inline (_decay's formula; a call each cost ~5 %)
+            k = 0.5 ** (dt / NET_HALF_LIFE_MS)
+            e = 0.5 ** (dt / EW_HALF_LIFE_MS)
+            kd = 0.5 ** (dt / DOSE_HALF_LIFE_MS)
+            kg = 0.5 ** (dt / GRUDGE_HALF_LIFE_MS)
+            kr = 0.5 ** (dt / RECENT_HALF_LIFE_MS)
+            kb = 0.5 ** (dt / BURDEN_HALF_LIFE_MS)
+        else:
+            k = e = kd = kg = kr = kb = 1.0
+        a = 1.0 - e if st.net_ts else 1.0
+        a = max(a, 0.2)  # every session moves the recent means
+        st.net_ts = max(ts, st.net_ts)
+        # interned: a few thousand distinct values shared by millions of states
+        if ev.cell_id != st.cell:
+            st.cell = intern(ev.cell_id)
+        if ev.region != st.region:
+            st.region = intern(ev.region)
+        if ev.service != st.service:
+            st.service = intern(ev.service)
+        st.rsrp_ew += a * (ev.rsrp_dbm - st.rsrp_ew)
+        st.sinr_ew += a * (ev.sinr_db - st.sinr_ew)
+        st.dl_ew += a * (ev.dl_mbps - st.dl_ew)
+        lat = ev.latency_ms * LATENCY_SENSITIVE.get(ev.service, 1.0)
+        st.lat_ew += a * (lat - st.lat_ew)
+        # the worst moment weighs most and fades only slowly back toward the recent mean
+        st.worst_rsrp = min(ev.rsrp_dbm, st.worst_rsrp + (st.rsrp_ew - st.worst_rsrp) * (1 - k))
+        bad = DEGRADED.is_degraded(ev)
+        st.drops = st.drops * k + ev.call_drop
+        cov = min(3.0, max(0.0, (WEAK_RSRP_DBM - ev.rsrp_dbm) / 10.0))
+        noticed = NOTICED_LATENCY_MS.get(ev.service)
+        late = min(3.0, max(0.0, math.log2(ev.latency_ms / noticed))) if noticed and ev.latency_ms > 0 else 0.0
+        slow = (min(4.0, max(0.0, math.log2(SLOW_DATA_MBPS / max(ev.dl_mbps, 0.01))))
+                if ev.service in DATA_HEAVY else 0.0)
+        stall = min(4.0, max(0.0, ev.video_stall_s / STALL_NOTICED_S - 1.0))
+        st.cov_d = st.cov_d * kd + cov
+        st.lat_voice_d = st.lat_voice_d * kd + (late if ev.service == "voice" else 0.0)
+        st.lat_video_d = st.lat_video_d * kd + (late if ev.service == "video" else 0.0)
+        st.lat_gaming_d = st.lat_gaming_d * kd + (late if ev.service == "gaming" else 0.0)
+        st.slow_d = st.slow_d * kd + slow
+        st.stall_d = st.stall_d * kd + stall
+        st.net_g = st.net_g * kg + 0.2 * cov + late + 0.3 * slow + stall + 2.0 * ev.call_drop
+        st.stalls_s = st.stalls_s * k + ev.video_stall_s
+        st.bad = st.bad * k + bad
+        st.sessions = st.sessions * k + 1.0
+        sev, what = _graded_severity(ev) if bad else (0.0, "")
+        st.recent_sev = st.recent_sev * kr
+        st.burden = st.burden * kb + sev
+        st.worst_sev *= k
+        if sev > 0.02:
+            st.recent_sev += (1.0 - st.recent_sev) * sev * 0.6
+            if sev >= st.worst_sev:
+                st.worst_sev, st.worst_what = sev, what
+    elif isinstance(ev, TicketEvent):
+        dt = ts - st.care_ts if st.care_ts else 0
+        k = _decay(dt, CARE_HALF_LIFE_MS)
+        kd = _decay(dt, DOSE_HALF_LIFE_MS)
+        kg = _decay(dt, GRUDGE_HALF_LIFE_MS)
+        st.care_ts = max(ts, st.care_ts)
+        st.complaints *= k
+        st.billing *= k
+        st.reopened *= k
+        st.escalated *= k
+        st.fcr_fail *= k
+        st.complaint_d *= kd
+        st.billing_d *= kd
+        st.handling_d *= kd
+        st.handling_g *= kg
+        if ev.region is not None and st.region is None:
+            st.region = ev.region
+        action = ev.action
+        hurt = 0.0
+        if action == "opened":
+            st.complaints += 1
+            st.open_tickets += 1
+            st.complaint_d += 1
+            if ev.category == "billing":
+                st.billing += 1
+                st.billing_d += 1
+        elif action == "reopened":
+            st.reopened += 1
+            st.open_tickets += 1
+            hurt = 1.0
+        elif action == "escalated":
+            st.escalated += 1
+            hurt = 0.5
+        elif action == "updated":
+            hurt = 0.25  # an update, sometimes the subscriber chasing an open ticket
+        elif action == "resolved":
+            st.open_tickets = max(0, st.open_tickets - 1)
+            st.last_resolution_min = ev.resolution_minutes or 0.0
+            if ev.first_contact_resolution is False:
+                st.fcr_fail += 1
+                hurt += 0.5
+            if st.last_resolution_min > 240.0:  # longer than a working morning
+                hurt += min(1.0, st.last_resolution_min / 1440.0)
+        st.handling_d += hurt
+        st.handling_g += hurt
+    else:
+        dt = ts - st.app_ts if st.app_ts else 0
+        k = _decay(dt, APP_HALF_LIFE_MS)
+        kd = _decay(dt, DOSE_HALF_LIFE_MS)
+        st.app_ts = max(ts, st.app_ts)
+        st.app_fail *= k
+        st.bot_human *= k
+        st.checks_d *= kd
+        st.app_d *= kd
+        if ev.region is not None and st.region is None:
+            st.region = ev.region
+        kind = ev.kind
+        if ev.feature == "network_check":
+            st.checks_d += 1
+        if kind == "self_service_failure" or kind == "error":
+            st.app_fail += 1
+            st.app_d += 1
+        elif kind == "bot_to_human":
+            st.bot_human += 1
+            st.app_d += 1
+        elif kind == "survey_answer" and ev.nps is not None:
+            st.nps, st.nps_ts = ev.nps, ts
+
+
+class Feature(NamedTuple):
+    """One model input, defined in one place: its name, its cold-start prior weight (log-odds per
+    unit, a unit being "clearly bad"), how it is read from the state, and how it reads in words
+    (``(reason code, text, value)`` for a feature contributing to a score).
+
+    ``extract`` is a Python expression over the state ``st`` and the decay factors of the instant:
+    ``kn`` (network counters and one-day doses), ``kc`` (care), ``ka`` (app), ``ks`` (last survey),
+    ``kr`` (recent moments), ``kb`` (burden), ``net`` (any network activity seen), ``kg`` (network
+    doses of weeks), ``kcd``/``kcg`` (care doses of a day / of weeks), ``kad`` (app doses of a day).
+    The expressions are compiled into one function (:func:`feature_vector`), as fast as a
+    hand-written list."""
+
+    name: str
+    prior: float
+    extract: str
+    words: Callable[[SubscriberState, float], tuple[str, str, float | None]]
+
+
+def _times(n: float) -> str:
+    n = round(n)
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+def _dbm(rsrp: float) -> str:
+    return f"weak coverage: RSRP {rsrp:.0f} dBm".replace("-", "\u2212")
+
+
+def _dominant_trouble(st: SubscriberState, v: float) -> tuple[str, str, float | None]:
+    """The reason for ``trouble_today``, named after its largest part (its parts decay alike
+    within a day, so the undecayed doses rank them)."""
+    parts = (
+        (0.3 * st.cov_d, "weak_coverage", "weak coverage"),
+        (st.lat_voice_d + st.lat_video_d + st.lat_gaming_d, "latency", "noticeable delay"),
+        (st.stall_d, "stalls", "video stalls"), (2.0 * st.drops, "drops", "dropped calls"),
+        (0.3 * st.slow_d, "throughput", "slow data"), (st.checks_d, "network_checks", "checking the network in the app"),
+        (0.5 * st.app_d, "app_failures", "app failures"), (2.0 * st.complaint_d, "complaints", "a contact with care"),
+        (2.0 * st.billing_d, "billing", "a billing complaint"),
+        (2.0 * st.handling_d, "handling", "a complaint handled badly"),
+    )
+    _, code, what = max(parts)
+    return code, f"a lot went wrong in the last day or two, mostly {what}", round(v, 2)
+
+
+#: every feature, in the order of :func:`feature_vector`
+FEATURE_TABLE: tuple[Feature, ...] = (
+    Feature("weak_coverage", 0.6, "max(0.0, (-105.0 - st.rsrp_ew) / 10.0) if net else 0.0",
+            lambda st, v: ("weak_coverage", _dbm(st.rsrp_ew), round(st.rsrp_ew, 1))),
+    Feature("worst_coverage", 0.4, "max(0.0, (-110.0 - st.worst_rsrp) / 10.0) if net else 0.0",
+            lambda st, v: ("weak_coverage", _dbm(st.worst_rsrp), round(st.worst_rsrp, 1))),
+    Feature("low_sinr", 0.4, "max(0.0, (5.0 - st.sinr_ew) / 5.0) if net else 0.0",
+            lambda st, v: ("interference", f"poor signal quality: SINR {st.sinr_ew:.0f} dB", round(st.sinr_ew, 1))),
+    Feature("drops", 0.5, "st.drops * kn",
+            lambda st, v: ("drops", f"{v:.0f} dropped calls in 24 h", round(v, 1))),
+    Feature("stalls", 0.4, "st.stalls_s * kn / 30.0",
+            lambda st, v: ("stalls", f"{v * 30:.0f} s of video stalls in 24 h", round(v * 30, 1))),
+    Feature("latency", 0.5, "max(0.0, (st.lat_ew - 60.0) / 100.0) if net else 0.0",
+            lambda st, v: ("latency", f"high latency for {st.service or 'data'}: {st.lat_ew:.0f} ms",
+                           round(st.lat_ew, 1))),
+    Feature("throughput", 0.3, "max(0.0, (10.0 - st.dl_ew) / 10.0) if net else 0.0",
+            lambda st, v: ("throughput", f"slow data: {st.dl_ew:.1f} Mbit/s", round(st.dl_ew, 2))),
+    Feature("bad_sessions", 1.5, "st.bad * kn / (st.sessions * kn + 1.0)",
+            lambda st, v: ("bad_sessions", f"{100 * v:.0f}% of recent sessions degraded", round(v, 3))),
+    Feature("worst_moment", 2.0, "st.worst_sev * kn",
+            lambda st, v: ("worst_moment", f"worst moment in 24 h: {st.worst_what}", round(v, 2))),
+    Feature("recent_moments", 1.5, "st.recent_sev * kr",
+            lambda st, v: ("recent_moments", f"bad sessions in the last hour (worst: {st.worst_what})", round(v, 2))),
+    Feature("burden", 0.3, "st.burden * kb",
+            lambda st, v: ("burden", f"many degraded sessions today (burden {v:.1f})", round(v, 2))),
+    Feature("complaints", 1.2, "st.complaints * kc",
+            lambda st, v: ("complaints", f"{v:.0f} complaint(s) in 30 days", round(v, 1))),
+    Feature("billing", 0.8, "st.billing * kc",
+            lambda st, v: ("billing", "billing complaint in 30 days", round(v, 1))),
+    Feature("reopened", 0.8, "st.reopened * kc",
+            lambda st, v: ("reopened", f"complaint reopened {_times(v)}", round(v, 1))),
+    Feature("escalated", 0.6, "st.escalated * kc",
+            lambda st, v: ("escalated", f"complaint escalated {_times(v)}", round(v, 1))),
+    Feature("open_tickets", 0.5, "float(st.open_tickets)",
+            lambda st, v: ("open_tickets", f"{v:.0f} open ticket(s)", v)),
+    Feature("slow_resolution", 0.4, "max(0.0, (st.last_resolution_min - 240.0) / 1440.0) * kc",
+            lambda st, v: ("slow_resolution", f"last complaint took {st.last_resolution_min / 60:.0f} h to resolve",
+                           round(st.last_resolution_min, 0))),
+    Feature("fcr_fail", 0.4, "st.fcr_fail * kc",
+            lambda st, v: ("fcr_fail", "complaint not solved at first contact", round(v, 1))),
+    Feature("app_failures", 0.3, "st.app_fail * ka",
+            lambda st, v: ("app_failures", f"{v:.0f} app failures in 7 days", round(v, 1))),
+    Feature("bot_to_human", 0.4, "st.bot_human * ka",
+            lambda st, v: ("bot_to_human", f"bounced from bot to human {_times(v)} in 7 days", round(v, 1))),
+    Feature("detractor", 1.5, "(7 - st.nps) / 7.0 * ks if 0 <= st.nps <= 6 else 0.0",
+            lambda st, v: ("detractor", f"last survey answer NPS {st.nps}", float(st.nps))),
+    Feature("promoter", -0.8, "ks if st.nps >= 9 else 0.0",
+            lambda st, v: ("promoter", f"last survey answer NPS {st.nps}", float(st.nps))),
+    # doses of the last day or two (what makes people call) and of weeks (what makes them leave)
+    Feature("coverage_dose", 0.1, "st.cov_d * kn",
+            lambda st, v: ("weak_coverage", f"{v:.0f} sessions' worth of weak coverage in 24 h", round(v, 1))),
+    Feature("latency_voice", 0.3, "st.lat_voice_d * kn",
+            lambda st, v: ("latency", "calls with noticeable delay in 24 h", round(v, 2))),
+    Feature("latency_video", 0.3, "st.lat_video_d * kn",
+            lambda st, v: ("latency", "video with noticeable delay in 24 h", round(v, 2))),
+    Feature("latency_gaming", 0.3, "st.lat_gaming_d * kn",
+            lambda st, v: ("latency", "games with noticeable lag in 24 h", round(v, 2))),
+    Feature("slow_data", 0.1, "st.slow_d * kn",
+            lambda st, v: ("throughput", f"slow data sessions in 24 h (dose {v:.1f})", round(v, 2))),
+    Feature("stall_dose", 0.3, "st.stall_d * kn",
+            lambda st, v: ("stalls", f"video stalls in 24 h (dose {v:.1f})", round(v, 2))),
+    Feature("network_checks", 0.5, "st.checks_d * kad",
+            lambda st, v: ("network_checks", f"checked the network in the app {_times(v)} in 24 h", round(v, 1))),
+    Feature("app_trouble", 0.3, "st.app_d * kad",
+            lambda st, v: ("app_failures", f"{v:.0f} app failures or bot bounces in 24 h", round(v, 1))),
+    Feature("recent_complaint", 1.0, "st.complaint_d * kcd",
+            lambda st, v: ("complaints", "contacted care in the last day or two", round(v, 1))),
+    Feature("recent_billing", 0.8, "st.billing_d * kcd",
+            lambda st, v: ("billing", "billing complaint in the last day or two", round(v, 1))),
+    Feature("recent_handling", 0.8, "st.handling_d * kcd",
+            lambda st, v: ("handling", "complaint handled badly in the last day or two (reopened, escalated, "
+                           "slow or not fixed)", round(v, 2))),
+    Feature("handling_weeks", 0.4, "st.handling_g * kcg",
+            lambda st, v: ("handling", "complaints handled badly in recent weeks", round(v, 2))),
+    Feature("network_weeks", 0.3, "math.log1p(st.net_g * kg)",
+            lambda st, v: ("network_weeks", "network trouble over recent weeks", round(v, 2))),
+    Feature("trouble_today", 0.8,
+            "math.log1p(0.3 * st.cov_d * kn + (st.lat_voice_d + st.lat_video_d + st.lat_gaming_d + st.stall_d"
+            " + 2.0 * st.drops + 0.3 * st.slow_d) * kn + (st.checks_d + 0.5 * st.app_d) * kad"
+            " + 2.0 * (st.complaint_d + st.billing_d + st.handling_d) * kcd)",
+            lambda st, v: _dominant_trouble(st, v)),
+    Feature("prepaid", -0.3, "1.0 if st.segment == 'prepaid' else 0.0",
+            lambda st, v: ("segment", "prepaid plan", v)),
+    Feature("business", 0.3, "1.0 if st.segment == 'business' else 0.0",
+            lambda st, v: ("segment", "business plan", v)),
+    Feature("premium", 0.3, "1.0 if st.segment == 'premium' else 0.0",
+            lambda st, v: ("segment", "premium plan", v)),
+)
+#: feature names, in the order of :func:`feature_vector`
+FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURE_TABLE)
+FEATURE_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURE_TABLE}
+# The transparent cold-start prior: the table's weights, and a bias for a ~5% base rate.
+PRIOR_BIAS = -3.0
+PRIOR_WEIGHTS: tuple[float, ...] = tuple(f.prior for f in FEATURE_TABLE)
+# the table's extraction expressions as one compiled function (the table is code of this module)
+_extract: Callable[..., list[float]] = eval(  # noqa: S307 -- compiles the constant table above
+    "lambda st, kn, kc, ka, ks, kr, kb, net, kg, kcd, kcg, kad: ["
+    + ", ".join(f"({f.extract})" for f in FEATURE_TABLE) + "]")
+
+
+def feature_vector(st: SubscriberState, now_ms: int) -> list[float]:
+    """The model's input for ``st`` at event time ``now_ms`` (decays applied, no mutation)."""
+    net = bool(st.net_ts)
+    return _extract(st, _decay(now_ms - st.net_ts, NET_HALF_LIFE_MS) if net else 0.0,
+                    _decay(now_ms - st.care_ts, CARE_HALF_LIFE_MS) if st.care_ts else 0.0,
+                    _decay(now_ms - st.app_ts, APP_HALF_LIFE_MS) if st.app_ts else 0.0,
+                    _decay(now_ms - st.nps_ts, SURVEY_HALF_LIFE_MS) if st.nps >= 0 else 0.0,
+                    _decay(now_ms - st.net_ts, RECENT_HALF_LIFE_MS) if net else 0.0,
+                    _decay(now_ms - st.net_ts, BURDEN_HALF_LIFE_MS) if net else 0.0, net,
+                    _decay(now_ms - st.net_ts, GRUDGE_HALF_LIFE_MS) if net else 0.0,
+                    _decay(now_ms - st.care_ts, DOSE_HALF_LIFE_MS) if st.care_ts else 0.0,
+                    _decay(now_ms - st.care_ts, GRUDGE_HALF_LIFE_MS) if st.care_ts else 0.0,
+                    _decay(now_ms - st.app_ts, DOSE_HALF_LIFE_MS) if st.app_ts else 0.0)
+
+
+def describe(feature: str, st: SubscriberState, value: float) -> tuple[str, str, float | None]:
+    """``(code, plain words, value)`` for a feature contributing to a score."""
+    f = FEATURE_BY_NAME.get(feature)
+    if f is None:
+        return feature, feature.replace("_", " "), round(value, 3)
+    return f.words(st, value)
