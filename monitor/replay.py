@@ -24,7 +24,7 @@ What differs from a live worker, and why it does not change results:
 
 Pure: no Kafka client, no event loop, no Faust.
 
->>> from monitor import simulate
+>>> from monitor.sim import simulate
 >>> config = simulate.SimConfig(subscribers=200, hours=0.25, seed=3)
 >>> result = run_records(simulate.generate(config, simulate.Simulator(config)), partitions=2)
 >>> result.events + result.dead_letters == result.records > 0, result.scores > 0

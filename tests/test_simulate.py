@@ -488,7 +488,7 @@ def test_the_simulator_imports_nothing_from_the_scoring_code():
         names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not names & set(SCORING_MODULES), (mod, names & set(SCORING_MODULES))
     # and at run time nothing pulls them in either (a v3 run, ground truth written)
-    code = ("import sys, tempfile; from monitor import simulate; "
+    code = ("import sys, tempfile; from monitor.sim import simulate; "
             "simulate.write_files(simulate.SimConfig(subscribers=50, hours=0.5, followup_hours=1), tempfile.mkdtemp()); "
             f"print(sorted(m for m in sys.modules if m in {SCORING_MODULES!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
