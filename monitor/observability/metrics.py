@@ -885,3 +885,12 @@ class RollingQuality:
             b[2] += 1
         ece = sum(abs(sp - sy) for sp, sy, c in sums if c) / n
         return ll, auc, ece
+
+
+def watch_pipeline(metrics: Metrics, pipeline: Any) -> None:
+    """Keep ``metrics`` current from ``pipeline`` (a :class:`monitor.pipeline.RiskPipeline`): its
+    :class:`MetricsObserver`, model checkpoints and batch durations -- the worker's wiring, and the
+    tests' that feed metrics the way the worker does."""
+    pipeline.observers.append(MetricsObserver(metrics, ingest=pipeline.ingest, cores=pipeline.cores))
+    pipeline.on_checkpoint = metrics.checkpoint_written
+    pipeline.on_batch_done = metrics.batch_done

@@ -291,14 +291,12 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     # The documented metric set (monitor/observability/metrics.py, docs/OPERATIONS.md) that the rules and
     # dashboards in deploy/ query: kept current by an observer of every batch, and the pipeline's
     # own counters read at scrape time.
-    from monitor.observability.metrics import Metrics, MetricsObserver, PipelineCollector, load_cell_locations
+    from monitor.observability.metrics import Metrics, PipelineCollector, load_cell_locations, watch_pipeline
 
     registry.register(PipelineCollector(worker))
 
     worker.metrics = Metrics(registry, worker_id=worker_id, cell_locations=load_cell_locations(settings.cell_inventory))
-    pipeline.observers.append(MetricsObserver(worker.metrics, ingest=pipeline.ingest, cores=pipeline.cores))
-    pipeline.on_checkpoint = worker.metrics.checkpoint_written
-    pipeline.on_batch_done = worker.metrics.batch_done
+    watch_pipeline(worker.metrics, pipeline)
 
     @app.on_partitions_assigned.connect
     async def export_assignment(sender: Any, assigned: Any = None, **kwargs: Any) -> None:

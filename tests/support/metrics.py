@@ -1,6 +1,6 @@
 """Metrics fed the way a worker feeds them: :func:`feed_worker_like` runs raw records through the
-worker's pipeline (:class:`monitor.pipeline.RiskPipeline` with its :class:`~monitor.observability.metrics.MetricsObserver`,
-checkpoint and batch hooks wired as ``monitor.worker.app`` wires them) in consumer-shaped batches."""
+worker's pipeline (:class:`monitor.pipeline.RiskPipeline`, its metrics wired by
+:func:`monitor.observability.metrics.watch_pipeline`, as the worker's are) in consumer-shaped batches."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from monitor.records.events import decode
-from monitor.observability.metrics import Metrics, MetricsObserver
+from monitor.observability.metrics import Metrics, watch_pipeline
 from monitor.pipeline import Outputs, Record, RiskPipeline, TopicPartition
 from monitor.records.topics import RISK_SCORES, Partitioner
 
@@ -19,9 +19,7 @@ def worker_pipeline(m: Metrics) -> RiskPipeline:
     """A pipeline over in-memory stores reporting to ``m`` as the worker's does (a checkpoint every
     batch, so the checkpoint series exist from the first one)."""
     pipeline = RiskPipeline.in_memory(checkpoint_interval_s=0.0)
-    pipeline.observers.append(MetricsObserver(m, ingest=pipeline.ingest, cores=pipeline.cores))
-    pipeline.on_checkpoint = m.checkpoint_written
-    pipeline.on_batch_done = m.batch_done
+    watch_pipeline(m, pipeline)
     return pipeline
 
 
