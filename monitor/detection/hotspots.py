@@ -98,6 +98,15 @@ CELL_METRICS: tuple[Metric, ...] = (
 )
 
 
+#: Symptoms of a degraded region (its rolled-up window): the cells' less the model's output. A
+#: region's mean risk moves when the risk model learns (its calibration offset climbs or falls
+#: through a run, region-wide), which is the model changing, not the network: with cold-start
+#: offsets two log-odds lower it raised 29 false ``SatmonRegionDegraded`` on the quiet scenario.
+#: A cell's mean risk stays a (lagging) symptom: one cell among hundreds cannot move the pooled
+#: network-wide rate its baseline follows, a whole region's model drift can.
+REGION_METRICS: tuple[Metric, ...] = tuple(m for m in CELL_METRICS if m.name != "mean_risk")
+
+
 #: the symptoms judged on evidence accumulated over windows (see ``HotspotDetector``)
 NETWORK_SYMPTOMS = ("degraded_share", "drop_rate", "stall_rate", "latency_ms")
 
@@ -731,8 +740,8 @@ class HotspotEngine:
                  lifecycle: AlertLifecycle | None = None, drift: Any = None,
                  max_affected: int = 200_000) -> None:
         self.cell_detector = cell_detector or HotspotDetector(sequential=NETWORK_SYMPTOMS)
-        self.region_detector = region_detector or HotspotDetector(z_fire=6.0, z_strong=10.0,
-                                                                  sequential=NETWORK_SYMPTOMS)
+        self.region_detector = region_detector or HotspotDetector(metrics=REGION_METRICS, z_fire=6.0,
+                                                                  z_strong=10.0, sequential=NETWORK_SYMPTOMS)
         self.region_min_cells = region_min_cells
         self.region_min_share = region_min_share
         self.region_cells_ttl_windows = region_cells_ttl_windows
