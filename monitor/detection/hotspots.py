@@ -298,6 +298,13 @@ class HotspotDetector:
         self.width_ms: int | None = None
 
     # -- scoring -------------------------------------------------------------------------------
+    def _metric_by(self) -> dict[str, Metric]:
+        """``name -> Metric`` of :attr:`metrics`, built once (checkpoints of older versions lack it)."""
+        by = self.__dict__.get("_by")
+        if by is None:
+            by = self.__dict__["_by"] = {m.name: m for m in self.metrics}
+        return by
+
     def _hour(self, start_ms: int) -> int:
         return ((start_ms + self.hour_offset_ms) // 3_600_000) % 24
 
@@ -372,8 +379,7 @@ class HotspotDetector:
         """Per sequential metric the window's log-likelihood ratio (degraded vs baseline), and
         whether the window looks normal on all of them (every ratio <= 0)."""
         llrs: dict[str, float] = {}
-        hour = self._hour(start_ms)
-        by = {m.name: m for m in self.metrics}
+        by = self._metric_by()
         for name in self.sequential:
             m = by[name]
             o = obs.get(name)
@@ -502,7 +508,7 @@ class HotspotDetector:
     def _transition(self, key: str, k: _Key, start_ms: int,
                     scored: Mapping[str, tuple[float, float, float, float]], warm: bool,
                     evidence: tuple[bool, bool] | None = None) -> Verdict:
-        by = {m.name: m for m in self.metrics}
+        by = self._metric_by()
         bad = strong = False
         clear = True
         worst, worst_rank = None, -math.inf
@@ -610,7 +616,10 @@ class HotspotDetector:
                 num, den, sq = o
                 if m.kind == "level":
                     level_vals[m.name].append(num / den)
-                    self._learn_level(k.stats.setdefault(m.name, _Stat()), num / den, lam_l)
+                    st = k.stats.get(m.name)
+                    if st is None:
+                        st = k.stats[m.name] = _Stat()
+                    self._learn_level(st, num / den, lam_l)
                     continue
                 pooled[m.name][0] += num
                 pooled[m.name][1] += den
@@ -618,11 +627,13 @@ class HotspotDetector:
                 if g.den <= 0:
                     continue
                 rate = g.num / g.den
-                exp = self._expected(m, k, hour)
-                st = k.stats.setdefault(m.name, _Stat())
+                st = k.stats.get(m.name)
                 # relative excess variance of this window, winsorised so one odd window cannot
-                # blow the band open
-                if exp is not None and exp[0] > 0 and den >= m.min_support:  # sparse windows: too noisy
+                # blow the band open (sparse windows: too noisy; their baseline is not asked for)
+                exp = self._expected(m, k, hour) if den >= m.min_support else None
+                if st is None:
+                    st = k.stats[m.name] = _Stat()
+                if exp is not None and exp[0] > 0:
                     mu = exp[0]
                     samp = self._sampling_var(m, mu, den)
                     e = ((num / den - mu) ** 2 - samp) / (mu * mu)
