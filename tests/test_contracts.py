@@ -29,3 +29,14 @@ def test_a_pipeline_module_that_imports_faust_breaks_the_contract(tmp_path):
     pipeline.write_text(pipeline.read_text() + "\n\ndef _table():\n    import faust\n    return faust\n")
     r = lint_imports(tmp_path)
     assert r.returncode != 0 and "BROKEN" in r.stdout and "monitor.pipeline -> faust" in r.stdout, r.stdout
+
+
+def test_an_outreach_module_that_reads_kafka_breaks_the_contract(tmp_path):
+    # the view's feeder lived in monitor.outreach.view until 2026-12-07: putting a Kafka consumer
+    # back there must fail CI (the feeder belongs to monitor.worker.viewfeed)
+    shutil.copytree(ROOT / "monitor", tmp_path / "monitor", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    view = tmp_path / "monitor" / "outreach" / "view.py"
+    view.write_text(view.read_text() + "\n\ndef _consumer():\n    from aiokafka import AIOKafkaConsumer\n    return AIOKafkaConsumer\n")
+    r = lint_imports(tmp_path)
+    assert r.returncode != 0 and "monitor.outreach.view -> aiokafka" in r.stdout, r.stdout

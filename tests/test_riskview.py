@@ -266,7 +266,8 @@ def test_two_workers_views_from_a_real_broker_give_the_same_complete_list(tmp_pa
     from monitor.config import load
     from monitor.outreach.store import OUTREACH_TOPIC, OutreachPolicy, OutreachStore, kafka_sink
     from monitor.outreach.privacy import AuditLog, TokenStore
-    from monitor.outreach.view import ALERTS_TOPIC, RISK_SCORES_TOPIC, feeder_for
+    from monitor.outreach.view import ALERTS_TOPIC, RISK_SCORES_TOPIC
+    from monitor.worker.viewfeed import feeder_for
 
     with _tansu() as bootstrap:
         async def main() -> None:

@@ -425,40 +425,27 @@ def test_cli_writes_streams_and_prints_counts(tmp_path, capsys):
     assert main(["simulate", "--hours", "0", "--out", str(tmp_path)]) == 2
 
 
-def test_produce_sends_every_record_keyed_by_subscriber(monkeypatch, tmp_path):
+@pytest.mark.integration
+def test_produce_sends_every_record_keyed_by_subscriber(broker, tmp_path):
+    """``satmon simulate --broker``'s producer against the embedded broker: every generated record
+    arrives once, on the partition its subscriber key hashes to, with the ground truth written."""
     import asyncio
+    from collections import Counter
 
-    import aiokafka
+    from monitor.records.topics import partition_for
+    from monitor.worker import simfeed
+    from support.kafka import read_topic
 
-    sent = []
-
-    class FakeProducer:
-        def __init__(self, **kwargs):
-            assert kwargs["enable_idempotence"] is False  # the local broker rejects idempotence
-            self.kwargs = kwargs
-
-        async def start(self):
-            pass
-
-        async def stop(self):
-            pass
-
-        async def flush(self):
-            pass
-
-        async def send(self, topic, value, key=None):
-            sent.append((topic, key, value))
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-            return fut
-
-    monkeypatch.setattr(aiokafka, "AIOKafkaProducer", FakeProducer)
     cfg = simulate.SimConfig(subscribers=300, hours=0.25, seed=4, scenario="quiet")
-    manifest = asyncio.run(simulate.produce(cfg, "127.0.0.1:9092", out_dir=tmp_path))
-    assert sent == list(simulate.generate(cfg))
-    assert manifest["sent"] == len(sent) == sum(c["lines"] for c in manifest["counts"].values())
+    manifest = asyncio.run(simfeed.produce(cfg, broker.bootstrap, out_dir=tmp_path))
+    want = list(simulate.generate(cfg))
+    assert manifest["sent"] == len(want) == sum(c["lines"] for c in manifest["counts"].values())
+    for topic in INPUT_TOPICS:
+        expected = [(k, v) for t, k, v in want if t == topic]
+        got = asyncio.run(read_topic(broker.bootstrap, topic, expect=len(expected)))
+        assert Counter((r.key, r.value) for r in got) == Counter(expected)
+        assert all(r.partition == partition_for(r.key, broker.partitions) for r in got)
     assert (tmp_path / "ground_truth" / "incidents.json").exists()
-
 
 def test_clean_records_satisfy_the_json_schemas_too(run):
     jsonschema = pytest.importorskip("jsonschema")

@@ -117,9 +117,11 @@ def run(args: argparse.Namespace) -> int:
     if args.broker:
         if not args.broker.startswith("kafka://"):
             raise ConfigError([f"--broker: expected kafka://host:port, got {args.broker!r}"])
+        from monitor.worker import simfeed
+
         try:
-            manifest = asyncio.run(simulate.produce(config, args.broker[len("kafka://"):], rate=args.rate,
-                                                    realtime=live, out_dir=args.out, on_caught_up=_caught_up))
+            manifest = asyncio.run(simfeed.produce(config, args.broker[len("kafka://"):], rate=args.rate,
+                                                   realtime=live, out_dir=args.out, on_caught_up=_caught_up))
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
             return 130

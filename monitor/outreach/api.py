@@ -1019,7 +1019,7 @@ def build_api(settings: Any, view: RiskView, outreach_store: OutreachStore, audi
     settings
         :class:`~monitor.config.Settings` (tokens, pseudonym key for the hold-out hash, tunables).
     view, outreach_store, hotspots, incidents
-        The worker's views, fed by :func:`monitor.outreach.view.feeder_for`.
+        The worker's views, fed by :func:`monitor.worker.viewfeed.feeder_for`.
     audit
         The audit log (``AuditLog(settings.data_dir / "audit" / "audit.jsonl")``).
     metrics

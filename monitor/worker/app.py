@@ -389,7 +389,8 @@ def _add_api(worker: Worker) -> None:
     from monitor.outreach.store import OUTREACH_TOPIC, OutreachStore, encode_record
     from monitor.outreach.privacy import AuditLog
     from monitor.detection.incidents import INCIDENTS_TOPIC, IncidentBoard
-    from monitor.outreach.view import HotspotBoard, RiskView, feeder_for
+    from monitor.outreach.view import HotspotBoard, RiskView
+    from monitor.worker.viewfeed import feeder_for
 
     app, settings = worker.app, worker.settings
     outreach_topic = app.topic(OUTREACH_TOPIC, partitions=1, internal=True, key_serializer="raw",
