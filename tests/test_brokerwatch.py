@@ -101,7 +101,11 @@ def test_worker_reports_a_broker_restart_loudly_and_keeps_running(workers: Any, 
         skipped_before = w.total("satmon_worker_skipped_below_floor_total")
         after = valid_records(300, subscribers=100, start=10_000)
         run(produce(b.bootstrap, after))
-        time.sleep(6)
+        deadline = time.monotonic() + 6   # at most: whatever is not handled by then is reported as such
+        while time.monotonic() < deadline and (
+                w.total("satmon_ingest_events_decoded_total") - before
+                + w.total("satmon_worker_skipped_below_floor_total") - skipped_before) < len(after):
+            time.sleep(0.2)
         print(f"after the wipe: {w.total('satmon_ingest_events_decoded_total') - before:.0f} of {len(after)} new records "
               f"processed, {w.total('satmon_worker_skipped_below_floor_total') - skipped_before:.0f} skipped "
               "below the old resume floors")

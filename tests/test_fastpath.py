@@ -185,9 +185,11 @@ def test_two_workers_share_partitions_and_fail_over_exactly(broker: Broker, work
     run(produce(broker.bootstrap, records[20_000:]))
     everything = {json.loads(v)["event_id"] for _, _, v in records}
     b.wait_for(lambda: set(seen_log(log)) >= everything, timeout_s=120, what="B processed everything")
-    time.sleep(1.5)  # let B's last batches reach the changelog
+    want = expected_state(records)
+    # B's last batches reach the changelog after the log line that says B saw them
+    b.wait_for(lambda: changelog_state(broker, "t-pair") == want, timeout_s=60, what="B's state in the changelog")
     assert b.stop() == 0
-    assert changelog_state(broker, "t-pair") == expected_state(records)
+    assert changelog_state(broker, "t-pair") == want
 
 
 def test_trim_malloc_hands_fragmented_free_memory_back_to_the_os(tmp_path) -> None:
