@@ -402,11 +402,9 @@ class HotspotStage:
         self.max_skew_ms = max_skew_ms
         self.data_drift = data_drift
         self.runbook_base = runbook_base
-        if data_drift:
-            # imported now rather than by the first closed window's engine: river.drift pulls in
-            # scikit-learn and SciPy, ~2 s that stalled the stream (12 % of a 100k-event benchmark
-            # run of the worker in a profile, and 38 % of a replay's hot-spot stage)
-            import river.drift  # noqa: F401
+        # (data drift's change test is the detector module's Page-Hinkley: no River import here; it
+        # was imported at this point because river.drift, with scikit-learn and SciPy, took ~2 s that
+        # stalled the stream by the first closed window)
         self.stages: dict[int, tuple[Any, Any]] = {}
         self.windows_in = 0
         self.alerts_out = 0

@@ -176,3 +176,38 @@ def test_context_novelty_is_a_transition_never_made_and_moderate_evidence_needs_
     assert det._combined(0.9, 0.0) == 0.9                                      # anomalous: kept
     assert D.SeasonalDetector(context_levels=0)._combined(0.4, 1.0) == 0.4     # off
     assert 0.0 <= det.score_one(5.0, t) <= 1.0
+
+
+@pytest.mark.parametrize("mode", ["both", "up", "down"])
+def test_page_hinkley_test_decides_as_rivers_page_hinkley(mode):
+    """Data drift's change test is River's PageHinkley without River: the same decision at every
+    value of random streams with shifts (the drift monitor's setting and River's defaults)."""
+    import random
+
+    from river import drift
+
+    from monitor.detection.detectors import PageHinkleyTest
+
+    rng = random.Random(7)
+    for params in ({"min_instances": 1, "delta": 1.0, "threshold": 9.0, "alpha": 1.0},
+                   {"min_instances": 30, "delta": 0.005, "threshold": 50.0, "alpha": 1 - 0.0001},
+                   {"min_instances": 5, "delta": 0.2, "threshold": 3.0, "alpha": 0.99}):
+        ours, theirs = PageHinkleyTest(mode=mode, **params), drift.PageHinkley(mode=mode, **params)
+        decisions = []
+        for i in range(3000):
+            x = rng.gauss(0.0, 1.0) + (3.0 if (i // 400) % 2 else 0.0) * (1 if mode != "down" else -1)
+            ours.update(x)
+            theirs.update(x)
+            assert ours.drift_detected == theirs.drift_detected, (params, i)
+            decisions.append(ours.drift_detected)
+        assert sum(decisions) >= 3, params   # the streams do change: the comparison is not all-False
+
+
+def test_data_drift_does_not_import_river():
+    import subprocess
+    import sys
+
+    code = ("import sys; from monitor.detection.drift import DataDriftMonitor; m = DataDriftMonitor(); "
+            "m.update_one('r', 'latency_ms', 1.0, 0); print('river' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -4,7 +4,8 @@ risk model's running loss. Both raise alerts through :class:`monitor.detection.a
 *Data drift* (``SatmonDataDrift``): per event detection at 20k events/s is too slow and too noisy,
 so :class:`DataDriftMonitor` takes one value per region, feature and window (the mean of the
 feature over the region's merged window), standardises it against a reference period, and feeds a
-River detector (``PageHinkley`` by default; ``ADWIN`` and ``KSWIN`` selectable). On a detection it
+change test (the Page-Hinkley test of :mod:`monitor.detection.detectors` by default; River's ``ADWIN``
+and ``KSWIN`` selectable). On a detection it
 alerts with the feature, the region and the before/after means, calls the ``on_drift`` hooks, and
 re-learns its reference from the windows that follow (so one shift alerts once).
 
@@ -33,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from monitor.detection.alerting import DATA_DRIFT, MODEL_DRIFT, AlertLifecycle
+from monitor.detection.detectors import PageHinkleyTest
 from monitor.records.events import Alert
 from monitor.detection.windows import NETWORK_KPIS, Partial
 
@@ -116,14 +118,17 @@ def change_point(values: Sequence[float]) -> tuple[int, float, float]:
 
 
 def make_detector(name: str, seed: int | None = None) -> Any:
-    """A River drift detector tuned for one standardised value per window."""
-    from river import drift
-
+    """A drift test tuned for one standardised value per window: the detector module's
+    Page-Hinkley test (River's arithmetic, without importing River), or River's ADWIN / KSWIN."""
     if name == "page_hinkley":
         # inputs are z-scores clipped to +-4 (DataDriftMonitor.clip_z): ignore shifts under 1 sd
         # per window, alarm when the excess sums to 9 sd -- a large shift is caught in 3 windows,
         # a 3-sd one in 5, and a spike of one or two windows (a hot spot, not drift) never
-        return drift.PageHinkley(min_instances=1, delta=1.0, threshold=9.0, alpha=1.0, mode="both")
+        return PageHinkleyTest(min_instances=1, delta=1.0, threshold=9.0, alpha=1.0, mode="both")
+    if name not in ("adwin", "kswin"):
+        raise ValueError(f"unknown drift detector {name!r}: page_hinkley, adwin or kswin")
+    from river import drift
+
     if name == "adwin":
         return drift.ADWIN(delta=0.002, clock=1, min_window_length=3, grace_period=5)
     if name == "kswin":
@@ -330,6 +335,9 @@ class ConceptDriftMonitor:
         self.hold_ms = hold_ms
         self.recent = recent
         self.on_concept_drift: list[Callable[[DriftEvent], Any]] = []
+        # River's ADWIN: imported now, not at the first label (river.drift pulls in scikit-learn:
+        # 1.8 s that would stall the stream mid-run)
+        from river import drift  # noqa: F401
         self._adwin: dict[str, Any] = {}
         self._recent: dict[str, deque[float]] = {}
         self._n: dict[str, int] = {}
