@@ -16,8 +16,9 @@ Grouping, per alert (region alerts of a window before its cell alerts):
   (``hot_cells``), else the oldest one of its region that took a new cell within ``join_window_ms``;
   with none it opens one;
 * a **cell** alert joins the open incident of its region that a region-wide alert covers, or whose
-  region alert names the cell, or which shares a KPI with it and took a new cell within
-  ``join_window_ms``; else it opens a new incident.
+  region alert names the cell, or which took a new cell within ``join_window_ms`` and either shares
+  a KPI with it or started within ``together_ms`` of the cell's own start (its ``since``); else it
+  opens a new incident.
 
 An incident resolves when none of its alerts is firing any more. Incidents never merge (an id, once
 paged, stays the unit Alertmanager knows). :func:`page_for` turns an incident into the
@@ -126,6 +127,12 @@ class IncidentTracker:
         this recently: cells that degrade *together*.
     kpi_min_z
         A metric of an alert counts as a degraded KPI from this z-score on (besides its worst symptom).
+    together_ms
+        Cells whose hot spots started (``since``) within this of the incident's start join it whatever
+        their KPIs: the first KPI of an outage to cross its bar differs from cell to cell (one dark
+        cell's first alert says ``mean_risk``, the next one's ``drop_rate``), and before a region alert
+        names them together, a shared KPI alone split the demo's three-cell metro outage into two
+        incidents in a live run (tests/test_demo.py).
     max_affected
         Cap on the affected-subscriber hashes kept per open incident (memory bound).
     min_affected_change
@@ -134,9 +141,10 @@ class IncidentTracker:
     """
 
     def __init__(self, *, join_window_ms: int = 10 * MINUTE_MS, kpi_min_z: float = 3.0,
-                 max_affected: int = 200_000, min_affected_change: int = 5) -> None:
+                 together_ms: int = 2 * MINUTE_MS, max_affected: int = 200_000, min_affected_change: int = 5) -> None:
         self.join_window_ms = join_window_ms
         self.kpi_min_z = kpi_min_z
+        self.together_ms = together_ms
         self.max_affected = max_affected
         self.min_affected_change = min_affected_change
         self._open: dict[str, _Open] = {}
@@ -216,7 +224,8 @@ class IncidentTracker:
                     continue
                 if i.region_wide or cell in i.named:
                     rank = 2
-                elif set(kpis) & set(i.kpis) and now - i.last_join_ms <= self.join_window_ms:
+                elif now - i.last_join_ms <= self.join_window_ms and (
+                        set(kpis) & set(i.kpis) or abs(_since(a) - i.started_at_ms) <= self.together_ms):
                     rank = 1
                 else:
                     continue
