@@ -42,8 +42,9 @@ PUBLISHED = {"ARTime": (74.9, 65.1, 80.4), "Numenta HTM": (70.1, 63.1, 74.3), "C
 
 
 def _satmon():
-    from monitor.detection.detectors import SeasonalDetector
-    return SeasonalDetector()
+    # what ``satmon detect`` runs: the worker's keyed detector with one level metric (SeasonalDetector)
+    from monitor.commands.detect import SeriesScorer
+    return SeriesScorer()
 
 
 def _satmon_no_context():

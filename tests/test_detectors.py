@@ -211,3 +211,47 @@ def test_data_drift_does_not_import_river():
             "m.update_one('r', 'latency_ms', 1.0, 0); print('river' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_detect_runs_the_workers_detector_and_adds_nothing_to_the_seasonal_statistics():
+    """One detector core: ``satmon detect`` is the worker's HotspotDetector with one key and one
+    level metric; its scores are the SeasonalDetector's (as measured on NAB) to the last bits."""
+    from monitor.commands.detect import SeriesScorer
+    from monitor.detection.hotspots import HotspotDetector
+
+    rows, _dropped, _drops = seasonal_kpi()
+    scorer, direct = SeriesScorer(), D.SeasonalDetector()
+    assert isinstance(scorer.detector, HotspotDetector)
+    for t, v in rows:
+        a, b = scorer.process_one(v, t * 1000), direct.process_one(v, t * 1000)
+        assert abs(a - b) < 1e-12, (t, a, b)
+
+
+def test_the_workers_detector_judges_count_metrics_and_a_seasonal_level_side_by_side():
+    """The worker's keyed detector with a count metric (degraded share) and a level metric (an
+    hourly seasonal KPI) on the same keys: the drop in the KPI fires its key, names the level metric
+    and resolves; the count metric alone keeps the other key quiet; a pickle mid-stream continues
+    identically."""
+    import pickle
+
+    from monitor.detection.hotspots import CELL_METRICS, HotspotDetector, Metric
+
+    rows, _dropped, drops = seasonal_kpi()
+    kpi = Metric("kpi", "level", 0.0, 0.0, 0.0, "KPI", direction="down")
+    det = HotspotDetector(metrics=(CELL_METRICS[0], kpi), warmup_windows=0)
+    start, _length = drops[0]
+    trace, clone = [], None
+    for i, (t, v) in enumerate(rows[: start + 30]):
+        obs = {"a": {"degraded_share": (10, 200, None), "kpi": (v, 1.0, None)},
+               "b": {"degraded_share": (11, 210, None)}}
+        if i == start - 5:
+            clone = pickle.loads(pickle.dumps(det))
+        verdicts = det.step(t * 1000, obs)
+        if clone is not None:
+            again = clone.step(t * 1000, obs)
+            assert {k: (x.event, x.score) for k, x in again.items()} == {k: (x.event, x.score) for k, x in verdicts.items()}
+        trace.append((i, verdicts["a"].event, verdicts["a"].worst, verdicts["b"].event))
+    fired = [(i, worst) for i, ev, worst, _ in trace if ev == "fire"]
+    assert fired and fired[0] == (start, "kpi"), fired
+    assert any(ev == "resolve" for i, ev, _, _ in trace if i > start)
+    assert all(b is None for *_, b in trace)

@@ -1,5 +1,7 @@
-"""``satmon detect FILE.csv``: run satmon's univariate detector (:mod:`monitor.detection.detectors`; or, with
-``--drift``, the drift detector) over one KPI's time series and score every row.
+"""``satmon detect FILE.csv``: run satmon's detector over one KPI's time series and score every row: the
+worker's keyed detector (:class:`monitor.detection.hotspots.HotspotDetector`) with one key and one level
+metric, judged by :class:`monitor.detection.detectors.SeasonalDetector`; or, with ``--drift``, the drift
+monitor's change test.
 
 Input: CSV with a header containing ``timestamp`` and ``value`` (other columns are ignored);
 timestamps ISO-8601 (``2024-05-01T10:00:00Z``, naive = UTC) or epoch seconds / milliseconds.
@@ -116,32 +118,54 @@ def read_series(path: str) -> tuple[list[tuple[str, str]], list[int], list[float
     return texts, stamps, values
 
 
-def series_detector(direction: str = "both", warmup: int | None = None, refractory: int | None = None):
-    """satmon's univariate detector (:class:`monitor.detection.detectors.SeasonalDetector`, the configuration
-    measured on NAB in docs/DETECTION.md), optionally with another warm-up, refractory or direction."""
-    from monitor.detection.detectors import SeasonalDetector
+class SeriesScorer:
+    """One KPI series through the worker's detector: a :class:`monitor.detection.hotspots.HotspotDetector`
+    with one key and one ``level`` metric, judged by its per-key clone of ``level_detector``
+    (:class:`monitor.detection.detectors.SeasonalDetector`, the configuration measured on NAB). The
+    worker's cells and regions use the same class with count metrics; ``process_one(x, t)`` returns
+    the point's score in [0, 1] (0.5 = the firing threshold), scored then learned.
 
-    params: dict = {"direction": direction}
-    if warmup is not None:
-        params["warmup"] = warmup
-    if refractory is not None:
-        params["refractory"] = refractory
-    return SeasonalDetector(**params)
+    >>> s = SeriesScorer(warmup=20)
+    >>> scores = [s.process_one(10.0 + (i % 3), i * 60_000) for i in range(30)]
+    >>> max(scores) < 0.5 < s.process_one(60.0, 30 * 60_000)
+    True
+    """
+
+    KEY = "series"
+
+    def __init__(self, direction: str = "both", warmup: int | None = None, refractory: int | None = None) -> None:
+        from monitor.detection.detectors import SeasonalDetector
+        from monitor.detection.hotspots import HotspotDetector, Metric
+
+        params: dict = {"direction": direction}
+        if warmup is not None:
+            params["warmup"] = warmup
+        if refractory is not None:
+            params["refractory"] = refractory
+        metric = Metric("value", "level", 0.0, 0.0, 0.0, "value", direction=direction)
+        # every point is a window of the one key; the level detector has its own warm-up and
+        # onsets-only scores, so the keyed detector adds none (fires and resolves on each point)
+        self.detector = HotspotDetector(metrics=(metric,), level_detector=SeasonalDetector(**params),
+                                        k_fire=1, m_resolve=1, warmup_windows=0)
+
+    def process_one(self, x: float, t: int) -> float:
+        v = self.detector.step(t, {self.KEY: {"value": (x, 1.0, None)}}).get(self.KEY)
+        return v.score if v is not None else 0.0
 
 
 def anomaly_scores(stamps: list[int], values: list[float], *, direction: str = "both",
                    warmup: int | None = None, refractory: int | None = None) -> list[float]:
-    """Score of every point (input order) by the series detector, fed in time order (test-then-train).
+    """Score of every point (input order) by :class:`SeriesScorer`, fed in time order (test-then-train).
 
     >>> s = anomaly_scores(list(range(0, 200 * 60_000, 60_000)), [10.0, 11.0, 10.5] * 50 + [50.0] + [10.0] * 49)
     >>> max(s[:150]) < 0.5 < s[150]
     True
     """
-    det = series_detector(direction, warmup, refractory)
+    scorer = SeriesScorer(direction, warmup, refractory)
     order = sorted(range(len(values)), key=lambda i: stamps[i])
     scores = [0.0] * len(values)
     for i in order:
-        scores[i] = round(det.process_one(values[i], stamps[i]), 6)
+        scores[i] = round(scorer.process_one(values[i], stamps[i]), 6)
     return scores
 
 

@@ -392,6 +392,16 @@ class SeasonalDetector(Detector):
         self._cache = ((x, t), out)
         return out
 
+    def expected(self, t: int | None = None) -> float | None:
+        """The value the detector expects at ``t``: the prediction of its best predictor so far
+        (the smallest one-step error among those that have a prediction), None before the first point."""
+        preds = self._predictions(t)
+        best, value = math.inf, self._level
+        for p, e, n in zip(preds, self._err, self._nerr):
+            if p is not None and n >= 10 and e < best:
+                best, value = e, p
+        return value
+
     # -- protocol --------------------------------------------------------------------------------
     def _novelty(self, x: float) -> float | None:
         """Distance from the last ``shape`` points to their nearest past subsequence, in units of the

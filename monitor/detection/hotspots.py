@@ -3,7 +3,9 @@
 :class:`HotspotDetector` judges each closed window of each key (a cell or a region) against that
 key's own baseline and keeps a small state machine per key: *k* consecutive bad windows (or one
 very bad one) fire, *m* consecutive clear windows resolve (hysteresis), a key without data for
-``stale_windows`` resolves as stale. (``satmon detect`` uses :mod:`monitor.detection.detectors` instead.)
+``stale_windows`` resolves as stale. It is the one detector core: the worker's cells and regions
+(count metrics) and ``satmon detect`` (one key, one ``level`` metric judged by a
+:class:`monitor.detection.detectors.SeasonalDetector`) run it.
 
 Baselines (see ``docs/DETECTION.md``)
     For count rates and means (``rate``/``mean`` metrics) the expected value of key *c* in hour *h*
@@ -13,8 +15,8 @@ Baselines (see ``docs/DETECTION.md``)
     shrunk towards 1 (a cold cell starts at the global prior). The noise allowed around it is the
     sampling noise of the window (binomial, or the within-window variance) plus the key's own
     learned over-dispersion (a noisy-but-normal cell earns a wider band) plus a floor. ``level``
-    metrics (a univariate KPI series) use a fast EW mean and the variance of its one-step
-    prediction error instead (the mean follows the daily curve).
+    metrics (a univariate KPI series) are judged by a per-key univariate detector
+    (``level_detector``, default ``SeasonalDetector``: seasonal residuals, calibrated tails; NAB 65.2).
     Baselines learn only from windows that are neither bad nor part of an active hot spot
     (score first, then learn).
 
@@ -55,8 +57,10 @@ class Metric:
     """One symptom a detector watches.
 
     ``kind``: ``rate`` (count / trials, binomial noise), ``mean`` (sum / count, within-window noise)
-    or ``level`` (one value per window: an EW mean with half-life ``level_halflife`` that follows
-    slow movements such as the daily curve, and the EW variance of its one-step prediction error). ``min_support``: the window's
+    or ``level`` (one value per window, a univariate KPI series: judged by a per-key clone of the
+    detector's ``level_detector``, by default :class:`monitor.detection.detectors.SeasonalDetector`,
+    the configuration measured on NAB; ``satmon detect`` is this detector with one key and one
+    ``level`` metric). ``min_support``: the window's
     denominator must reach it for the metric to count. ``min_delta``: excess over the baseline
     needed to call a window bad (absolute, in the metric's unit) — significance alone is not enough
     on a busy cell. ``floor``: absolute noise floor (std) added to the band. ``direction``: which
@@ -188,7 +192,7 @@ def _hours_from_stats(hours: dict) -> dict[str, array]:
 class _Key:
     __slots__ = ("stats", "hours", "bad_streak", "good_streak", "missing", "active", "since_ms",
                  "first_bad_ms", "first_good_ms", "severity", "last_ms", "windows", "cusum", "seen",
-                 "cusum_since_ms", "raw")
+                 "cusum_since_ms", "raw", "levels")
 
     def __init__(self) -> None:
         self.cusum: dict[str, float] = {}  # per sequential metric: accumulated log-likelihood ratio
@@ -205,11 +209,13 @@ class _Key:
         self.severity = "warning"
         self.last_ms: int | None = None
         self.windows = 0
+        self.levels: dict[str, Any] = {}    # per ``level`` metric: the key's univariate detector
 
     def __getstate__(self) -> tuple:
         return tuple(getattr(self, s) for s in self.__slots__)
 
     def __setstate__(self, state: tuple) -> None:
+        self.levels = {}   # checkpoints written before level metrics had detectors of their own
         for s, v in zip(self.__slots__, state):
             setattr(self, s, v)
         self.hours = _hours_from_stats(self.hours)
@@ -243,8 +249,9 @@ class HotspotDetector:
         z-score (with thrice ``min_delta``) from which a hot spot is ``critical``.
     hour_offset_ms
         Shift from UTC to the local time whose hour of day the baselines follow.
-    level_halflife
-        Half-life (windows) of the mean of ``level`` metrics.
+    level_detector
+        The univariate detector (:class:`monitor.detection.detectors.Detector`) cloned for each key's
+        ``level`` metrics, with the metric's ``direction``; None: ``SeasonalDetector()``.
     adapt_after_windows
         A key that has been firing this long starts learning again: a permanent change becomes
         the new baseline and the alert resolves instead of firing forever.
@@ -264,7 +271,7 @@ class HotspotDetector:
                  key_halflife: float = 240.0, prior_weight: float = 200.0,
                  hour_prior_weight: float = 2000.0, rel_floor: float = 0.05, critical_z: float = 15.0,
                  hour_offset_ms: int = 0, adapt_after_windows: int = 120,
-                 level_halflife: float = 15.0, sequential: Sequence[str] = (),
+                 level_detector: Any = None, sequential: Sequence[str] = (),
                  cusum_h: float = 12.0, cusum_shift: float = 0.3, cusum_min_history: float = 20.0,
                  cusum_prior: float = 20.0, cusum_z: float = 2.3) -> None:
         self.metrics = tuple(metrics)
@@ -289,7 +296,7 @@ class HotspotDetector:
         self.critical_z = critical_z
         self.hour_offset_ms = hour_offset_ms
         self.adapt_after_windows = adapt_after_windows
-        self.level_halflife = level_halflife
+        self.level_detector = level_detector
         self._keys: dict[str, _Key] = {}
         self._global: dict[str, _Stat] = {m.name: _Stat() for m in self.metrics}
         self._cv2: dict[str, float] = {}
@@ -311,15 +318,6 @@ class HotspotDetector:
     def _expected(self, m: Metric, key: _Key | None, hour: int) -> tuple[float, float] | None:
         """(expected value, variance excluding the window's own sampling noise), or None if cold."""
         g = self._global[m.name]
-        if m.kind == "level":
-            st = key.stats.get(m.name) if key is not None else None
-            if st is not None and st.n >= 3:
-                mean, var = st.mean, st.var
-            elif g.n >= 3:
-                mean, var = g.mean, g.var
-            else:
-                return None
-            return mean, var + (self.rel_floor * mean) ** 2 + m.floor ** 2
         if g.den <= 0:
             return None
         rate = g.num / g.den
@@ -358,6 +356,10 @@ class HotspotDetector:
             if o is None:
                 continue
             num, den = o[0], o[1]
+            if m.kind == "level":
+                if den > 0 and k is not None and m.name in k.levels:
+                    out[m.name] = self._score_level(m, k.levels[m.name], num / den, start_ms)
+                continue
             if den < m.min_support or den <= 0 or num < m.min_events:
                 continue
             value = num / den
@@ -373,6 +375,30 @@ class HotspotDetector:
                 excess = abs(excess)
             out[m.name] = (value, mu, excess / sd if sd > 0 else 0.0, excess)
         return out
+
+    def _level_detector(self, m: Metric) -> Any:
+        """A fresh univariate detector for one key's ``level`` metric ``m``."""
+        det = self.level_detector
+        if det is None:
+            from monitor.detection.detectors import SeasonalDetector
+
+            return SeasonalDetector(direction=m.direction)
+        return det.clone(direction=m.direction) if "direction" in det._get_params() else det.clone()
+
+    def _score_level(self, m: Metric, det: Any, value: float, start_ms: int) -> tuple[float, float, float, float]:
+        """``(observed, expected, z, excess)`` of a ``level`` metric: the detector's score ``s`` in
+        [0, 1] as the z-score that :meth:`_score` maps back to it (``s = z² / (z² + z_fire²)``, so
+        its 0.5 is this detector's firing threshold)."""
+        s = det.score_one(value, start_ms)
+        mu = det.expected(start_ms) if hasattr(det, "expected") else None
+        mu = value if mu is None else mu
+        z = math.inf if s >= 1.0 else self.z_fire * math.sqrt(s / (1.0 - s))
+        excess = value - mu
+        if m.direction == "down":
+            excess = -excess
+        elif m.direction == "both":
+            excess = abs(excess)
+        return value, mu, z, excess
 
     def _evidence(self, k: _Key, start_ms: int, obs: Mapping[str, tuple[float, float, float | None]]
                   ) -> tuple[dict[str, float], bool]:
@@ -429,7 +455,9 @@ class HotspotDetector:
             z = s[2]
             if m.min_delta > 0:
                 z = min(z, self.z_fire * s[3] / m.min_delta)
-            if z > 0:
+            if z == math.inf:
+                best = 1.0
+            elif z > 0:
                 best = max(best, z * z / (z * z + self.z_fire * self.z_fire))
         return best
 
@@ -599,14 +627,22 @@ class HotspotDetector:
         hour = self._hour(start_ms)
         lam_g = 0.5 ** (1.0 / self.global_halflife)
         lam_k = 0.5 ** (1.0 / self.key_halflife)
-        lam_l = 0.5 ** (1.0 / self.level_halflife)
         warm = self.windows >= self.warmup_windows
-        pooled = {m.name: [0.0, 0.0, 0.0] for m in self.metrics}  # num, den, level sum
-        level_vals: dict[str, list[float]] = {m.name: [] for m in self.metrics}
+        pooled = {m.name: [0.0, 0.0] for m in self.metrics}  # num, den
+        levels = [m for m in self.metrics if m.kind == "level"]
         for key, obs, skip in items:
+            k = self._keys[key]
+            for m in levels:
+                # a level metric's detector learns every window it scored (test-then-train: it has
+                # its own robust statistics; an anomaly is counted, not allowed to widen its band)
+                o = obs.get(m.name)
+                if o is not None and o[1] > 0:
+                    det = k.levels.get(m.name)
+                    if det is None:
+                        det = k.levels[m.name] = self._level_detector(m)
+                    det.learn_one(o[0] / o[1], start_ms)
             if skip and warm:
                 continue
-            k = self._keys[key]
             for m in self.metrics:
                 o = obs.get(m.name)
                 # sequential metrics learn from every window: a sparse cell's baseline is built
@@ -615,11 +651,6 @@ class HotspotDetector:
                     continue
                 num, den, sq = o
                 if m.kind == "level":
-                    level_vals[m.name].append(num / den)
-                    st = k.stats.get(m.name)
-                    if st is None:
-                        st = k.stats[m.name] = _Stat()
-                    self._learn_level(st, num / den, lam_l)
                     continue
                 pooled[m.name][0] += num
                 pooled[m.name][1] += den
@@ -657,11 +688,9 @@ class HotspotDetector:
                 hs[2 * hour] = lam_k * hs[2 * hour] + num
                 hs[2 * hour + 1] = lam_k * hs[2 * hour + 1] + den * rate
         for m in self.metrics:
-            g = self._global[m.name]
             if m.kind == "level":
-                for x in level_vals[m.name]:
-                    self._learn_level(g, x, lam_l)
                 continue
+            g = self._global[m.name]
             num, den = pooled[m.name][0], pooled[m.name][1]
             if den <= 0:
                 continue
@@ -671,22 +700,6 @@ class HotspotDetector:
             g.den = lam * g.den + den
             g.n += 1
 
-    @staticmethod
-    def _learn_level(st: _Stat, x: float, lam: float) -> None:
-        st.n += 1
-        if st.n == 1:
-            st.mean, st.var = x, 0.0
-            return
-        a = max(1.0 - lam, 1.0 / st.n)
-        d = x - st.mean
-        sd = math.sqrt(st.var)
-        if st.n > 5 and sd > 0:   # winsorise: a spike moves the baseline by at most 3 sd
-            d = max(-3 * sd, min(3 * sd, d))
-        st.mean += a * d
-        # variance of the one-step prediction error (not of the series): a smooth daily curve
-        # followed by the mean does not widen the band
-        st.var = d * d if st.n == 2 else (1 - a) * st.var + a * d * d
-
     # -- queries -------------------------------------------------------------------------------
     def active_keys(self) -> list[str]:
         return sorted(k for k, s in self._keys.items() if s.active)
@@ -695,8 +708,8 @@ class HotspotDetector:
     def baselines(self) -> int:
         """Baseline accumulators held: per key, one per metric and one array of the 24 hours of
         day per metric -- at most keys x metrics x 2, each allocated by the first window that
-        teaches the key that metric (not hour by hour)."""
-        return sum(len(k.stats) + len(k.hours) for k in self._keys.values())
+        teaches the key that metric (not hour by hour); and one detector per ``level`` metric."""
+        return sum(len(k.stats) + len(k.hours) + len(k.levels) for k in self._keys.values())
 
     def is_active(self, key: str) -> bool:
         k = self._keys.get(key)
@@ -705,9 +718,16 @@ class HotspotDetector:
     def expected(self, key: str, start_ms: int) -> dict[str, float]:
         """The baseline a window of ``key`` starting at ``start_ms`` would be compared with."""
         hour = self._hour(start_ms)
+        k = self._keys.get(key)
         out = {}
         for m in self.metrics:
-            e = self._expected(m, self._keys.get(key), hour)
+            if m.kind == "level":
+                det = k.levels.get(m.name) if k is not None else None
+                e = det.expected(start_ms) if det is not None and hasattr(det, "expected") else None
+                if e is not None:
+                    out[m.name] = e
+                continue
+            e = self._expected(m, k, hour)
             if e is not None:
                 out[m.name] = e[0]
         return out
