@@ -175,6 +175,38 @@ def _wait_history(sim_log: Path, log_start: int, ports: list[int], procs: _Procs
     return None
 
 
+#: the network faults the demo's simulator injects (its ground truth), written under the demo's root
+INJECTED_FILE = "injected.json"
+
+
+def write_injected(path: Path, args: argparse.Namespace, offset_h: int) -> list[dict]:
+    """Write the network faults the simulator is about to inject (cell and regional incidents and KPI
+    drifts, as ``satmon simulate --out`` writes them in ``ground_truth/incidents.json``) to ``path``;
+    returns them. The simulator resolves the same scenario with the same seed and world, so the cells
+    are exact; its start is taken here, just before it is launched, so onsets are early by its
+    start-up (about a second). What the NOC should see, and what tests/test_demo.py checks."""
+    import json
+
+    from monitor.sim import simulate
+
+    start_ms = int(time.time() * 1000)
+    if args.history not in ("", "0"):
+        start_ms -= simulate.duration_ms(args.history, "--history")
+    truth = simulate.Simulator(simulate.SimConfig(subscribers=args.subscribers, hours=0, scenario=args.scenario,
+                                                  start_ms=start_ms, utc_offset_h=offset_h)).incidents_json()
+    network = [r for r in truth["incidents"] + truth["drifts"] if r["scope"] in ("cell", "region")]
+    path.write_text(json.dumps({"start_ms": start_ms, "faults": network}, indent=1) + "\n")
+    return network
+
+
+def _describe(rec: dict) -> str:
+    where = rec.get("region") or ", ".join(rec["regions"])
+    cells = f", {len(rec['cells'])} cells ({', '.join(rec['cells'])})" if rec["cells"] else ""
+    onset = time.strftime("%H:%M", time.gmtime(rec["onset_ms"] / 1000))
+    until = f" to {time.strftime('%H:%M', time.gmtime(rec['end_ms'] / 1000))}" if rec["end_ms"] else ""
+    return f"{rec['id']} ({rec['type']}): {where}{cells}, {onset}{until} UTC"
+
+
 def _prometheus_config(path: Path, worker_ports: list[int], am_port: int | None) -> None:
     rules = sorted((REPO / "deploy" / "prometheus" / "rules").glob("*.yml"))
     lines = ["global:", "  scrape_interval: 5s", "  evaluation_interval: 5s"]
@@ -272,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
         sim_log = logs / "simulator.log"
         sim_log_start = sim_log.stat().st_size if sim_log.exists() else 0
         offset_h = afternoon_offset_h(time.time())
+        injected = write_injected(root / INJECTED_FILE, args, offset_h)
         procs.start("simulator", satmon + ["simulate", "--broker", url, "--start", "now", "--rate", str(args.rate),
                                            "--subscribers", str(args.subscribers), "--scenario", args.scenario,
                                            "--utc-offset-h", str(offset_h),
@@ -287,6 +320,8 @@ def run(args: argparse.Namespace) -> int:
         if am_port:
             print(f"  Alertmanager      http://127.0.0.1:{am_port}/")
         print(f"  simulated time    subscribers at UTC{offset_h:+d}: mid-afternoon for them now, the day's load")
+        for rec in injected:
+            print(f"  injected          {_describe(rec)}")
         print(f"  API tokens        {', '.join(f'{k}={v}' for k, v in tokens.items())}")
         print(f"  example           satmon at-risk --url http://127.0.0.1:{ports[0]} --limit 20 --format csv"
               f"  (with SATMON_TOKEN={tokens.get('outreach', '')})")
