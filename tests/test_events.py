@@ -7,7 +7,6 @@ import doctest
 import importlib
 import json
 import pkgutil
-import timeit
 from typing import Any
 
 import msgspec
@@ -304,17 +303,7 @@ def test_valid_records_round_trip(case):
     assert events.decode(schema, raw.decode()) == record  # from text, too
 
 
-# -- speed and doctests --------------------------------------------------------------------------
-
-def test_valid_path_costs_little_more_than_msgspec():
-    raw = with_(NET)
-    decoder = events.decoder_for("network_event.v1")
-    n = 20_000
-    ours = min(timeit.repeat(lambda: events.decode("network_event.v1", raw), number=n, repeat=5)) / n
-    bare = min(timeit.repeat(lambda: decoder.decode(raw), number=n, repeat=5)) / n
-    # measured: ~0.47 µs vs ~0.37 µs; the bound leaves room for a busy shared machine
-    assert ours < 3 * bare + 0.5e-6, (ours, bare)
-
+# -- doctests --------------------------------------------------------------------------
 
 # Every module's doctests run (River's way); the foundation's own must have examples.
 MODULES = sorted(m.name for m in pkgutil.walk_packages(monitor.__path__, "monitor.") if m.name != "monitor.__main__")
