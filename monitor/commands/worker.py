@@ -55,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
         # A fresh embedded broker has no changelogs: local RocksDB state would be stale.
         shutil.rmtree(settings.data_dir / "worker", ignore_errors=True)
 
-    from faust.worker import Worker as FaustWorker
-
-    from monitor.worker.app import build_worker
+    from monitor.worker.app import FaustWorker, build_worker
 
     from monitor.tuning import tune_gc
 

@@ -128,6 +128,20 @@ FAUST_PAGES_OFF: dict[str, bool] = {"web_tables_enabled": False, "web_router_ena
                                     "web_metrics_enabled": False}
 
 
+class FaustWorker(faust.Worker):
+    """Faust's worker process runner without its terminal spinner.
+
+    Faust's start-up spinner, used whenever the log level is WARNING or above, sets the *root
+    logger* to DEBUG so that it can spin on every record, and keeps it there: every debug call in
+    aiokafka, Faust and mode then builds a ``LogRecord`` (caller lookup included) for the spinner's
+    handler. aiokafka logs one for each request it sends and each fetch it plans, ~2-3 % of the
+    benchmark worker's CPU (py-spy --gil). Here the root logger keeps the level asked for."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
+
+
 @dataclasses.dataclass
 class Worker:
     """One worker process's parts."""
