@@ -119,3 +119,29 @@ def test_a_v2_run_is_refused_with_the_reason(tmp_path):
     simulate.write_files(simulate.SimConfig(subscribers=100, hours=0.6, seed=2, world="v2"), tmp_path)
     with pytest.raises(MonitorError, match="latent-satisfaction"):
         evaluate(tmp_path)
+
+
+def test_the_batch_references_cannot_score_an_outcome_by_recognising_the_subscriber():
+    """A subscriber's outcome in the second half also labels their first-half rows (the horizons
+    straddle the split): a reference fitted on the same subscribers would score it by recognising
+    them. Here one feature only identifies the subscriber (no signal across subscribers) and another
+    carries a real signal: cross-fitted over subscribers, the references rank by the signal."""
+    from monitor.evaluation.risk import _batch_and_single_feature
+
+    rng = np.random.default_rng(7)
+    n, instants = 600, list(range(8))
+    will = rng.random(n) < 0.15                  # who has an outcome in the horizon, at every instant
+    fingerprint = rng.random(n)                  # a slow feature that says who, not whether
+    per_t = {}
+    for t in instants:
+        signal = will * 1.2 + rng.normal(0, 1, n)
+        x = np.column_stack([fingerprint, signal]).astype(np.float32)
+        per_t[t] = {"y": will.astype(np.int8), "scores": {}, "x": x, "subs": np.arange(n, dtype=np.int64)}
+    _batch_and_single_feature(per_t, instants, half=3.5)
+    fp_only = {t: {**r, "x": r["x"][:, :1], "scores": {}} for t, r in per_t.items()}
+    _batch_and_single_feature(fp_only, instants, half=3.5)
+    for name in ("batch_reference", "batch_logistic"):
+        aucs = [_auc(per_t[t]["y"], per_t[t]["scores"][name]) for t in instants[4:]]
+        assert 0.6 < np.mean(aucs) < 0.9, (name, aucs)      # the signal alone: ~0.80
+        fp = [_auc(fp_only[t]["y"], fp_only[t]["scores"][name]) for t in instants[4:]]
+        assert abs(np.mean(fp) - 0.5) < 0.1, (name, fp)     # fitted on the same subscribers: HGB 0.93
