@@ -107,6 +107,11 @@ def test_engine_outage_gives_exactly_one_fire_updates_and_one_resolve():
     assert inc.end_ms <= mine[-1].ends_at_ms <= inc.end_ms + 3 * 60_000
     assert [a for a in alerts if a.labels.get("cell_id") not in (None, "c005")] == []
     assert eng.active_hotspots() == []
+    # each record says when it was updated (the end of the window it reflects), not its start again
+    firing = [a for a in mine if a.status == "firing"]
+    assert all(a.starts_at_ms == inc.start_ms for a in mine)
+    assert all(a.updated_at_ms % 60_000 == 0 and a.updated_at_ms > a.starts_at_ms for a in firing)
+    assert [a.updated_at_ms for a in firing] == sorted({a.updated_at_ms for a in firing})   # strictly later
 
 
 def test_no_flapping_on_a_noisy_but_normal_cell():

@@ -110,8 +110,11 @@ class AlertLifecycle:
         self.__dict__.update(state)
 
     def fire(self, alertname: str, labels: Mapping[str, str], *, ts_ms: int, severity: str,
-             summary: str, description: str, details: Mapping[str, Any] | None = None) -> Alert | None:
-        """Fire (or update) the alert ``alertname`` with ``labels`` as of event time ``ts_ms``."""
+             summary: str, description: str, details: Mapping[str, Any] | None = None,
+             starts_at_ms: int | None = None) -> Alert | None:
+        """Fire (or update) the alert ``alertname`` with ``labels`` as of event time ``ts_ms`` (its
+        ``updated_at_ms``). ``starts_at_ms``: when the condition began, if earlier (a hot spot's
+        evidence starts windows before it fires); it names the alert (its id) and never moves."""
         if alertname not in ALERT_KINDS:
             raise ValueError(f"unknown alertname {alertname!r}; known: {', '.join(ALERT_KINDS)}")
         if severity not in SEVERITIES:
@@ -120,12 +123,13 @@ class AlertLifecycle:
         det = dict(details) if details is not None else None
         cur = self._active.get(key)
         if cur is None:
+            start = ts_ms if starts_at_ms is None else min(starts_at_ms, ts_ms)
             alert = Alert(
-                alert_id=alert_id(alertname, labels, ts_ms), alertname=alertname,
+                alert_id=alert_id(alertname, labels, start), alertname=alertname,
                 kind=ALERT_KINDS[alertname], status="firing", severity=severity,  # type: ignore[arg-type]
                 labels={str(k): str(v) for k, v in labels.items()}, summary=summary,
                 description=description, runbook_url=runbook_url(alertname, self.runbook_base),
-                starts_at_ms=ts_ms, updated_at_ms=ts_ms, sequence=0, ends_at_ms=None, details=det)
+                starts_at_ms=start, updated_at_ms=ts_ms, sequence=0, ends_at_ms=None, details=det)
             self.fired += 1
         elif (cur.severity, cur.summary, cur.description, cur.details) == (severity, summary, description, det):
             self.duplicates += 1

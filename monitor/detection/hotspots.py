@@ -827,7 +827,9 @@ class HotspotEngine:
                 if len(hashes) < self.max_affected:
                     hashes.update(p.affected)
             if v.event in ("fire", "update"):
-                alert = self.lifecycle.fire(HOTSPOT_CELL, labels, ts_ms=v.since_ms or start_ms,
+                # updated as of this window's end; started where its run of evidence began
+                alert = self.lifecycle.fire(HOTSPOT_CELL, labels, ts_ms=start_ms + width,
+                                            starts_at_ms=v.since_ms or start_ms,
                                             severity=v.severity, **self._cell_text(cell, v, p, width))
                 if alert is not None:
                     out.append(alert)
@@ -894,7 +896,7 @@ class HotspotEngine:
                         + (f"; region-wide {_metric_text(self.region_detector, worst, rv)}" if by_rollup and rv else "")
                         + f"; {len(affected)} subscribers affected")
                 alert = self.lifecycle.fire(
-                    HOTSPOT_REGION, labels, ts_ms=since, severity=severity,
+                    HOTSPOT_REGION, labels, ts_ms=start_ms + width, starts_at_ms=since, severity=severity,
                     summary=f"Region {region} is degraded",
                     description=desc,
                     details={"hot_cells": hot, "cells": total, "region_wide": by_rollup,
