@@ -151,8 +151,8 @@ def end_to_end(system: str, records: list, partitions: int, timeout_s: float,
             r = e2e.run_peer(script, args, timeout_s=timeout_s)
         return entry(system, workload, events_per_s=r["events_per_s"], cores=r.get("cores", 1),
                      events=r["events"], seconds=r["seconds"], workers=1, core=r.get("core") or CORE_NAME,
-                     **{k: r[k] for k in ("worker_cpu_s", "events_per_cpu_s", "stage_s_per_million_events")
-                        if k in r})
+                     **{k: r[k] for k in ("worker_cpu_s", "worker_sys_s", "worker_minor_faults",
+                                          "events_per_cpu_s", "stage_s_per_million_events") if k in r})
     except Exception as err:  # noqa: BLE001 - recorded in the results, the other systems still run
         return entry(system, workload, error=_short(err), workers=1)
     finally:
@@ -356,6 +356,9 @@ def median_run(tries: list[dict[str, Any]]) -> dict[str, Any]:
     best["samples_events_per_s"] = [t.get("events_per_s") for t in tries]
     if any("events_per_cpu_s" in t for t in tries):
         best["samples_events_per_cpu_s"] = [t.get("events_per_cpu_s") for t in tries]
+    for key in ("worker_sys_s", "worker_minor_faults"):
+        if any(key in t for t in tries):
+            best[f"samples_{key}"] = [t.get(key) for t in tries]
     if any("stage_s_per_million_events" in t for t in tries):
         best["samples_stage_s_per_million_events"] = [t.get("stage_s_per_million_events") for t in tries]
     return best
