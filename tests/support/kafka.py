@@ -108,7 +108,11 @@ async def produce(bootstrap: str, records: list[tuple[str, bytes | None, bytes]]
 
 async def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, idle_s: float = 1.5,
                      timeout_s: float = 30) -> list[Any]:
-    """Every record of ``topic`` from the beginning: until ``expect`` records, or ``idle_s`` of silence."""
+    """Every record of ``topic`` from the beginning: until ``expect`` records or, without ``expect``,
+    until every partition's position has reached the high watermark its fetch responses report (right
+    on Tansu, unlike ListOffsets: docs/BROKER.md); ``idle_s`` of silence ends the read only while a
+    partition has not reported one. (Silence alone ended it before: a clean-clone CI run under load 9
+    read 26 of a changelog's 50 subscribers in a test that passes alone, a slow fetch the likely cause.)"""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -119,7 +123,8 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, i
         if not parts:
             await consumer._client.force_metadata_update()
             parts = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in parts])
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
         out: list[Any] = []
         last = time.monotonic()
         deadline = last + timeout_s
@@ -131,8 +136,14 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int | None = None, i
                 last = time.monotonic()
             if expect is not None and len(out) >= expect:
                 break
-            if expect is None and time.monotonic() - last > idle_s:
-                break
+            if expect is None:
+                hws = [consumer.highwater(tp) for tp in tps]
+                if None not in hws:
+                    positions = [await consumer.position(tp) for tp in tps]
+                    if all(p >= h for p, h in zip(positions, hws)):
+                        break
+                elif time.monotonic() - last > idle_s:
+                    break
         return out
     finally:
         await consumer.stop()
