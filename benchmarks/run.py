@@ -216,7 +216,7 @@ class SatmonWorker:
 
     def partitions(self) -> int | None:
         text = self.metrics()
-        m = re.search(r"^satmon_worker_partitions (\S+)$", text, re.M)
+        m = re.search(r"^satmon_worker_partitions_assigned (\S+)$", text, re.M)
         return int(float(m.group(1))) if m else None
 
     def processed(self) -> float:
