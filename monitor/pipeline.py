@@ -402,9 +402,6 @@ class HotspotStage:
         self.max_skew_ms = max_skew_ms
         self.data_drift = data_drift
         self.runbook_base = runbook_base
-        # (data drift's change test is the detector module's Page-Hinkley: no River import here; it
-        # was imported at this point because river.drift, with scikit-learn and SciPy, took ~2 s that
-        # stalled the stream by the first closed window)
         self.stages: dict[int, tuple[Any, Any]] = {}
         self.windows_in = 0
         self.alerts_out = 0

@@ -728,7 +728,6 @@ class PageHinkleyTest:
         self.threshold = threshold
         self.alpha = alpha
         self.mode = mode
-        self.drift_detected = False
         self._reset()
 
     def _reset(self) -> None:

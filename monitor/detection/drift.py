@@ -125,13 +125,13 @@ def make_detector(name: str, seed: int | None = None) -> Any:
         # per window, alarm when the excess sums to 9 sd -- a large shift is caught in 3 windows,
         # a 3-sd one in 5, and a spike of one or two windows (a hot spot, not drift) never
         return PageHinkleyTest(min_instances=1, delta=1.0, threshold=9.0, alpha=1.0, mode="both")
-    if name not in ("adwin", "kswin"):
-        raise ValueError(f"unknown drift detector {name!r}: page_hinkley, adwin or kswin")
-    from river import drift
-
     if name == "adwin":
+        from river import drift
+
         return drift.ADWIN(delta=0.002, clock=1, min_window_length=3, grace_period=5)
     if name == "kswin":
+        from river import drift
+
         return drift.KSWIN(alpha=0.0001, window_size=40, stat_size=10, seed=seed)
     raise ValueError(f"unknown drift detector {name!r}: page_hinkley, adwin or kswin")
 

@@ -111,6 +111,11 @@ CELL_METRICS: tuple[Metric, ...] = (
 REGION_METRICS: tuple[Metric, ...] = tuple(m for m in CELL_METRICS if m.name != "mean_risk")
 
 
+def _directed(m: Metric, d: float) -> float:
+    """A deviation from the baseline as the excess that counts for ``m`` (its ``direction``)."""
+    return -d if m.direction == "down" else abs(d) if m.direction == "both" else d
+
+
 #: the symptoms judged on evidence accumulated over windows (see ``HotspotDetector``)
 NETWORK_SYMPTOMS = ("degraded_share", "drop_rate", "stall_rate", "latency_ms")
 
@@ -368,11 +373,7 @@ class HotspotDetector:
                 continue
             mu, var = exp
             sd = math.sqrt(var + self._sampling_var(m, mu, den))
-            excess = value - mu
-            if m.direction == "down":
-                excess = -excess
-            elif m.direction == "both":
-                excess = abs(excess)
+            excess = _directed(m, value - mu)
             out[m.name] = (value, mu, excess / sd if sd > 0 else 0.0, excess)
         return out
 
@@ -393,12 +394,7 @@ class HotspotDetector:
         mu = det.expected(start_ms) if hasattr(det, "expected") else None
         mu = value if mu is None else mu
         z = math.inf if s >= 1.0 else self.z_fire * math.sqrt(s / (1.0 - s))
-        excess = value - mu
-        if m.direction == "down":
-            excess = -excess
-        elif m.direction == "both":
-            excess = abs(excess)
-        return value, mu, z, excess
+        return value, mu, z, _directed(m, value - mu)
 
     def _evidence(self, k: _Key, start_ms: int, obs: Mapping[str, tuple[float, float, float | None]]
                   ) -> tuple[dict[str, float], bool]:
