@@ -145,3 +145,29 @@ def test_the_batch_references_cannot_score_an_outcome_by_recognising_the_subscri
         assert 0.6 < np.mean(aucs) < 0.9, (name, aucs)      # the signal alone: ~0.80
         fp = [_auc(fp_only[t]["y"], fp_only[t]["scores"][name]) for t in instants[4:]]
         assert abs(np.mean(fp) - 0.5) < 0.1, (name, fp)     # fitted on the same subscribers: HGB 0.93
+
+
+def test_learned_from_zero_in_one_pass_equals_a_second_replay(world):
+    """The learned-from-zero model learns the pipeline's matured labels in the same pass (labels do
+    not depend on the model); it must score every instant exactly as a second replay whose cores
+    start from zero weights (what ``evaluate`` ran until 2026-12-07, at twice the time)."""
+    from monitor import replay
+    from monitor.evaluation.risk import _Collector, _zero_prior_model, load_truth, replay_world
+    from monitor.scoring.core import PartitionCore
+
+    truth = load_truth(world)
+    one = replay_world(world, every_h=4, truth=truth)
+    shared = [_zero_prior_model(None)]
+    second = _Collector(truth, one["instants"], reasons=False)
+    replay.run(world, instants=one["instants"], on_instant=second, hotspots=False,
+               make_core=lambda p, load: PartitionCore(p, state_loader=load, model=shared[0]))
+    assert second.rows and set(second.rows) == set(one["zero_prior_rows"])
+    for t, r in second.rows.items():
+        z = one["zero_prior_rows"][t]
+        assert np.array_equal(r["subs"], z["subs"])
+        assert np.array_equal(r["model"], z["model"]), t
+    # and the pipeline's own model is unchanged by teaching a second one beside it
+    alone = replay_world(world, every_h=4, truth=truth, zero_prior=False)
+    for t, r in alone["rows"].items():
+        assert np.array_equal(r["model"], one["rows"][t]["model"]), t
+    assert shared[0].n_labels == one["labels_learned"]["labels"] > 0

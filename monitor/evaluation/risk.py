@@ -8,7 +8,7 @@ snapshot and the model's probability per outcome. Labels come from the world's g
 including the unseen follow-up, and only instants whose whole horizon lies in the run count.
 
 Systems graded on the same rows: ``model`` (the pipeline's), ``prior`` (an untrained model: the
-rule-based prior), ``zero_prior`` (a second replay whose models start from zero weights),
+rule-based prior), ``zero_prior`` (a model that starts from zero weights and learns the same labels),
 ``oracle`` (the world's true probability, ``ground_truth/oracle.npz``), ``batch_reference``
 (scikit-learn's ``HistGradientBoostingClassifier`` with default settings, trained on the snapshots
 of the first half of the evaluated period, scored on the second, cross-fitted over subscribers: a
@@ -233,8 +233,11 @@ def _names_driver(driver: str, code: str, text: str) -> bool:
 class _Collector:
     """``on_instant`` of a replay: every active subscriber's snapshot at each list instant."""
 
-    def __init__(self, truth: dict[str, Any], instants: list[int], *, reasons: bool) -> None:
+    def __init__(self, truth: dict[str, Any], instants: list[int], *, reasons: bool,
+                 zero_model: Any = None) -> None:
         self.truth = truth
+        #: the learned-from-zero model, scored on the same snapshots (its rows under ``zero``)
+        self.zero_model = zero_model
         self.rows: dict[int, dict[str, np.ndarray]] = {}
         self.reasons = reasons
         # outcomes with a known driver: (subscriber, time, driver, outcome) -> latest top reason before it
@@ -253,7 +256,8 @@ class _Collector:
         from monitor.scoring.features import feature_vector
 
         churned = self.truth["churned"]
-        subs, xs, probs = [], [], []
+        subs, xs, probs, zprobs = [], [], [], []
+        zero = self.zero_model
         for core in pipeline.cores.values():
             model = self.model = core.model
             for sid, st in core.states.items():
@@ -265,6 +269,8 @@ class _Collector:
                 subs.append(s)
                 xs.append(x)
                 probs.append(_predict(model, x))
+                if zero is not None:
+                    zprobs.append(_predict(zero, x))
                 if self.reasons and s in self.pending:
                     for ts, drv, o in self.pending[s]:
                         if t < ts <= t + 72 * HOUR_MS:
@@ -274,6 +280,8 @@ class _Collector:
         self.rows[t] = {"subs": np.array(subs, dtype=np.int64)[order],
                         "x": np.array(xs, dtype=np.float32).reshape(len(subs), -1)[order],
                         "model": np.array(probs, dtype=np.float64).reshape(len(subs), 3)[order]}
+        if zero is not None:
+            self.rows[t]["zero"] = np.array(zprobs, dtype=np.float64).reshape(len(subs), 3)[order]
 
 
 def _prior_scores(x: np.ndarray) -> np.ndarray:
@@ -284,31 +292,44 @@ def _prior_scores(x: np.ndarray) -> np.ndarray:
     return np.array([_predict(m, row) for row in x.tolist()], dtype=np.float64).reshape(len(x), 3)
 
 
-def _zero_prior_factory(settings: Any) -> Any:
-    """Cores whose models start from zero weights (the learned-from-zero ablation)."""
-    from monitor.scoring.core import PartitionCore, RiskModel, core_options, model_options
+def _zero_prior_model(settings: Any) -> Any:
+    """The learned-from-zero ablation's model: the pipeline's settings, zero starting weights."""
+    from monitor.scoring.core import RiskModel, model_options
 
-    shared: list[Any] = []
+    return RiskModel(use_prior=False, **model_options(settings))
+
+
+def _teaching_both(settings: Any, zero: Any) -> Any:
+    """The worker's cores (:func:`monitor.pipeline.default_core_factory`), whose matured labels
+    teach the pipeline's model and, in the same order, the learned-from-zero model ``zero``.
+
+    Labels do not depend on the model (a snapshot is the feature state, its outcome what followed),
+    so ``zero`` ends every instant exactly where a second replay with zero-weight cores would, at
+    half the cost: one pass over the streams instead of two."""
+    from monitor.pipeline import default_core_factory
+
+    make_main = default_core_factory(settings)
 
     def make(partition: int, state_loader: Any) -> Any:
-        try:
-            if not shared:
-                shared.append(RiskModel(use_prior=False, **model_options(settings)))
-            return PartitionCore(partition, **core_options(settings), state_loader=state_loader, model=shared[0])
-        except TypeError:   # an older core: a model per partition, zeroed in place
-            core = PartitionCore(partition, **core_options(settings), state_loader=state_loader)
-            model = core.model
-            for name in ("prior_weights", "weights"):
-                if hasattr(model, name):
-                    setattr(model, name, [0.0] * len(getattr(model, name)))
-            return core
+        core = make_main(partition, state_loader)
+        model = core.model
+
+        def sink(rec: Any) -> None:
+            model.learn(rec)   # what the core does without a sink
+            zero.learn(rec)
+
+        core.label_sink = sink
+        return core
 
     return make
 
 
 def replay_world(sim_dir: str | Path, *, settings: Any = None, partitions: int = 4, zero_prior: bool = True,
                  every_h: int = 1, truth: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Replay one world and collect, at every list instant, the rows of each system (see module doc)."""
+    """Replay one world and collect, at every list instant, the rows of each system (see module doc).
+
+    One pass: with ``zero_prior`` the learned-from-zero model learns the same matured labels as the
+    pipeline's model, in the same order, and scores the same snapshots (:func:`_teaching_both`)."""
     from monitor import replay as replay_driver
 
     truth = truth or load_truth(sim_dir)
@@ -319,16 +340,15 @@ def replay_world(sim_dir: str | Path, *, settings: Any = None, partitions: int =
     off = w.get("utc_offset_h", 0.0)
     instants = [t for j, t in enumerate(oracle_ts) if j % every_h == 0 or abs(_local_hour(t, off) - 9.0) < 1e-9]
     t0 = time.perf_counter()
-    main = _Collector(truth, instants, reasons=True)
+    zero = _zero_prior_model(settings) if zero_prior else None
+    main = _Collector(truth, instants, reasons=True, zero_model=zero)
     result = replay_driver.run(sim_dir, settings=settings, partitions=partitions, instants=instants,
-                               on_instant=main, hotspots=False)
+                               on_instant=main, hotspots=False,
+                               make_core=_teaching_both(settings, zero) if zero is not None else None)
     out = {"truth": truth, "instants": instants, "rows": main.rows, "reasons": main.last_reason,
            "labels_learned": _labels_learned(main.model), "events": result.events, "dead_letters": result.dead_letters, "replay_s": round(time.perf_counter() - t0, 1)}
-    if zero_prior:
-        zp = _Collector(truth, instants, reasons=False)
-        replay_driver.run(sim_dir, settings=settings, partitions=partitions, instants=instants, on_instant=zp,
-                          hotspots=False, make_core=_zero_prior_factory(settings))
-        out["zero_prior_rows"] = zp.rows
+    if zero is not None:
+        out["zero_prior_rows"] = {t: {"subs": r["subs"], "model": r["zero"]} for t, r in main.rows.items()}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
