@@ -368,18 +368,18 @@ class PartitionCore:
         an at-risk flip, a move of ``MATERIAL_DELTA`` near or above the threshold (``LOW_DELTA``
         well below it, where nobody acts on the score), or a new top reason while at risk."""
         was_at_risk = st.at_risk_since > 0
+        model = self.model
+        # the headline score and each outcome's probability in one call (RiskModel.score_probs: the
+        # floats of predict and score), reused below when the change is material
+        score, p0, p1, p2 = model.score_probs(x)
         if not was_at_risk and st.last_score >= 0:
             # fast path, most events: a subscriber well clear of the list stays quiet
-            score = self.model.score(x)
             low = self.threshold * 0.5
             if score < self.threshold and abs(score - st.last_score) < (
                     MATERIAL_DELTA if max(score, st.last_score) >= low else LOW_DELTA):
                 return None
-        probs, _, contrib = self.model.contributions(x)
-        q = 1.0
-        for p in probs.values():
-            q *= 1.0 - p
-        score = 1.0 - q
+        probs = dict(zip(OUTCOMES, (p0, p1, p2)))
+        contrib = model.contributions_of(max(OUTCOMES, key=lambda o: (probs[o], -OUTCOMES.index(o))), x)
         at_risk = score >= self.threshold
         ranked = sorted((c, i) for i, c in enumerate(contrib) if c > 0.05)[::-1][:4]
         top = FEATURES[ranked[0][1]] if ranked else ""
@@ -400,7 +400,7 @@ class PartitionCore:
                 reasons.append(Reason(code=code, text=text, value=value, contribution=round(c, 4)))
         return RiskScore(subscriber_id=sid, ts_ms=ts, scored_at_ms=self.clock_ms(), score=round(score, 4),
                          at_risk=at_risk, reasons=reasons, model_version=self.model.n_labels,
-                         prior=round(self.model.prior_score(x), 4),
+                         prior=round(model.prior_score_of(x), 4),
                          outcomes=OutcomeProbabilities(**{o: round(p, 4) for o, p in probs.items()}),
                          at_risk_since_ms=st.at_risk_since or None, region=st.region,
                          segment=st.segment, cell_id=st.cell)

@@ -202,7 +202,12 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
     if ev.segment is not None and ev.segment != st.segment:
         st.segment = intern(ev.segment)
     if isinstance(ev, NetworkEvent):
-        dt = ts - st.net_ts if st.net_ts else 0
+        # The event's fields and the state's previous values are read once into locals, and
+        # ``min``/``max`` of two numbers are written as the comparison they make (``max(a, b)`` is
+        # ``b if b > a else a``; ``min(a, b)`` is ``b if b < a else a``, NaN included): the same
+        # floats with fewer attribute reads and no builtin calls (docs/WORKER.md, issue 22).
+        net_ts = st.net_ts
+        dt = ts - net_ts if net_ts else 0
         if dt > 0:   # the decays of every half-life, inline (_decay's formula; a call each cost ~5 %)
             k = 0.5 ** (dt / NET_HALF_LIFE_MS)
             e = 0.5 ** (dt / EW_HALF_LIFE_MS)
@@ -212,49 +217,82 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
             kb = 0.5 ** (dt / BURDEN_HALF_LIFE_MS)
         else:
             k = e = kd = kg = kr = kb = 1.0
-        a = 1.0 - e if st.net_ts else 1.0
-        a = max(a, 0.2)  # every session moves the recent means
-        st.net_ts = max(ts, st.net_ts)
+        a = 1.0 - e if net_ts else 1.0
+        if 0.2 > a:
+            a = 0.2  # every session moves the recent means
+        st.net_ts = net_ts if net_ts > ts else ts
+        service = ev.service
+        rsrp = ev.rsrp_dbm
+        dl = ev.dl_mbps
+        latency = ev.latency_ms
+        stall_s = ev.video_stall_s
+        call_drop = ev.call_drop
         # interned: a few thousand distinct values shared by millions of states
         if ev.cell_id != st.cell:
             st.cell = intern(ev.cell_id)
         if ev.region != st.region:
             st.region = intern(ev.region)
-        if ev.service != st.service:
-            st.service = intern(ev.service)
-        st.rsrp_ew += a * (ev.rsrp_dbm - st.rsrp_ew)
-        st.sinr_ew += a * (ev.sinr_db - st.sinr_ew)
-        st.dl_ew += a * (ev.dl_mbps - st.dl_ew)
-        lat = ev.latency_ms * LATENCY_SENSITIVE.get(ev.service, 1.0)
-        st.lat_ew += a * (lat - st.lat_ew)
+        if service != st.service:
+            st.service = intern(service)
+        rsrp_ew = st.rsrp_ew
+        st.rsrp_ew = rsrp_ew = rsrp_ew + a * (rsrp - rsrp_ew)
+        sinr_ew = st.sinr_ew
+        st.sinr_ew = sinr_ew + a * (ev.sinr_db - sinr_ew)
+        dl_ew = st.dl_ew
+        st.dl_ew = dl_ew + a * (dl - dl_ew)
+        lat = latency * LATENCY_SENSITIVE.get(service, 1.0)
+        lat_ew = st.lat_ew
+        st.lat_ew = lat_ew + a * (lat - lat_ew)
         # the worst moment weighs most and fades only slowly back toward the recent mean
-        st.worst_rsrp = min(ev.rsrp_dbm, st.worst_rsrp + (st.rsrp_ew - st.worst_rsrp) * (1 - k))
+        worst_rsrp = st.worst_rsrp
+        worst_rsrp = worst_rsrp + (rsrp_ew - worst_rsrp) * (1 - k)
+        st.worst_rsrp = worst_rsrp if worst_rsrp < rsrp else rsrp
         bad = DEGRADED.is_degraded(ev)
-        st.drops = st.drops * k + ev.call_drop
-        cov = min(3.0, max(0.0, (WEAK_RSRP_DBM - ev.rsrp_dbm) / 10.0))
-        noticed = NOTICED_LATENCY_MS.get(ev.service)
-        late = min(3.0, max(0.0, math.log2(ev.latency_ms / noticed))) if noticed and ev.latency_ms > 0 else 0.0
-        slow = (min(4.0, max(0.0, math.log2(SLOW_DATA_MBPS / max(ev.dl_mbps, 0.01))))
-                if ev.service in DATA_HEAVY else 0.0)
-        stall = min(4.0, max(0.0, ev.video_stall_s / STALL_NOTICED_S - 1.0))
+        st.drops = st.drops * k + call_drop
+        cov = (WEAK_RSRP_DBM - rsrp) / 10.0
+        cov = cov if cov > 0.0 else 0.0
+        cov = cov if cov < 3.0 else 3.0
+        noticed = NOTICED_LATENCY_MS.get(service)
+        if noticed and latency > 0:
+            late = math.log2(latency / noticed)
+            late = late if late > 0.0 else 0.0
+            late = late if late < 3.0 else 3.0
+        else:
+            late = 0.0
+        if service in DATA_HEAVY:
+            slow = math.log2(SLOW_DATA_MBPS / (0.01 if 0.01 > dl else dl))
+            slow = slow if slow > 0.0 else 0.0
+            slow = slow if slow < 4.0 else 4.0
+        else:
+            slow = 0.0
+        stall = stall_s / STALL_NOTICED_S - 1.0
+        stall = stall if stall > 0.0 else 0.0
+        stall = stall if stall < 4.0 else 4.0
         st.cov_d = st.cov_d * kd + cov
-        st.lat_voice_d = st.lat_voice_d * kd + (late if ev.service == "voice" else 0.0)
-        st.lat_video_d = st.lat_video_d * kd + (late if ev.service == "video" else 0.0)
-        st.lat_gaming_d = st.lat_gaming_d * kd + (late if ev.service == "gaming" else 0.0)
+        st.lat_voice_d = st.lat_voice_d * kd + (late if service == "voice" else 0.0)
+        st.lat_video_d = st.lat_video_d * kd + (late if service == "video" else 0.0)
+        st.lat_gaming_d = st.lat_gaming_d * kd + (late if service == "gaming" else 0.0)
         st.slow_d = st.slow_d * kd + slow
         st.stall_d = st.stall_d * kd + stall
-        st.net_g = st.net_g * kg + 0.2 * cov + late + 0.3 * slow + stall + 2.0 * ev.call_drop
-        st.stalls_s = st.stalls_s * k + ev.video_stall_s
+        st.net_g = st.net_g * kg + 0.2 * cov + late + 0.3 * slow + stall + 2.0 * call_drop
+        st.stalls_s = st.stalls_s * k + stall_s
         st.bad = st.bad * k + bad
         st.sessions = st.sessions * k + 1.0
-        sev, what = _graded_severity(ev) if bad else (0.0, "")
-        st.recent_sev = st.recent_sev * kr
-        st.burden = st.burden * kb + sev
-        st.worst_sev *= k
+        burden = st.burden * kb
+        if bad:
+            sev, what = _graded_severity(ev)
+            st.burden = burden + sev
+        else:
+            sev = 0.0
+            st.burden = burden + 0.0
+        st.worst_sev = worst_sev = st.worst_sev * k
         if sev > 0.02:
-            st.recent_sev += (1.0 - st.recent_sev) * sev * 0.6
-            if sev >= st.worst_sev:
+            recent_sev = st.recent_sev * kr
+            st.recent_sev = recent_sev + (1.0 - recent_sev) * sev * 0.6
+            if sev >= worst_sev:
                 st.worst_sev, st.worst_what = sev, what
+        else:
+            st.recent_sev = st.recent_sev * kr
     elif isinstance(ev, TicketEvent):
         dt = ts - st.care_ts if st.care_ts else 0
         k = _decay(dt, CARE_HALF_LIFE_MS)
@@ -461,25 +499,54 @@ FEATURE_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURE_TABLE}
 # The transparent cold-start prior: the table's weights, and a bias for a ~5% base rate.
 PRIOR_BIAS = -3.0
 PRIOR_WEIGHTS: tuple[float, ...] = tuple(f.prior for f in FEATURE_TABLE)
-# the table's extraction expressions as one compiled function (the table is code of this module)
-_extract: Callable[..., list[float]] = eval(  # noqa: S307 -- compiles the constant table above
-    "lambda st, kn, kc, ka, ks, kr, kb, net, kg, kcd, kcg, kad: ["
-    + ", ".join(f"({f.extract})" for f in FEATURE_TABLE) + "]")
-
-
-def feature_vector(st: SubscriberState, now_ms: int) -> list[float]:
-    """The model's input for ``st`` at event time ``now_ms`` (decays applied, no mutation)."""
-    net = bool(st.net_ts)
-    return _extract(st, _decay(now_ms - st.net_ts, NET_HALF_LIFE_MS) if net else 0.0,
-                    _decay(now_ms - st.care_ts, CARE_HALF_LIFE_MS) if st.care_ts else 0.0,
-                    _decay(now_ms - st.app_ts, APP_HALF_LIFE_MS) if st.app_ts else 0.0,
-                    _decay(now_ms - st.nps_ts, SURVEY_HALF_LIFE_MS) if st.nps >= 0 else 0.0,
-                    _decay(now_ms - st.net_ts, RECENT_HALF_LIFE_MS) if net else 0.0,
-                    _decay(now_ms - st.net_ts, BURDEN_HALF_LIFE_MS) if net else 0.0, net,
-                    _decay(now_ms - st.net_ts, GRUDGE_HALF_LIFE_MS) if net else 0.0,
-                    _decay(now_ms - st.care_ts, DOSE_HALF_LIFE_MS) if st.care_ts else 0.0,
-                    _decay(now_ms - st.care_ts, GRUDGE_HALF_LIFE_MS) if st.care_ts else 0.0,
-                    _decay(now_ms - st.app_ts, DOSE_HALF_LIFE_MS) if st.app_ts else 0.0)
+# The table's extraction expressions as one compiled function (the table is code of this module),
+# with the decay factors computed inline (``_decay``'s formula, the same floats, without eleven calls).
+_FEATURE_VECTOR_SOURCE = f"""
+def feature_vector(st, now_ms):
+    net_ts = st.net_ts
+    net = bool(net_ts)
+    if net:
+        dt = now_ms - net_ts
+        if dt > 0:
+            kn = 0.5 ** (dt / NET_HALF_LIFE_MS)
+            kr = 0.5 ** (dt / RECENT_HALF_LIFE_MS)
+            kb = 0.5 ** (dt / BURDEN_HALF_LIFE_MS)
+            kg = 0.5 ** (dt / GRUDGE_HALF_LIFE_MS)
+        else:
+            kn = kr = kb = kg = 1.0
+    else:
+        kn = kr = kb = kg = 0.0
+    care_ts = st.care_ts
+    if care_ts:
+        dt = now_ms - care_ts
+        if dt > 0:
+            kc = 0.5 ** (dt / CARE_HALF_LIFE_MS)
+            kcd = 0.5 ** (dt / DOSE_HALF_LIFE_MS)
+            kcg = 0.5 ** (dt / GRUDGE_HALF_LIFE_MS)
+        else:
+            kc = kcd = kcg = 1.0
+    else:
+        kc = kcd = kcg = 0.0
+    app_ts = st.app_ts
+    if app_ts:
+        dt = now_ms - app_ts
+        if dt > 0:
+            ka = 0.5 ** (dt / APP_HALF_LIFE_MS)
+            kad = 0.5 ** (dt / DOSE_HALF_LIFE_MS)
+        else:
+            ka = kad = 1.0
+    else:
+        ka = kad = 0.0
+    if st.nps >= 0:
+        dt = now_ms - st.nps_ts
+        ks = 0.5 ** (dt / SURVEY_HALF_LIFE_MS) if dt > 0 else 1.0
+    else:
+        ks = 0.0
+    return [{", ".join(f"({f.extract})" for f in FEATURE_TABLE)}]
+"""
+exec(compile(_FEATURE_VECTOR_SOURCE, "<feature_vector>", "exec"))  # noqa: S102 -- the constant table above
+feature_vector: Callable[[SubscriberState, int], list[float]]
+feature_vector.__doc__ = """The model's input for ``st`` at event time ``now_ms`` (decays applied, no mutation)."""
 
 
 def describe(feature: str, st: SubscriberState, value: float) -> tuple[str, str, float | None]:
