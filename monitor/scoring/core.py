@@ -274,51 +274,75 @@ class PartitionCore:
     # -- processing ------------------------------------------------------------------------------
 
     def process_batch(self, events: Iterable[Any]) -> list[RiskScore]:
+        """Apply ``events`` in order (test-then-train: each is scored on the state and model as of
+        its arrival); the ``risk_score.v1`` records of the material changes, in order.
+
+        One loop over the batch with the per-event steps inline: the state cache and the label
+        horizon are read once per batch, and the quiet majority of events (no material change)
+        leaves from here without a call to :meth:`_emit` (docs/WORKER.md, issue 22)."""
         out: list[RiskScore] = []
+        states = self.states
+        mark_dirty = self.dirty.add
+        horizon = self.label_horizon_ms
+        model = self.model
+        threshold = self.threshold
+        low = threshold * 0.5
         for event in events:
-            score = self.process(event)
-            if score is not None:
-                out.append(score)
+            sid = event.subscriber_id
+            ts = event.ts_ms
+            st = states.get(sid)
+            if st is None:
+                st = self.state(sid)   # a cache miss: the state table, if any
+                if st is None:
+                    st = states[sid] = SubscriberState(last_ts=ts)
+            key = event_key(event.event_id)
+            if key in st.recent_ids and seen_before(st, key):
+                self.duplicates += 1
+                continue
+            self.events += 1
+            if ts > self.watermark_ms:
+                self.watermark_ms = ts
+            if st.snap_ts and ts > st.snap_ts + horizon:
+                self._mature(sid, st)
+            network = isinstance(event, NetworkEvent)
+            outcome = None if network else outcome_of(event)
+            if outcome is not None:
+                if st.snap_ts and ts > st.snap_ts:
+                    st.lab_y |= 1 << OUTCOMES.index(outcome)
+                if outcome == "churn":
+                    st.gone_ts = ts
+            apply_event(st, event, key)
+            x = feature_vector(st, st.last_ts)   # max(ts, last_ts): apply_event moved last_ts to it
+            if network and not st.snap_ts and not st.gone_ts:
+                # a label's snapshot: what the subscriber looked like at ts; it matures into a label
+                # (did each outcome follow within the learning horizon?) once the horizon has passed
+                st.snap_ts, st.snap_x, st.lab_y = ts, pack(x), 0
+            mark_dirty(sid)
+            if self.watermark_ms - self._swept_ms >= SWEEP_EVERY_MS:
+                self._swept_ms = self.watermark_ms
+                self.sweep_labels()
+            if len(states) > self.cache_max:
+                self.shrink_cache()  # never drops ``sid``: it is dirty until the next take_dirty
+            self._since_evict += 1
+            if self._since_evict >= EVICT_EVERY:
+                self._since_evict = 0
+                self.evict_quiet()
+            # the headline score and each outcome's probability (RiskModel.score_probs: the floats
+            # of predict and score; looked up per event, a label learned above rebuilds it)
+            score, p0, p1, p2 = model.score_probs(x)
+            last = st.last_score
+            if st.at_risk_since <= 0 and last >= 0 and score < threshold and abs(score - last) < (
+                    MATERIAL_DELTA if (last if last > score else score) >= low else LOW_DELTA):   # max()'s value
+                continue   # most events: a subscriber well clear of the list stays quiet
+            emitted = self._emit(sid, st, x, ts, score, (p0, p1, p2))
+            if emitted is not None:
+                out.append(emitted)
         return out
 
     def process(self, event: NetworkEvent | TicketEvent | AppEvent) -> RiskScore | None:
-        sid = event.subscriber_id
-        ts = event.ts_ms
-        st = self.state(sid)
-        if st is None:
-            st = self.states[sid] = SubscriberState(last_ts=ts)
-        key = event_key(event.event_id)
-        if seen_before(st, key):
-            self.duplicates += 1
-            return None
-        self.events += 1
-        if ts > self.watermark_ms:
-            self.watermark_ms = ts
-        if st.snap_ts and ts > st.snap_ts + self.label_horizon_ms:
-            self._mature(sid, st)
-        outcome = outcome_of(event)
-        if outcome is not None:
-            if st.snap_ts and ts > st.snap_ts:
-                st.lab_y |= 1 << OUTCOMES.index(outcome)
-            if outcome == "churn":
-                st.gone_ts = ts
-        apply_event(st, event, key)
-        x = feature_vector(st, max(ts, st.last_ts))
-        if isinstance(event, NetworkEvent) and not st.snap_ts and not st.gone_ts:
-            # a label's snapshot: what the subscriber looked like at ts; it matures into a label
-            # (did each outcome follow within the learning horizon?) once the horizon has passed
-            st.snap_ts, st.snap_x, st.lab_y = ts, pack(x), 0
-        self.dirty.add(sid)
-        if self.watermark_ms - self._swept_ms >= SWEEP_EVERY_MS:
-            self._swept_ms = self.watermark_ms
-            self.sweep_labels()
-        if len(self.states) > self.cache_max:
-            self.shrink_cache()  # never drops ``sid``: it is dirty until the next take_dirty
-        self._since_evict += 1
-        if self._since_evict >= EVICT_EVERY:
-            self._since_evict = 0
-            self.evict_quiet()
-        return self._maybe_emit(sid, st, x, ts)
+        """:meth:`process_batch` of one event: its ``risk_score.v1`` record, or None."""
+        scores = self.process_batch((event,))
+        return scores[0] if scores else None
 
     def _mature(self, sid: str, st: SubscriberState) -> None:
         """Turn the subscriber's pending snapshot into a :class:`LabelRecord` and learn it (or
@@ -363,22 +387,17 @@ class PartitionCore:
             if not st.gone_ts:
                 yield sid, predict(feature_vector(st, max(t_ms, st.last_ts)))
 
-    def _maybe_emit(self, sid: str, st: SubscriberState, x: list[float], ts: int) -> RiskScore | None:
+    def _emit(self, sid: str, st: SubscriberState, x: list[float], ts: int, score: float,
+              outcome_probs: tuple[float, float, float]) -> RiskScore | None:
         """A ``risk_score.v1`` record when the change is material: the first score of a subscriber,
         an at-risk flip, a move of ``MATERIAL_DELTA`` near or above the threshold (``LOW_DELTA``
-        well below it, where nobody acts on the score), or a new top reason while at risk."""
+        well below it, where nobody acts on the score), or a new top reason while at risk.
+        ``score`` and ``outcome_probs`` are :meth:`RiskModel.score_probs` of ``x``;
+        :meth:`process_batch` has already let pass the events of a subscriber not at risk whose
+        score moved too little."""
         was_at_risk = st.at_risk_since > 0
         model = self.model
-        # the headline score and each outcome's probability in one call (RiskModel.score_probs: the
-        # floats of predict and score), reused below when the change is material
-        score, p0, p1, p2 = model.score_probs(x)
-        if not was_at_risk and st.last_score >= 0:
-            # fast path, most events: a subscriber well clear of the list stays quiet
-            low = self.threshold * 0.5
-            if score < self.threshold and abs(score - st.last_score) < (
-                    MATERIAL_DELTA if max(score, st.last_score) >= low else LOW_DELTA):
-                return None
-        probs = dict(zip(OUTCOMES, (p0, p1, p2)))
+        probs = dict(zip(OUTCOMES, outcome_probs))
         contrib = model.contributions_of(max(OUTCOMES, key=lambda o: (probs[o], -OUTCOMES.index(o))), x)
         at_risk = score >= self.threshold
         ranked = sorted((c, i) for i, c in enumerate(contrib) if c > 0.05)[::-1][:4]
