@@ -304,16 +304,6 @@ def am_active(demo: Demo) -> list[dict]:
     return get_json(f"{demo.alertmanager}/api/v2/alerts?active=true&inhibited=false&silenced=false&unprocessed=false")
 
 
-#: Not yet reliable (issue 19 stays open): at the final commit of 2026-12-07 these failed in 2 of ~10
-#: runs of this file -- a fault counted two incidents holding its cells (a clean-clone CI run, which
-#: also failed the page test below on it), and the outage's incident paged 239 s *before* the outage's
-#: onset (one of its dark cells fired a hot spot minutes early and the outage joined that incident).
-#: Both are product findings (grouping and precursor alerts), not timing in the test; the test is kept
-#: as written and marked so that it reports XPASS when it holds and XFAIL with its assertion when not.
-INCIDENTS_FLAKY = pytest.mark.xfail(strict=False, reason="issue 19 open: intermittent split / early-opened incident")
-
-
-@INCIDENTS_FLAKY
 def test_the_outage_and_the_drift_are_one_incident_each_and_one_page_each_in_alertmanager(
         demo: Demo, record_property: Any) -> None:
     assert set(demo.faults) == set(FAULTS), demo.faults
@@ -408,7 +398,6 @@ def test_api_hotspots_lists_what_the_workers_export_on_metrics(demo: Demo) -> No
     assert {(c, outage["region"]) for c in outage["cells"]} <= exported
 
 
-@INCIDENTS_FLAKY
 @pytest.mark.browser
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}")
 def test_the_page_shows_each_incident_with_its_affected_customers_and_their_csv(demo: Demo, tmp_path: Path) -> None:

@@ -129,10 +129,9 @@ class IncidentTracker:
         A metric of an alert counts as a degraded KPI from this z-score on (besides its worst symptom).
     together_ms
         Cells whose hot spots started (``since``) within this of the incident's start join it whatever
-        their KPIs: the first KPI of an outage to cross its bar differs from cell to cell (one dark
-        cell's first alert says ``mean_risk``, the next one's ``drop_rate``), and before a region alert
-        names them together, a shared KPI alone split the demo's three-cell metro outage into two
-        incidents in a live run (tests/test_demo.py).
+        their KPIs: the first KPI of an outage to cross its bar differs from cell to cell, and before
+        a region alert names them together, a shared KPI alone split the demo's three-cell metro
+        outage into two incidents in a live run (tests/test_demo.py).
     max_affected
         Cap on the affected-subscriber hashes kept per open incident (memory bound).
     min_affected_change
