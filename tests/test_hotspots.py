@@ -264,3 +264,52 @@ def test_risk_scores_that_climb_on_a_healthy_cell_raise_no_hot_spot():
     assert "c04" in run(outage=("c04", 35, 45))   # the same cell's network going bad does fire
     engine = HotspotEngine()
     assert engine.cell_detector.metrics == engine.region_detector.metrics == CELL_METRICS
+
+
+def _reference_score_one(det, key, start_ms, obs):
+    """score_one as written before the window's shared parts were hoisted: _expected per metric."""
+    import math
+
+    from monitor.detection.hotspots import _directed
+
+    k = det._keys.get(key)
+    hour = det._hour(start_ms)
+    out = {}
+    for m in det.metrics:
+        o = obs.get(m.name)
+        if o is None:
+            continue
+        num, den = o[0], o[1]
+        if den < m.min_support or den <= 0 or num < m.min_events:
+            continue
+        exp = det._expected(m, k, hour)
+        if exp is None:
+            continue
+        mu, var = exp
+        if m.kind == "rate":
+            p = min(max(mu, 1e-6), 1 - 1e-6)
+            samp = p * (1 - p) / den
+        else:
+            samp = det._cv2.get(m.name, 0.25) * mu * mu / den
+        sd = math.sqrt(var + samp)
+        excess = _directed(m, num / den - mu)
+        out[m.name] = (num / den, mu, excess / sd if sd > 0 else 0.0, excess)
+    return out
+
+
+def test_the_hoisted_scoring_equals_the_definition_exactly():
+    """step and score_one judge keys against the window's baselines computed once; every value must
+    equal _expected's, bit for bit, through an outage (firing, evidence, learning) and for a new key."""
+    det = HotspotDetector(sequential=("degraded_share", "drop_rate", "stall_rate", "latency_ms"))
+    windows = _windows(seed=3, n_windows=90, n_cells=12,
+                       incidents=[Incident("cell", "r0", T0 + 40 * W, T0 + 55 * W, cell_id="c003")])
+    compared = 0
+    for start, ws in windows:
+        obs = {p.cell_id: cell_observation(p) for p in ws}
+        for key, o in list(obs.items()) + [("never-seen", next(iter(obs.values())))]:
+            assert det.score_one(key, start, o) == _reference_score_one(det, key, start, o)
+            assert {n: s[1] for n, s in det.score_one(key, start, o).items()} == \
+                {n: e for n, e in det.expected(key, start).items() if n in det.score_one(key, start, o)}
+            compared += len(det.score_one(key, start, o))
+        det.step(start, obs)
+    assert compared > 4000 and det.windows == 90

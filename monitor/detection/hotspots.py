@@ -43,7 +43,7 @@ import dataclasses
 import math
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from monitor.detection.alerting import HOTSPOT_CELL, HOTSPOT_REGION, AlertLifecycle
 from monitor.records.events import Alert
@@ -194,6 +194,14 @@ def _hours_from_stats(hours: dict) -> dict[str, array]:
     return out
 
 
+class _Baselines(NamedTuple):
+    """One window's network-wide baselines, as :meth:`HotspotDetector._window_baselines` makes them."""
+
+    hour2: int                 # twice the hour of day: the index of its sums in a key's hour array
+    scoring: list[tuple]       # per metric judged by z-score (level metrics: name, kind, metric)
+    evidence: list[tuple]      # per sequential metric
+
+
 class _Key:
     __slots__ = ("stats", "hours", "bad_streak", "good_streak", "missing", "active", "since_ms",
                  "first_bad_ms", "first_good_ms", "severity", "last_ms", "windows", "cusum", "seen",
@@ -321,7 +329,10 @@ class HotspotDetector:
         return ((start_ms + self.hour_offset_ms) // 3_600_000) % 24
 
     def _expected(self, m: Metric, key: _Key | None, hour: int) -> tuple[float, float] | None:
-        """(expected value, variance excluding the window's own sampling noise), or None if cold."""
+        """(expected value, variance excluding the window's own sampling noise), or None if cold.
+
+        The definition; :meth:`_judge` and :meth:`_learn` make the same operations inline with the
+        window's shared parts computed once (tests/test_hotspots.py checks that they agree)."""
         g = self._global[m.name]
         if g.den <= 0:
             return None
@@ -342,39 +353,94 @@ class HotspotDetector:
         mu = rate * factor
         return mu, phi * mu * mu + (self.rel_floor * mu) ** 2 + m.floor ** 2
 
-    def _sampling_var(self, m: Metric, mu: float, den: float) -> float:
-        if m.kind == "rate":
-            p = min(max(mu, 1e-6), 1 - 1e-6)
-            return p * (1 - p) / den
-        if m.kind == "mean":
-            return self._cv2.get(m.name, 0.25) * mu * mu / den
-        return 0.0
-
     def score_one(self, key: str, start_ms: int,
                   obs: Mapping[str, tuple[float, float, float | None]]) -> dict[str, tuple[float, float, float, float]]:
         """``metric -> (observed, expected, z, excess)`` for the metrics with support (no learning)."""
         k = self._keys.get(key)
+        return self._judge(k if k is not None else _Key(), start_ms, obs, self._window_baselines(start_ms))
+
+    def _window_baselines(self, start_ms: int) -> _Baselines:
+        """What judging every key of one window shares: per metric the network-wide rate and
+        over-dispersion and the constants made of them. They are fixed while a window is judged
+        (the network-wide pools learn after every key was scored), so :meth:`step` computes them
+        once a window instead of once a key and metric (:meth:`_expected` is the same arithmetic
+        for one key; the two must agree, and the replays' outputs are byte-identical)."""
         hour = self._hour(start_ms)
-        out = {}
+        scoring: list[tuple] = []
+        evidence: list[tuple] = []
+        by = self._metric_by()
         for m in self.metrics:
-            o = obs.get(m.name)
+            if m.kind == "level":
+                scoring.append((m.name, "level", m))
+                continue
+            g = self._global[m.name]
+            if g.den <= 0:
+                continue   # cold: no expected value
+            rate = g.num / g.den
+            phi = g.phi / g.phi_w if g.phi_w > 0 else 0.0
+            scoring.append((m.name, m.kind, m, m.min_support, m.min_events, rate, phi, 5.0 * phi,
+                            self.prior_weight * rate, self.hour_prior_weight * rate, m.floor ** 2,
+                            self._cv2.get(m.name, 0.25), m.direction))
+        for name in self.sequential:
+            m = by[name]
+            g = self._global[name]
+            if g.den <= 0:
+                continue
+            c = self.cusum_prior
+            phi = g.phi / g.phi_w if g.phi_w > 0 else 0.0
+            evidence.append((name, m.kind, c * g.num / g.den, c, phi, 5.0 * phi,
+                             max(self._cv2.get(name, 0.25), 1e-6), m.min_delta))
+        return _Baselines(2 * hour, scoring, evidence)
+
+    def _judge(self, k: _Key, start_ms: int, obs: Mapping[str, tuple[float, float, float | None]],
+               base: _Baselines) -> dict[str, tuple[float, float, float, float]]:
+        """:meth:`score_one` of key state ``k`` against the window's :meth:`_window_baselines`."""
+        out = {}
+        h = base.hour2
+        stats, hours = k.stats, k.hours
+        rel = self.rel_floor
+        sqrt = math.sqrt
+        for entry in base.scoring:
+            name = entry[0]
+            o = obs.get(name)
             if o is None:
                 continue
             num, den = o[0], o[1]
-            if m.kind == "level":
-                if den > 0 and k is not None and m.name in k.levels:
-                    out[m.name] = self._score_level(m, k.levels[m.name], num / den, start_ms)
+            kind = entry[1]
+            if kind == "level":
+                if den > 0 and name in k.levels:
+                    out[name] = self._score_level(entry[2], k.levels[name], num / den, start_ms)
                 continue
-            if den < m.min_support or den <= 0 or num < m.min_events:
+            _n, _k, _m, min_support, min_events, rate, phi, cphi, c, ch, floor2, cv2, direction = entry
+            if den < min_support or den <= 0 or num < min_events:
                 continue
             value = num / den
-            exp = self._expected(m, k, hour)
-            if exp is None:
-                continue
-            mu, var = exp
-            sd = math.sqrt(var + self._sampling_var(m, mu, den))
-            excess = _directed(m, value - mu)
-            out[m.name] = (value, mu, excess / sd if sd > 0 else 0.0, excess)
+            # _expected, inline
+            factor = 1.0
+            st = stats.get(name)
+            if st is not None:
+                factor = (st.num + c) / (st.den + c) if st.den + c > 0 else 1.0
+                phi = (st.phi + cphi) / (st.phi_w + 5.0)
+                hs = hours.get(name)
+                if hs is not None and hs[h + 1] > 0:
+                    factor = (hs[h] + ch * factor) / (hs[h + 1] + ch)
+            mu = rate * factor
+            var = phi * mu * mu + (rel * mu) ** 2 + floor2
+            # the window's sampling variance (binomial for a rate, the learned within-window
+            # spread for a mean); min and max written as the comparisons they make
+            if kind == "rate":
+                p = 1e-6 if 1e-6 > mu else mu
+                if 1 - 1e-6 < p:
+                    p = 1 - 1e-6
+                samp = p * (1 - p) / den
+            elif kind == "mean":
+                samp = cv2 * mu * mu / den
+            else:
+                samp = 0.0
+            sd = sqrt(var + samp)
+            d = value - mu
+            excess = -d if direction == "down" else abs(d) if direction == "both" else d
+            out[name] = (value, mu, excess / sd if sd > 0 else 0.0, excess)
         return out
 
     def _level_detector(self, m: Metric) -> Any:
@@ -396,14 +462,17 @@ class HotspotDetector:
         z = math.inf if s >= 1.0 else self.z_fire * math.sqrt(s / (1.0 - s))
         return value, mu, z, _directed(m, value - mu)
 
-    def _evidence(self, k: _Key, start_ms: int, obs: Mapping[str, tuple[float, float, float | None]]
-                  ) -> tuple[dict[str, float], bool]:
-        """Per sequential metric the window's log-likelihood ratio (degraded vs baseline), and
-        whether the window looks normal on all of them (every ratio <= 0)."""
-        llrs: dict[str, float] = {}
-        by = self._metric_by()
-        for name in self.sequential:
-            m = by[name]
+    def _add_evidence(self, k: _Key, obs: Mapping[str, tuple[float, float, float | None]],
+                      base: _Baselines) -> bool:
+        """Add the window's log-likelihood ratio (degraded vs baseline) of each sequential metric
+        to the key's CUSUM; returns whether the window looks normal on all of them (every ratio
+        <= 0). (min and max are written as the comparisons they make: same values, no calls.)"""
+        normal = True
+        raw, stats, cusum = k.raw, k.stats, k.cusum
+        cap = 1.5 * self.cusum_h
+        zc, shift = self.cusum_z, self.cusum_shift
+        sqrt, log = math.sqrt, math.log
+        for name, kind, cg, c, phi, cphi, cv2, min_delta in base.evidence:
             o = obs.get(name)
             if o is None or o[1] <= 0:
                 continue
@@ -411,36 +480,54 @@ class HotspotDetector:
             # the key's own rate (EW sums of its normal windows) shrunk towards the network-wide
             # rate with ``cusum_prior`` pseudo-sessions, and judged from its upper bound
             # (``cusum_z`` standard errors): a cell with little history faces a higher bar
-            g = self._global[name]
-            if g.den <= 0:
-                continue
-            c = self.cusum_prior
-            xs, ns = k.raw.get(name, (0.0, 0.0))
-            mu = (xs + c * g.num / g.den) / (ns + c)
+            xs, ns = raw.get(name, (0.0, 0.0))
+            mu = (xs + cg) / (ns + c)
             # over-dispersion (the key's learned relative excess variance, shrunk to the network's):
             # sessions of one window are not independent (a busy minute, one bad device), so a
             # dense window's evidence is divided by its design effect
-            phi = g.phi / g.phi_w if g.phi_w > 0 else 0.0
-            st = k.stats.get(name)
+            st = stats.get(name)
             if st is not None:
-                phi = (st.phi + 5.0 * phi) / (st.phi_w + 5.0)
-            if m.kind == "rate":
-                mu = min(max(mu, 1e-4), 0.9)
-                p0 = min(mu + self.cusum_z * math.sqrt(mu * (1.0 - mu) / (ns + c)), 0.9)
-                p1 = p0 + self.cusum_shift * (1.0 - p0)
-                rho = min(1.0, phi * mu / (1.0 - mu))
+                phi_k = (st.phi + cphi) / (st.phi_w + 5.0)
+            else:
+                phi_k = phi
+            if kind == "rate":
+                if 1e-4 > mu:
+                    mu = 1e-4
+                if 0.9 < mu:
+                    mu = 0.9
+                p0 = mu + zc * sqrt(mu * (1.0 - mu) / (ns + c))
+                if 0.9 < p0:
+                    p0 = 0.9
+                p1 = p0 + shift * (1.0 - p0)
+                rho = phi_k * mu / (1.0 - mu)
+                if not rho < 1.0:
+                    rho = 1.0
                 design = 1.0 + (den - 1.0) * rho
-                llrs[name] = (num * math.log(p1 / p0) + (den - num) * math.log((1.0 - p1) / (1.0 - p0))) / design
-            elif m.kind == "mean" and mu > 0:
+                llr = (num * log(p1 / p0) + (den - num) * log((1.0 - p1) / (1.0 - p0))) / design
+            elif kind == "mean" and mu > 0:
                 # the window mean against the bound shifted by cusum_shift of the baseline; one
                 # heavy-tailed window can add at most 3 nats
-                cv2 = max(self._cv2.get(name, 0.25), 1e-6)
-                base = mu * (1.0 + self.cusum_z * math.sqrt(cv2 / (ns + c)))
-                delta = max(self.cusum_shift * mu, m.min_delta)
-                design = 1.0 + den * phi / cv2
-                llr = delta * den / (cv2 * mu * mu) * (num / den - base - delta / 2.0) / design
-                llrs[name] = max(-3.0, min(3.0, llr))
-        return llrs, all(v <= 0 for v in llrs.values())
+                base_mu = mu * (1.0 + zc * sqrt(cv2 / (ns + c)))
+                delta = shift * mu
+                if min_delta > delta:
+                    delta = min_delta
+                design = 1.0 + den * phi_k / cv2
+                llr = delta * den / (cv2 * mu * mu) * (num / den - base_mu - delta / 2.0) / design
+                if not llr < 3.0:
+                    llr = 3.0
+                if not llr > -3.0:
+                    llr = -3.0
+            else:
+                continue
+            if not llr <= 0:
+                normal = False
+            total = cusum.get(name, 0.0) + llr
+            if not total > 0.0:
+                total = 0.0
+            if cap < total:
+                total = cap
+            cusum[name] = total
+        return normal
 
     def _score(self, scored: Mapping[str, tuple[float, float, float, float]]) -> float:
         best = 0.0
@@ -477,20 +564,20 @@ class HotspotDetector:
         warm = self.windows >= self.warmup_windows
         verdicts: dict[str, Verdict] = {}
         learn: list[tuple[str, Mapping[str, tuple[float, float, float | None]], bool]] = []
+        base = self._window_baselines(start_ms)
+        lam = 0.5 ** (1.0 / self.key_halflife)
+        keys = self._keys
         for key, obs in observations.items():
-            scored = self.score_one(key, start_ms, obs)
-            k = self._keys.get(key)
+            k = keys.get(key)
             if k is None:
-                k = self._keys[key] = _Key()
+                k = keys[key] = _Key()   # a new key is judged as a key without state would be
+            scored = self._judge(k, start_ms, obs, base)
             if gap > 1 and not k.active:
                 k.bad_streak = 0
             k.missing = 0
             evidence = None
             if self.sequential:
-                llrs, normal = self._evidence(k, start_ms, obs)
-                for name, llr in llrs.items():
-                    before = k.cusum.get(name, 0.0)
-                    k.cusum[name] = min(max(0.0, before + llr), 1.5 * self.cusum_h)
+                normal = self._add_evidence(k, obs, base)
                 if k.active and normal:
                     k.cusum.clear()  # a firing key is judged on its latest windows: evidence restarts
                 top = max(k.cusum.values(), default=0.0)
@@ -511,7 +598,6 @@ class HotspotDetector:
             if evidence is not None and max(k.cusum.values(), default=0.0) > self.cusum_h / 3:
                 skip = True   # evidence building up: keep the window out of the baseline
             if self.sequential and not (skip and warm):
-                lam = 0.5 ** (1.0 / self.key_halflife)
                 for name in self.sequential:
                     o = obs.get(name)
                     if o is not None and o[1] > 0:
@@ -626,6 +712,21 @@ class HotspotDetector:
         warm = self.windows >= self.warmup_windows
         pooled = {m.name: [0.0, 0.0] for m in self.metrics}  # num, den
         levels = [m for m in self.metrics if m.kind == "level"]
+        # per metric, what every key's learning shares this window: the network-wide rate (its
+        # pool learns after every key, below) and the constants of _expected made of it
+        plan = []
+        for m in self.metrics:
+            if m.kind == "level":
+                continue
+            g = self._global[m.name]
+            rate = g.num / g.den if g.den > 0 else None
+            plan.append((m.name, m.kind, m.min_support, m.name in self.sequential, g, rate,
+                         None if rate is None else self.prior_weight * rate,
+                         None if rate is None else self.hour_prior_weight * rate,
+                         m.floor ** 2, pooled[m.name]))
+        h = 2 * hour
+        rel = self.rel_floor
+        cv2s = self._cv2
         for key, obs, skip in items:
             k = self._keys[key]
             for m in levels:
@@ -639,50 +740,72 @@ class HotspotDetector:
                     det.learn_one(o[0] / o[1], start_ms)
             if skip and warm:
                 continue
-            for m in self.metrics:
-                o = obs.get(m.name)
+            stats, hours = k.stats, k.hours
+            for name, kind, min_support, sequential, g, rate, c, ch, floor2, pool in plan:
+                o = obs.get(name)
                 # sequential metrics learn from every window: a sparse cell's baseline is built
                 # from many small windows (their sums are what the baseline is made of)
-                if o is None or o[1] <= 0 or (o[1] < m.min_support and m.name not in self.sequential):
+                if o is None or o[1] <= 0 or (o[1] < min_support and not sequential):
                     continue
                 num, den, sq = o
-                if m.kind == "level":
+                pool[0] += num
+                pool[1] += den
+                if rate is None:
                     continue
-                pooled[m.name][0] += num
-                pooled[m.name][1] += den
-                g = self._global[m.name]
-                if g.den <= 0:
-                    continue
-                rate = g.num / g.den
-                st = k.stats.get(m.name)
+                st = stats.get(name)
                 # relative excess variance of this window, winsorised so one odd window cannot
                 # blow the band open (sparse windows: too noisy; their baseline is not asked for)
-                exp = self._expected(m, k, hour) if den >= m.min_support else None
+                if den >= min_support:
+                    # _expected and the sampling variance as in _judge, with the network-wide
+                    # over-dispersion as it stands (it learns key by key, here)
+                    phi = g.phi / g.phi_w if g.phi_w > 0 else 0.0
+                    factor = 1.0
+                    if st is not None:
+                        factor = (st.num + c) / (st.den + c) if st.den + c > 0 else 1.0
+                        phi = (st.phi + 5.0 * phi) / (st.phi_w + 5.0)
+                        hs = hours.get(name)
+                        if hs is not None and hs[h + 1] > 0:
+                            factor = (hs[h] + ch * factor) / (hs[h + 1] + ch)
+                    mu = rate * factor
+                    if mu > 0:
+                        var = phi * mu * mu + (rel * mu) ** 2 + floor2
+                        if kind == "rate":
+                            p = 1e-6 if 1e-6 > mu else mu
+                            if 1 - 1e-6 < p:
+                                p = 1 - 1e-6
+                            samp = p * (1 - p) / den
+                        elif kind == "mean":
+                            samp = cv2s.get(name, 0.25) * mu * mu / den
+                        else:
+                            samp = 0.0
+                        e = ((num / den - mu) ** 2 - samp) / (mu * mu)
+                        if 0.0 > e:
+                            e = 0.0
+                        cap = 16.0 * (var + samp) / (mu * mu)
+                        if cap < e:
+                            e = cap
+                        if st is None:
+                            st = stats[name] = _Stat()
+                        st.phi = lam_k * st.phi + e
+                        st.phi_w = lam_k * st.phi_w + 1.0
+                        g.phi = lam_g * g.phi + e
+                        g.phi_w = lam_g * g.phi_w + 1.0
                 if st is None:
-                    st = k.stats[m.name] = _Stat()
-                if exp is not None and exp[0] > 0:
-                    mu = exp[0]
-                    samp = self._sampling_var(m, mu, den)
-                    e = ((num / den - mu) ** 2 - samp) / (mu * mu)
-                    e = min(max(e, 0.0), 16.0 * (exp[1] + samp) / (mu * mu))
-                    st.phi = lam_k * st.phi + e
-                    st.phi_w = lam_k * st.phi_w + 1.0
-                    g.phi = lam_g * g.phi + e
-                    g.phi_w = lam_g * g.phi_w + 1.0
-                if m.kind == "mean" and sq is not None and num > 0 and den >= 2:
+                    st = stats[name] = _Stat()
+                if kind == "mean" and sq is not None and num > 0 and den >= 2:
                     # one session has no spread within its window: learning from it drove cv2 to 0
                     # (ZeroDivisionError in _evidence on a 200-subscriber replay through the pipeline)
                     mean = num / den
                     within = max(sq / den - mean * mean, 0.0) / (mean * mean)
-                    prev = self._cv2.get(m.name)
-                    self._cv2[m.name] = within if prev is None else 0.99 * prev + 0.01 * within
+                    prev = cv2s.get(name)
+                    cv2s[name] = within if prev is None else 0.99 * prev + 0.01 * within
                 st.num = lam_k * st.num + num
                 st.den = lam_k * st.den + den * rate
-                hs = k.hours.get(m.name)
+                hs = hours.get(name)
                 if hs is None:
-                    hs = k.hours[m.name] = array("d", _NO_HOURS)
-                hs[2 * hour] = lam_k * hs[2 * hour] + num
-                hs[2 * hour + 1] = lam_k * hs[2 * hour + 1] + den * rate
+                    hs = hours[name] = array("d", _NO_HOURS)
+                hs[h] = lam_k * hs[h] + num
+                hs[h + 1] = lam_k * hs[h + 1] + den * rate
         for m in self.metrics:
             if m.kind == "level":
                 continue
