@@ -332,3 +332,32 @@ def test_a_hold_never_keeps_windows_open_beyond_max_hold():
     for minute in range(0, 60):
         unbounded.on_batch(0, [net(f"s{minute}", T0 + minute * W + 1)], [], [], Outputs())
     assert unbounded.aggregators[0].open_windows >= 60                   # what the cap prevents
+
+
+def test_affected_ids_are_kept_for_the_retention_and_pruned_after_it():
+    """The outreach API's ids: each subscriber's last affected window on a cell, dropped once the
+    watermark is more than ``retention_ms`` past it (pruned from a heap; checked against the rule)."""
+    import random
+
+    rnd = random.Random(5)
+    width, retention = 60_000, 600_000
+    agg = WindowAggregator(width_ms=width, allowed_lateness_ms=0, retention_ms=retention)
+    seen: list[tuple[str, str, int]] = []   # (cell, subscriber, end of the window it was affected in)
+    for minute in range(120):
+        for _ in range(30):
+            sid, cell = f"s{rnd.randrange(40)}", f"c{rnd.randrange(4)}"
+            ts = minute * width + rnd.randrange(width)
+            bad = rnd.random() < 0.3
+            agg.add_network_kpis(sid, ts, cell, "r", latency_ms=400.0 if bad else 20.0)
+            if bad:
+                seen.append((cell, sid, minute * width + width - 1))
+        agg.close()
+        # pruned at most once a window of watermark progress, by the watermark of that prune
+        cutoff, closed = agg._pruned_at - retention, agg.closed_before_ms
+        last: dict[tuple[str, str], int] = {}   # each id's last closed window
+        for cell, sid, t in seen:
+            if t < closed:
+                last[(cell, sid)] = max(t, last.get((cell, sid), t))
+        for cell in ("c0", "c1", "c2", "c3"):
+            assert agg.affected(cell) == sorted(s for (c, s), t in last.items() if c == cell and t >= cutoff)
+    assert sum(len(v) for v in agg._recent.values()) < 40 * 4

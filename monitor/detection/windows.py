@@ -31,6 +31,7 @@ Late events (older than the windows already closed) are counted per stream in
 from __future__ import annotations
 
 import hashlib
+import heapq
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -137,12 +138,68 @@ def merge(a: Partial, b: Partial) -> Partial:
 
 
 def merge_all(partials: Iterable[Partial]) -> Partial:
-    """Merge partials of one cell and window (at least one)."""
-    it = iter(partials)
-    acc = next(it)
-    for p in it:
-        acc = merge(acc, p)
-    return acc
+    """Merge partials of one cell and window (at least one): :func:`merge` folded left to right in
+    one pass (the same sums in the same order, the same hash lists), without a partial per step.
+
+    >>> a = Partial(cell_id="c", region="r", start_ms=0, width_ms=60_000, sessions=2, affected=[3, 9])
+    >>> b = Partial(cell_id="c", region="", start_ms=0, width_ms=60_000, sessions=1, affected=[5, 9])
+    >>> merge_all([a, b]) == merge(a, b), merge_all([a]) is a
+    (True, True)
+    """
+    ps = partials if isinstance(partials, list) else list(partials)
+    first = ps[0]
+    if len(ps) == 1:
+        return first
+    cell_id, start_ms, width_ms = first.cell_id, first.start_ms, first.width_ms
+    region = first.region
+    sessions, degraded, drops, stalls = first.sessions, first.degraded, first.drops, first.stalls
+    kpi = list(first.kpi_sums)
+    lat_sq, lat_max = first.latency_sumsq, first.latency_max
+    tickets, complaints, app_events, app_failures = first.tickets, first.complaints, first.app_events, first.app_failures
+    risk_n, risk_sum, risk_sq, risk_max = first.risk_n, first.risk_sum, first.risk_sumsq, first.risk_max
+    affected = [first.affected] if first.affected else []
+    sources = [first.sources] if first.sources else []
+    for b in ps[1:]:
+        if (cell_id, start_ms, width_ms) != (b.cell_id, b.start_ms, b.width_ms):
+            raise ValueError(f"cannot merge {cell_id}@{start_ms} with {b.cell_id}@{b.start_ms}")
+        region = region or b.region
+        sessions += b.sessions
+        degraded += b.degraded
+        drops += b.drops
+        stalls += b.stalls
+        kpi = [x + y for x, y in zip(kpi, b.kpi_sums)]
+        lat_sq += b.latency_sumsq
+        if b.latency_max > lat_max:   # max(a, b): the first unless the second is larger
+            lat_max = b.latency_max
+        tickets += b.tickets
+        complaints += b.complaints
+        app_events += b.app_events
+        app_failures += b.app_failures
+        risk_n += b.risk_n
+        risk_sum += b.risk_sum
+        risk_sq += b.risk_sumsq
+        if b.risk_max > risk_max:
+            risk_max = b.risk_max
+        if b.affected:
+            affected.append(b.affected)
+        if b.sources:
+            sources.append(b.sources)
+    return Partial(
+        cell_id=cell_id, region=region, start_ms=start_ms, width_ms=width_ms, sessions=sessions,
+        degraded=degraded, drops=drops, stalls=stalls, kpi_sums=kpi, latency_sumsq=lat_sq,
+        latency_max=lat_max, tickets=tickets, complaints=complaints, app_events=app_events,
+        app_failures=app_failures, risk_n=risk_n, risk_sum=risk_sum, risk_sumsq=risk_sq,
+        risk_max=risk_max, affected=_union_all(affected), sources=_union_all(sources))
+
+
+def _union_all(lists: list[list]) -> list:
+    """What :func:`_union_sorted` folded over ``lists`` (the non-empty ones) gives: a copy of the
+    only one, or the sorted union of them all."""
+    if not lists:
+        return []
+    if len(lists) == 1:
+        return list(lists[0])
+    return sorted(set().union(*lists))
 
 
 def rollup(partials: Iterable[Partial], key: str) -> Partial:
@@ -253,10 +310,11 @@ class _Acc:
         affected.add(subscriber_id)
 
     def to_partial(self, cell_id: str, start_ms: int, width_ms: int, source: str) -> Partial:
+        # the partial takes the KPI sums' list: an accumulator is closed once, then dropped
         return Partial(
             cell_id=cell_id, region=self.region, start_ms=start_ms, width_ms=width_ms,
             sessions=self.sessions, degraded=self.degraded, drops=self.drops, stalls=self.stalls,
-            kpi_sums=list(self.kpi), latency_sumsq=self.lat_sq, latency_max=self.lat_max,
+            kpi_sums=self.kpi, latency_sumsq=self.lat_sq, latency_max=self.lat_max,
             tickets=self.tickets, complaints=self.complaints, app_events=self.app_events,
             app_failures=self.app_failures, risk_n=self.risk_n, risk_sum=self.risk_sum,
             risk_sumsq=self.risk_sq, risk_max=self.risk_max,
@@ -306,6 +364,9 @@ class WindowAggregator:
         # cell -> subscriber id -> last event time it was affected (for the outreach API)
         self._recent: dict[str, dict[str, int]] = {}
         self._pruned_at = -(1 << 62)
+        # (time, cell, subscriber) each time _recent took a new time: a heap, so pruning pops what
+        # expired instead of scanning every retained id (entries a later time replaced are skipped)
+        self._expiry: list[tuple[int, str, str]] = []
 
     # -- feeding -------------------------------------------------------------------------------
     def _acc(self, stream: str, ts_ms: int, cell_id: str, region: str) -> _Acc | None:
@@ -404,7 +465,10 @@ class WindowAggregator:
             if degraded or latency > lat_lim or loss > loss_lim or sinr < sinr_lim or (
                     dl < dl_lim and ev.service in thru):
                 acc.degraded += 1
-                acc.affect(ev.subscriber_id)
+                affected = acc.affected   # _Acc.affect, inline
+                if affected is None:
+                    affected = acc.affected = set()
+                affected.add(ev.subscriber_id)
         if n_net or late_net:
             self.stream_watermarks["network"] = net_wm  # type: ignore[assignment]
             if self.watermark_ms is None or net_wm > self.watermark_ms:  # type: ignore[operator]
@@ -533,6 +597,7 @@ class WindowAggregator:
     def _pop(self, before: int | None) -> list[Partial]:
         # open windows are indexed by start: closing costs what it closes, not what stays open
         out = []
+        expiry = self._expiry
         for start in sorted(st for st in self._open if before is None or st < before):
             cells = self._open.pop(start)
             last = start + self.width_ms - 1
@@ -544,21 +609,24 @@ class WindowAggregator:
                     for sid in acc.affected:
                         if recent.get(sid, -1) < last:
                             recent[sid] = last
+                            heapq.heappush(expiry, (last, cell_id, sid))
         self._prune()
         return out
 
     def _prune(self) -> None:
-        # at most once per window of watermark progress: a full pass over the retained ids
+        # at most once per window of watermark progress: every retained id older than the retention
         if self.watermark_ms is None or self.watermark_ms < self._pruned_at + self.width_ms:
             return
         self._pruned_at = self.watermark_ms
         cutoff = self.watermark_ms - self.retention_ms
-        for cell in list(self._recent):
-            subs = self._recent[cell]
-            for sid in [s for s, t in subs.items() if t < cutoff]:
+        expiry, recent = self._expiry, self._recent
+        while expiry and expiry[0][0] < cutoff:
+            t, cell, sid = heapq.heappop(expiry)
+            subs = recent.get(cell)
+            if subs is not None and subs.get(sid) == t:   # not affected again since
                 del subs[sid]
-            if not subs:
-                del self._recent[cell]
+                if not subs:
+                    del recent[cell]
 
     def batch_for(self, partials: Sequence[Partial]) -> WindowBatch:
         """The :class:`WindowBatch` announcing this source's closed windows (send even if empty)."""
@@ -609,7 +677,8 @@ class WindowMerger:
         self.clock = clock
         self._born = clock()
         self._heard: dict[str, float] = {}
-        self._pending: dict[tuple[int, str], Partial] = {}
+        # (window start, cell) -> the partials of the sources so far, merged once the window is complete
+        self._pending: dict[tuple[int, str], list[Partial]] = {}
         self._closed: dict[str, int] = {}
         self.completed_before_ms: int | None = None
         self.late_partials = 0
@@ -620,6 +689,7 @@ class WindowMerger:
         if prev is None or batch.closed_before_ms > prev:
             self._closed[batch.source] = batch.closed_before_ms
         done = self.completed_before_ms
+        pending = self._pending
         for p in batch.partials:
             if done is not None and p.start_ms < done:
                 self.late_partials += 1
@@ -627,8 +697,11 @@ class WindowMerger:
             if not p.sources:
                 p = msgspec.structs.replace(p, sources=[batch.source])
             key = (p.start_ms, p.cell_id)
-            cur = self._pending.get(key)
-            self._pending[key] = p if cur is None else merge(cur, p)
+            parts = pending.get(key)
+            if parts is None:
+                pending[key] = [p]
+            else:
+                parts.append(p)
 
     @property
     def open_windows(self) -> int:
@@ -656,7 +729,7 @@ class WindowMerger:
             return []
         self.completed_before_ms = horizon
         keys = sorted(k for k in self._pending if k[0] < horizon)
-        return [self._pending.pop(k) for k in keys]
+        return [merge_all(self._pending.pop(k)) for k in keys]
 
     def flush(self) -> list[Partial]:
         """Every pending window, complete or not (end of a replay)."""
@@ -664,7 +737,7 @@ class WindowMerger:
         if keys:
             end = keys[-1][0] + 1
             self.completed_before_ms = max(end, self.completed_before_ms or end)
-        return [self._pending.pop(k) for k in keys]
+        return [merge_all(self._pending.pop(k)) for k in keys]
 
 
 def group_by_window(partials: Iterable[Partial]) -> Iterator[tuple[int, list[Partial]]]:
