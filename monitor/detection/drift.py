@@ -137,10 +137,14 @@ def make_detector(name: str, seed: int | None = None) -> Any:
 
 
 class _Series:
-    __slots__ = ("ref", "det", "recent", "n_since", "last_alert_ms")
+    __slots__ = ("ref", "det", "recent", "n_since", "last_alert_ms", "ref_stats")
 
     def __init__(self, det: Any, recent: int) -> None:
         self.ref: list[float] = []
+        #: the reference's (median, scaled MAD) while ``ref`` is unchanged (None: to compute): a
+        #: full reference stays the same window after window, and two sorts of it each window cost
+        #: more than the rest of the update (not checkpointed: recomputed)
+        self.ref_stats: tuple[float, float] | None = None
         self.det = det
         self.recent: deque[float] = deque(maxlen=recent)
         self.n_since = 0
@@ -151,6 +155,7 @@ class _Series:
 
     def __setstate__(self, s: tuple) -> None:
         self.ref, self.det, recent, maxlen, self.n_since, self.last_alert_ms = s
+        self.ref_stats = None
         self.recent = deque(recent, maxlen=maxlen)
 
 
@@ -236,18 +241,23 @@ class DataDriftMonitor:
         s.recent.append(value)
         if len(s.ref) < self.reference_windows:
             s.ref.append(value)
+            s.ref_stats = None
             return None
         # robust reference: median and MAD, so a spike inside the reference period (or the tail
         # of the previous regime) does not widen it
-        ref = sorted(s.ref)
-        mean = _median_sorted(ref)
-        sd = 1.4826 * _median_sorted(sorted(abs(x - mean) for x in ref))
+        stats = s.ref_stats
+        if stats is None:
+            ref = sorted(s.ref)
+            median = _median_sorted(ref)
+            stats = s.ref_stats = (median, 1.4826 * _median_sorted(sorted(abs(x - median) for x in ref)))
+        mean, sd = stats
         sd = max(sd, self.rel_floor * abs(mean), 1e-9)
         s.n_since += 1
         s.det.update(max(-self.clip_z, min(self.clip_z, (value - mean) / sd)))
         if not s.det.drift_detected:
             if len(s.ref) < max(self.reference_max, self.reference_windows):
                 s.ref.append(value)   # no change seen: the window is more evidence of the reference
+                s.ref_stats = None
             return None
         cut, _, after = change_point(s.recent)
         change = after - mean
@@ -259,6 +269,7 @@ class DataDriftMonitor:
                         detected_at_ms=ts_ms, windows=s.n_since)
         # adapt: the new regime becomes the reference once enough of it has been seen
         s.ref = list(s.recent)[cut:][-self.reference_windows:]
+        s.ref_stats = None
         s.recent.clear()
         s.recent.extend(s.ref)
         s.det = make_detector(self.detector, self.seed)
