@@ -371,8 +371,12 @@ class CellWindows:
         from monitor.detection.windows import encode_batch
 
         by_dest: dict[int, list[Any]] = {p: [] for p in range(self.partitions)}
+        dest_of: dict[str, int] = {}   # a closing ships many cells of few regions
         for part in partials:
-            dest = self._region_partition(part.region.encode())
+            region = part.region
+            dest = dest_of.get(region)
+            if dest is None:
+                dest = dest_of[region] = self._region_partition(region.encode())
             by_dest[dest].append(part)
         key = agg.source.encode()
         for dest, parts in by_dest.items():

@@ -397,10 +397,16 @@ class PartitionCore:
         score moved too little."""
         was_at_risk = st.at_risk_since > 0
         model = self.model
-        probs = dict(zip(OUTCOMES, outcome_probs))
-        contrib = model.contributions_of(max(OUTCOMES, key=lambda o: (probs[o], -OUTCOMES.index(o))), x)
+        # the reasons come from the head of the outcome most likely (the first of equals: what
+        # max(OUTCOMES, key=(probability, -index)) picks), its contributions above 0.05, largest first
+        best = 0
+        for i in range(1, len(outcome_probs)):
+            if outcome_probs[i] > outcome_probs[best]:
+                best = i
+        ranked = model.contributions_above(OUTCOMES[best], x, 0.05)
+        ranked.sort()
+        ranked = ranked[::-1][:4]
         at_risk = score >= self.threshold
-        ranked = sorted((c, i) for i, c in enumerate(contrib) if c > 0.05)[::-1][:4]
         top = FEATURES[ranked[0][1]] if ranked else ""
         delta = MATERIAL_DELTA if max(score, st.last_score) >= self.threshold * 0.5 else LOW_DELTA
         changed = (abs(score - st.last_score) >= delta or at_risk != was_at_risk
@@ -413,14 +419,16 @@ class PartitionCore:
             st.at_risk_since = 0
         st.last_score, st.last_top = score, top
         reasons: list[Reason] = []
+        codes: list[str] = []
         for c, i in ranked:  # one reason per code (coverage now and at its worst merge)
             code, text, value = describe(FEATURES[i], st, x[i])
-            if all(r.code != code for r in reasons):
+            if code not in codes:
+                codes.append(code)
                 reasons.append(Reason(code=code, text=text, value=value, contribution=round(c, 4)))
         return RiskScore(subscriber_id=sid, ts_ms=ts, scored_at_ms=self.clock_ms(), score=round(score, 4),
                          at_risk=at_risk, reasons=reasons, model_version=self.model.n_labels,
                          prior=round(model.prior_score_of(x), 4),
-                         outcomes=OutcomeProbabilities(**{o: round(p, 4) for o, p in probs.items()}),
+                         outcomes=OutcomeProbabilities(**{o: round(p, 4) for o, p in zip(OUTCOMES, outcome_probs)}),
                          at_risk_since_ms=st.at_risk_since or None, region=st.region,
                          segment=st.segment, cell_id=st.cell)
 

@@ -400,6 +400,13 @@ class RiskModel:
         a = self.calib[outcome][0]
         return [a * w * xi if xi else 0.0 for w, xi in zip(self._w[outcome], x)]
 
+    def contributions_above(self, outcome: str, x: Sequence[float], least: float) -> list[tuple[float, int]]:
+        """``(contribution, feature index)`` of the features whose :meth:`contributions_of` exceeds
+        ``least`` (>= 0), in feature order: the candidates for a score's reasons, without a list
+        of every feature's."""
+        a = self.calib[outcome][0]
+        return [(c, i) for i, (w, xi) in enumerate(zip(self._w[outcome], x)) if xi and (c := a * w * xi) > least]
+
     # -- learning -------------------------------------------------------------------------------------
 
     def learn(self, label: LabelRecord, *, only: str | None = None) -> None:
