@@ -582,6 +582,32 @@ def test_v3_oracle_is_informative_but_not_perfect(v3_run):
     assert 0.65 <= r["complaint_24h"]["roc_auc"] <= 0.95, r
 
 
+def test_the_person_blind_oracle_sees_only_what_happened_to_a_subscriber(v3_run):
+    """Two subscribers of one segment with the same sessions: the oracle tells them apart by their
+    hidden side (propensity, sensitivity, loyalty, history), the person-blind oracle cannot."""
+    from monitor.sim.world import People
+
+    p = People(np.zeros(2, np.uint8), seed=4, start_ms=0)
+    assert p.propensity[0] != p.propensity[1] and not np.allclose(p.sensitivity[0], p.sensitivity[1])
+    subs = np.array([0, 1])
+    for hour in range(12):
+        p.sessions(subs, np.array([1, 1]), np.array([-118.0, -118.0]), np.array([0.5, 0.5]),
+                   np.array([400.0, 400.0]), np.array([True, True]), np.array([20.0, 20.0]))
+        p.advance(hour * 3_600_000, (hour + 1) * 3_600_000)
+    seen, blind = p.oracle(12 * 3_600_000), p.oracle(12 * 3_600_000, person=False)
+    for key in ("complaint_72h", "detractor_72h", "churn_168h"):
+        assert seen[key][0] != pytest.approx(seen[key][1], rel=1e-3), key
+        assert blind[key][0] == pytest.approx(blind[key][1], rel=1e-5), key
+    # and the simulator writes it beside the oracle, graded by the evaluation as its own system
+    out, _m, _cfg = v3_run
+    oracle = np.load(out / "ground_truth" / "oracle.npz")
+    assert oracle["blind_complaint_72h"].shape == oracle["complaint_72h"].shape
+    from monitor.evaluation.risk import oracle_only
+
+    r = oracle_only(out)["complaint_24h"]
+    assert 0.5 < r["blind_roc_auc"] < r["roc_auc"], r
+
+
 def test_treatment_splits_the_most_dissatisfied_and_records_the_true_effect(tmp_path):
     cfg = simulate.SimConfig(subscribers=800, hours=6, seed=9, treatment_share=0.1, malformed_share=0,
                              duplicate_share=0, late_share=0)

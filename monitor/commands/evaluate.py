@@ -15,7 +15,7 @@ HELP = ("grade risk scores on outcomes (complaint, detractor, churn) in simulate
         "a batch reference, the prior and a model learned from zero; hot-spot recall and precision")
 
 #: systems in the order the table prints them
-ORDER = ("oracle", "batch_reference", "batch_logistic", "model", "zero_prior", "prior", "best_single_feature")
+ORDER = ("oracle", "oracle_blind", "batch_reference", "batch_logistic", "model", "zero_prior", "prior", "best_single_feature")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

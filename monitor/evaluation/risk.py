@@ -397,6 +397,9 @@ def grade_world(data: dict[str, Any], *, list_hour: float = 9.0) -> dict[str, An
                 y = _labels(truth["times"][o], subs, t, h_ms)
                 sc = {"model": r["model"][:, oi], "prior": prior[t][:, oi],
                       "oracle": oracle[f"{o}_{h}h"][oracle_ts[t]][subs].astype(np.float64)}
+                if f"blind_{o}_{h}h" in oracle:
+                    # the world's hazard without the person's hidden side (World.oracle(person=False))
+                    sc["oracle_blind"] = oracle[f"blind_{o}_{h}h"][oracle_ts[t]][subs].astype(np.float64)
                 if zrows is not None and t in zrows:
                     z = zrows[t]
                     # same rows: the zero-prior replay saw the same subscribers
@@ -587,7 +590,7 @@ def _grade_system(per_t: dict[int, dict[str, Any]], valid: list[int], daily: lis
     # calibration of the probabilities (hourly rows)
     ys = np.concatenate([per_t[t]["y"] for t in valid if sysname in per_t[t]["scores"]])
     ss = np.concatenate([per_t[t]["scores"][sysname] for t in valid if sysname in per_t[t]["scores"]])
-    if sysname in ("model", "prior", "zero_prior", "oracle", "batch_reference", "batch_logistic") and len(ss):
+    if sysname in ("model", "prior", "zero_prior", "oracle", "oracle_blind", "batch_reference", "batch_logistic") and len(ss):
         out["mean_probability"] = _r(float(ss.mean()))
         out["calibration_error"] = _r(_calibration_error(ys, ss))
     return out
@@ -635,9 +638,9 @@ def _median_lead(data: dict[str, Any], truth: dict[str, Any], outcome: str, h_ms
             s = r["model"][:, oi]
         elif sysname == "prior":
             s = prior[t][:, oi]
-        elif sysname == "oracle":
+        elif sysname in ("oracle", "oracle_blind"):
             h = 168 if h_ms >= 168 * HOUR_MS else h_ms // HOUR_MS
-            s = oracle[f"{outcome}_{h}h"][oracle_ts[t]][r["subs"]]
+            s = oracle[f"{'blind_' if sysname == 'oracle_blind' else ''}{outcome}_{h}h"][oracle_ts[t]][r["subs"]]
         elif sysname == "zero_prior" and data.get("zero_prior_rows"):
             z = data["zero_prior_rows"][t]
             zmap = dict(zip(z["subs"].tolist(), z["model"][:, oi].tolist()))
@@ -713,7 +716,7 @@ def combine(worlds: list[dict[str, Any]]) -> dict[str, Any]:
         for a, b, key in (("model", "prior", "roc_auc"), ("model", "zero_prior", "roc_auc"),
                           ("model", "batch_reference", "roc_auc_second_half"),
                           ("model", "batch_logistic", "roc_auc_second_half"),
-                          ("model", "oracle", "roc_auc")):
+                          ("model", "oracle", "roc_auc"), ("model", "oracle_blind", "roc_auc")):
             d = [p["systems"][a].get(key) - p["systems"][b].get(key) for p in per
                  if a in p["systems"] and b in p["systems"] and p["systems"][a].get(key) is not None
                  and p["systems"][b].get(key) is not None]
@@ -724,6 +727,10 @@ def combine(worlds: list[dict[str, Any]]) -> dict[str, Any]:
         orc = systems.get("oracle", {}).get("roc_auc")
         if m is not None and orc is not None and orc > 0.5:
             res["model_share_of_oracle_margin"] = _r((m - 0.5) / (orc - 0.5))
+            # the ceiling of that share for any model that sees a subscriber only through the streams
+            blind = systems.get("oracle_blind", {}).get("roc_auc")
+            if blind is not None:
+                res["blind_oracle_share_of_oracle_margin"] = _r((blind - 0.5) / (orc - 0.5))
         mb = systems.get("model", {}).get("roc_auc_second_half")
         bb = systems.get("batch_reference", {}).get("roc_auc_second_half")
         if mb is not None and bb:
@@ -776,7 +783,8 @@ def oracle_only(sim_dir: str | Path, *, list_hour: float = 9.0) -> dict[str, Any
     ts_all = [int(t) for t in oracle["ts_ms"]]
     for o in ("complaint", "detractor", "churn"):
         for h in HORIZONS_H[o]:
-            c = p = pos = n = 0.0
+            c = p = pos = n = cb = pb = 0.0
+            blind = oracle.get(f"blind_{o}_{h}h")
             for j, t in enumerate(ts_all):
                 if abs(_local_hour(t, w.get("utc_offset_h", 0.0)) - list_hour) > 1e-9 or t + h * HOUR_MS > w["world_end_ms"]:
                     continue
@@ -785,14 +793,20 @@ def oracle_only(sim_dir: str | Path, *, list_hour: float = 9.0) -> dict[str, Any
                 y = _labels(truth["times"][o], subs, t, h * HOUR_MS)
                 cc, pp = _auc_counts(y, oracle[f"{o}_{h}h"][j][subs])
                 c, p, pos, n = c + cc, p + pp, pos + y.sum(), n + len(y)
+                if blind is not None:
+                    cc, pp = _auc_counts(y, blind[j][subs])
+                    cb, pb = cb + cc, pb + pp
             if p:
                 out[outcome_name(o, h)] = {"roc_auc": _r(c / p), "base_rate": _r(pos / n), "positives": int(pos)}
+                if pb:
+                    out[outcome_name(o, h)]["blind_roc_auc"] = _r(cb / pb)
     return out
 
 
 #: systems drawn by :func:`lift_curve_svg`, with their colours (Okabe-Ito: distinguishable in colour blindness)
 CURVE_STYLE: dict[str, tuple[str, str]] = {
-    "oracle": ("#000000", "oracle (true hazard)"), "batch_reference": ("#E69F00", "batch HistGradientBoosting"),
+    "oracle": ("#000000", "oracle (true hazard)"), "oracle_blind": ("#999999", "oracle without the person's hidden side"),
+    "batch_reference": ("#E69F00", "batch HistGradientBoosting"),
     "batch_logistic": ("#56B4E9", "batch logistic"), "model": ("#D55E00", "model (online)"),
     "prior": ("#009E73", "prior only"), "zero_prior": ("#CC79A7", "learned from zero"),
 }

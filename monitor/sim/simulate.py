@@ -656,7 +656,9 @@ class Simulator:
                 snap += SATISFACTION_EVERY_MS
             if keep and v3 and t >= hourly:
                 if self.eval_start_ms <= hourly and (self.end_ms is None or hourly < self.end_ms):
-                    self.oracle.append((hourly, self.people.oracle(hourly)))
+                    snap = self.people.oracle(hourly)
+                    snap.update({f"blind_{k}": v for k, v in self.people.oracle(hourly, person=False).items()})
+                    self.oracle.append((hourly, snap))
                 hourly += HOUR_MS
         if v3 and self.world_end_ms is not None and self.world_end_ms > t:
             # the follow-up: the world goes on unseen, only outcomes are recorded
@@ -1405,8 +1407,9 @@ def _write_v3_truth(sim: Simulator, gt: Path) -> None:
 
     p = sim.people
     if sim.oracle:
-        arrays = {f"{o}_{h}h": np.stack([snap[f"{o}_{h}h"] for _, snap in sim.oracle]).astype(np.float32)
-                  for o in OUTCOMES for h in HORIZONS_H}
+        # the oracle, and the person-blind oracle (``blind_*``: World.oracle(person=False))
+        arrays = {f"{b}{o}_{h}h": np.stack([snap[f"{b}{o}_{h}h"] for _, snap in sim.oracle]).astype(np.float32)
+                  for b in ("", "blind_") for o in OUTCOMES for h in HORIZONS_H}
         # instants x subscribers; column i = sub-%08d of i
         np.savez_compressed(gt / "oracle.npz", ts_ms=np.array([t for t, _ in sim.oracle], np.int64), **arrays)
     with open(gt / "outcomes.jsonl", "w") as f:

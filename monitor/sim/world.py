@@ -176,6 +176,8 @@ class People:
         share = self.params.weight / self.params.weight.sum()
         level = rng.gamma(0.6, 0.1, n).astype(np.float32)
         self.grudge = (level[:, None] * share[None, :]).astype(np.float32)
+        self._start_ms = int(start_ms)
+        self._grudge0 = self.grudge.copy()      # the pre-history part, for the person-blind oracle
         self.active = np.ones(n, bool)
         self.left_ms = np.full(n, -1, np.int64)
 
@@ -330,35 +332,90 @@ class People:
 
     # -- the oracle -------------------------------------------------------------------------------
 
-    def oracle(self, t_ms: int, grid_h: float = 1.0) -> dict[str, np.ndarray]:
+    def _blind(self, t_ms: int, crm: bool = False) -> dict[str, np.ndarray]:
+        """The person's side replaced by what the world's population says of someone of their
+        segment: what a perfect model of the world that sees only the streams' exposures could know.
+
+        Per driver, the state the streams caused is the state less the decayed pre-history grudge
+        (nobody saw that history), divided by the person's sensitivity to the driver's group and
+        multiplied by the population's mean sensitivity; the pre-history grudge becomes its mean.
+        Propensity, base satisfaction, survey responsiveness become their segment means; loyalty,
+        tenure and the contract enter the churn hazard as the segment's mean of their factor
+        (``crm``: the contract and tenure as they are, as an operator's CRM knows them; loyalty
+        still the segment's mean).
+        """
+        p = self.params
+        seg = self.segment
+        nseg = int(seg.max()) + 1 if len(seg) else 0
+
+        def seg_mean(x: np.ndarray) -> np.ndarray:
+            tot = np.bincount(seg, weights=x.astype(np.float64), minlength=nseg)
+            cnt = np.maximum(np.bincount(seg, minlength=nseg), 1)
+            return (tot / cnt)[seg]
+
+        sens = self.sensitivity[:, GROUP]                       # n x drivers
+        mean_sens = float(np.exp(0.5 * 0.5 ** 2))               # E[exp(N(0, 0.5^2))]
+        decay = math.exp(-(t_ms - self._start_ms) / HOUR_MS / (p.grudge_days * 24))
+        pre = self._grudge0 * decay
+        mean_pre = pre.mean(axis=0)[None, :]
+        known = self._contract_term(t_ms) - 0.3 * np.log1p(self.tenure_months / 12.0)
+        person = known - self.loyalty
+        churn_log = (known + np.log(seg_mean(np.exp(-self.loyalty))) if crm
+                     else np.log(seg_mean(np.exp(person))))
+        return {"propensity": seg_mean(self.propensity),
+                "fresh": self.fresh / sens * mean_sens,
+                "irritation": self.irritation / sens * mean_sens,
+                "grudge": np.maximum(self.grudge - pre, 0.0) / sens * mean_sens + mean_pre,
+                "base_satisfaction": seg_mean(self.base_satisfaction),
+                "survey_responsiveness": seg_mean(self.survey_responsiveness),
+                "churn_person_log": churn_log}
+
+    def oracle(self, t_ms: int, grid_h: float = 1.0, *, person: bool = True, crm: bool = False) -> dict[str, np.ndarray]:
         """Every subscriber's true probability of each outcome within each horizon from ``t_ms``,
         given their state now and no new experience (``{outcome}_{h}h`` -> float32 per subscriber;
-        0 for subscribers who have left). What a perfect model of *this* world could know."""
+        0 for subscribers who have left). What a perfect model of *this* world could know.
+
+        ``person=False``: the same world without the person's hidden side (:meth:`_blind`), the
+        ceiling of a model that knows the world but sees each subscriber only through the streams.
+        The contract term is held at ``t_ms`` over the horizon there; ``crm`` (with ``person=False``):
+        the contract and tenure count as seen (a what-if for CRM data in the streams)."""
         p = self.params
+        if person:
+            fresh, irritation, grudge = self.fresh, self.irritation, self.grudge
+            propensity, base_sat, resp_k = self.propensity, self.base_satisfaction, self.survey_responsiveness
+            churn_rate = self._churn_rate
+        else:
+            b = self._blind(t_ms, crm)
+            fresh, irritation, grudge = b["fresh"], b["irritation"], b["grudge"]
+            propensity, base_sat, resp_k = b["propensity"], b["base_satisfaction"], b["survey_responsiveness"]
+            person_log = b["churn_person_log"]
+
+            def churn_rate(gr_total: np.ndarray, _t: float) -> np.ndarray:
+                return p.churn_base_per_h * np.exp(4.0 * np.tanh(p.churn_gain * gr_total / 4.0) + person_log)
         n_steps = int(max(HORIZONS_H) / grid_h)
         u = (np.arange(n_steps) + 0.5) * grid_h                     # mid-points, hours ahead
         ef = np.exp(-u / p.lag_h)
         ei = np.exp(-u / p.irritation_h)
         eg = np.exp(-u / (p.grudge_days * 24))
         flow = p.irritation_h / (p.irritation_h - p.lag_h) * (ei - ef)
-        irr0 = self.irritation.sum(axis=1)[:, None]
-        fresh0 = self.fresh.sum(axis=1)[:, None]
+        irr0 = irritation.sum(axis=1)[:, None]
+        fresh0 = fresh.sum(axis=1)[:, None]
         irr = irr0 * ei[None, :] + fresh0 * flow[None, :]            # n x steps
         # grudge: decays, fed by irritation (integral of gain * irr, approximated per grid step)
-        gr0 = self.grudge.sum(axis=1)[:, None]
+        gr0 = grudge.sum(axis=1)[:, None]
         feed = np.cumsum(p.grudge_gain * irr * grid_h, axis=1)
         gr = gr0 * eg[None, :] + feed * 0.9
         times = t_ms + u * HOUR_MS
         open_f = opening_factor(times, self.utc_offset_h)[None, :]
-        lam_c = self.propensity[:, None] * (p.complaint_base_per_h + p.complaint_per_h * irr ** p.complaint_power) * open_f
+        lam_c = propensity[:, None] * (p.complaint_base_per_h + p.complaint_per_h * irr ** p.complaint_power) * open_f
         lam_ch = np.empty_like(irr)
         for j in range(n_steps):
-            lam_ch[:, j] = self._churn_rate(gr[:, j], float(times[j]))
-        sat = (self.base_satisfaction[:, None] - 0.35 * np.tanh(0.8 * irr) - 0.3 * np.tanh(0.7 * gr))
+            lam_ch[:, j] = churn_rate(gr[:, j], float(times[j]))
+        sat = (base_sat[:, None] - 0.35 * np.tanh(0.8 * irr) - 0.3 * np.tanh(0.7 * gr))
         from scipy.special import ndtr
 
         p_det = ndtr((6.5 - (10.0 * sat + 0.5)) / p.nps_noise)
-        resp = np.clip(self.survey_responsiveness[:, None] * (0.6 + 1.6 * np.abs(sat - 0.65)), 0, 1)
+        resp = np.clip(resp_k[:, None] * (0.6 + 1.6 * np.abs(sat - 0.65)), 0, 1)
         invite = p.survey_per_h + lam_c * p.survey_after_ticket
         lam_d = invite * resp * p_det
         out: dict[str, np.ndarray] = {}
