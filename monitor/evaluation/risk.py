@@ -805,7 +805,7 @@ def oracle_only(sim_dir: str | Path, *, list_hour: float = 9.0) -> dict[str, Any
 
 #: systems drawn by :func:`lift_curve_svg`, with their colours (Okabe-Ito: distinguishable in colour blindness)
 CURVE_STYLE: dict[str, tuple[str, str]] = {
-    "oracle": ("#000000", "oracle (true hazard)"), "oracle_blind": ("#999999", "oracle without the person's hidden side"),
+    "oracle": ("#000000", "oracle (true hazard)"), "oracle_blind": ("#999999", "person-blind oracle"),
     "batch_reference": ("#E69F00", "batch HistGradientBoosting"),
     "batch_logistic": ("#56B4E9", "batch logistic"), "model": ("#D55E00", "model (online)"),
     "prior": ("#009E73", "prior only"), "zero_prior": ("#CC79A7", "learned from zero"),
