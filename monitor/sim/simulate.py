@@ -656,9 +656,9 @@ class Simulator:
                 snap += SATISFACTION_EVERY_MS
             if keep and v3 and t >= hourly:
                 if self.eval_start_ms <= hourly and (self.end_ms is None or hourly < self.end_ms):
-                    snap = self.people.oracle(hourly)
-                    snap.update({f"blind_{k}": v for k, v in self.people.oracle(hourly, person=False).items()})
-                    self.oracle.append((hourly, snap))
+                    probs = self.people.oracle(hourly)
+                    probs.update({f"blind_{k}": v for k, v in self.people.oracle(hourly, person=False).items()})
+                    self.oracle.append((hourly, probs))
                 hourly += HOUR_MS
         if v3 and self.world_end_ms is not None and self.world_end_ms > t:
             # the follow-up: the world goes on unseen, only outcomes are recorded

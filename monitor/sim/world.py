@@ -259,10 +259,13 @@ class People:
         out = np.where(np.isnan(since), 0.2, np.where(since < 0, -0.6, np.where(since < 60, 0.7, 0.2)))
         return out
 
+    def _grudge_log(self, grudge_total: Any) -> Any:
+        """The grudge's term of the churn log-hazard; its effect saturates (at most x e^4)."""
+        return 4.0 * np.tanh(self.params.churn_gain * grudge_total / 4.0)
+
     def _churn_rate(self, grudge_total: np.ndarray, t_ms: float) -> np.ndarray:
         p = self.params
-        # the grudge's effect saturates (at most x e^3): nobody is more than certain to leave
-        log = (4.0 * np.tanh(p.churn_gain * grudge_total / 4.0) + self._contract_term(t_ms) + self.loyalty * -1.0
+        log = (self._grudge_log(grudge_total) + self._contract_term(t_ms) + self.loyalty * -1.0
                - 0.3 * np.log1p(self.tenure_months / 12.0))
         return p.churn_base_per_h * np.exp(log)
 
@@ -391,7 +394,7 @@ class People:
             person_log = b["churn_person_log"]
 
             def churn_rate(gr_total: np.ndarray, _t: float) -> np.ndarray:
-                return p.churn_base_per_h * np.exp(4.0 * np.tanh(p.churn_gain * gr_total / 4.0) + person_log)
+                return p.churn_base_per_h * np.exp(self._grudge_log(gr_total) + person_log)
         n_steps = int(max(HORIZONS_H) / grid_h)
         u = (np.arange(n_steps) + 0.5) * grid_h                     # mid-points, hours ahead
         ef = np.exp(-u / p.lag_h)
