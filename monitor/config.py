@@ -180,7 +180,7 @@ OPTIONS: tuple[Option, ...] = (
            "on GitHub, which the rules in deploy/prometheus link to"),
     Option("cell_inventory", _optional_str, "",
            "JSON cell inventory [{cell_id, lat, lon}] (what `satmon simulate --out` writes as cells.json): places active hot spots on the geo map"),
-    Option("at_risk_threshold", _probability, "0.5", "Score at or above which a record is flagged at_risk (the "
+    Option("at_risk_threshold", _probability, "0.2", "Calibrated probability of any outcome at or above which a record is flagged at_risk (the "
            "worklist is a ranked budget: see list_capacity)"),
     Option("list_capacity", _positive_int, "50", "Daily capacity of each team (care: complaints, retention: churn) "
            "in each region: the worklist holds that many subscribers, ranked by the team's outcome probability"),

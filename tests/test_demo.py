@@ -206,11 +206,6 @@ def test_outreach_pulls_a_region_as_csv_from_either_worker_contacts_suppress_and
     assert len(contacts) >= 3
 
 
-#: Issue 18 open: in the first run (2026-12-07) the care list's top 19 of 50 rows read 1.0000 (complaint,
-#: detractor and churn all 1.0 for subscribers under the metro outage: 60 sessions of weak coverage,
-#: 13 dropped calls): a head's 24 h probability is taken to the horizon as 1 - (1 - h)^(H/24), as if
-#: a bad day's hazard lasted the whole 72 h or 7 days, and the unbounded doses push h close to 1.
-@pytest.mark.xfail(strict=True, reason="issue 18: outage-hit subscribers' probabilities saturate at 1.0")
 def test_each_teams_worklist_is_its_budget_not_half_the_base_with_distinct_probabilities(demo: Demo) -> None:
     """Issue 18: the list a team works holds its capacity per region, ranked by the team's outcome,
     and its top rows differ in probability (not a wall of 1.00 over half the subscribers)."""

@@ -316,7 +316,7 @@ def test_series_stay_under_budget_and_never_name_a_subscriber():
     from monitor.sim.simulate import REGION_NAMES, SEGMENTS, subscriber_id
 
     extra = [_score(subscriber_id(i), (i % 100) / 100, 1_700_000_000_000, 1_700_000_000_050,
-                    region=REGION_NAMES[i % 8], segment=SEGMENTS[i % 4], cell_id=f"cell-{i % 400:06d}")
+                    region=REGION_NAMES[i % 8], segment=SEGMENTS[i // 8 % 4], cell_id=f"cell-{i % 400:06d}")
              for i in range(100_000)]
     subscriber_ids |= {s.subscriber_id for s in extra}
     m.observe_scores(extra)

@@ -15,11 +15,13 @@ T0 = 1_740_000_000_000
 MIN = 60_000
 
 
-def _traffic(n: int = 120) -> list:
+def _traffic(n: int = 120, worst_sessions: int = 4) -> list:
+    """Four sessions per subscriber at a level of experience from clean to awful; the worst tenth
+    (level 9 and above) have ``worst_sessions`` sessions: an outage they sit through."""
     evs = []
     for k in range(n):
         level = (k * 37 % n) / n * 10  # a level of experience per subscriber, from clean to awful
-        for i in range(4):
+        for i in range(worst_sessions if level >= 9 else 4):
             evs.append(NetworkEvent(
                 event_id=f"n{k}-{i}", subscriber_id=f"s{k:03d}", ts_ms=T0 + (k * 4 + i) * MIN, cell_id=f"c{k % 5}",
                 region="north" if k % 2 else "south", radio="4G", service="video", rsrp_dbm=-90.0 - 4 * level,
@@ -33,10 +35,10 @@ def _traffic(n: int = 120) -> list:
     return evs
 
 
-def _view() -> RiskView:
+def _view(**traffic: int) -> RiskView:
     core = PartitionCore(0, clock_ms=lambda: 0)
     view = RiskView()
-    for score in core.process_batch(_traffic()):
+    for score in core.process_batch(sorted(_traffic(**traffic), key=lambda e: e.ts_ms)):
         view.apply(score)
     return view
 
@@ -62,7 +64,7 @@ def test_worklist_is_the_budget_per_region_ranked_by_the_teams_outcome():
 
 
 def test_risk_band_gauges_count_every_subscriber_once():
-    view = _view()
+    view = _view(worst_sessions=60)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     metrics.set_risk_bands(view.risk_bands())

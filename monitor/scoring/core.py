@@ -11,8 +11,10 @@ the tests. Every time-dependent rule runs on event time, so equal input gives eq
 ...        b'"dl_mbps":0.5,"ul_mbps":0.1,"latency_ms":250,"jitter_ms":40,"packet_loss_pct":6,'
 ...        b'"call_drop":true,"video_stall_s":30}')
 >>> [s] = core.process_batch([decode("network_event.v1", raw)])
->>> s.at_risk, s.reasons[0].code in {"worst_moment", "recent_moments", "weak_coverage", "drops", "stalls", "latency"}
-(True, True)
+>>> s.reasons[0].code in {"worst_moment", "recent_moments", "weak_coverage", "drops", "stalls", "latency"}
+True
+>>> 0.0 < s.outcomes.complaint < s.score < 1.0
+True
 """
 
 from __future__ import annotations
@@ -42,10 +44,15 @@ from monitor.scoring.risk import OUTCOMES, LabelRecord, RiskModel
 __all__ = ["HOUR_MS", "LabelJoin", "LabelRecord", "PartitionCore", "RiskModel"]
 
 HOUR_MS = 3_600_000
-#: a score moving by at least this much is a material change worth a ``risk_score.v1`` record
-MATERIAL_DELTA = 0.05
-#: ... and this much while both the old and the new score are below half the at-risk threshold
-LOW_DELTA = 0.15
+#: the default ``at_risk_threshold``: a calibrated probability of 20 % that some outcome follows
+#: (complaint or detractor answer within 72 h, port-out within 7 days), 3-5 times the base rates of
+#: the simulated worlds; about the top 1 % of a learned model's scores (docs/MODEL.md)
+AT_RISK_THRESHOLD = 0.2
+#: a score moving by at least this share of the at-risk threshold is a material change worth a
+#: ``risk_score.v1`` record (0.05 at a threshold of 0.5, as before the probabilities were calibrated)
+MATERIAL_SHARE = 0.1
+#: ... and this share while both the old and the new score are below half the at-risk threshold
+LOW_SHARE = 0.3
 #: a label's snapshot matures this long after its horizon (outcome records arriving a little late)
 LABEL_GRACE_MS = HOUR_MS
 #: how often (event time) quiet subscribers' matured labels are collected
@@ -136,7 +143,7 @@ class PartitionCore:
     SETTINGS = ("at_risk_threshold", "state_ttl_days", "max_clock_skew_s", "state_cache_per_partition",
                 "model_checkpoint")
 
-    def __init__(self, partition: int, *, at_risk_threshold: float = 0.5, state_ttl_days: float = 30.0,
+    def __init__(self, partition: int, *, at_risk_threshold: float = AT_RISK_THRESHOLD, state_ttl_days: float = 30.0,
                  max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
                  state_cache_per_partition: int = STATE_CACHE_PER_PARTITION, model_checkpoint: str | None = None,
                  state_loader: Callable[[str], bytes | None] | None = None,
@@ -149,6 +156,9 @@ class PartitionCore:
         self.state_cache_per_partition = state_cache_per_partition
         self.model_checkpoint = model_checkpoint
         self.threshold = at_risk_threshold
+        #: the material-change rule's steps (:data:`MATERIAL_SHARE`, :data:`LOW_SHARE` of the threshold)
+        self.material_delta = MATERIAL_SHARE * at_risk_threshold
+        self.low_delta = LOW_SHARE * at_risk_threshold
         self.ttl_ms = int(state_ttl_days * 24 * HOUR_MS)
         self.state_loader = state_loader
         self.clock_ms = clock_ms or wall_clock_ms
@@ -287,6 +297,7 @@ class PartitionCore:
         model = self.model
         threshold = self.threshold
         low = threshold * 0.5
+        material, quiet = self.material_delta, self.low_delta
         for event in events:
             sid = event.subscriber_id
             ts = event.ts_ms
@@ -332,7 +343,7 @@ class PartitionCore:
             score, p0, p1, p2 = model.score_probs(x)
             last = st.last_score
             if st.at_risk_since <= 0 and last >= 0 and score < threshold and abs(score - last) < (
-                    MATERIAL_DELTA if (last if last > score else score) >= low else LOW_DELTA):   # max()'s value
+                    material if (last if last > score else score) >= low else quiet):   # max()'s value
                 continue   # most events: a subscriber well clear of the list stays quiet
             emitted = self._emit(sid, st, x, ts, score, (p0, p1, p2))
             if emitted is not None:
@@ -390,7 +401,7 @@ class PartitionCore:
     def _emit(self, sid: str, st: SubscriberState, x: list[float], ts: int, score: float,
               outcome_probs: tuple[float, float, float]) -> RiskScore | None:
         """A ``risk_score.v1`` record when the change is material: the first score of a subscriber,
-        an at-risk flip, a move of ``MATERIAL_DELTA`` near or above the threshold (``LOW_DELTA``
+        an at-risk flip, a move of ``material_delta`` near or above the threshold (``low_delta``
         well below it, where nobody acts on the score), or a new top reason while at risk.
         ``score`` and ``outcome_probs`` are :meth:`RiskModel.score_probs` of ``x``;
         :meth:`process_batch` has already let pass the events of a subscriber not at risk whose
@@ -408,7 +419,7 @@ class PartitionCore:
         ranked = ranked[::-1][:4]
         at_risk = score >= self.threshold
         top = FEATURES[ranked[0][1]] if ranked else ""
-        delta = MATERIAL_DELTA if max(score, st.last_score) >= self.threshold * 0.5 else LOW_DELTA
+        delta = self.material_delta if max(score, st.last_score) >= self.threshold * 0.5 else self.low_delta
         changed = (abs(score - st.last_score) >= delta or at_risk != was_at_risk
                    or (at_risk and top != st.last_top))
         if not changed:

@@ -9,8 +9,9 @@ Pure (no Kafka, no event loop). Three parts:
   to the log-odds (the model's reasons) and the prior is written in the features' own units.
 * :class:`RiskModel`: one :class:`OnlineLogit` head per outcome (complaint, detractor answer,
   churn) over the stream features of :data:`monitor.scoring.features.FEATURE_TABLE`, each followed by a
-  Platt calibrator. A head learns "the outcome happens within ``learn_horizon_hours`` after this
-  snapshot"; the probability over a longer horizon follows from a constant hazard
+  Platt calibrator ``sigmoid(a * z + c)`` that starts at :data:`COLD_CALIBRATION` and learns
+  both its slope and offset. A head learns "the outcome happens within ``learn_horizon_hours``
+  after this snapshot"; the probability over a longer horizon follows from a constant hazard
   (``1 - (1 - p)^(H / L)``), which keeps the ranking and matures labels days before a 7-day window
   would.
 * :class:`LabelRecord` and :func:`roc_auc`: what one matured label carries (the seam for a labels
@@ -57,6 +58,18 @@ OUTCOME_BIAS_OFFSET: dict[str, float] = {"complaint": -1.0, "detractor": -1.5, "
 #: tests/test_worklist.py all read 1.0000 again: scaled by 14.5 / 21.1. A uniform share does not
 #: change how the prior ranks within an outcome.
 OUTCOME_PRIOR_SCALE: dict[str, float] = {"complaint": 0.35, "detractor": 0.35, "churn": 0.2}
+#: the Platt calibrator ``(a, c)`` each outcome starts from: a head's log-odds ``z`` (the prior's
+#: sums of unbounded doses reach 18) become ``sigmoid(a * z + c)``, its probability within
+#: ``LEARN_HORIZON_H``. Fitted by maximum likelihood of the untrained prior's ``z`` against the
+#: outcome within 24 h, every subscriber at every hourly instant of tuning worlds 11-13 (3,000
+#: subscribers, 96 h; docs/MODEL.md "Calibration"). With ``(1, 0)`` the worst subscribers of an
+#: outage read 1.0000 on every outcome and the mean probability of a complaint within 72 h was
+#: 0.14 where 0.014 happen. A positive slope changes no ranking within an outcome.
+COLD_CALIBRATION: dict[str, tuple[float, float]] = {"complaint": (0.26, -5.6), "detractor": (0.13, -5.4),
+                                                    "churn": (0.27, -4.7)}
+#: the calibrator's slope never falls below this many log-odds per standard deviation of ``z``
+#: (a slope at zero would tie every subscriber; a negative one would invert the list)
+MIN_CALIBRATION_SLOPE = 0.05
 LEARN_HORIZON_H = 24.0
 #: who works which list: each team ranks subscribers by the probability of its outcome
 TEAMS: dict[str, str] = {"care": "complaint", "retention": "churn"}
@@ -236,18 +249,18 @@ decode_label = msgspec.msgpack.Decoder(LabelRecord).decode
 
 
 def _scorer_source(n: int) -> str:
-    """Python source of ``make(rows, biases, calib, powers)`` returning ``scorer(x)`` for feature vectors
-    of exactly ``n`` values: the three heads' sums unrolled over the features (weights in closure
-    cells, each set feature tested once), then the arithmetic of :meth:`RiskModel.predict` and
-    :meth:`RiskModel.score` (calibrated) or of :meth:`RiskModel.prior_score` (``calib`` None),
-    operation for operation, so the floats are the same."""
+    """Python source of ``make(rows, biases, calib, powers, headline)`` returning ``scorer(x)`` for
+    feature vectors of exactly ``n`` values: the three heads' sums unrolled over the features
+    (weights in closure cells, each set feature tested once), then the arithmetic of
+    :meth:`RiskModel.predict` and :meth:`RiskModel.score` or, with ``headline``, of
+    :meth:`RiskModel.prior_score` (the headline alone), operation for operation, so the floats are
+    the same."""
     xs = ", ".join(f"x{i}" for i in range(n))
-    lines = ["def make(rows, biases, calib, powers):",
+    lines = ["def make(rows, biases, calib, powers, headline):",
              "    " + ", ".join(f"(w{i}_0, w{i}_1, w{i}_2)" for i in range(n)) + ", = rows",
              "    b0, b1, b2 = biases",
              "    e0, e1, e2 = powers",
-             "    if calib is not None:",
-             "        (a0, c0), (a1, c1), (a2, c2) = calib"]
+             "    (a0, c0), (a1, c1), (a2, c2) = calib"]
     # the heads' sums, inline in both functions (one call less per score)
     sums = [f"        {xs}, = x", "        s0 = s1 = s2 = 0.0"]
     for i in range(n):
@@ -263,9 +276,9 @@ def _scorer_source(n: int) -> str:
     lines += ["        return 1.0 - (1.0 - p0) * (1.0 - p1) * (1.0 - p2), p0, p1, p2",
               "    def prior(x):", *sums]
     for k in range(3):
-        lines += [f"        z = b{k} + s{k}", sig.rstrip("\n"), f"        t{k} = (1.0 - h) ** e{k}"]
+        lines += [f"        z = a{k} * (b{k} + s{k}) + c{k}", sig.rstrip("\n"), f"        t{k} = (1.0 - h) ** e{k}"]
     lines += ["        return 1.0 - t0 * t1 * t2",
-              "    return prior if calib is None else scorer"]
+              "    return prior if headline else scorer"]
     return "\n".join(lines) + "\n"
 
 
@@ -275,7 +288,7 @@ def _compile_scorer(n: int) -> Any:
     return namespace["make"]
 
 
-#: ``make(rows, biases, calib, powers) -> scorer`` for vectors of len(FEATURES) (see _scorer_source)
+#: ``make(rows, biases, calib, powers, headline) -> scorer`` for vectors of len(FEATURES) (see _scorer_source)
 _make_scorer = _compile_scorer(len(FEATURES))
 
 
@@ -289,8 +302,10 @@ class RiskModel:
     learn_horizon_hours
         A label says whether the outcome happened within this many hours of its snapshot.
     calibration_lr
-        Step of each outcome's calibration offset (``sigmoid(z + c)``, learned test-then-train on
-        the head's predictions before each label: corrects the base rate the averaged head lags).
+        Step of each outcome's Platt calibrator ``sigmoid(a * z + c)`` (from
+        :data:`COLD_CALIBRATION`), learned test-then-train on the head's log-odds before each label,
+        in standardised coordinates (``z`` centred and divided by its running deviation, so the
+        slope's step does not depend on where a rare outcome's log-odds lie).
     use_prior
         Start at the rule-based prior (False: from zero; the ablation in docs/MODEL.md).
     seed
@@ -318,7 +333,9 @@ class RiskModel:
             self.prior_heads[o] = (pw, pb)
             self.heads[o] = OnlineLogit(lr=lr, l2=l2, average=average, prior=dict(zip(FEATURES, pw)), bias=pb)
         #: per outcome the Platt calibrator's (a, c)
-        self.calib: dict[str, list[float]] = {o: [1.0, 0.0] for o in OUTCOMES}
+        self.calib: dict[str, list[float]] = {o: list(COLD_CALIBRATION[o]) for o in OUTCOMES}
+        #: per outcome (count, mean, sum of squared deviations) of the head's log-odds at its labels
+        self.zstats: dict[str, list[float]] = {o: [0.0, 0.0, 0.0] for o in OUTCOMES}
         self.n_labels = 0
         self.n_positive: dict[str, int] = {o: 0 for o in OUTCOMES}
         self.logloss_sum: dict[str, float] = {o: 0.0 for o in OUTCOMES}
@@ -336,9 +353,9 @@ class RiskModel:
         L = self.learn_horizon_hours
         powers = [OUTCOME_HORIZON_H[o] / L for o in OUTCOMES]
         self.score_probs = _make_scorer(self._rows, [self._b[o] for o in OUTCOMES],
-                                        [self.calib[o] for o in OUTCOMES], powers)
+                                        [self.calib[o] for o in OUTCOMES], powers, False)
         self.prior_score_of = _make_scorer(self._prior_rows, [self.prior_heads[o][1] for o in OUTCOMES],
-                                           None, powers)
+                                           [COLD_CALIBRATION[o] for o in OUTCOMES], powers, True)
 
     @staticmethod
     def _sums(rows: Sequence[tuple[float, float, float]], x: Sequence[float]) -> tuple[float, float, float]:
@@ -380,11 +397,13 @@ class RiskModel:
         return 1.0 - q
 
     def prior_score(self, x: Sequence[float]) -> float:
-        """The headline score of the untrained prior (for the record's ``prior`` field)."""
+        """The headline score of the untrained prior, cold calibration included (for the record's
+        ``prior`` field)."""
         q = 1.0
         L = self.learn_horizon_hours
         for o, s in zip(OUTCOMES, self._sums(self._prior_rows, x)):
-            h = _sigmoid(self.prior_heads[o][1] + s)
+            a, c = COLD_CALIBRATION[o]
+            h = _sigmoid(a * (self.prior_heads[o][1] + s) + c)
             q *= (1.0 - min(h, 1 - 1e-9)) ** (OUTCOME_HORIZON_H[o] / L)
         return 1.0 - q
 
@@ -421,13 +440,32 @@ class RiskModel:
             a, c = self.calib[o]
             p = min(max(_sigmoid(a * z + c), 1e-9), 1 - 1e-9)
             self.logloss_sum[o] += -math.log(p if y else 1 - p)
-            # only the offset learns: a slope fitted on log-odds far from zero (rare outcomes) is
-            # pulled towards 0 by every positive, which would flatten the ranking
-            self.calib[o] = [a, c - self.calibration_lr * (p - y)]
+            self.calib[o] = self._platt_step(o, z, a, c, p - y)
             head.learn(x, bool(y))
             self.n_positive[o] += int(y)
         self.n_labels += 1
         self._refresh()
+
+    def _platt_step(self, o: str, z: float, a: float, c: float, g: float) -> list[float]:
+        """One SGD step of outcome ``o``'s calibrator on log-odds ``z`` with error ``g = p - y``,
+        taken in standardised coordinates: ``sigmoid(a z + c) = sigmoid(alpha u + beta)`` with
+        ``u = (z - mean) / sd`` over the log-odds seen at labels. Raw, a rare outcome's ``z`` lies
+        far below zero, so every positive's ``(p - 1) z`` pulled the slope towards zero (what kept
+        the slope fixed before); centred, a positive above the mean steepens it."""
+        st = self.zstats[o]
+        n, mean, m2 = st[0] + 1.0, st[1], st[2]
+        d = z - mean
+        mean += d / n
+        m2 += d * (z - mean)
+        self.zstats[o] = [n, mean, m2]
+        sd = math.sqrt(m2 / (n - 1.0)) if n > 1 else 1.0
+        if sd < 1e-6:
+            sd = 1.0
+        lr = self.calibration_lr
+        alpha = max(a * sd - lr * g * (z - mean) / sd, MIN_CALIBRATION_SLOPE)
+        beta = a * mean + c - lr * g
+        a = alpha / sd
+        return [a, beta - a * mean]
 
     # -- checkpoints (data only) -------------------------------------------------------------------
 
@@ -443,7 +481,8 @@ class RiskModel:
                            "learn_horizon_hours": self.learn_horizon_hours,
                            "calibration_lr": self.calibration_lr, "use_prior": self.use_prior, "seed": self.seed},
                 "features": list(FEATURES), "heads": {o: h.to_state() for o, h in self.heads.items()},
-                "calib": {o: list(v) for o, v in self.calib.items()}, "n_labels": self.n_labels,
+                "calib": {o: list(v) for o, v in self.calib.items()},
+                "zstats": {o: list(v) for o, v in self.zstats.items()}, "n_labels": self.n_labels,
                 "n_positive": dict(self.n_positive), "logloss_sum": dict(self.logloss_sum)}
 
     @classmethod
@@ -454,6 +493,7 @@ class RiskModel:
         for o, hs in state["heads"].items():
             model.heads[o].load_state(hs)
         model.calib = {o: [float(a), float(c)] for o, (a, c) in state["calib"].items()}
+        model.zstats = {o: [float(v) for v in zs] for o, zs in state.get("zstats", model.zstats).items()}
         model.n_labels = int(state["n_labels"])
         model.n_positive = {o: int(v) for o, v in state["n_positive"].items()}
         model.logloss_sum = {o: float(v) for o, v in state["logloss_sum"].items()}
