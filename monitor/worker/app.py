@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.config import Settings
 from monitor.records.events import INPUT_TOPICS
-from monitor.worker.fastpath import FastTransport
+from monitor.worker.fastpath import FastConsumer, FastTransport
 from monitor.pipeline import BatchObserver, CellWindows, HotspotStage, RiskPipeline, default_core_factory
 from monitor.worker.tablestore import TableStore
 from monitor.records.topics import ALERTS as ALERTS_TOPIC
@@ -98,6 +98,13 @@ BROKER_SETTINGS: dict[str, Any] = {
 }
 
 
+#: how long a stopping worker waits for the batch in progress to be handed to the producer before
+#: Faust cancels the drain loop (``SatmonApp._stop_fetcher``). Normally milliseconds; only an
+#: unresponsive broker makes it long. On time-out the batch's offsets stay uncommitted and its
+#: records are processed again, over state that may already hold some of them (at-least-once).
+STOP_BATCH_WAIT_S = 30.0
+
+
 class SatmonApp(faust.App):
     """A Faust app whose consumer batches satmon's input topics (see :mod:`monitor.worker.fastpath`)."""
 
@@ -108,6 +115,25 @@ class SatmonApp(faust.App):
 
     def _new_transport(self) -> Any:
         return FastTransport(self.conf.broker_consumer, self)
+
+    async def _stop_fetcher(self) -> None:
+        # Faust's stop (App._stop_consumer) stops the flow, then stops the fetcher -- cancelling
+        # the consumer's drain loop -- and only then waits for the streams and commits. A fast-path
+        # batch cancelled while its records were being handed to the producer lost the rest of
+        # them: the cores' dirty states of the partitions not yet handed over (the pipeline had
+        # taken them), so the changelog missed them (tests/test_worker.py::
+        # test_sigterm_during_a_batch_hand_over_loses_no_state). The flow is stopped, so no batch
+        # starts after this one.
+        consumer = self._consumer
+        if isinstance(consumer, FastConsumer) and consumer.batch_in_progress():
+            log.info("stopping: waiting for the batch in progress to reach the producer")
+            try:
+                await asyncio.wait_for(consumer.wait_batch_done(), STOP_BATCH_WAIT_S)
+            except asyncio.TimeoutError:
+                log.warning("stopping: the batch in progress did not reach the producer within %.0f s; "
+                            "its offsets are not committed and its records will be processed again",
+                            STOP_BATCH_WAIT_S)
+        await super()._stop_fetcher()
 
     def _new_web(self) -> Any:
         # None of Faust's built-in pages: /table/<name>/<key> served subscriber state and the

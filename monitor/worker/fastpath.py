@@ -12,7 +12,9 @@ What stays Faust's: the consumer group (rebalance, the table-aware partition ass
 table recovery from changelogs, commits, the producer, web views and sensors. What changes:
 
 * flow control is checked once per batch; a batch that started always finishes (it has no await
-  points except handing records to the producer), and revocation waits for it;
+  points except handing records to the producer), and revocation and shutdown wait for it
+  (:meth:`FastConsumer.wait_batch_done`; at shutdown ``SatmonApp._stop_fetcher`` waits before
+  Faust cancels the drain loop);
 * offsets are acknowledged per partition as "next offset" after the batch's outputs and state
   changes were handed to the producer; :meth:`FastConsumer._commit` then refuses to commit while
   any of those sends failed, and waits for sends still in flight (Faust's own commit also flushes
@@ -459,9 +461,24 @@ class FastConsumer(faust_aiokafka.Consumer):
             self._durable_next.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
+    async def wait_batch_done(self) -> None:
+        """Return once no batch (or tick) is being handed to the producer.
+
+        At shutdown Faust cancels the drain loop (it stops the fetcher) *before* it calls
+        :meth:`wait_empty`; a batch cancelled half-way through its hand-over to the producer lost
+        the records not yet handed over, the cores' dirty states among them (the pipeline had
+        already taken them). ``SatmonApp._stop_fetcher`` awaits this first; the flow is stopped by
+        then, so no new batch starts."""
+        await self._batch_idle.wait()
+
+    def batch_in_progress(self) -> bool:
+        """True while a batch (or tick) is between the handler and the producer."""
+        return not self._batch_idle.is_set()
+
     async def wait_empty(self) -> None:
-        # Called on stop (and by Faust before its final commit): finish the batch in progress,
-        # let the handler flush what it keeps in memory, then Faust commits.
+        # Called on revocation and stop (by Faust before its final commit): finish the batch in
+        # progress (at stop it has finished already, see wait_batch_done), let the handler flush
+        # what it keeps in memory, then Faust commits.
         await self._batch_idle.wait()
         handler = getattr(self.app, "satmon_batch_handler", None)
         if handler is not None:
