@@ -11,6 +11,7 @@ import pickle
 import random
 
 import msgspec
+import orjson
 import pytest
 
 from monitor.scoring.features import FEATURES
@@ -120,3 +121,71 @@ def test_one_online_pass_close_to_a_batch_fit():
     a_online = roc_auc(yt, [online.z(r) for r in test])
     a_batch = roc_auc(yt, [w["__bias__"] + sum(w.get(k, 0.0) * v for k, v in r.items()) for r in test])
     assert abs(a_online - a_batch) < 0.005
+
+
+def spread(n: int, seed: int) -> list[list[float]]:
+    """Snapshots whose prior log-odds spread like a world's: a worst moment, dropped calls, a
+    coverage dose with a long tail."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        x = [0.0] * N
+        x[WORST] = rnd.random()
+        x[FEATURES.index("drops")] = float(rnd.choice([0, 0, 0, 0, 1, 2, 4, 8, 13]))
+        x[FEATURES.index("coverage_dose")] = rnd.expovariate(0.1)
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize("factor", [0.4, 2.5])
+def test_the_calibrator_learns_its_slope_and_never_inverts_the_list(factor: float):
+    """A world whose hazard is ``sigmoid(a z + c)`` of the (fixed) prior head's log-odds ``z``, 3 %
+    at the mean, with a slope ``factor`` times the cold start's: the calibrator's slope moves most
+    of the way there, the mean probability meets the rate, and the slope stays positive throughout
+    (a slope at or below zero would tie or invert the list)."""
+    from monitor.scoring.risk import COLD_CALIBRATION
+
+    o = "complaint"
+    a0 = COLD_CALIBRATION[o][0]
+    a_true = factor * a0
+    model = RiskModel(lr=0.0)            # the heads stay the prior: only the calibrator learns
+    head = model.heads[o]
+    rnd = random.Random(11)
+    snaps = spread(20_000, seed=12)
+    zs = [head.z(dict(zip(FEATURES, x))) for x in snaps]
+    c_true = math.log(0.03 / 0.97) - a_true * sum(zs) / len(zs)
+    slopes = []
+    for i, (x, z) in enumerate(zip(snaps, zs)):
+        y = int(rnd.random() < 1 / (1 + math.exp(-(a_true * z + c_true))))
+        model.learn(LabelRecord(ts_ms=i, x=x, y=[y, 0, 0]), only=o)
+        slopes.append(model.calib[o][0])
+    assert min(slopes) > 0
+    a = model.calib[o][0]
+    assert abs(math.log(a / a_true)) < 0.3 * abs(math.log(a0 / a_true)), (a, a0, a_true)
+    test = spread(4000, seed=13)
+    rate = sum(1 / (1 + math.exp(-(a_true * head.z(dict(zip(FEATURES, x))) + c_true))) for x in test) / len(test)
+    mean = sum(model.hazard(o, x) for x in test) / len(test)
+    assert abs(mean - rate) < 0.2 * rate, (mean, rate)
+
+
+def test_an_outage_subscriber_is_not_certain_and_the_untrained_list_is_calibrated():
+    """Through the core, untrained: a subscriber who sat through a day of outage (60 sessions at
+    -125 dBm, 13 dropped calls: what the demo's metro outage did) ranks far above a quiet one on
+    every outcome, and no outcome reads 1.0000 (before the cold-start calibration every one did)."""
+    from monitor.records.events import decode
+    from monitor.scoring.core import PartitionCore
+    from support.records import network_event
+
+    core = PartitionCore(0, clock_ms=lambda: 0)
+    last = {}
+    for i in range(60):
+        for j, (sub, over) in enumerate((("sub-quiet", {}),
+                                         ("sub-outage", {"rsrp_dbm": -125.0, "sinr_db": -5.0, "dl_mbps": 0.3,
+                                                         "latency_ms": 400.0, "call_drop": i % 5 == 0,
+                                                         "video_stall_s": 20.0}))):
+            ev = decode("network_event.v1", orjson.dumps(network_event(2 * i + j, sub, **over)))
+            for rec in core.process_batch([ev]):
+                last[rec.subscriber_id] = rec
+    quiet, outage = last["sub-quiet"].outcomes, last["sub-outage"].outcomes
+    for o in OUTCOMES:
+        assert getattr(quiet, o) < 0.05 and 3 * getattr(quiet, o) < getattr(outage, o) < 0.999, (o, quiet, outage)

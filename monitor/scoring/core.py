@@ -48,11 +48,11 @@ HOUR_MS = 3_600_000
 #: (complaint or detractor answer within 72 h, port-out within 7 days), 3-5 times the base rates of
 #: the simulated worlds; about the top 1 % of a learned model's scores (docs/MODEL.md)
 AT_RISK_THRESHOLD = 0.2
-#: a score moving by at least this share of the at-risk threshold is a material change worth a
-#: ``risk_score.v1`` record (0.05 at a threshold of 0.5, as before the probabilities were calibrated)
-MATERIAL_SHARE = 0.1
-#: ... and this share while both the old and the new score are below half the at-risk threshold
-LOW_SHARE = 0.3
+#: a score moving by at least this share of itself (of the larger of the old and the new score) is
+#: a material change worth a ``risk_score.v1`` record: the odds of a calibrated probability of a few
+#: percent move by about as much. Absolute steps (0.05, and 0.15 below 0.25) fitted the uncalibrated
+#: scores; on calibrated ones (median 0.04) they left an outage's subscribers without a new record
+MATERIAL_SHARE = 0.25
 #: a label's snapshot matures this long after its horizon (outcome records arriving a little late)
 LABEL_GRACE_MS = HOUR_MS
 #: how often (event time) quiet subscribers' matured labels are collected
@@ -156,9 +156,6 @@ class PartitionCore:
         self.state_cache_per_partition = state_cache_per_partition
         self.model_checkpoint = model_checkpoint
         self.threshold = at_risk_threshold
-        #: the material-change rule's steps (:data:`MATERIAL_SHARE`, :data:`LOW_SHARE` of the threshold)
-        self.material_delta = MATERIAL_SHARE * at_risk_threshold
-        self.low_delta = LOW_SHARE * at_risk_threshold
         self.ttl_ms = int(state_ttl_days * 24 * HOUR_MS)
         self.state_loader = state_loader
         self.clock_ms = clock_ms or wall_clock_ms
@@ -296,8 +293,7 @@ class PartitionCore:
         horizon = self.label_horizon_ms
         model = self.model
         threshold = self.threshold
-        low = threshold * 0.5
-        material, quiet = self.material_delta, self.low_delta
+        share = MATERIAL_SHARE
         for event in events:
             sid = event.subscriber_id
             ts = event.ts_ms
@@ -343,7 +339,7 @@ class PartitionCore:
             score, p0, p1, p2 = model.score_probs(x)
             last = st.last_score
             if st.at_risk_since <= 0 and last >= 0 and score < threshold and abs(score - last) < (
-                    material if (last if last > score else score) >= low else quiet):   # max()'s value
+                    share * (last if last > score else score)):   # max()'s value
                 continue   # most events: a subscriber well clear of the list stays quiet
             emitted = self._emit(sid, st, x, ts, score, (p0, p1, p2))
             if emitted is not None:
@@ -401,8 +397,8 @@ class PartitionCore:
     def _emit(self, sid: str, st: SubscriberState, x: list[float], ts: int, score: float,
               outcome_probs: tuple[float, float, float]) -> RiskScore | None:
         """A ``risk_score.v1`` record when the change is material: the first score of a subscriber,
-        an at-risk flip, a move of ``material_delta`` near or above the threshold (``low_delta``
-        well below it, where nobody acts on the score), or a new top reason while at risk.
+        an at-risk flip, a move of :data:`MATERIAL_SHARE` of the score, or a new top reason while
+        at risk.
         ``score`` and ``outcome_probs`` are :meth:`RiskModel.score_probs` of ``x``;
         :meth:`process_batch` has already let pass the events of a subscriber not at risk whose
         score moved too little."""
@@ -419,8 +415,7 @@ class PartitionCore:
         ranked = ranked[::-1][:4]
         at_risk = score >= self.threshold
         top = FEATURES[ranked[0][1]] if ranked else ""
-        delta = self.material_delta if max(score, st.last_score) >= self.threshold * 0.5 else self.low_delta
-        changed = (abs(score - st.last_score) >= delta or at_risk != was_at_risk
+        changed = (abs(score - st.last_score) >= MATERIAL_SHARE * max(score, st.last_score) or at_risk != was_at_risk
                    or (at_risk and top != st.last_top))
         if not changed:
             return None

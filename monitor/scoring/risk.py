@@ -332,8 +332,10 @@ class RiskModel:
             pb = PRIOR_BIAS + OUTCOME_BIAS_OFFSET[o]
             self.prior_heads[o] = (pw, pb)
             self.heads[o] = OnlineLogit(lr=lr, l2=l2, average=average, prior=dict(zip(FEATURES, pw)), bias=pb)
-        #: per outcome the Platt calibrator's (a, c)
-        self.calib: dict[str, list[float]] = {o: list(COLD_CALIBRATION[o]) for o in OUTCOMES}
+        #: per outcome the Platt calibrator's (a, c); the cold start was fitted to the prior's
+        #: log-odds, so a model learned from zero starts at the identity
+        self.calib: dict[str, list[float]] = {o: list(COLD_CALIBRATION[o]) if use_prior else [1.0, 0.0]
+                                              for o in OUTCOMES}
         #: per outcome (count, mean, sum of squared deviations) of the head's log-odds at its labels
         self.zstats: dict[str, list[float]] = {o: [0.0, 0.0, 0.0] for o in OUTCOMES}
         self.n_labels = 0
