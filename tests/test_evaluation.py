@@ -12,6 +12,7 @@ import pytest
 from monitor.sim import simulate
 from monitor.records.errors import MonitorError
 from monitor.evaluation.risk import (
+    HEADLINE,
     _auc,
     _auc_counts,
     _average_precision,
@@ -20,6 +21,7 @@ from monitor.evaluation.risk import (
     combine,
     evaluate,
     oracle_only,
+    reliability_svg,
 )
 
 
@@ -104,6 +106,16 @@ def test_a_small_world_is_graded_with_every_reference(world):
     # a lift curve per headline outcome and system, one point per budget
     curve = c["lift_curve"]
     assert len(curve["budgets"]) == len(curve["systems"]["oracle"]) and "model" in curve["systems"]
+    # reliability curves of the probabilities: ten equal-count bins in order of probability; the
+    # observed rate of the oracle's top bin is well above its bottom bin's (how well the model's
+    # lie on the diagonal is the figure of docs/MODEL.md, not of a 24 h world)
+    rel = c["reliability"]
+    assert set(rel) == {"oracle", "model", "prior"}
+    for name, bins in rel.items():
+        assert len(bins) == 10 and [p for p, _ in bins] == sorted(p for p, _ in bins), name
+        assert all(0 <= p <= 1 and 0 <= y <= 1 for p, y in bins), name
+    assert rel["oracle"][-1][1] > 2 * rel["oracle"][0][1]
+    assert reliability_svg(r).count("<polyline") == 3 * len(HEADLINE)
     # what learning had to go on
     learned = r["per_world"][0]["labels_learned"]
     assert learned["labels"] > 0 and set(learned["positives"]) == {"complaint", "detractor", "churn"}

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grade every Nth hourly instant (the 09:00 list instants always; default 1)")
     parser.add_argument("--svg", metavar="PATH",
                         help="also write the lift curves of complaint_72h and churn_7d as an SVG picture")
+    parser.add_argument("--calibration-svg", metavar="PATH",
+                        help="also write the reliability curves (observed rate against probability) of the "
+                             "oracle, the model and the prior per headline outcome as an SVG picture")
     parser.add_argument("--oracle-only", action="store_true",
                         help="only the oracle's ROC-AUC per outcome, from the ground truth (no replay)")
     add_flags(parser, ("partitions", "model_checkpoint"))
@@ -54,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
         worlds = ", ".join(str(w) for w in result["worlds"])
         Path(args.svg).write_text(lift_curve_svg(result, title=f"Lift at a budget, worlds {worlds} "
                                                                "(daily 09:00 lists; batch: second half)"))
+    if args.calibration_svg:
+        from pathlib import Path
+
+        from monitor.evaluation.risk import reliability_svg
+
+        worlds = ", ".join(str(w) for w in result["worlds"])
+        Path(args.calibration_svg).write_text(reliability_svg(
+            result, title=f"Calibration, worlds {worlds}: observed rate against probability (ten equal-count bins)"))
     if not args.no_hotspots:
         from monitor.evaluation.hotspots import evaluate_hotspots
 

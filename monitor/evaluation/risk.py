@@ -421,6 +421,7 @@ def grade_world(data: dict[str, Any], *, list_hour: float = 9.0) -> dict[str, An
                 res["lift_curve"] = {"budgets": list(CURVE_BUDGETS),
                                      "systems": {s: _lift_curve(per_t, [t for t in valid if t in daily] or valid, s)
                                                  for s in names}}
+                res["reliability"] = {s: _reliability(per_t, valid, s) for s in RELIABILITY_SYSTEMS if s in names}
             feat = per_t[valid[-1]].get("best_feature")
             if feat is not None:
                 res["best_single_feature_name"] = feat
@@ -596,6 +597,23 @@ def _grade_system(per_t: dict[int, dict[str, Any]], valid: list[int], daily: lis
     return out
 
 
+#: the systems whose probabilities :func:`_reliability` bins (the others are rankings, not probabilities)
+RELIABILITY_SYSTEMS = ("oracle", "model", "prior")
+#: equal-count bins of a reliability curve
+RELIABILITY_BINS = 10
+
+
+def _reliability(per_t: dict[int, dict[str, Any]], valid: list[int], sysname: str,
+                 bins: int = RELIABILITY_BINS) -> list[list[float]]:
+    """``[mean probability, observed rate]`` of ``bins`` equal-count bins of a system's probabilities
+    over the instants ``valid`` (lowest first): on the diagonal when calibrated."""
+    ys = np.concatenate([per_t[t]["y"] for t in valid if sysname in per_t[t]["scores"]])
+    ss = np.concatenate([per_t[t]["scores"][sysname] for t in valid if sysname in per_t[t]["scores"]])
+    order = np.argsort(ss, kind="mergesort")
+    return [[_r(float(ss[c].mean()), 5), _r(float(np.asarray(ys, dtype=np.float64)[c].mean()), 5)]
+            for c in np.array_split(order, bins) if len(c)]
+
+
 def _r(v: float | None, nd: int = 4) -> float | None:
     return None if v is None or v != v else round(float(v), nd)
 
@@ -743,6 +761,12 @@ def combine(worlds: list[dict[str, Any]]) -> dict[str, Any]:
                     for v in ([c["systems"][s][i] for c in curves if s in c["systems"] and c["systems"][s][i] is not None]
                               for i in range(len(curves[0]["budgets"])))]
                 for s in sorted({s for c in curves for s in c["systems"]})}}
+        rel = [p["reliability"] for p in per if "reliability" in p]
+        if rel:
+            # bin by bin, the mean over worlds (each world's bins hold equal counts)
+            res["reliability"] = {s: [[_r(float(np.mean([r[s][i][k] for r in rel])), 5) for k in (0, 1)]
+                                      for i in range(min(len(r[s]) for r in rel))]
+                                  for s in rel[0] if all(s in r for r in rel)}
         for key in ("calibration_surveyed", "best_single_feature_name"):
             if key in per[0]:
                 res[key] = per[0][key] if len(per) == 1 else [p.get(key) for p in per]
@@ -810,6 +834,68 @@ CURVE_STYLE: dict[str, tuple[str, str]] = {
     "batch_logistic": ("#56B4E9", "batch logistic"), "model": ("#D55E00", "model (online)"),
     "prior": ("#009E73", "prior only"), "zero_prior": ("#CC79A7", "learned from zero"),
 }
+
+
+def reliability_svg(result: Mapping[str, Any], outcomes: tuple[str, ...] = HEADLINE, *, title: str = "") -> str:
+    """An SVG of the reliability curves in an :func:`evaluate` result: one panel per outcome, the
+    observed rate against the mean probability of equal-count bins (both on log scales), one line
+    per system of :data:`RELIABILITY_SYSTEMS`, the diagonal where a calibrated system lies.
+
+    >>> r = {"outcomes": {"churn_7d": {"reliability": {"model": [[0.01, 0.012], [0.1, 0.09]],
+    ...      "oracle": [[0.005, 0.004], [0.2, 0.21]]}}}}
+    >>> svg = reliability_svg(r, ("churn_7d",))
+    >>> svg.startswith("<svg") and svg.count("<polyline") == 2
+    True
+    """
+    import math
+
+    panels = [(o, result["outcomes"][o]["reliability"]) for o in outcomes
+              if "reliability" in result.get("outcomes", {}).get(o, {})]
+    pw, ph, ml, mr, mt, mb = 260, 260, 52, 16, 40, 46
+    lo, hi = -4.0, 0.0   # log10 of the probabilities drawn: 0.0001 to 1
+    width = max(1, len(panels)) * (pw + ml + mr)
+    top = 24 if title else 0
+    height = top + mt + ph + mb + 28
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>']
+    if title:
+        out.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>')
+    for i, (name, systems) in enumerate(panels):
+        x0, y0 = i * (pw + ml + mr) + ml, top + mt
+
+        def px(v: float) -> float:
+            return x0 + (min(max(math.log10(max(v, 1e-9)), lo), hi) - lo) / (hi - lo) * pw
+
+        def py(v: float) -> float:
+            return y0 + ph - (min(max(math.log10(max(v, 1e-9)), lo), hi) - lo) / (hi - lo) * ph
+
+        out.append(f'<text x="{x0 + pw / 2}" y="{y0 - 12}" text-anchor="middle" font-size="12">{name}</text>')
+        out.append(f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
+        for e in range(int(lo), int(hi) + 1):
+            v = 10.0 ** e
+            out.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{x0 - 6}" y="{py(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+            out.append(f'<text x="{px(v):.1f}" y="{y0 + ph + 15}" text-anchor="middle">{v:g}</text>')
+        out.append(f'<line x1="{px(10 ** lo):.1f}" y1="{py(10 ** lo):.1f}" x2="{px(1):.1f}" y2="{py(1):.1f}" '
+                   f'stroke="#888" stroke-dasharray="4 3"/>')
+        out.append(f'<text x="{x0 + pw / 2}" y="{y0 + ph + 32}" text-anchor="middle">mean probability of the bin</text>')
+        out.append(f'<text x="{x0 - 36}" y="{y0 + ph / 2}" text-anchor="middle" '
+                   f'transform="rotate(-90 {x0 - 36} {y0 + ph / 2})">observed rate</text>')
+        for s in RELIABILITY_SYSTEMS:
+            pts = [(px(p), py(y)) for p, y in systems.get(s, []) if p is not None and y is not None]
+            if pts:
+                colour = CURVE_STYLE[s][0]
+                out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                           + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+    ly = top + mt + ph + mb + 14
+    for j, s in enumerate(RELIABILITY_SYSTEMS):
+        colour, label = CURVE_STYLE[s]
+        lx = ml + j * 200
+        out.append(f'<line x1="{lx}" x2="{lx + 22}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<text x="{lx + 28}" y="{ly + 4}">{label}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
 
 
 def lift_curve_svg(result: Mapping[str, Any], outcomes: tuple[str, ...] = ("complaint_72h", "churn_7d"),
