@@ -836,6 +836,37 @@ CURVE_STYLE: dict[str, tuple[str, str]] = {
 }
 
 
+def _svg_start(width: float, height: float, title: str) -> list[str]:
+    """The opening of a picture of :func:`reliability_svg` or :func:`lift_curve_svg`: white, titled."""
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>']
+    if title:
+        out.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>')
+    return out
+
+
+def _svg_panel(out: list[str], x0: float, y0: float, pw: float, ph: float, name: str, xlabel: str,
+               ylabel: str) -> None:
+    """A panel's frame: its name above, the axis titles below and to the left."""
+    out.append(f'<text x="{x0 + pw / 2}" y="{y0 - 12}" text-anchor="middle" font-size="12">{name}</text>')
+    out.append(f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
+    out.append(f'<text x="{x0 + pw / 2}" y="{y0 + ph + 32}" text-anchor="middle">{xlabel}</text>')
+    out.append(f'<text x="{x0 - 36}" y="{y0 + ph / 2}" text-anchor="middle" '
+               f'transform="rotate(-90 {x0 - 36} {y0 + ph / 2})">{ylabel}</text>')
+
+
+def _svg_line(out: list[str], colour: str, pts: list[tuple[float, float]]) -> None:
+    if pts:
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                   + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+
+
+def _svg_key(out: list[str], x: float, y: float, colour: str, label: str) -> None:
+    out.append(f'<line x1="{x}" x2="{x + 22}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="2"/>')
+    out.append(f'<text x="{x + 28}" y="{y + 4}">{label}</text>')
+
+
 def reliability_svg(result: Mapping[str, Any], outcomes: tuple[str, ...] = HEADLINE, *, title: str = "") -> str:
     """An SVG of the reliability curves in an :func:`evaluate` result: one panel per outcome, the
     observed rate against the mean probability of equal-count bins (both on log scales), one line
@@ -856,11 +887,7 @@ def reliability_svg(result: Mapping[str, Any], outcomes: tuple[str, ...] = HEADL
     width = max(1, len(panels)) * (pw + ml + mr)
     top = 24 if title else 0
     height = top + mt + ph + mb + 28
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{width}" height="{height}" fill="white"/>']
-    if title:
-        out.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>')
+    out = _svg_start(width, height, title)
     for i, (name, systems) in enumerate(panels):
         x0, y0 = i * (pw + ml + mr) + ml, top + mt
 
@@ -870,8 +897,7 @@ def reliability_svg(result: Mapping[str, Any], outcomes: tuple[str, ...] = HEADL
         def py(v: float) -> float:
             return y0 + ph - (min(max(math.log10(max(v, 1e-9)), lo), hi) - lo) / (hi - lo) * ph
 
-        out.append(f'<text x="{x0 + pw / 2}" y="{y0 - 12}" text-anchor="middle" font-size="12">{name}</text>')
-        out.append(f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
+        _svg_panel(out, x0, y0, pw, ph, name, "mean probability of the bin", "observed rate")
         for e in range(int(lo), int(hi) + 1):
             v = 10.0 ** e
             out.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#eee"/>')
@@ -879,21 +905,11 @@ def reliability_svg(result: Mapping[str, Any], outcomes: tuple[str, ...] = HEADL
             out.append(f'<text x="{px(v):.1f}" y="{y0 + ph + 15}" text-anchor="middle">{v:g}</text>')
         out.append(f'<line x1="{px(10 ** lo):.1f}" y1="{py(10 ** lo):.1f}" x2="{px(1):.1f}" y2="{py(1):.1f}" '
                    f'stroke="#888" stroke-dasharray="4 3"/>')
-        out.append(f'<text x="{x0 + pw / 2}" y="{y0 + ph + 32}" text-anchor="middle">mean probability of the bin</text>')
-        out.append(f'<text x="{x0 - 36}" y="{y0 + ph / 2}" text-anchor="middle" '
-                   f'transform="rotate(-90 {x0 - 36} {y0 + ph / 2})">observed rate</text>')
         for s in RELIABILITY_SYSTEMS:
-            pts = [(px(p), py(y)) for p, y in systems.get(s, []) if p is not None and y is not None]
-            if pts:
-                colour = CURVE_STYLE[s][0]
-                out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
-                           + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
-    ly = top + mt + ph + mb + 14
+            _svg_line(out, CURVE_STYLE[s][0],
+                      [(px(p), py(y)) for p, y in systems.get(s, []) if p is not None and y is not None])
     for j, s in enumerate(RELIABILITY_SYSTEMS):
-        colour, label = CURVE_STYLE[s]
-        lx = ml + j * 200
-        out.append(f'<line x1="{lx}" x2="{lx + 22}" y1="{ly}" y2="{ly}" stroke="{colour}" stroke-width="2"/>')
-        out.append(f'<text x="{lx + 28}" y="{ly + 4}">{label}</text>')
+        _svg_key(out, ml + j * 200, top + mt + ph + mb + 14, *CURVE_STYLE[s])
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -917,11 +933,7 @@ def lift_curve_svg(result: Mapping[str, Any], outcomes: tuple[str, ...] = ("comp
     legend_h = 18 * ((len(CURVE_STYLE) + 2) // 3) + 10
     width, height = len(panels) * (pw + ml + mr), ph + mt + mb + legend_h + (24 if title else 0)
     top = 24 if title else 0
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{width}" height="{height}" fill="white"/>']
-    if title:
-        out.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>')
+    out = _svg_start(width, height, title)
     for i, (name, curve) in enumerate(panels):
         budgets = curve["budgets"]
         lx0, lx1 = math.log10(budgets[0]), math.log10(budgets[-1])
@@ -935,8 +947,7 @@ def lift_curve_svg(result: Mapping[str, Any], outcomes: tuple[str, ...] = ("comp
         def py(v: float) -> float:
             return y0 + ph - v / ymax * ph
 
-        out.append(f'<text x="{x0 + pw / 2}" y="{y0 - 12}" text-anchor="middle" font-size="12">{name}</text>')
-        out.append(f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>')
+        _svg_panel(out, x0, y0, pw, ph, name, "share of subscribers listed", "lift (precision / base rate)")
         step = 1 if ymax <= 10 else 2 if ymax <= 20 else 5
         for v in range(0, ymax + 1, step):
             out.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#eee"/>')
@@ -945,19 +956,12 @@ def lift_curve_svg(result: Mapping[str, Any], outcomes: tuple[str, ...] = ("comp
             out.append(f'<text x="{px(b):.1f}" y="{y0 + ph + 15}" text-anchor="middle">{b * 100:g}%</text>')
         out.append(f'<line x1="{x0}" x2="{x0 + pw}" y1="{py(1):.1f}" y2="{py(1):.1f}" stroke="#888" '
                    f'stroke-dasharray="4 3"/>')
-        out.append(f'<text x="{x0 + pw / 2}" y="{y0 + ph + 32}" text-anchor="middle">share of subscribers listed</text>')
-        out.append(f'<text x="{x0 - 36}" y="{y0 + ph / 2}" text-anchor="middle" '
-                   f'transform="rotate(-90 {x0 - 36} {y0 + ph / 2})">lift (precision / base rate)</text>')
         for s, (colour, _label) in CURVE_STYLE.items():
-            pts = [(px(b), py(v)) for b, v in zip(budgets, curve["systems"].get(s, [])) if v is not None]
-            if pts:
-                out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
-                           + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+            _svg_line(out, colour, [(px(b), py(v)) for b, v in zip(budgets, curve["systems"].get(s, [])) if v is not None])
     ly = top + mt + ph + mb
     for j, (_s, (colour, label)) in enumerate(CURVE_STYLE.items()):
         lx = ml + (j % 3) * 230
         yy = ly + 18 * (j // 3)
-        out.append(f'<line x1="{lx}" x2="{lx + 22}" y1="{yy}" y2="{yy}" stroke="{colour}" stroke-width="2"/>')
-        out.append(f'<text x="{lx + 28}" y="{yy + 4}">{label}</text>')
+        _svg_key(out, lx, yy, colour, label)
     out.append("</svg>")
     return "\n".join(out) + "\n"
