@@ -28,10 +28,10 @@ from typing import Any, NamedTuple
 import msgspec
 from monitor.records.events import AppEvent, NetworkEvent, OutcomeProbabilities, Reason, RiskScore, TicketEvent
 from monitor.scoring.features import (
+    FEATURE_TABLE,
     FEATURES,
     SubscriberState,
     apply_event,
-    describe,
     event_key,
     feature_vector,
     outcome_of,
@@ -66,6 +66,10 @@ _encode_state = msgspec.msgpack.Encoder().encode
 _decode_state = msgspec.msgpack.Decoder(SubscriberState).decode
 
 log = logging.getLogger(__name__)
+
+#: each feature's wording (``Feature.words``) by index: :func:`describe` of a feature of the table
+_WORDS = tuple(f.words for f in FEATURE_TABLE)
+assert OUTCOMES == ("complaint", "detractor", "churn"), "_emit names OutcomeProbabilities' fields in order"
 
 #: the partition checkpoint's format tag (msgpack: plain data only, see PartitionCore.checkpoint)
 CHECKPOINT_FORMAT = "satmon-partition-checkpoint/2"
@@ -404,20 +408,28 @@ class PartitionCore:
         score moved too little."""
         was_at_risk = st.at_risk_since > 0
         model = self.model
+        last = st.last_score
+        threshold = self.threshold
+        at_risk = score >= threshold
+        # max(score, last) as the comparison it makes (the builtin parses keywords on every call)
+        moved = abs(score - last) >= MATERIAL_SHARE * (last if last > score else score) or at_risk != was_at_risk
+        if not moved and not at_risk:
+            return None   # not material, and the top reason only counts while at risk
         # the reasons come from the head of the outcome most likely (the first of equals: what
         # max(OUTCOMES, key=(probability, -index)) picks), its contributions above 0.05, largest first
-        best = 0
-        for i in range(1, len(outcome_probs)):
-            if outcome_probs[i] > outcome_probs[best]:
-                best = i
+        p0, p1, p2 = outcome_probs
+        best, p_best = 0, p0
+        if p1 > p_best:
+            best, p_best = 1, p1
+        if p2 > p_best:
+            best = 2
         ranked = model.contributions_above(OUTCOMES[best], x, 0.05)
-        ranked.sort()
-        ranked = ranked[::-1][:4]
-        at_risk = score >= self.threshold
+        # (contribution, index) pairs are distinct (one per index): descending order is the
+        # reverse of the ascending one
+        ranked.sort(reverse=True)
+        del ranked[4:]
         top = FEATURES[ranked[0][1]] if ranked else ""
-        changed = (abs(score - st.last_score) >= MATERIAL_SHARE * max(score, st.last_score) or at_risk != was_at_risk
-                   or (at_risk and top != st.last_top))
-        if not changed:
+        if not moved and top == st.last_top:
             return None
         if at_risk and not st.at_risk_since:
             st.at_risk_since = ts
@@ -427,14 +439,15 @@ class PartitionCore:
         reasons: list[Reason] = []
         codes: list[str] = []
         for c, i in ranked:  # one reason per code (coverage now and at its worst merge)
-            code, text, value = describe(FEATURES[i], st, x[i])
+            code, text, value = _WORDS[i](st, x[i])   # describe(FEATURES[i], st, x[i])
             if code not in codes:
                 codes.append(code)
                 reasons.append(Reason(code=code, text=text, value=value, contribution=round(c, 4)))
         return RiskScore(subscriber_id=sid, ts_ms=ts, scored_at_ms=self.clock_ms(), score=round(score, 4),
-                         at_risk=at_risk, reasons=reasons, model_version=self.model.n_labels,
+                         at_risk=at_risk, reasons=reasons, model_version=model.n_labels,
                          prior=round(model.prior_score_of(x), 4),
-                         outcomes=OutcomeProbabilities(**{o: round(p, 4) for o, p in zip(OUTCOMES, outcome_probs)}),
+                         outcomes=OutcomeProbabilities(complaint=round(p0, 4), detractor=round(p1, 4),
+                                                       churn=round(p2, 4)),
                          at_risk_since_ms=st.at_risk_since or None, region=st.region,
                          segment=st.segment, cell_id=st.cell)
 
