@@ -248,3 +248,26 @@ def test_settings_map_onto_the_cores_and_the_models_keyword_arguments(tmp_path):
     assert (core.at_risk_threshold, core.state_ttl_days, core.state_cache_per_partition) == (0.7, 3.0, 1000)
     assert core.model.learn_horizon_hours == 48.0 and core.label_horizon_ms == 48 * 3_600_000
     assert PartitionCore(0).label_horizon_ms == 24 * 3_600_000
+
+
+def test_fast_round_is_round_bit_for_bit():
+    """An emitted score's numbers are rounded by ``fast_round``: the builtin's float, sign of zero
+    and ties (to even, on the exact binary value) included."""
+    import math
+    import random
+    import struct
+
+    from monitor.scoring.features import fast_round
+
+    rnd = random.Random(5)
+    values = [0.0, -0.0, 1e-5, -1e-5, 5e-5, -5e-5, 0.03125, 0.5, 1.5, 2.5, -121.25, 1 - 1e-9, 5e-324,
+              math.inf, -math.inf, 1e300, -1e300]
+    for _ in range(20_000):
+        scale = 10 ** rnd.randrange(5)
+        values += [rnd.random(), rnd.uniform(-200, 200), (rnd.randrange(-10**7, 10**7) + 0.5) / scale,
+                   rnd.randrange(-2**20, 2**20) / 2 ** rnd.randrange(30),
+                   math.ldexp(rnd.random(), rnd.randrange(-60, 40)), struct.unpack("<d", rnd.randbytes(8))[0]]
+    for x in values:
+        for ndigits in range(5):
+            got, want = fast_round(x, ndigits), round(x, ndigits)
+            assert struct.pack("<d", got) == struct.pack("<d", want) or (got != got and want != want), (x, ndigits)

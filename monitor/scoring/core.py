@@ -33,6 +33,7 @@ from monitor.scoring.features import (
     SubscriberState,
     apply_event,
     event_key,
+    fast_round,
     feature_vector,
     outcome_of,
     pack,
@@ -442,12 +443,12 @@ class PartitionCore:
             code, text, value = _WORDS[i](st, x[i])   # describe(FEATURES[i], st, x[i])
             if code not in codes:
                 codes.append(code)
-                reasons.append(Reason(code=code, text=text, value=value, contribution=round(c, 4)))
-        return RiskScore(subscriber_id=sid, ts_ms=ts, scored_at_ms=self.clock_ms(), score=round(score, 4),
+                reasons.append(Reason(code=code, text=text, value=value, contribution=fast_round(c, 4)))
+        return RiskScore(subscriber_id=sid, ts_ms=ts, scored_at_ms=self.clock_ms(), score=fast_round(score, 4),
                          at_risk=at_risk, reasons=reasons, model_version=model.n_labels,
-                         prior=round(model.prior_score_of(x), 4),
-                         outcomes=OutcomeProbabilities(complaint=round(p0, 4), detractor=round(p1, 4),
-                                                       churn=round(p2, 4)),
+                         prior=fast_round(model.prior_score_of(x), 4),
+                         outcomes=OutcomeProbabilities(complaint=fast_round(p0, 4), detractor=fast_round(p1, 4),
+                                                       churn=fast_round(p2, 4)),
                          at_risk_since_ms=st.at_risk_since or None, region=st.region,
                          segment=st.segment, cell_id=st.cell)
 
