@@ -286,7 +286,13 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         worst_rsrp = worst_rsrp + (rsrp_ew - worst_rsrp) * (1 - k)
         st.worst_rsrp = worst_rsrp if worst_rsrp < rsrp else rsrp
         bad = DEGRADED.is_degraded(ev)
-        st.drops = st.drops * k + call_drop
+        # A counter or dose at 0.0 that gets nothing added stays 0.0 (0.0 * k + 0.0): its write is
+        # skipped. Most of a healthy subscriber's are 0.0, and a write to a msgspec struct's field
+        # takes CPython's generic setattr path. (Every value added below is +0.0 or positive, so no
+        # field is ever -0.0, the one zero the skip could not reproduce.)
+        v = st.drops
+        if v or call_drop:
+            st.drops = v * k + call_drop
         cov = (WEAK_RSRP_DBM - rsrp) / 10.0
         cov = cov if cov > 0.0 else 0.0
         cov = cov if cov < 3.0 else 3.0
@@ -306,31 +312,54 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         stall = stall_s / STALL_NOTICED_S - 1.0
         stall = stall if stall > 0.0 else 0.0
         stall = stall if stall < 4.0 else 4.0
-        st.cov_d = st.cov_d * kd + cov
-        st.lat_voice_d = st.lat_voice_d * kd + (late if service == "voice" else 0.0)
-        st.lat_video_d = st.lat_video_d * kd + (late if service == "video" else 0.0)
-        st.lat_gaming_d = st.lat_gaming_d * kd + (late if service == "gaming" else 0.0)
-        st.slow_d = st.slow_d * kd + slow
-        st.stall_d = st.stall_d * kd + stall
-        st.net_g = st.net_g * kg + 0.2 * cov + late + 0.3 * slow + stall + 2.0 * call_drop
-        st.stalls_s = st.stalls_s * k + stall_s
-        st.bad = st.bad * k + bad
+        v = st.cov_d
+        if v or cov:
+            st.cov_d = v * kd + cov
+        v = st.lat_voice_d
+        if v or (late and service == "voice"):
+            st.lat_voice_d = v * kd + (late if service == "voice" else 0.0)
+        v = st.lat_video_d
+        if v or (late and service == "video"):
+            st.lat_video_d = v * kd + (late if service == "video" else 0.0)
+        v = st.lat_gaming_d
+        if v or (late and service == "gaming"):
+            st.lat_gaming_d = v * kd + (late if service == "gaming" else 0.0)
+        v = st.slow_d
+        if v or slow:
+            st.slow_d = v * kd + slow
+        v = st.stall_d
+        if v or stall:
+            st.stall_d = v * kd + stall
+        v = st.net_g
+        if v or cov or late or slow or stall or call_drop:
+            st.net_g = v * kg + 0.2 * cov + late + 0.3 * slow + stall + 2.0 * call_drop
+        v = st.stalls_s
+        if v or stall_s:
+            st.stalls_s = v * k + stall_s
+        v = st.bad
+        if v or bad:
+            st.bad = v * k + bad
         st.sessions = st.sessions * k + 1.0
-        burden = st.burden * kb
+        burden = st.burden
         if bad:
             sev, what = _graded_severity(ev)
-            st.burden = burden + sev
+            st.burden = burden * kb + sev
         else:
             sev = 0.0
-            st.burden = burden + 0.0
-        st.worst_sev = worst_sev = st.worst_sev * k
+            if burden:
+                st.burden = burden * kb + 0.0
+        worst_sev = st.worst_sev
+        if worst_sev:
+            st.worst_sev = worst_sev = worst_sev * k
         if sev > 0.02:
             recent_sev = st.recent_sev * kr
             st.recent_sev = recent_sev + (1.0 - recent_sev) * sev * 0.6
             if sev >= worst_sev:
                 st.worst_sev, st.worst_what = sev, what
         else:
-            st.recent_sev = st.recent_sev * kr
+            v = st.recent_sev
+            if v:
+                st.recent_sev = v * kr
     elif isinstance(ev, TicketEvent):
         dt = ts - st.care_ts if st.care_ts else 0
         k = _decay(dt, CARE_HALF_LIFE_MS)
