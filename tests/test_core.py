@@ -271,3 +271,35 @@ def test_fast_round_is_round_bit_for_bit():
         for ndigits in range(5):
             got, want = fast_round(x, ndigits), round(x, ndigits)
             assert struct.pack("<d", got) == struct.pack("<d", want) or (got != got and want != want), (x, ndigits)
+
+
+def test_feature_vector_without_care_or_app_is_the_full_table():
+    """feature_vector writes a care (app) feature as the constant 0.0 while the subscriber has no
+    ticket (app event) yet: the same floats, sign of zero included, as the table's expressions."""
+    import struct
+
+    from monitor.scoring import features as F
+
+    full_items = F._vector_source(())
+    src = F._FEATURE_VECTOR_SOURCE
+    for absent in (F._CARE_DECAYS + F._APP_DECAYS, F._CARE_DECAYS, F._APP_DECAYS):
+        src = src.replace(F._vector_source(absent), full_items)
+    namespace = dict(vars(F))
+    exec(compile(src, "<full>", "exec"), namespace)  # noqa: S102
+    full = namespace["feature_vector"]
+    assert src != F._FEATURE_VECTOR_SOURCE
+    states = {"a": SubscriberState(last_ts=T0), "b": SubscriberState(last_ts=T0), "c": SubscriberState(last_ts=T0),
+              "d": SubscriberState(last_ts=T0)}
+    seen = set()
+    for i in range(60):
+        apply_event(states["a"], net(i, "a", bad=i % 7 == 0))
+        apply_event(states["b"], net(i, "b", bad=i % 3 == 0) if i % 5 else ticket(i, "b", ("opened", "resolved")[i % 2]))
+        apply_event(states["c"], net(i, "c", bad=i % 4 == 0) if i % 6 else survey(i, i % 11, "c"))
+        apply_event(states["d"], net(i, "d", bad=i % 2 == 0) if i % 4 else
+                    ticket(i, "d") if i % 8 else survey(i, 3, "d"))
+        for st in states.values():
+            seen.add((bool(st.care_ts), bool(st.app_ts)))
+            for dt in (0, MIN, 30 * 24 * 60 * MIN):
+                now = st.last_ts + dt
+                assert struct.pack("<39d", *feature_vector(st, now)) == struct.pack("<39d", *full(st, now))
+    assert seen == {(False, False), (True, False), (False, True), (True, True)}

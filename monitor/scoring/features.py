@@ -587,6 +587,33 @@ def _inline_max(expression: str) -> str:
     return ast.unparse(_ClampAtZero().visit(ast.parse(expression, mode="eval")))
 
 
+#: the decay factors of the care counters and doses, and of the app ones (see :class:`Feature`)
+_CARE_DECAYS = ("kc", "kcd", "kcg")
+_APP_DECAYS = ("ka", "kad")
+
+
+def _vector_source(absent: tuple[str, ...]) -> str:
+    """The list's items, a feature that reads only decay factors in ``absent`` written as ``0.0``.
+
+    A subscriber with no ticket yet (``care_ts`` 0: event times are positive) has every care field
+    at its default and the care factors at 0.0, so each such feature is ``0.0 * 0.0`` (or a clamp at
+    zero times 0.0): +0.0, the constant. The same for the app's. A subscriber with only network
+    events skips 14 of the 39 products."""
+    items = []
+    for f in FEATURE_TABLE:
+        names = {n.id for n in ast.walk(ast.parse(f.extract, mode="eval")) if isinstance(n, ast.Name)}
+        factors = names & set(_DECAY_NAMES)
+        if factors and factors <= set(absent):
+            items.append("0.0")
+        else:
+            items.append(f"({_inline_max(f.extract)})")
+    return ", ".join(items)
+
+
+#: every decay factor (and ``net``) an extraction expression may read
+_DECAY_NAMES = ("kn", "kc", "ka", "ks", "kr", "kb", "net", "kg", "kcd", "kcg", "kad")
+
+
 # The table's extraction expressions as one compiled function (the table is code of this module),
 # with the decay factors computed inline (``_decay``'s formula, the same floats, without eleven calls).
 _FEATURE_VECTOR_SOURCE = f"""
@@ -630,7 +657,13 @@ def feature_vector(st, now_ms):
         ks = 0.5 ** (dt / SURVEY_HALF_LIFE_MS) if dt > 0 else 1.0
     else:
         ks = 0.0
-    return [{", ".join(f"({_inline_max(f.extract)})" for f in FEATURE_TABLE)}]
+    if care_ts and app_ts:
+        return [{_vector_source(())}]
+    if care_ts:
+        return [{_vector_source(_APP_DECAYS)}]
+    if app_ts:
+        return [{_vector_source(_CARE_DECAYS)}]
+    return [{_vector_source(_CARE_DECAYS + _APP_DECAYS)}]
 """
 exec(compile(_FEATURE_VECTOR_SOURCE, "<feature_vector>", "exec"))  # noqa: S102 -- the constant table above
 feature_vector: Callable[[SubscriberState, int], list[float]]
