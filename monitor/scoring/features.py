@@ -147,7 +147,12 @@ def event_key(event_id: str) -> bytes:
     """A stable 8-byte key of an event id (BLAKE2b): what the state keeps to drop duplicates.
     Stable across processes (unlike ``hash``), so a re-delivery after a restart is still caught;
     a false match needs a 64-bit collision among a subscriber's last 8 events."""
-    return blake2b(event_id.encode(), digest_size=ID_KEY_BYTES).digest()
+    h = _new_key_hash()   # a copy of an empty 8-byte BLAKE2b: the constructor's keywords parsed once
+    h.update(event_id.encode())
+    return h.digest()
+
+
+_new_key_hash = blake2b(digest_size=ID_KEY_BYTES).copy
 
 
 def outcome_of(ev: NetworkEvent | TicketEvent | AppEvent) -> str | None:
@@ -181,11 +186,18 @@ def recent_keys(st: SubscriberState) -> list[bytes]:
 
 def pack(x: list[float]) -> bytes:
     """A feature vector as float32 bytes (a snapshot kept in the state for late labels)."""
-    return struct.pack("<%df" % len(x), *x)
+    packer = _PACKERS.get(len(x))
+    if packer is None:
+        packer = _PACKERS[len(x)] = struct.Struct("<%df" % len(x))
+    return packer.pack(*x)
 
 
 def unpack(b: bytes) -> list[float]:
     return list(struct.unpack("<%df" % (len(b) // 4), b))
+
+
+#: ``struct.Struct`` of n float32 by n (one length in practice, the table's)
+_PACKERS: dict[int, struct.Struct] = {}
 
 
 #: ``10 ** ndigits`` for :func:`fast_round` (exact doubles)
