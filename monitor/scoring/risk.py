@@ -249,43 +249,53 @@ decode_label = msgspec.msgpack.Decoder(LabelRecord).decode
 
 
 def _scorer_source(n: int) -> str:
-    """Python source of ``make(rows, biases, calib, powers, headline)`` returning ``scorer(x)`` for
-    feature vectors of exactly ``n`` values: the three heads' sums unrolled over the features
-    (weights in closure cells, each set feature tested once), then the arithmetic of
-    :meth:`RiskModel.predict` and :meth:`RiskModel.score` or, with ``headline``, of
-    :meth:`RiskModel.prior_score` (the headline alone), operation for operation, so the floats are
-    the same."""
+    """Python source of two functions, ``scorer(x)`` and ``prior(x)``, for feature vectors of exactly
+    ``n`` values: the three heads' sums unrolled over the features (each set feature tested once),
+    then the arithmetic of :meth:`RiskModel.predict` and :meth:`RiskModel.score` or, for ``prior``,
+    of :meth:`RiskModel.prior_score` (the headline alone), operation for operation, so the floats
+    are the same. Weights ``w{i}_{k}``, biases ``b{k}``, calibration ``a{k}``, ``c{k}`` and horizon
+    powers ``e{k}`` are globals of the namespace :func:`_compile_scorer`'s ``make`` runs it in: a
+    call loads only the weights of the set features (as closure cells, every call copied all
+    ``3 n`` of them into its frame)."""
     xs = ", ".join(f"x{i}" for i in range(n))
-    lines = ["def make(rows, biases, calib, powers, headline):",
-             "    " + ", ".join(f"(w{i}_0, w{i}_1, w{i}_2)" for i in range(n)) + ", = rows",
-             "    b0, b1, b2 = biases",
-             "    e0, e1, e2 = powers",
-             "    (a0, c0), (a1, c1), (a2, c2) = calib"]
     # the heads' sums, inline in both functions (one call less per score)
-    sums = [f"        {xs}, = x", "        s0 = s1 = s2 = 0.0"]
+    sums = [f"    {xs}, = x", "    s0 = s1 = s2 = 0.0"]
     for i in range(n):
-        sums += [f"        if x{i}:",
-                 f"            s0 += w{i}_0 * x{i}", f"            s1 += w{i}_1 * x{i}", f"            s2 += w{i}_2 * x{i}"]
+        sums += [f"    if x{i}:",
+                 f"        s0 += w{i}_0 * x{i}", f"        s1 += w{i}_1 * x{i}", f"        s2 += w{i}_2 * x{i}"]
     # _sigmoid inline; ``min(h, 1 - 1e-9)`` as a comparison (the same value, NaN included)
-    sig = ("        if z >= 0:\n            h = 1.0 / (1.0 + exp(-z))\n        else:\n"
-           "            e = exp(z)\n            h = e / (1.0 + e)\n        if h > 1 - 1e-9:\n            h = 1 - 1e-9\n")
-    lines += ["    def scorer(x):", *sums]
+    sig = ("    if z >= 0:\n        h = 1.0 / (1.0 + exp(-z))\n    else:\n"
+           "        e = exp(z)\n        h = e / (1.0 + e)\n    if h > 1 - 1e-9:\n        h = 1 - 1e-9")
+    lines = ["def scorer(x):", *sums]
     for k in range(3):
-        lines += [f"        z = a{k} * (b{k} + s{k}) + c{k}", sig.rstrip("\n"),
-                  f"        p{k} = 1.0 - (1.0 - h) ** e{k}"]
-    lines += ["        return 1.0 - (1.0 - p0) * (1.0 - p1) * (1.0 - p2), p0, p1, p2",
-              "    def prior(x):", *sums]
+        lines += [f"    z = a{k} * (b{k} + s{k}) + c{k}", sig, f"    p{k} = 1.0 - (1.0 - h) ** e{k}"]
+    lines += ["    return 1.0 - (1.0 - p0) * (1.0 - p1) * (1.0 - p2), p0, p1, p2",
+              "def prior(x):", *sums]
     for k in range(3):
-        lines += [f"        z = a{k} * (b{k} + s{k}) + c{k}", sig.rstrip("\n"), f"        t{k} = (1.0 - h) ** e{k}"]
-    lines += ["        return 1.0 - t0 * t1 * t2",
-              "    return prior if headline else scorer"]
+        lines += [f"    z = a{k} * (b{k} + s{k}) + c{k}", sig, f"    t{k} = (1.0 - h) ** e{k}"]
+    lines += ["    return 1.0 - t0 * t1 * t2"]
     return "\n".join(lines) + "\n"
 
 
 def _compile_scorer(n: int) -> Any:
-    namespace: dict[str, Any] = {"exp": math.exp}
-    exec(compile(_scorer_source(n), "<risk scorer>", "exec"), namespace)  # noqa: S102 -- generated above
-    return namespace["make"]
+    """``make(rows, biases, calib, powers, headline)``: the ``scorer`` (or with ``headline`` the
+    ``prior``) of :func:`_scorer_source` over these weights, in a namespace of its own."""
+    code = compile(_scorer_source(n), "<risk scorer>", "exec")
+    names = [f"w{i}_{k}" for i in range(n) for k in range(3)]
+
+    def make(rows: Sequence[Sequence[float]], biases: Sequence[float], calib: Sequence[Sequence[float]],
+             powers: Sequence[float], headline: bool) -> Any:
+        if len(rows) != n:
+            raise ValueError(f"{len(rows)} weight rows for a scorer of {n} features")
+        ns: dict[str, Any] = dict(zip(names, [w for row in rows for w in row]))
+        ns["exp"] = math.exp
+        ns["b0"], ns["b1"], ns["b2"] = biases
+        ns["e0"], ns["e1"], ns["e2"] = powers
+        (ns["a0"], ns["c0"]), (ns["a1"], ns["c1"]), (ns["a2"], ns["c2"]) = calib
+        exec(code, ns)  # noqa: S102 -- generated above
+        return ns["prior" if headline else "scorer"]
+
+    return make
 
 
 #: ``make(rows, biases, calib, powers, headline) -> scorer`` for vectors of len(FEATURES) (see _scorer_source)
