@@ -186,14 +186,19 @@ def recent_keys(st: SubscriberState) -> list[bytes]:
 
 def pack(x: list[float]) -> bytes:
     """A feature vector as float32 bytes (a snapshot kept in the state for late labels)."""
-    packer = _PACKERS.get(len(x))
-    if packer is None:
-        packer = _PACKERS[len(x)] = struct.Struct("<%df" % len(x))
-    return packer.pack(*x)
+    return _packer(len(x)).pack(*x)
 
 
 def unpack(b: bytes) -> list[float]:
-    return list(struct.unpack("<%df" % (len(b) // 4), b))
+    return list(_packer(len(b) // 4).unpack(b))
+
+
+def _packer(n: int) -> struct.Struct:
+    """The kept ``struct.Struct`` of ``n`` float32 (the format is not parsed per snapshot)."""
+    packer = _PACKERS.get(n)
+    if packer is None:
+        packer = _PACKERS[n] = struct.Struct("<%df" % n)
+    return packer
 
 
 #: ``struct.Struct`` of n float32 by n (one length in practice, the table's)
