@@ -106,15 +106,21 @@ def _top(s: np.ndarray, share: float) -> np.ndarray:
     return np.argsort(-s, kind="mergesort")[:k]
 
 
+def _equal_count_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[tuple[int, float, float]]:
+    """``(rows, mean p, observed rate)`` of ``bins`` equal-count bins of ``p``, lowest first."""
+    order = np.argsort(p, kind="mergesort")
+    y = np.asarray(y)
+    return [(len(chunk), float(p[chunk].mean()), float(y[chunk].mean()))
+            for chunk in np.array_split(order, bins) if len(chunk)]
+
+
 def _calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error over equal-count bins of ``p`` (|mean p - observed rate|)."""
     if not len(p):
         return float("nan")
-    order = np.argsort(p, kind="mergesort")
     err = 0.0
-    for chunk in np.array_split(order, bins):
-        if len(chunk):
-            err += len(chunk) / len(p) * abs(float(p[chunk].mean()) - float(np.asarray(y)[chunk].mean()))
+    for n, mean_p, rate in _equal_count_bins(y, p, bins):
+        err += n / len(p) * abs(mean_p - rate)
     return err
 
 
@@ -417,11 +423,14 @@ def grade_world(data: dict[str, Any], *, list_hour: float = 9.0) -> dict[str, An
                 res["calibration_surveyed"] = _surveyed_calibration(per_t, valid, truth["surveys"], h_ms)
             res["lead"] = {}
             res["systems"] = systems
+            # each system's reliability bins (from _grade_system), kept at the headline outcomes' level
+            reliability = {s: systems[s].pop("reliability") for s in RELIABILITY_SYSTEMS
+                           if "reliability" in systems.get(s, {})}
             if name in HEADLINE:
                 res["lift_curve"] = {"budgets": list(CURVE_BUDGETS),
                                      "systems": {s: _lift_curve(per_t, [t for t in valid if t in daily] or valid, s)
                                                  for s in names}}
-                res["reliability"] = {s: _reliability(per_t, valid, s) for s in RELIABILITY_SYSTEMS if s in names}
+                res["reliability"] = reliability
             feat = per_t[valid[-1]].get("best_feature")
             if feat is not None:
                 res["best_single_feature_name"] = feat
@@ -594,24 +603,15 @@ def _grade_system(per_t: dict[int, dict[str, Any]], valid: list[int], daily: lis
     if sysname in ("model", "prior", "zero_prior", "oracle", "oracle_blind", "batch_reference", "batch_logistic") and len(ss):
         out["mean_probability"] = _r(float(ss.mean()))
         out["calibration_error"] = _r(_calibration_error(ys, ss))
+        if sysname in RELIABILITY_SYSTEMS:
+            # the reliability curve: ``[mean probability, observed rate]`` of the same bins
+            # (grade_world moves it to the outcome's ``reliability``)
+            out["reliability"] = [[_r(mean_p, 5), _r(rate, 5)] for _n, mean_p, rate in _equal_count_bins(ys, ss)]
     return out
 
 
-#: the systems whose probabilities :func:`_reliability` bins (the others are rankings, not probabilities)
+#: the systems whose probabilities get a reliability curve (the others' are rankings, or a reference)
 RELIABILITY_SYSTEMS = ("oracle", "model", "prior")
-#: equal-count bins of a reliability curve
-RELIABILITY_BINS = 10
-
-
-def _reliability(per_t: dict[int, dict[str, Any]], valid: list[int], sysname: str,
-                 bins: int = RELIABILITY_BINS) -> list[list[float]]:
-    """``[mean probability, observed rate]`` of ``bins`` equal-count bins of a system's probabilities
-    over the instants ``valid`` (lowest first): on the diagonal when calibrated."""
-    ys = np.concatenate([per_t[t]["y"] for t in valid if sysname in per_t[t]["scores"]])
-    ss = np.concatenate([per_t[t]["scores"][sysname] for t in valid if sysname in per_t[t]["scores"]])
-    order = np.argsort(ss, kind="mergesort")
-    return [[_r(float(ss[c].mean()), 5), _r(float(np.asarray(ys, dtype=np.float64)[c].mean()), 5)]
-            for c in np.array_split(order, bins) if len(c)]
 
 
 def _r(v: float | None, nd: int = 4) -> float | None:
