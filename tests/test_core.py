@@ -248,6 +248,13 @@ def test_settings_map_onto_the_cores_and_the_models_keyword_arguments(tmp_path):
     assert (core.at_risk_threshold, core.state_ttl_days, core.state_cache_per_partition) == (0.7, 3.0, 1000)
     assert core.model.learn_horizon_hours == 48.0 and core.label_horizon_ms == 48 * 3_600_000
     assert PartitionCore(0).label_horizon_ms == 24 * 3_600_000
+    # the settings' defaults and the core's keyword defaults are one fact written twice (config.py
+    # cannot import the core): a default changed in one place only fails here
+    import inspect
+
+    defaults, sig = load({}), inspect.signature(PartitionCore)
+    assert {n: getattr(defaults, n) for n in PartitionCore.SETTINGS} == {
+        n: sig.parameters[n].default for n in PartitionCore.SETTINGS}
 
 
 def test_fast_round_is_round_bit_for_bit():
