@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+import math
+import re
 import json
 from pathlib import Path
 
@@ -572,6 +575,47 @@ def test_v3_run_has_burn_in_follow_up_and_port_outs(v3_run):
     outcomes = [json.loads(x) for x in (out / "ground_truth" / "outcomes.jsonl").read_text().splitlines()]
     after = [e for r in outcomes for e in r.get("complaint", []) if e["ts_ms"] >= manifest["end_ms"]]
     assert after and all("driver" in e for r in outcomes for e in r.get("churn", []))
+
+
+def test_v3_app_and_care_records_carry_the_accounts_dates_and_nothing_else_changes(v3_run, tmp_path):
+    """The CRM's dates ride on every clean app and care record (decoded as production decodes
+    them) and equal the hidden tenure (to the day) and contract end; prepaid have no contract.
+    Without them (``account_fields=False``) every other byte of the world is the same."""
+    out, _manifest, cfg = v3_run
+    hidden = np.load(out / "ground_truth" / "subscribers.npz")
+    start = _manifest["start_ms"]
+    day = 86_400_000
+    seen = 0
+    for topic in ("app-interactions", "care-tickets"):
+        for line in (out / f"{topic}.jsonl").read_bytes().splitlines():
+            try:
+                ev = decode(INPUT_TOPICS[topic], line)
+            except InvalidEventError:
+                continue
+            i = int(ev.subscriber_id.rsplit("-", 1)[1])
+            months = float(hidden["tenure_months"][i])
+            assert abs((start - ev.customer_since_ms) / day - months * 30.4375) <= 1.0
+            end = float(hidden["contract_end_ms"][i])
+            if ev.segment == "prepaid":
+                assert ev.contract_end_ms is None and math.isnan(end)
+            else:
+                assert ev.contract_end_ms == int(end // day * day)
+            seen += 1
+    assert seen > 1000
+    bare = tmp_path / "bare"
+    simulate.write_files(dataclasses.replace(cfg, account_fields=False), bare)
+    assert (bare / "network-events.jsonl").read_bytes() == (out / "network-events.jsonl").read_bytes()
+    for name in ("labels.jsonl", "outcomes.jsonl", "faults.jsonl"):
+        assert (bare / "ground_truth" / name).read_bytes() == (out / "ground_truth" / name).read_bytes()
+    faults = [json.loads(x) for x in (out / "ground_truth" / "faults.jsonl").read_text().splitlines()]
+    for topic in ("app-interactions", "care-tickets"):
+        mangled = {f["line"] for f in faults if f["topic"] == topic and f["kind"] == "malformed"}
+        lines = (out / f"{topic}.jsonl").read_bytes().splitlines()
+        bare_lines = (bare / f"{topic}.jsonl").read_bytes().splitlines()
+        assert len(lines) == len(bare_lines)
+        for i, (line, bare_line) in enumerate(zip(lines, bare_lines)):
+            if i not in mangled:   # a malformed record is cut or garbled where its own bytes allow
+                assert re.sub(rb',"customer_since_ms":\d+,"contract_end_ms":(?:\d+|null)', b"", line) == bare_line
 
 
 def test_v3_oracle_is_informative_but_not_perfect(v3_run):

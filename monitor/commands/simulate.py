@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--treatment", type=float, default=0.0, metavar="SHARE",
                         help="v3: offer outreach each day at 10:00 local to this share of subscribers (the most "
                              "dissatisfied), half of them held out: ground_truth/treatment.jsonl (default 0)")
+    parser.add_argument("--no-account-fields", dest="account_fields", action="store_false",
+                        help="v3: leave the account's dates (customer_since_ms, contract_end_ms: the operator's "
+                             "CRM) out of the app and care records")
     parser.add_argument("--sessions-per-hour", type=float, default=None,
                         help="network sessions per subscriber and hour at the daily mean load (default 10)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
@@ -112,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         step_s=args.step_s or (5.0 if live else None), cells=args.cells, utc_offset_h=args.utc_offset_h,
         malformed_share=args.malformed_share,
         duplicate_share=args.duplicate_share, late_share=args.late_share, world=args.world,
-        burn_in_hours=burn_in, followup_hours=follow_up if hours else 0.0, treatment_share=args.treatment, **extra)
+        burn_in_hours=burn_in, followup_hours=follow_up if hours else 0.0, treatment_share=args.treatment,
+        account_fields=args.account_fields, **extra)
     t0 = time.perf_counter()
     if args.broker:
         if not args.broker.startswith("kafka://"):

@@ -42,6 +42,8 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 TsMs = Annotated[int, msgspec.Meta(ge=TS_MIN_MS, le=TS_MAX_MS)]
 NonNeg = Annotated[float, msgspec.Meta(ge=0)]
+#: a date of the subscriber's account (customer since, contract end), epoch ms; may precede 2000
+DateMs = Annotated[int, msgspec.Meta(ge=0, le=TS_MAX_MS)]
 
 Radio = Literal["2G", "3G", "4G", "5G"]
 Service = Literal["voice", "video", "gaming", "web", "social", "download", "messaging"]
@@ -108,6 +110,8 @@ class TicketEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     first_contact_resolution: bool | None = None
     region: Id | None = None
     segment: Short | None = None
+    customer_since_ms: DateMs | None = None
+    contract_end_ms: DateMs | None = None
 
     stream = "tickets"
 
@@ -130,6 +134,8 @@ class AppEvent(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     app_version: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     region: Id | None = None
     segment: Short | None = None
+    customer_since_ms: DateMs | None = None
+    contract_end_ms: DateMs | None = None
 
     stream = "app"
 

@@ -49,6 +49,7 @@ SCENARIO_DIR = Path(__file__).with_name("scenarios")
 DEFAULT_START_MS = 1_740_981_600_000
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 
 # --- the world ---------------------------------------------------------------------------------
 
@@ -202,6 +203,9 @@ class SimConfig:
     #: v3: share of active subscribers offered an outreach contact each day at 10:00 local (half of
     #: them held out at random; ``ground_truth/treatment.jsonl`` records both arms)
     treatment_share: float = 0.0
+    #: v3: app and care records carry the account's dates from the operator's CRM
+    #: (``customer_since_ms``, ``contract_end_ms``: tenure and contract, which drive churn)
+    account_fields: bool = True
 
     def validate(self) -> None:
         problems = []
@@ -512,10 +516,10 @@ _NET_TMPL = ('{"event_id":"%s-n%%d","subscriber_id":"sub-%%08d","ts_ms":%%d,"cel
              '"call_drop":%%s,"video_stall_s":%%.1f,"segment":"%%s","device":"%%s"}\n')
 _APP_TMPL = ('{"event_id":"%s-a%%d","session_id":"%s-as%%d","subscriber_id":"sub-%%08d","ts_ms":%%d,'
              '"kind":"%%s","feature":%%s,"error_code":%%s,"nps":%%s,"app_version":"%%s","region":"%%s",'
-             '"segment":"%%s"}\n')
+             '"segment":"%%s"%%s}\n')
 _TIX_TMPL = ('{"event_id":"%s-t%%d","ticket_id":"%s-tk%%d","subscriber_id":"sub-%%08d","ts_ms":%%d,'
              '"channel":"%%s","category":"%%s","action":"%%s","resolution_minutes":%%s,'
-             '"first_contact_resolution":%%s,"region":"%%s","segment":"%%s"}\n')
+             '"first_contact_resolution":%%s,"region":"%%s","segment":"%%s"%%s}\n')
 _EVENT_ID = re.compile(r'"event_id":"([^"]*)"')
 _TS = re.compile(r'"ts_ms":(\d+)')
 
@@ -615,6 +619,21 @@ class Simulator:
 
             self.people = People(self.world.segment, seed=config.seed, start_ms=self.start_ms,
                                  utc_offset_h=config.utc_offset_h)
+        #: per subscriber, the end of an app or care record: the account's dates (v3 with
+        #: ``account_fields``) or nothing
+        self._account = self._account_suffixes(config)
+
+    def _account_suffixes(self, config: "SimConfig") -> list[str]:
+        """The account fields as they end each subscriber's app and care records: when they became a
+        customer and when their contract ends (``null``: none, e.g. prepaid), whole days as the CRM
+        keeps them. Empty strings without them (v2, or ``account_fields`` off)."""
+        if self.people is None or not config.account_fields:
+            return [""] * self.world.n
+        since = self.start_ms - self.people.tenure_months.astype(np.float64) * (30.4375 * DAY_MS)
+        since = (since // DAY_MS * DAY_MS).astype(np.int64)
+        end = self.people.contract_end_ms
+        return [',"customer_since_ms":%d,"contract_end_ms":%s' % (s, "null" if e != e else "%d" % (e // DAY_MS * DAY_MS))
+                for s, e in zip(since.tolist(), end.tolist())]
 
     # -- labels ---------------------------------------------------------------------------------
 
@@ -657,7 +676,8 @@ class Simulator:
             if keep and v3 and t >= hourly:
                 if self.eval_start_ms <= hourly and (self.end_ms is None or hourly < self.end_ms):
                     probs = self.people.oracle(hourly)
-                    probs.update({f"blind_{k}": v for k, v in self.people.oracle(hourly, person=False).items()})
+                    probs.update({f"blind_{k}": v for k, v in self.people.oracle(
+                        hourly, person=False, crm=self.config.account_fields).items()})
                     self.oracle.append((hourly, probs))
                 hourly += HOUR_MS
         if v3 and self.world_end_ms is not None and self.world_end_ms > t:
@@ -929,7 +949,8 @@ class Simulator:
         seg = w.segment[subs]
         cols = (range(first, first + k), range(sess0, sess0 + k), subs.tolist(), ts.tolist(), kinds[kind].tolist(),
                 feat.tolist(), err.tolist(), ["null"] * k, np.array(APP_VERSIONS, dtype=object)[version].tolist(),
-                self._region_names[w.cell_region[w.home[subs]]].tolist(), self._segment_names[seg].tolist())
+                self._region_names[w.cell_region[w.home[subs]]].tolist(), self._segment_names[seg].tolist(),
+                [self._account[s] for s in subs.tolist()])
         tmpl = self._app
         return [tmpl % row for row in zip(*cols)], cols[2], cols[3]
 
@@ -1059,7 +1080,7 @@ class Simulator:
                 self.app_session += 1
                 app_lines.append(self._app % (n, sess, s, ts, "port_out", '"porting"', "null", "null",
                                               APP_VERSIONS[w.app_version[s]], REGION_NAMES[w.cell_region[w.home[s]]],
-                                              SEGMENTS[w.segment[s]]))
+                                              SEGMENTS[w.segment[s]], self._account[s]))
                 app_subs.append(s)
                 app_ts.append(ts)
                 continue
@@ -1093,7 +1114,7 @@ class Simulator:
                 self.app_session += 1
                 app_lines.append(self._app % (n, sess, s, ts, "survey_answer", '"survey"', "null", nps,
                                               APP_VERSIONS[w.app_version[s]], REGION_NAMES[w.cell_region[w.home[s]]],
-                                              SEGMENTS[w.segment[s]]))
+                                              SEGMENTS[w.segment[s]], self._account[s]))
                 app_subs.append(s)
                 app_ts.append(ts)
                 continue
@@ -1202,7 +1223,7 @@ class Simulator:
         sub = tk["sub_id"]
         lines.append(self._tix % (n, tk["id"], sub, ts, tk["channel"], tk["category"], action,
                                   minutes or "null", fcr or "null", REGION_NAMES[w.cell_region[w.home[sub]]],
-                                  SEGMENTS[w.segment[sub]]))
+                                  SEGMENTS[w.segment[sub]], self._account[sub]))
         subs.append(sub)
         tss.append(ts)
 
