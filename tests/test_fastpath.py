@@ -73,9 +73,12 @@ def test_tansu_listoffsets_gap_and_fetch_highwater(broker: Broker) -> None:
     assert listed < true, f"Tansu's ListOffsets now looks right ({listed} == {true}): update docs/WORKER.md"
 
 
-def test_outputs_keep_partition_order_and_report_last_offset(broker: Broker) -> None:
+@pytest.mark.parametrize("max_queued", [1, 4, 16])
+def test_outputs_keep_partition_order_and_report_last_offset(broker: Broker, max_queued: int) -> None:
     """Outputs sends one producer batch per partition (splitting when full), in order, and reports
-    the offset of the last record -- what RocksDB's persisted changelog offset is set from."""
+    the offset of the last record -- what RocksDB's persisted changelog offset is set from. The
+    same whether a partition's batches queue in the producer (up to ``max_queued``) or the
+    hand-over waits for each to leave (1)."""
     from aiokafka import AIOKafkaProducer
 
     async def scenario() -> tuple[list[int], list[bytes]]:
@@ -86,8 +89,8 @@ def test_outputs_keep_partition_order_and_report_last_offset(broker: Broker) -> 
             out = Outputs()
             out.add_many("satmon-dead-letter", 0, [(None, f"{i:05d}".encode() * 20) for i in range(500)])
             out.on_sent("satmon-dead-letter", 0, reported.append)
-            futures = await send_outputs(out, producer)
-            assert len(futures) > 1            # 500 x 100 bytes does not fit one 4 KiB batch
+            futures = await send_outputs(out, producer, max_queued=max_queued)
+            assert len(futures) > 4            # 500 x 100 bytes does not fit one 4 KiB batch
             await asyncio.gather(*futures)
             await asyncio.sleep(0)
         finally:

@@ -67,18 +67,57 @@ TICK_S = 1.0
 AWAITING_PRODUCER = "awaiting the producer"
 
 
-async def send_outputs(out: Outputs, producer: Any, clock: Any = None) -> list[asyncio.Future]:
+#: record batches of one topic-partition that may wait in the producer's accumulator behind the one
+#: being sent before a hand-over waits (:func:`send_outputs`). aiokafka's ``send_batch`` waits as
+#: soon as *one* batch of the partition is queued, and its sender has one request in flight per
+#: broker carrying one batch per partition: a batch's ~4 state batches per partition (96 KiB each)
+#: went out one request apiece, and the drain loop waited for each round trip before it handed over
+#: the next. Queued, the sender takes one batch of every partition per request while the loop goes
+#: on; the bound keeps a broker slower than the worker from queueing without limit.
+MAX_QUEUED_BATCHES = 16
+
+
+def _queue_batch(producer: Any, batch: Any, topic: str, partition: int, max_queued: int) -> asyncio.Future | None:
+    """Append ``batch`` behind the batches of its partition already waiting in aiokafka's
+    accumulator, without waiting for them to leave; None when that is not possible here (nothing
+    queued -- ``send_batch`` does not wait then --, the bound reached, a transactional producer,
+    an aiokafka without these internals): the caller uses ``send_batch``."""
+    acc = getattr(producer, "_message_accumulator", None)
+    queues = getattr(acc, "_batches", None)
+    if queues is None or not hasattr(acc, "_append_batch"):
+        return None
+    txn = getattr(producer, "_txn_manager", None)
+    if txn is not None and getattr(txn, "transactional_id", None) is not None:
+        return None
+    tp = TopicPartition(topic, partition)
+    queued = queues.get(tp)   # a defaultdict: .get, so an empty queue is not created
+    if not queued or len(queued) >= max_queued or acc._closed or acc._exception is not None:
+        return None
+    # What AIOKafkaProducer.send_batch does after its checks, which a queued partition has passed:
+    # its metadata is known and its partition valid.
+    return asyncio.shield(acc._append_batch(batch, tp).future)
+
+
+async def send_outputs(out: Outputs, producer: Any, clock: Any = None, *,
+                       max_queued: int | None = None) -> list[asyncio.Future]:
     """Hand every record queued in ``out`` to the aiokafka ``producer``; returns the delivery futures.
 
     Records of one partition keep their order. Returns once everything is in the producer's
-    accumulator (delivery itself is awaited by the commit). ``clock`` (a
-    :class:`~monitor.pipeline.StageClock`) gets the synchronous work as ``producer`` and the
-    waits as :data:`AWAITING_PRODUCER`."""
+    accumulator (delivery itself is awaited by the commit); a partition's batches queue there
+    behind each other up to ``max_queued`` (default :data:`MAX_QUEUED_BATCHES`; 1 waits whenever
+    one is queued, as aiokafka's ``send_batch`` does) before the hand-over waits.
+    ``clock`` (a :class:`~monitor.pipeline.StageClock`) gets the synchronous work as ``producer``
+    and the waits as :data:`AWAITING_PRODUCER`."""
     futures: list[asyncio.Future] = []
     t = clock.now() if clock is not None else 0.0
+    if max_queued is None:
+        max_queued = MAX_QUEUED_BATCHES
 
     async def send(batch: Any, topic: str, partition: int) -> asyncio.Future:
         nonlocal t
+        fut = _queue_batch(producer, batch, topic, partition, max_queued)
+        if fut is not None:
+            return fut
         if clock is None:
             return await producer.send_batch(batch, topic, partition=partition)
         t = clock.add("producer", t)

@@ -29,7 +29,11 @@ class StopDuringHandOver:
     Observers run inside the pipeline's ``handle``, after the cores took the batch and before the
     consumer hands its records to the producer, so the stop begins before that hand-over; with the
     broker frozen the hand-over cannot finish (it waits for metadata or for the partition's previous
-    batch to be sent) until the broker thaws, long after the stop reached the consumer."""
+    batch to be sent) until the broker thaws, long after the stop reached the consumer. The worker
+    runs with ``fastpath.MAX_QUEUED_BATCHES = 1``: a partition's second batch then waits for the
+    first to leave, as aiokafka's ``send_batch`` does; with the default bound the batches of this
+    small test queue in the producer and the hand-over would end before the stop (it waits in
+    production only behind a broker that fell 16 batches of a partition behind)."""
 
     stage = "fault injection"
 
@@ -67,6 +71,8 @@ class FaultyWorkerProcess(WorkerProcess):
             env["TEST_SEEN_LOG"] = str(self.log_path)
         code = (
             "from monitor.config import load\n"
+            "from monitor.worker import fastpath\n"
+            "fastpath.MAX_QUEUED_BATCHES = 1   # the hand-over waits for a partition's previous batch\n"
             "from monitor.worker.app import FaustWorker, build_worker\n"
             "from support.faults import StopDuringHandOver\n"
             "from support.records import RecordingCore\n"
