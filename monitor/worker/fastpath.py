@@ -5,8 +5,10 @@ Faust delivers every record through ``Consumer._drain_messages``, which runs
 then the conductor, a channel queue, a stream, an event and an ack: about 200 µs per record here.
 satmon's input topics do not need any of that per record. :class:`FastConsumer` replaces the drain
 loop: each ``getmany`` batch is split by topic; records of the *fast topics* (satmon's three inputs)
-go to one synchronous :class:`BatchHandler` call for the whole batch, and everything else (table
-changelogs during recovery and standby, any ordinary agent) keeps Faust's normal path.
+go to one synchronous :class:`BatchHandler` call for the whole batch, the app's *side topics*
+(``SatmonApp.satmon_side_handlers``: the hot-spot stage's ``satmon-cell-windows``) to their own
+handler, and everything else (table changelogs during recovery and standby, any ordinary agent)
+keeps Faust's normal path.
 
 What stays Faust's: the consumer group (rebalance, the table-aware partition assignor, standbys),
 table recovery from changelogs, commits, the producer, web views and sensors. What changes:
@@ -571,7 +573,10 @@ class FastConsumer(faust_aiokafka.Consumer):
         prepare = getattr(handler, "prepare", None)
         if prepare is not None:
             await prepare()
-        fast_topics = handler.topics
+        pipeline_topics = handler.topics
+        # more topics on the batched path, each with its own handler (SatmonApp.satmon_side_handlers)
+        side: Mapping[str, Callable[[int, list[Any], Outputs], None]] = getattr(self.app, "satmon_side_handlers", {})
+        fast_topics = pipeline_topics | side.keys()
         callback = self.callback
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
@@ -627,7 +632,15 @@ class FastConsumer(faust_aiokafka.Consumer):
                         continue
                     self._batch_idle.clear()
                     try:
-                        handler.handle(fast, out)
+                        if side:
+                            inputs = {tp: recs for tp, recs in fast.items() if tp.topic in pipeline_topics}
+                            if inputs:
+                                handler.handle(inputs, out)
+                            for tp, recs in fast.items():
+                                if tp.topic not in pipeline_topics:
+                                    side[tp.topic](tp.partition, recs, out)
+                        else:
+                            handler.handle(fast, out)
                         futures = await self._send(out)
                         now = time.monotonic()
                         nexts = {}
