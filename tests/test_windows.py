@@ -200,6 +200,23 @@ def test_partial_serialises_compactly_and_round_trips():
     assert len(raw) < 200 + 9 * len(p.affected)   # ~170 bytes of counters + 9 per hash
 
 
+def test_partials_built_by_position_are_the_keyword_built_ones():
+    """The hot paths build partials by position (to_partial, merge_all, rollup): the positions are
+    the fields' order, so each equals, and encodes as, the partial built field by field by name."""
+    parts = _random_partials(5, 4)
+    assert any(p.affected for p in parts) and all(p.sources for p in parts)
+    for p in parts:
+        by_name = Partial(**{f: getattr(p, f) for f in Partial.__struct_fields__})
+        assert Partial(*(getattr(p, f) for f in Partial.__struct_fields__)) == by_name == p
+        assert encode_batch(WindowBatch(source="0", closed_before_ms=0, partials=[p])) == \
+            encode_batch(WindowBatch(source="0", closed_before_ms=0, partials=[by_name]))
+    same = [msgspec.structs.replace(p, start_ms=T0, width_ms=W, cell_id="c") for p in parts]
+    folded = same[0]
+    for p in same[1:]:
+        folded = merge(folded, p)
+    assert msgspec.msgpack.encode(merge_all(same)) == msgspec.msgpack.encode(folded)
+
+
 def test_rollup_counts_a_subscriber_once_across_cells():
     a = Partial(cell_id="c1", region="r", start_ms=T0, width_ms=W, sessions=2, affected=[1, 2])
     b = Partial(cell_id="c2", region="r", start_ms=T0, width_ms=W, sessions=5, affected=[2, 3])
