@@ -313,3 +313,23 @@ def test_the_hoisted_scoring_equals_the_definition_exactly():
             compared += len(det.score_one(key, start, o))
         det.step(start, obs)
     assert compared > 4000 and det.windows == 90
+
+
+def test_evidence_without_bad_sessions_takes_one_log_and_the_same_value():
+    """_add_evidence skips the first log-likelihood term when a window has no bad session: 0 times
+    a finite log is 0.0 and 0.0 + y is y for the (negative, never -0.0) second term. Bit for bit
+    against the two-term formula, over the range of the detector's probabilities."""
+    import math
+    import random
+
+    rng = random.Random(3)
+    for _ in range(20_000):
+        p0 = rng.choice([1e-4, 0.9, rng.uniform(1e-4, 0.9)])
+        shift = rng.choice([0.3, rng.uniform(0.01, 0.99)])
+        den = rng.choice([1, 2, rng.randint(1, 5000), rng.uniform(0.5, 400.0)])
+        design = 1.0 + (den - 1.0) * rng.uniform(0.0, 1.0)
+        p1 = p0 + shift * (1.0 - p0)
+        for num in (0, 0.0):
+            both = (num * math.log(p1 / p0) + (den - num) * math.log((1.0 - p1) / (1.0 - p0))) / design
+            one = ((den - num) * math.log((1.0 - p1) / (1.0 - p0))) / design
+            assert math.copysign(1.0, one) == math.copysign(1.0, both) and one == both

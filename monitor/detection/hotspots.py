@@ -481,7 +481,8 @@ class HotspotDetector:
             # rate with ``cusum_prior`` pseudo-sessions, and judged from its upper bound
             # (``cusum_z`` standard errors): a cell with little history faces a higher bar
             xs, ns = raw.get(name, (0.0, 0.0))
-            mu = (xs + cg) / (ns + c)
+            support = ns + c
+            mu = (xs + cg) / support
             # over-dispersion (the key's learned relative excess variance, shrunk to the network's):
             # sessions of one window are not independent (a busy minute, one bad device), so a
             # dense window's evidence is divided by its design effect
@@ -495,19 +496,26 @@ class HotspotDetector:
                     mu = 1e-4
                 if 0.9 < mu:
                     mu = 0.9
-                p0 = mu + zc * sqrt(mu * (1.0 - mu) / (ns + c))
+                q = 1.0 - mu
+                p0 = mu + zc * sqrt(mu * q / support)
                 if 0.9 < p0:
                     p0 = 0.9
-                p1 = p0 + shift * (1.0 - p0)
-                rho = phi_k * mu / (1.0 - mu)
+                q0 = 1.0 - p0
+                p1 = p0 + shift * q0
+                rho = phi_k * mu / q
                 if not rho < 1.0:
                     rho = 1.0
                 design = 1.0 + (den - 1.0) * rho
-                llr = (num * log(p1 / p0) + (den - num) * log((1.0 - p1) / (1.0 - p0))) / design
+                if num:
+                    llr = (num * log(p1 / p0) + (den - num) * log((1.0 - p1) / q0)) / design
+                else:
+                    # no bad session (most windows of drops and stalls): the first term is 0.0, and
+                    # 0.0 + y is y (the second is negative, never -0.0), so one log instead of two
+                    llr = ((den - num) * log((1.0 - p1) / q0)) / design
             elif kind == "mean" and mu > 0:
                 # the window mean against the bound shifted by cusum_shift of the baseline; one
                 # heavy-tailed window can add at most 3 nats
-                base_mu = mu * (1.0 + zc * sqrt(cv2 / (ns + c)))
+                base_mu = mu * (1.0 + zc * sqrt(cv2 / support))
                 delta = shift * mu
                 if min_delta > delta:
                     delta = min_delta
@@ -567,17 +575,24 @@ class HotspotDetector:
         base = self._window_baselines(start_ms)
         lam = 0.5 ** (1.0 / self.key_halflife)
         keys = self._keys
+        # what every key of the window reads, looked up once
+        judge, add_evidence, transition = self._judge, self._add_evidence, self._transition
+        by = self._metric_by()
+        sequential = self.sequential
+        first = sequential[0] if sequential else None
+        min_history, cusum_h, cusum_learn = self.cusum_min_history, self.cusum_h, self.cusum_h / 3
+        width, adapt = self.width_ms, self.adapt_after_windows
         for key, obs in observations.items():
             k = keys.get(key)
             if k is None:
                 k = keys[key] = _Key()   # a new key is judged as a key without state would be
-            scored = self._judge(k, start_ms, obs, base)
+            scored = judge(k, start_ms, obs, base)
             if gap > 1 and not k.active:
                 k.bad_streak = 0
             k.missing = 0
             evidence = None
-            if self.sequential:
-                normal = self._add_evidence(k, obs, base)
+            if sequential:
+                normal = add_evidence(k, obs, base)
                 if k.active and normal:
                     k.cusum.clear()  # a firing key is judged on its latest windows: evidence restarts
                 top = max(k.cusum.values(), default=0.0)
@@ -585,23 +600,26 @@ class HotspotDetector:
                     k.cusum_since_ms = None
                 elif k.cusum_since_ms is None:
                     k.cusum_since_ms = start_ms
-                seasoned = k.seen >= self.cusum_min_history
-                evidence = (top >= self.cusum_h and seasoned, normal)
-                first = self.sequential[0]
+                seasoned = k.seen >= min_history
+                evidence = (top >= cusum_h and seasoned, normal)
                 k.seen += obs[first][1] if first in obs else 0.0
-            v = self._transition(key, k, start_ms, scored, warm, evidence)
+            v = transition(key, k, start_ms, scored, warm, evidence, by)
             verdicts[key] = v
             skip = v.bad or v.active or v.event == "resolve"
-            if v.active and v.since_ms is not None and self.width_ms and \
-                    (start_ms - v.since_ms) // self.width_ms >= self.adapt_after_windows:
+            if v.active and v.since_ms is not None and width and (start_ms - v.since_ms) // width >= adapt:
                 skip = False   # a lasting change is the new normal: learn it (the alert then resolves)
-            if evidence is not None and max(k.cusum.values(), default=0.0) > self.cusum_h / 3:
+            # the key's largest evidence as it stands: _transition leaves it as it was, or empty
+            # (a resolve clears it)
+            if evidence is not None and (top if k.cusum else 0.0) > cusum_learn:
                 skip = True   # evidence building up: keep the window out of the baseline
-            if self.sequential and not (skip and warm):
-                for name in self.sequential:
+            if sequential and not (skip and warm):
+                raw = k.raw
+                for name in sequential:
                     o = obs.get(name)
                     if o is not None and o[1] > 0:
-                        acc = k.raw.setdefault(name, [0.0, 0.0])
+                        acc = raw.get(name)
+                        if acc is None:
+                            acc = raw[name] = [0.0, 0.0]
                         acc[0] = lam * acc[0] + o[0]
                         acc[1] = lam * acc[1] + o[1]
             learn.append((key, obs, skip))
@@ -617,8 +635,9 @@ class HotspotDetector:
 
     def _transition(self, key: str, k: _Key, start_ms: int,
                     scored: Mapping[str, tuple[float, float, float, float]], warm: bool,
-                    evidence: tuple[bool, bool] | None = None) -> Verdict:
-        by = self._metric_by()
+                    evidence: tuple[bool, bool] | None = None, by: Mapping[str, Metric] | None = None) -> Verdict:
+        if by is None:
+            by = self._metric_by()
         bad = strong = False
         clear = True
         worst, worst_rank = None, -math.inf
@@ -653,7 +672,7 @@ class HotspotDetector:
             clear = clear and normal
         if not warm:
             bad = strong = False
-        score = self._score(scored) if warm else 0.0
+        score = self._score(scored) if warm and scored else 0.0   # nothing scored: 0.0
         event = None
         ends = None
         k.windows += 1
@@ -684,7 +703,7 @@ class HotspotDetector:
             else:
                 k.good_streak = 0
             event = "update"
-        metrics = {n: (s[0], s[1], s[2]) for n, s in scored.items()}
+        metrics = {n: (s[0], s[1], s[2]) for n, s in scored.items()} if scored else {}
         return Verdict(key=key, start_ms=start_ms, score=score, bad=bad, active=k.active, event=event,
                        worst=worst, since_ms=k.since_ms if k.active else None, severity=k.severity,
                        metrics=metrics, ends_at_ms=ends)
@@ -799,13 +818,14 @@ class HotspotDetector:
                     within = max(sq / den - mean * mean, 0.0) / (mean * mean)
                     prev = cv2s.get(name)
                     cv2s[name] = within if prev is None else 0.99 * prev + 0.01 * within
+                expected = den * rate
                 st.num = lam_k * st.num + num
-                st.den = lam_k * st.den + den * rate
+                st.den = lam_k * st.den + expected
                 hs = hours.get(name)
                 if hs is None:
                     hs = hours[name] = array("d", _NO_HOURS)
                 hs[h] = lam_k * hs[h] + num
-                hs[h + 1] = lam_k * hs[h + 1] + den * rate
+                hs[h + 1] = lam_k * hs[h + 1] + expected
         for m in self.metrics:
             if m.kind == "level":
                 continue
@@ -925,20 +945,29 @@ class HotspotEngine:
         out: list[Alert] = []
         self.windows += 1
         width = windows[0].width_ms if windows else 60_000
+        cell_region, cell_seen, n = self._cell_region, self._cell_seen, self.windows
+        by_cell: dict[str, Partial] = {}
+        observations = {}
         for p in windows:
-            self._cell_region[p.cell_id] = p.region
-            self._cell_seen[p.cell_id] = self.windows
-        by_cell = {p.cell_id: p for p in windows}
-        verdicts = self.cell_detector.step(start_ms, {c: cell_observation(p) for c, p in by_cell.items()})
+            cell = p.cell_id
+            cell_region[cell] = p.region
+            cell_seen[cell] = n
+            by_cell[cell] = p
+            observations[cell] = cell_observation(p)
+        verdicts = self.cell_detector.step(start_ms, observations)
         self.last_verdicts = verdicts
-        for cell, v in sorted(verdicts.items()):
+        pending = self._pending
+        for cell in sorted(verdicts):
+            v = verdicts[cell]
             p = by_cell.get(cell)
-            region = self._cell_region.get(cell, "")
-            labels = {"cell_id": cell, "region": region}
             if v.bad and not v.active and p is not None:
-                self._pending.setdefault(cell, []).append(p)
-            elif not v.active and v.event != "resolve":
-                self._pending.pop(cell, None)
+                pending.setdefault(cell, []).append(p)
+            elif not v.active and v.event != "resolve" and pending:
+                pending.pop(cell, None)
+            if v.event is None:
+                continue   # nothing to send (most cells, most windows)
+            region = cell_region.get(cell, "")
+            labels = {"cell_id": cell, "region": region}
             if v.event in ("fire", "update") and p is not None:
                 hashes = self._affected.setdefault(cell, set())
                 for q in self._pending.pop(cell, []):
