@@ -277,13 +277,21 @@ async def _paced_run(bootstrap: str, rate: int, seconds: float) -> list[tuple[in
     import orjson
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    # The generator must not hold records it has stamped: ts_ms is set just before the record is
+    # handed to the producer, so any wait of its own between the two counts as the worker's
+    # latency. With aiokafka's default 16 KB batches a full batch behind a slow request blocked
+    # this loop (measured on a loaded machine: up to 250 ms at a time, 1.5 s in a 25-s run), and
+    # a loop running behind its pace never yielded, so the producer's sender could not send what
+    # was stamped. So: the records are made before the clock starts, batches hold ~2 s of a
+    # partition's records at these rates, and the loop yields at least every 32 records.
+    records = list(generate(int(rate * seconds), subscribers=500, seed=11))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024)
     await producer.start()
     started_ms = int(time.time() * 1000)
     try:
         t0 = time.perf_counter()
         sent = 0
-        for topic, key, value in generate(int(rate * seconds), subscribers=500, seed=11):
+        for topic, key, value in records:
             try:
                 rec = orjson.loads(value)
                 rec["ts_ms"] = int(time.time() * 1000)
@@ -295,6 +303,8 @@ async def _paced_run(bootstrap: str, rate: int, seconds: float) -> list[tuple[in
             ahead = sent / rate - (time.perf_counter() - t0)
             if ahead > 0.005:
                 await asyncio.sleep(ahead)
+            elif not sent % 32:
+                await asyncio.sleep(0)
         await producer.flush()
     finally:
         await producer.stop()
