@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from monitor.scoring.core import PartitionCore, _decode_state, _encode_state
-from monitor.records.events import AppEvent, NetworkEvent, TicketEvent
+from monitor.records.events import AppEvent, NetworkEvent, TicketEvent, decode
 from monitor.scoring.features import FEATURES, SubscriberState, apply_event, feature_vector
 from monitor.scoring.risk import LabelRecord, RiskModel, decode_label, encode_label
 
@@ -122,6 +122,46 @@ def test_label_is_the_snapshot_before_the_outcome_and_matures_after_the_horizon(
     assert x[FEATURES.index("drops")] > 0 and x[FEATURES.index("worst_moment")] > 0
     assert core.model.n_labels == 1 and core.model.n_positive["complaint"] == 1
     assert core.states["s1"].snap_ts == T0 + 25 * HOUR  # the next snapshot is pending
+
+
+def test_a_snapshot_taken_before_features_were_added_matures_into_a_label_of_the_full_table():
+    """A state written by a worker whose table was shorter (the account features came after 39
+    others) holds a shorter snapshot: its label is learned, the new features at zero."""
+    core = PartitionCore(0)
+    seen = _record_labels(core)
+    core.process(net(1, bad=True))
+    st = core.states["s1"]
+    old = len(FEATURES) - 4
+    st.snap_x = st.snap_x[:4 * old]
+    core.process(ticket(0, ts=T0 + 10 * HOUR))
+    core.process(net(3, ts=T0 + 25 * HOUR))
+    [rec] = seen
+    assert len(rec.x) == len(FEATURES) and rec.x[old:] == [0.0] * 4 and rec.y == [1, 0, 0]
+    assert core.model.n_labels == 1
+
+
+def test_the_accounts_dates_on_app_and_care_records_become_account_features():
+    """``customer_since_ms`` / ``contract_end_ms`` (decoded as the worker decodes them) set the
+    account features; a prepaid record (no contract end) clears a contract; records without the
+    fields leave the account as it was."""
+    day = 24 * HOUR
+    core = PartitionCore(0)
+    line = (b'{"event_id":"a%d","session_id":"x","subscriber_id":"s1","ts_ms":%d,"kind":"self_service_success",'
+            b'"customer_since_ms":%d,"contract_end_ms":%s}')
+    core.process(decode("app_event.v2", line % (1, T0, T0 - 400 * day, b"%d" % (T0 + 20 * day))))
+    core.process(net(1))
+    st = core.states["s1"]
+    x = dict(zip(FEATURES, feature_vector(st, T0 + MIN)))
+    assert x["in_contract"] == 1.0 and x["out_of_contract"] == 0.0
+    assert 0.6 < x["renewal_due"] < 0.7 and 0.45 < x["new_customer"] < 0.5
+    later = dict(zip(FEATURES, feature_vector(st, T0 + 50 * day)))
+    assert later["in_contract"] == 0.0 and later["renewal_due"] == 0.0 and 0.7 < later["out_of_contract"] < 0.8
+    core.process(ticket(2, ts=T0 + 2 * MIN))   # no account fields: the account stays
+    st = core.states["s1"]
+    assert (st.since_ms, st.contract_end_ms) == (T0 - 400 * day, T0 + 20 * day)
+    core.process(decode("app_event.v2", line % (2, T0 + 3 * MIN, T0 - 400 * day, b"null")))
+    x = dict(zip(FEATURES, feature_vector(core.states["s1"], T0 + 4 * MIN)))
+    assert x["in_contract"] == x["renewal_due"] == x["out_of_contract"] == 0.0 and x["new_customer"] > 0
 
 
 def test_outcomes_after_the_horizon_and_promoters_are_negatives_detractors_positives():
@@ -298,6 +338,7 @@ def test_feature_vector_without_care_or_app_is_the_full_table():
     states = {"a": SubscriberState(last_ts=T0), "b": SubscriberState(last_ts=T0), "c": SubscriberState(last_ts=T0),
               "d": SubscriberState(last_ts=T0)}
     seen = set()
+    n = len(F.FEATURES)
     for i in range(60):
         apply_event(states["a"], net(i, "a", bad=i % 7 == 0))
         apply_event(states["b"], net(i, "b", bad=i % 3 == 0) if i % 5 else ticket(i, "b", ("opened", "resolved")[i % 2]))
@@ -308,5 +349,5 @@ def test_feature_vector_without_care_or_app_is_the_full_table():
             seen.add((bool(st.care_ts), bool(st.app_ts)))
             for dt in (0, MIN, 30 * 24 * 60 * MIN):
                 now = st.last_ts + dt
-                assert struct.pack("<39d", *feature_vector(st, now)) == struct.pack("<39d", *full(st, now))
+                assert struct.pack(f"<{n}d", *feature_vector(st, now)) == struct.pack(f"<{n}d", *full(st, now))
     assert seen == {(False, False), (True, False), (False, True), (True, True)}

@@ -72,6 +72,54 @@ def test_pickle_and_data_only_state_round_trip():
     assert decode_label(blob) == world(1, seed=6)[0]
 
 
+def test_a_model_saved_before_features_were_added_loads_with_what_it_learned():
+    """The feature table grows at its end (the account features came after 39 others): a checkpoint
+    of the shorter table keeps its learned weights; the new features start at their prior weight.
+    A table that differs elsewhere is refused."""
+    m = trained(n=500)
+    old = m.to_state()
+    k = N - 4
+    old["features"] = list(FEATURES[:k])
+    for h in old["heads"].values():
+        for part in ("w", "wa", "sum", "sumsq"):
+            h[part] = {f: v for f, v in h[part].items() if f in old["features"]}
+    loaded = RiskModel.from_state(msgspec.msgpack.decode(msgspec.msgpack.encode(old)))
+    x = world(1, seed=5)[0].x
+    assert x[k:] == [0.0] * (N - k)
+    assert loaded.predict(x) == m.predict(x)
+    assert loaded.n_labels == m.n_labels
+    fresh = RiskModel()
+    for o in OUTCOMES:
+        for f in FEATURES[k:]:
+            assert loaded.heads[o].w[f] == fresh.heads[o].w[f] and loaded.heads[o].sum[f] == 0.0
+    loaded.learn(world(1, seed=7)[0])   # and it learns on
+    old["features"] = ["renamed"] + list(FEATURES[1:k])
+    with pytest.raises(ValueError):
+        RiskModel.from_state(old)
+
+
+def test_the_priors_pull_fades_after_prior_labels_so_a_rare_outcomes_driver_is_learned():
+    """A rare outcome (1 %) driven by a feature the prior gives weight 0: with a pull that never
+    fades (``prior_labels=0``) its weight stays near 0 however many labels come; with a pull that
+    fades after 500 labels it moves most of the way to the truth. Until then both learn alike."""
+    rnd = random.Random(4)
+    rows = []
+    for _ in range(30_000):
+        on = rnd.random() < 0.4
+        z = -5.0 + 1.5 * on
+        rows.append(({"driver": float(on), "noise": rnd.random()}, rnd.random() < 1 / (1 + math.exp(-z))))
+    prior = {"driver": 0.0, "noise": 0.0}
+    fixed = OnlineLogit(lr=0.02, l2=0.1, average=2000, prior=prior, bias=-4.5)
+    fading = OnlineLogit(lr=0.02, l2=0.1, average=2000, prior=prior, bias=-4.5, prior_labels=500)
+    for i, (x, y) in enumerate(rows):
+        fixed.learn(x, y)
+        fading.learn(x, y)
+        if i == 499:
+            assert fading.to_state() == fixed.to_state()
+    assert abs(fixed.wa["driver"]) < 0.3
+    assert 0.9 < fading.wa["driver"] < 2.1, fading.wa
+
+
 def test_seeded_determinism_and_no_input_mutation():
     recs = world(300, seed=3)
     frozen = copy.deepcopy(recs)

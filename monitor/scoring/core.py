@@ -360,6 +360,8 @@ class PartitionCore:
         """Turn the subscriber's pending snapshot into a :class:`LabelRecord` and learn it (or
         hand it to ``label_sink``)."""
         x = unpack(st.snap_x)
+        if len(x) < len(FEATURES):   # taken before features were added (the table only grows at its end)
+            x += [0.0] * (len(FEATURES) - len(x))
         rec = LabelRecord(ts_ms=st.snap_ts, x=x, y=[(st.lab_y >> i) & 1 for i in range(len(OUTCOMES))],
                           partition=self.partition)
         st.snap_ts, st.snap_x, st.lab_y = 0, b"", 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import math
 import struct
+import time
 from collections.abc import Callable
 from hashlib import blake2b
 from sys import intern
@@ -51,6 +52,10 @@ NOTICED_LATENCY_MS = {"voice": 150.0, "video": 300.0, "gaming": 100.0}
 SLOW_DATA_MBPS = 2.0
 WEAK_RSRP_DBM = -100.0  # below this, coverage is marginal indoors (3GPP's "fair" band ends at -100)
 STALL_NOTICED_S = 5.0
+# The account (app and care records enriched from the operator's CRM, when the feed carries it):
+YEAR_MS = 365 * DAY_MS
+CONTRACT_FREE_HALF_LIFE_MS = 90 * DAY_MS  # "recently out of contract" fades over a quarter or two
+RENEWAL_WINDOW_MS = 60 * DAY_MS  # the usual renewal-offer window before a contract's end
 
 
 def session_severity(ev: NetworkEvent) -> tuple[float, str]:
@@ -141,6 +146,9 @@ class SubscriberState(msgspec.Struct, array_like=True, kw_only=True):
     billing_d: float = 0.0
     handling_d: float = 0.0  # reopened, escalated, not fixed at first contact, slow resolution
     handling_g: float = 0.0
+    # the account, as the latest enriched app or care record gave it (0: not known)
+    since_ms: int = 0  # customer since
+    contract_end_ms: int = 0  # the contract's end (0 with since_ms: no fixed-term contract)
 
 
 def event_key(event_id: str) -> bytes:
@@ -394,6 +402,8 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         st.handling_g *= kg
         if ev.region is not None and st.region is None:
             st.region = ev.region
+        if ev.customer_since_ms is not None:
+            _take_account(st, ev)
         action = ev.action
         hurt = 0.0
         if action == "opened":
@@ -433,6 +443,8 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         st.app_d *= kd
         if ev.region is not None and st.region is None:
             st.region = ev.region
+        if ev.customer_since_ms is not None:
+            _take_account(st, ev)
         kind = ev.kind
         if ev.feature == "network_check":
             st.checks_d += 1
@@ -444,6 +456,21 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
             st.app_d += 1
         elif kind == "survey_answer" and ev.nps is not None:
             st.nps, st.nps_ts = ev.nps, ts
+
+
+def _take_account(st: SubscriberState, ev: TicketEvent | AppEvent) -> None:
+    """The account's dates of an enriched record (``customer_since_ms`` set); no contract end
+    means no fixed-term contract. The latest record read wins (the CRM's dates change rarely)."""
+    since = ev.customer_since_ms
+    if since != st.since_ms:
+        st.since_ms = since
+    end = ev.contract_end_ms or 0
+    if end != st.contract_end_ms:
+        st.contract_end_ms = end
+
+
+def _date(ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
 
 
 class Feature(NamedTuple):
@@ -576,6 +603,20 @@ FEATURE_TABLE: tuple[Feature, ...] = (
             lambda st, v: ("segment", "business plan", v)),
     Feature("premium", 0.3, "1.0 if st.segment == 'premium' else 0.0",
             lambda st, v: ("segment", "premium plan", v)),
+    # the account (enriched records only; 0.0 where the feed has no account fields). Prior weight 0:
+    # the hand-written prior says nothing of contracts or tenure, whatever they weigh is learned
+    Feature("in_contract", 0.0, "1.0 if st.contract_end_ms > now_ms else 0.0",
+            lambda st, v: ("contract", f"in contract until {_date(st.contract_end_ms)}", v)),
+    Feature("renewal_due", 0.0,
+            "1.0 - (st.contract_end_ms - now_ms) / RENEWAL_WINDOW_MS"
+            " if 0 < st.contract_end_ms - now_ms < RENEWAL_WINDOW_MS else 0.0",
+            lambda st, v: ("contract", f"contract ends on {_date(st.contract_end_ms)}", fast_round(v, 2))),
+    Feature("out_of_contract", 0.0,
+            "0.5 ** ((now_ms - st.contract_end_ms) / CONTRACT_FREE_HALF_LIFE_MS)"
+            " if 0 < st.contract_end_ms <= now_ms else 0.0",
+            lambda st, v: ("contract", f"out of contract since {_date(st.contract_end_ms)}", fast_round(v, 2))),
+    Feature("new_customer", 0.0, "YEAR_MS / (YEAR_MS + now_ms - st.since_ms) if 0 < st.since_ms <= now_ms else 0.0",
+            lambda st, v: ("tenure", f"customer since {_date(st.since_ms)}", fast_round(v, 2))),
 )
 #: feature names, in the order of :func:`feature_vector`
 FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURE_TABLE)

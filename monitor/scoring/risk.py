@@ -71,6 +71,12 @@ COLD_CALIBRATION: dict[str, tuple[float, float]] = {"complaint": (0.26, -5.6), "
 #: (a slope at zero would tie every subscriber; a negative one would invert the list)
 MIN_CALIBRATION_SLOPE = 0.05
 LEARN_HORIZON_H = 24.0
+#: the prior's L2 pull fades after this many labels (``OnlineLogit(prior_labels=...)``): the prior
+#: weighs about as much as a thousand labels, a tenth of a day's at 10,000 subscribers. Until
+#: 2026-12-07 the pull never faded (0): with 0.1 per label it held every weight within a few
+#: hundredths of the prior however many labels came, the main reason learning added nothing
+#: (docs/MODEL.md "Learning what the prior does not know"). Set by that reasoning, not tuned.
+PRIOR_LABELS = 1000
 #: who works which list: each team ranks subscribers by the probability of its outcome
 TEAMS: dict[str, str] = {"care": "complaint", "retention": "churn"}
 #: upper bounds of the risk bands the gauges count subscribers in (headline score), and their labels
@@ -132,6 +138,11 @@ class OnlineLogit:
         SGD step in standardised coordinates (a unit-variance feature moves by ``lr * error``).
     l2
         Pull of each standardised weight towards its prior, per row.
+    prior_labels
+        The pull stays ``l2`` for the first ``prior_labels`` rows, then fades as
+        ``l2 * prior_labels / n``: the prior then weighs like a fixed number of rows, as a Gaussian
+        prior does in a MAP fit, so the data outweigh it as they accumulate. 0: it never fades
+        (a pull that grows with the data, which keeps the weights near the prior for ever).
     average
         Polyak averaging window in rows: predictions use the running mean of the last ~``average``
         weight vectors (0: the latest weights). Averaging is what lets one pass match a batch fit.
@@ -148,9 +159,11 @@ class OnlineLogit:
     """
 
     def __init__(self, *, lr: float = 0.05, l2: float = 0.0, average: int = 1000,
-                 prior: Mapping[str, float] | None = None, bias: float = 0.0, scale: bool = True) -> None:
+                 prior: Mapping[str, float] | None = None, bias: float = 0.0, scale: bool = True,
+                 prior_labels: int = 0) -> None:
         self.lr = lr
         self.l2 = l2
+        self.prior_labels = prior_labels
         self.average = average
         self.prior = dict(prior or {})
         self.bias = bias
@@ -194,6 +207,8 @@ class OnlineLogit:
         zc = self.b + sum(w[k] * v for k, v in x.items() if v)
         g = (_sigmoid(zc) - float(y)) * weight
         lr, l2, prior = self.lr, self.l2, self.prior
+        if self.prior_labels and self.n > self.prior_labels:
+            l2 = l2 * self.prior_labels / self.n
         coords = []
         norm2 = 1.0  # the intercept's coordinate
         for k in self.sum:
@@ -224,10 +239,13 @@ class OnlineLogit:
                 "sum": dict(self.sum), "sumsq": dict(self.sumsq)}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        self.w = {str(k): float(v) for k, v in state["w"].items()}
-        self.wa = {str(k): float(v) for k, v in state["wa"].items()}
-        self.sum = {str(k): float(v) for k, v in state["sum"].items()}
-        self.sumsq = {str(k): float(v) for k, v in state["sumsq"].items()}
+        """Take a :meth:`to_state`; a key of the prior that the state lacks (a feature added since
+        it was saved) starts at its prior weight with no statistics."""
+        self.w = {**self.prior, **{str(k): float(v) for k, v in state["w"].items()}}
+        self.wa = {**self.prior, **{str(k): float(v) for k, v in state["wa"].items()}}
+        zeros = dict.fromkeys(self.prior, 0.0)
+        self.sum = {**zeros, **{str(k): float(v) for k, v in state["sum"].items()}}
+        self.sumsq = {**zeros, **{str(k): float(v) for k, v in state["sumsq"].items()}}
         self.b, self.ba, self.n = float(state["b"]), float(state["ba"]), int(state["n"])
 
 
@@ -307,7 +325,7 @@ class RiskModel:
 
     Parameters
     ----------
-    lr, l2, average
+    lr, l2, average, prior_labels
         The heads' :class:`OnlineLogit` hyper-parameters (docs/MODEL.md: how they were chosen).
     learn_horizon_hours
         A label says whether the outcome happened within this many hours of its snapshot.
@@ -324,9 +342,10 @@ class RiskModel:
 
     def __init__(self, *, lr: float = 0.02, l2: float = 0.1, average: int = 5000,
                  learn_horizon_hours: float = LEARN_HORIZON_H, calibration_lr: float = 0.01,
-                 use_prior: bool = True, seed: int = 0) -> None:
+                 use_prior: bool = True, seed: int = 0, prior_labels: int = PRIOR_LABELS) -> None:
         self.lr = lr
         self.l2 = l2
+        self.prior_labels = prior_labels
         self.average = average
         self.learn_horizon_hours = learn_horizon_hours
         self.calibration_lr = calibration_lr
@@ -341,7 +360,8 @@ class RiskModel:
             pw = [w * scale for w in PRIOR_WEIGHTS] if use_prior else [0.0] * len(FEATURES)
             pb = PRIOR_BIAS + OUTCOME_BIAS_OFFSET[o]
             self.prior_heads[o] = (pw, pb)
-            self.heads[o] = OnlineLogit(lr=lr, l2=l2, average=average, prior=dict(zip(FEATURES, pw)), bias=pb)
+            self.heads[o] = OnlineLogit(lr=lr, l2=l2, average=average, prior=dict(zip(FEATURES, pw)), bias=pb,
+                                        prior_labels=prior_labels)
         #: per outcome the Platt calibrator's (a, c); the cold start was fitted to the prior's
         #: log-odds, so a model learned from zero starts at the identity
         self.calib: dict[str, list[float]] = {o: list(COLD_CALIBRATION[o]) if use_prior else [1.0, 0.0]
@@ -489,7 +509,7 @@ class RiskModel:
         lost at every restart and rebalance. ``tests/test_security.py`` round-trips a trained
         model and compares its predictions."""
         return {"kind": "satmon-risk-v2",
-                "params": {"lr": self.lr, "l2": self.l2, "average": self.average,
+                "params": {"lr": self.lr, "l2": self.l2, "average": self.average, "prior_labels": self.prior_labels,
                            "learn_horizon_hours": self.learn_horizon_hours,
                            "calibration_lr": self.calibration_lr, "use_prior": self.use_prior, "seed": self.seed},
                 "features": list(FEATURES), "heads": {o: h.to_state() for o, h in self.heads.items()},
@@ -499,7 +519,10 @@ class RiskModel:
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "RiskModel":
-        if state.get("kind") != "satmon-risk-v2" or list(state["features"]) != list(FEATURES):
+        saved = list(state.get("features", ()))
+        # the table only grows at its end: a model saved before features were added loads, the new
+        # ones at their prior weight (what was learned is kept across the upgrade)
+        if state.get("kind") != "satmon-risk-v2" or not saved or saved != list(FEATURES)[:len(saved)]:
             raise ValueError("not a satmon-risk-v2 model state for these features")
         model = cls(**state["params"])
         for o, hs in state["heads"].items():
