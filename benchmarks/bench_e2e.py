@@ -201,7 +201,10 @@ def run_satmon(broker: str, n: int, partitions: int, *, timeout_s: float = 600, 
                         "events_per_cpu_s": round((count - c0) / cpu) if cpu > 0 else None,
                         "stage_s_per_million_events": stage_profile(stages0, _stages(text), count - c0, cpu),
                         "note": f"timed by polling /metrics every {poll_s:g} s"}
-            time.sleep(poll_s)  # a scrape costs the worker CPU: poll gently (the rate is exact at poll instants)
+            # A scrape costs the worker CPU: poll gently once counting (the rate is exact at poll
+            # instants), but finely before the first event, or a short run (5,000 events take
+            # ~0.2 s) can start and finish between two polls and leave no interval to time.
+            time.sleep(poll_s if t0 is not None else min(poll_s, 0.02))
         raise RuntimeError("satmon worker did not finish: " + proc.stderr.read(4000).decode(errors="replace"))
     finally:
         proc.terminate()
