@@ -158,6 +158,27 @@ async def send_outputs(out: Outputs, producer: Any, clock: Any = None, *,
     return futures
 
 
+#: event-loop turns the drain loop gives other tasks between two batches: at least the first
+#: (new I/O is only seen by a turn's select), at most the second (:func:`_let_others_run`)
+MIN_YIELDS_PER_BATCH, MAX_YIELDS_PER_BATCH = 4, 16
+
+
+async def _let_others_run(ready: Any) -> None:
+    """Yield to the event loop for :data:`MIN_YIELDS_PER_BATCH` turns, then until nothing else is
+    ready to run (``ready``: the loop's queue of ready callbacks, None where the loop has none), at
+    most :data:`MAX_YIELDS_PER_BATCH` turns. A turn with nothing else to do costs a select with a
+    zero timeout (a few microseconds).
+
+    A batch has no await point but its hand-over to the producer, and that no longer waits
+    (:data:`MAX_QUEUED_BATCHES`): with one turn per batch an HTTP request, which needs a few turns
+    (accept, read, handler, write), advanced one step per batch, and a ``/metrics`` scrape at full
+    load took 80 ms at the median and 250 ms at p90 (27 and 100 when the hand-over still waited)."""
+    for turn in range(1, MAX_YIELDS_PER_BATCH + 1):
+        await asyncio.sleep(0)
+        if turn >= MIN_YIELDS_PER_BATCH and not ready:   # nothing else wants the loop now
+            return
+
+
 _pack_h = struct.Struct(">h").pack
 _pack_i = struct.Struct(">i").pack
 _pack_ii = struct.Struct(">ii").pack
@@ -588,10 +609,11 @@ class FastConsumer(faust_aiokafka.Consumer):
         tick = getattr(handler, "tick", None)
         pop_inherited = getattr(handler, "pop_inherited_floors", None)
         next_tick = time.monotonic() + TICK_S
+        ready = getattr(asyncio.get_running_loop(), "_ready", None)
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 records, active = await self._wait_next_records(1.0)
-                await asyncio.sleep(0)
+                await _let_others_run(ready)
                 if tick is not None and time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_S
                     if self.flow_active and not self.suspend_flow.is_set():
