@@ -388,7 +388,9 @@ class HotspotStage:
     partition (:class:`~monitor.detection.windows.WindowMerger`) and run the hot-spot engine over complete
     windows (:class:`~monitor.detection.hotspots.HotspotEngine`), returning ``alert.v1`` records.
 
-    Low volume (one batch per source per closed window), so it runs as an ordinary Faust agent.
+    In the worker it runs on the batched path: ``satmon-cell-windows`` is a side topic of the fast
+    consumer (``SatmonApp.satmon_side_handlers``), a batch's offsets acknowledged once its alerts and
+    incidents are with the producer, like the inputs'.
     Detector baselines live in memory: a restarted or reassigned owner relearns them.
 
     With ``data_drift`` (default) the engine also runs a :class:`~monitor.detection.drift.DataDriftMonitor`
