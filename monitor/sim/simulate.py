@@ -623,17 +623,17 @@ class Simulator:
         #: ``account_fields``) or nothing
         self._account = self._account_suffixes(config)
 
-    def _account_suffixes(self, config: "SimConfig") -> list[str]:
+    def _account_suffixes(self, config: "SimConfig") -> np.ndarray:
         """The account fields as they end each subscriber's app and care records: when they became a
         customer and when their contract ends (``null``: none, e.g. prepaid), whole days as the CRM
         keeps them. Empty strings without them (v2, or ``account_fields`` off)."""
         if self.people is None or not config.account_fields:
-            return [""] * self.world.n
+            return np.full(self.world.n, "", dtype=object)
         since = self.start_ms - self.people.tenure_months.astype(np.float64) * (30.4375 * DAY_MS)
         since = (since // DAY_MS * DAY_MS).astype(np.int64)
         end = self.people.contract_end_ms
-        return [',"customer_since_ms":%d,"contract_end_ms":%s' % (s, "null" if e != e else "%d" % (e // DAY_MS * DAY_MS))
-                for s, e in zip(since.tolist(), end.tolist())]
+        return np.array([',"customer_since_ms":%d,"contract_end_ms":%s' % (s, "null" if e != e else "%d" % (e // DAY_MS * DAY_MS))
+                         for s, e in zip(since.tolist(), end.tolist())], dtype=object)
 
     # -- labels ---------------------------------------------------------------------------------
 
@@ -950,7 +950,7 @@ class Simulator:
         cols = (range(first, first + k), range(sess0, sess0 + k), subs.tolist(), ts.tolist(), kinds[kind].tolist(),
                 feat.tolist(), err.tolist(), ["null"] * k, np.array(APP_VERSIONS, dtype=object)[version].tolist(),
                 self._region_names[w.cell_region[w.home[subs]]].tolist(), self._segment_names[seg].tolist(),
-                [self._account[s] for s in subs.tolist()])
+                self._account[subs].tolist())
         tmpl = self._app
         return [tmpl % row for row in zip(*cols)], cols[2], cols[3]
 
