@@ -351,3 +351,60 @@ def test_feature_vector_without_care_or_app_is_the_full_table():
                 now = st.last_ts + dt
                 assert struct.pack(f"<{n}d", *feature_vector(st, now)) == struct.pack(f"<{n}d", *full(st, now))
     assert seen == {(False, False), (True, False), (False, True), (True, True)}
+
+
+def test_care_and_app_decays_are_the_plain_decay_of_every_counter():
+    """apply_event decays a ticket's (app event's) counters only when time has passed and leaves a
+    counter at 0.0 unwritten: the same state, float for float, as decaying every care (app) counter
+    by ``_decay`` first and then applying the event with no time passed. Tickets of every action and
+    app events of every kind, with gaps of zero, minutes, days and backwards, amid network sessions."""
+    import random
+
+    import msgspec
+
+    from monitor.scoring import features as F
+
+    care = {"complaints": F.CARE_HALF_LIFE_MS, "billing": F.CARE_HALF_LIFE_MS, "reopened": F.CARE_HALF_LIFE_MS,
+            "escalated": F.CARE_HALF_LIFE_MS, "fcr_fail": F.CARE_HALF_LIFE_MS, "complaint_d": F.DOSE_HALF_LIFE_MS,
+            "billing_d": F.DOSE_HALF_LIFE_MS, "handling_d": F.DOSE_HALF_LIFE_MS, "handling_g": F.GRUDGE_HALF_LIFE_MS}
+    app = {"app_fail": F.APP_HALF_LIFE_MS, "bot_human": F.APP_HALF_LIFE_MS, "checks_d": F.DOSE_HALF_LIFE_MS,
+           "app_d": F.DOSE_HALF_LIFE_MS}
+
+    def plain(st: SubscriberState, ev: TicketEvent | AppEvent) -> SubscriberState:
+        ref = copy.copy(st)
+        stamp, counters = ("care_ts", care) if isinstance(ev, TicketEvent) else ("app_ts", app)
+        last = getattr(ref, stamp)
+        dt = ev.ts_ms - last if last else 0
+        for name, half_life in counters.items():
+            setattr(ref, name, getattr(ref, name) * F._decay(dt, half_life))
+        setattr(ref, stamp, max(ev.ts_ms, last))
+        apply_event(ref, ev)   # no time passed for its counters now: the event's own increments
+        return ref
+
+    encode = msgspec.msgpack.encode
+    rnd = random.Random(4)
+    actions = ("opened", "updated", "escalated", "reopened", "resolved")
+    kinds = ("self_service_success", "self_service_failure", "bot_to_human", "error", "survey_answer")
+    st, ts, checked = SubscriberState(last_ts=T0), T0, 0
+    for i in range(3000):
+        ts += rnd.choice((0, 0, MIN, 30 * MIN, 26 * HOUR, 9 * 24 * HOUR, -5 * MIN))
+        r = rnd.random()
+        if r < 0.5:
+            apply_event(st, net(i, bad=rnd.random() < 0.3, ts=ts))
+            continue
+        if r < 0.75:
+            action = rnd.choice(actions)
+            ev = TicketEvent(event_id=f"t{i}", ticket_id="tk", subscriber_id="s1", ts_ms=ts, channel="chat",
+                             category=rnd.choice(("network", "billing")), action=action,
+                             resolution_minutes=rnd.choice((30.0, 600.0, 3000.0)) if action == "resolved" else None,
+                             first_contact_resolution=rnd.choice((True, False, None)))
+        else:
+            kind = rnd.choice(kinds)
+            ev = AppEvent(event_id=f"a{i}", session_id="x", subscriber_id="s1", ts_ms=ts, kind=kind,
+                          feature=rnd.choice(("network_check", "billing", None)),
+                          nps=rnd.randrange(11) if kind == "survey_answer" else None)
+        want = plain(st, ev)
+        apply_event(st, ev)
+        assert encode(st) == encode(want), (i, ev)
+        checked += 1
+    assert checked > 1000 and st.complaints and st.handling_g and st.app_d and st.bot_human

@@ -274,7 +274,7 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         if dt > 0:   # the decays of every half-life, inline (_decay's formula; a call each cost ~5 %)
             k = 0.5 ** (dt / NET_HALF_LIFE_MS)
             e = 0.5 ** (dt / EW_HALF_LIFE_MS)
-            kd = 0.5 ** (dt / DOSE_HALF_LIFE_MS)
+            kd = k   # 0.5 ** (dt / DOSE_HALF_LIFE_MS): the same half-life (asserted below apply_event)
             kg = 0.5 ** (dt / GRUDGE_HALF_LIFE_MS)
             kr = 0.5 ** (dt / RECENT_HALF_LIFE_MS)
             kb = 0.5 ** (dt / BURDEN_HALF_LIFE_MS)
@@ -386,20 +386,42 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
             if v:
                 st.recent_sev = v * kr
     elif isinstance(ev, TicketEvent):
-        dt = ts - st.care_ts if st.care_ts else 0
-        k = _decay(dt, CARE_HALF_LIFE_MS)
-        kd = _decay(dt, DOSE_HALF_LIFE_MS)
-        kg = _decay(dt, GRUDGE_HALF_LIFE_MS)
-        st.care_ts = max(ts, st.care_ts)
-        st.complaints *= k
-        st.billing *= k
-        st.reopened *= k
-        st.escalated *= k
-        st.fcr_fail *= k
-        st.complaint_d *= kd
-        st.billing_d *= kd
-        st.handling_d *= kd
-        st.handling_g *= kg
+        # As for a session: decays inline, and a counter or dose at 0.0 is not written (0.0 * k
+        # is 0.0). With no time passed (dt <= 0) every factor is 1.0 and nothing is decayed.
+        care_ts = st.care_ts
+        dt = ts - care_ts if care_ts else 0
+        if dt > 0:
+            k = 0.5 ** (dt / CARE_HALF_LIFE_MS)
+            kd = 0.5 ** (dt / DOSE_HALF_LIFE_MS)
+            v = st.complaints
+            if v:
+                st.complaints = v * k
+            v = st.billing
+            if v:
+                st.billing = v * k
+            v = st.reopened
+            if v:
+                st.reopened = v * k
+            v = st.escalated
+            if v:
+                st.escalated = v * k
+            v = st.fcr_fail
+            if v:
+                st.fcr_fail = v * k
+            v = st.complaint_d
+            if v:
+                st.complaint_d = v * kd
+            v = st.billing_d
+            if v:
+                st.billing_d = v * kd
+            v = st.handling_d
+            if v:
+                st.handling_d = v * kd
+            v = st.handling_g
+            if v:
+                st.handling_g = v * 0.5 ** (dt / GRUDGE_HALF_LIFE_MS)
+        if ts > care_ts:
+            st.care_ts = ts
         if ev.region is not None and st.region is None:
             st.region = ev.region
         if ev.customer_since_ms is not None:
@@ -430,17 +452,29 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
                 hurt += 0.5
             if st.last_resolution_min > 240.0:  # longer than a working morning
                 hurt += min(1.0, st.last_resolution_min / 1440.0)
-        st.handling_d += hurt
-        st.handling_g += hurt
+        if hurt:
+            st.handling_d += hurt
+            st.handling_g += hurt
     else:
-        dt = ts - st.app_ts if st.app_ts else 0
-        k = _decay(dt, APP_HALF_LIFE_MS)
-        kd = _decay(dt, DOSE_HALF_LIFE_MS)
-        st.app_ts = max(ts, st.app_ts)
-        st.app_fail *= k
-        st.bot_human *= k
-        st.checks_d *= kd
-        st.app_d *= kd
+        app_ts = st.app_ts
+        dt = ts - app_ts if app_ts else 0
+        if dt > 0:
+            k = 0.5 ** (dt / APP_HALF_LIFE_MS)
+            kd = 0.5 ** (dt / DOSE_HALF_LIFE_MS)
+            v = st.app_fail
+            if v:
+                st.app_fail = v * k
+            v = st.bot_human
+            if v:
+                st.bot_human = v * k
+            v = st.checks_d
+            if v:
+                st.checks_d = v * kd
+            v = st.app_d
+            if v:
+                st.app_d = v * kd
+        if ts > app_ts:
+            st.app_ts = ts
         if ev.region is not None and st.region is None:
             st.region = ev.region
         if ev.customer_since_ms is not None:
@@ -456,6 +490,11 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
             st.app_d += 1
         elif kind == "survey_answer" and ev.nps is not None:
             st.nps, st.nps_ts = ev.nps, ts
+
+
+
+# apply_event decays a session's doses with the network counters' factor
+assert DOSE_HALF_LIFE_MS == NET_HALF_LIFE_MS, "apply_event: kd = k"
 
 
 def _take_account(st: SubscriberState, ev: TicketEvent | AppEvent) -> None:
