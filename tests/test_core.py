@@ -322,21 +322,27 @@ def test_fast_round_is_round_bit_for_bit():
 
 def test_feature_vector_without_care_or_app_is_the_full_table():
     """feature_vector writes a care (app) feature as the constant 0.0 while the subscriber has no
-    ticket (app event) yet: the same floats, sign of zero included, as the table's expressions."""
+    ticket (app event) yet, and an account feature while it has neither: the same floats, sign of
+    zero included, as the table's expressions."""
     import struct
 
     from monitor.scoring import features as F
 
     full_items = F._vector_source(())
     src = F._FEATURE_VECTOR_SOURCE
-    for absent in (F._CARE_DECAYS + F._APP_DECAYS, F._CARE_DECAYS, F._APP_DECAYS):
+    for absent in (F._CARE_DECAYS + F._APP_DECAYS + F._ACCOUNT, F._CARE_DECAYS, F._APP_DECAYS):
+        assert F._vector_source(absent) in src
         src = src.replace(F._vector_source(absent), full_items)
     namespace = dict(vars(F))
     exec(compile(src, "<full>", "exec"), namespace)  # noqa: S102
     full = namespace["feature_vector"]
     assert src != F._FEATURE_VECTOR_SOURCE
-    states = {"a": SubscriberState(last_ts=T0), "b": SubscriberState(last_ts=T0), "c": SubscriberState(last_ts=T0),
-              "d": SubscriberState(last_ts=T0)}
+    # app and care records with the account's dates, as the CRM-enriched feed writes them and the
+    # worker decodes them: a contract ending in ten days (renewal due, then out of contract)
+    day = 24 * 60 * MIN
+    enriched = (b'{"event_id":"a%d","session_id":"x","subscriber_id":"%s","ts_ms":%d,"kind":"survey_answer",'
+                b'"nps":%d,"customer_since_ms":%d,"contract_end_ms":%d}')
+    states = {sub: SubscriberState(last_ts=T0) for sub in "abcde"}
     seen = set()
     n = len(F.FEATURES)
     for i in range(60):
@@ -345,12 +351,17 @@ def test_feature_vector_without_care_or_app_is_the_full_table():
         apply_event(states["c"], net(i, "c", bad=i % 4 == 0) if i % 6 else survey(i, i % 11, "c"))
         apply_event(states["d"], net(i, "d", bad=i % 2 == 0) if i % 4 else
                     ticket(i, "d") if i % 8 else survey(i, 3, "d"))
+        apply_event(states["e"], net(i, "e", bad=i % 5 == 0) if i % 9 != 4 else
+                    decode("app_event.v2", enriched % (i, b"e", T0 + i * MIN, i % 11, T0 - 200 * day, T0 + 10 * day)))
         for st in states.values():
-            seen.add((bool(st.care_ts), bool(st.app_ts)))
-            for dt in (0, MIN, 30 * 24 * 60 * MIN):
+            seen.add((bool(st.care_ts), bool(st.app_ts), bool(st.since_ms)))
+            for dt in (0, MIN, 5 * day, 30 * day):
                 now = st.last_ts + dt
                 assert struct.pack(f"<{n}d", *feature_vector(st, now)) == struct.pack(f"<{n}d", *full(st, now))
-    assert seen == {(False, False), (True, False), (False, True), (True, True)}
+    assert seen == {(False, False, False), (True, False, False), (False, True, False), (True, True, False),
+                    (False, True, True)}
+    x = dict(zip(F.FEATURES, feature_vector(states["e"], states["e"].last_ts + 5 * day)))
+    assert x["in_contract"] == 1.0 and x["renewal_due"] > 0 and x["new_customer"] > 0
 
 
 def test_care_and_app_decays_are_the_plain_decay_of_every_counter():

@@ -687,6 +687,9 @@ def _inline_max(expression: str) -> str:
 #: the decay factors of the care counters and doses, and of the app ones (see :class:`Feature`)
 _CARE_DECAYS = ("kc", "kcd", "kcg")
 _APP_DECAYS = ("ka", "kad")
+#: what a feature reading the account's dates depends on (for :func:`_vector_source`)
+_ACCOUNT = ("account",)
+_ACCOUNT_FIELDS = frozenset(("since_ms", "contract_end_ms"))
 
 
 def _vector_source(absent: tuple[str, ...]) -> str:
@@ -694,12 +697,16 @@ def _vector_source(absent: tuple[str, ...]) -> str:
 
     A subscriber with no ticket yet (``care_ts`` 0: event times are positive) has every care field
     at its default and the care factors at 0.0, so each such feature is ``0.0 * 0.0`` (or a clamp at
-    zero times 0.0): +0.0, the constant. The same for the app's. A subscriber with only network
-    events skips 14 of the 39 products."""
+    zero times 0.0): +0.0, the constant. The same for the app's. A feature reading the account's
+    dates depends on ``account`` (:data:`_ACCOUNT`): only an app or care record sets them, so with
+    neither both are 0 and each account feature is its ``else 0.0`` (``now_ms`` is an event time,
+    positive). A subscriber with only network events skips 18 of the 43 products."""
     items = []
     for f in FEATURE_TABLE:
-        names = {n.id for n in ast.walk(ast.parse(f.extract, mode="eval")) if isinstance(n, ast.Name)}
-        factors = names & set(_DECAY_NAMES)
+        nodes = list(ast.walk(ast.parse(f.extract, mode="eval")))
+        factors = {n.id for n in nodes if isinstance(n, ast.Name)} & set(_DECAY_NAMES)
+        if any(isinstance(n, ast.Attribute) and n.attr in _ACCOUNT_FIELDS for n in nodes):
+            factors.add(_ACCOUNT[0])
         if factors and factors <= set(absent):
             items.append("0.0")
         else:
@@ -760,7 +767,7 @@ def feature_vector(st, now_ms):
         return [{_vector_source(_APP_DECAYS)}]
     if app_ts:
         return [{_vector_source(_CARE_DECAYS)}]
-    return [{_vector_source(_CARE_DECAYS + _APP_DECAYS)}]
+    return [{_vector_source(_CARE_DECAYS + _APP_DECAYS + _ACCOUNT)}]
 """
 exec(compile(_FEATURE_VECTOR_SOURCE, "<feature_vector>", "exec"))  # noqa: S102 -- the constant table above
 feature_vector: Callable[[SubscriberState, int], list[float]]
