@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from monitor.scoring.features import FEATURES
-from monitor.scoring.risk import OUTCOMES, LabelRecord, OnlineLogit, RiskModel, decode_label, encode_label, roc_auc
+from monitor.scoring.risk import CALIBRATION_WARMUP, OUTCOMES, LabelRecord, OnlineLogit, RiskModel, decode_label, encode_label, roc_auc
 
 N = len(FEATURES)
 BILLING, WORST = FEATURES.index("billing"), FEATURES.index("worst_moment")
@@ -237,3 +237,20 @@ def test_an_outage_subscriber_is_not_certain_and_the_untrained_list_is_calibrate
     quiet, outage = last["sub-quiet"].outcomes, last["sub-outage"].outcomes
     for o in OUTCOMES:
         assert getattr(quiet, o) < 0.05 and 3 * getattr(quiet, o) < getattr(outage, o) < 0.999, (o, quiet, outage)
+
+
+def test_the_calibrator_keeps_its_slope_over_labels_with_nearly_equal_log_odds():
+    """The first labels a worker learns are mostly healthy subscribers whose log-odds differ by
+    hundredths: the calibrator's slope, stepped per deviation of those log-odds, must not move
+    there (its floor took complaint's 0.26 to 0.05 / 0.007 = 7 at the second label, and each step
+    was divided by the deviation squared). With ``calibration_lr=0`` nothing moves at all."""
+    frozen, learning = RiskModel(lr=0.0, calibration_lr=0.0), RiskModel(lr=0.0)
+    x = [0.0] * N
+    for i in range(CALIBRATION_WARMUP):
+        x[WORST] = 0.01 * (i % 3)   # log-odds a few hundredths apart
+        frozen.learn(LabelRecord(ts_ms=i, x=list(x), y=[0, 0, 0]))
+        learning.learn(LabelRecord(ts_ms=i, x=list(x), y=[0, 0, 0]))
+    for o in OUTCOMES:
+        cold_a = RiskModel().calib[o][0]
+        assert frozen.calib[o][0] == pytest.approx(cold_a, rel=1e-9), o
+        assert learning.calib[o][0] == pytest.approx(cold_a, rel=1e-9), (o, learning.calib[o], cold_a)

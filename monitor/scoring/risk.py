@@ -70,6 +70,11 @@ COLD_CALIBRATION: dict[str, tuple[float, float]] = {"complaint": (0.26, -5.6), "
 #: the calibrator's slope never falls below this many log-odds per standard deviation of ``z``
 #: (a slope at zero would tie every subscriber; a negative one would invert the list)
 MIN_CALIBRATION_SLOPE = 0.05
+#: the calibrator's slope learns only once this many labels have shown how the log-odds spread (its
+#: step is taken per deviation of ``z``, and over the first labels, mostly healthy subscribers at
+#: the prior's bias, that deviation is a few hundredths: a slope step there was hundreds of times
+#: too large); its offset learns from the first label
+CALIBRATION_WARMUP = 100
 LEARN_HORIZON_H = 24.0
 #: the prior's L2 pull fades after this many labels (``OnlineLogit(prior_labels=...)``): the prior
 #: weighs about as much as a thousand labels, a tenth of a day's at 10,000 subscribers. Until
@@ -494,9 +499,12 @@ class RiskModel:
         if sd < 1e-6:
             sd = 1.0
         lr = self.calibration_lr
-        alpha = max(a * sd - lr * g * (z - mean) / sd, MIN_CALIBRATION_SLOPE)
         beta = a * mean + c - lr * g
-        a = alpha / sd
+        if n > CALIBRATION_WARMUP:
+            # the floor stops the slope falling below MIN_CALIBRATION_SLOPE; it never raises a
+            # slope that lies below it (flooring ``a * sd`` at a deviation of hundredths multiplied
+            # the slope many times over in one label)
+            a = max(a * sd - lr * g * (z - mean) / sd, min(a * sd, MIN_CALIBRATION_SLOPE)) / sd
         return [a, beta - a * mean]
 
     # -- checkpoints (data only) -------------------------------------------------------------------
