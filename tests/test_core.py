@@ -322,17 +322,20 @@ def test_fast_round_is_round_bit_for_bit():
 
 def test_feature_vector_without_care_or_app_is_the_full_table():
     """feature_vector writes a care (app) feature as the constant 0.0 while the subscriber has no
-    ticket (app event) yet, and an account feature while it has neither: the same floats, sign of
-    zero included, as the table's expressions."""
+    ticket (app event) yet, and an account feature while it has neither, and drops the network
+    factors (1.0) at the instant of the last session: the same floats, sign of zero included, as
+    the table's expressions."""
     import struct
 
     from monitor.scoring import features as F
 
     full_items = F._vector_source(())
     src = F._FEATURE_VECTOR_SOURCE
-    for absent in (F._CARE_DECAYS + F._APP_DECAYS + F._ACCOUNT, F._CARE_DECAYS, F._APP_DECAYS):
-        assert F._vector_source(absent) in src
-        src = src.replace(F._vector_source(absent), full_items)
+    for absent in (F._CARE + F._APP + F._ACCOUNT, F._CARE, F._APP, ()):
+        for at_last_session in (True, False):
+            items = F._vector_source(absent, at_last_session)
+            assert f"[{items}]" in src
+            src = src.replace(f"[{items}]", f"[{full_items}]")
     namespace = dict(vars(F))
     exec(compile(src, "<full>", "exec"), namespace)  # noqa: S102
     full = namespace["feature_vector"]
@@ -343,12 +346,14 @@ def test_feature_vector_without_care_or_app_is_the_full_table():
     enriched = (b'{"event_id":"a%d","session_id":"x","subscriber_id":"%s","ts_ms":%d,"kind":"survey_answer",'
                 b'"nps":%d,"customer_since_ms":%d,"contract_end_ms":%d}')
     states = {sub: SubscriberState(last_ts=T0) for sub in "abcde"}
-    seen = set()
+    seen, at_session = set(), set()
     n = len(F.FEATURES)
     for i in range(60):
         apply_event(states["a"], net(i, "a", bad=i % 7 == 0))
         apply_event(states["b"], net(i, "b", bad=i % 3 == 0) if i % 5 else ticket(i, "b", ("opened", "resolved")[i % 2]))
-        apply_event(states["c"], net(i, "c", bad=i % 4 == 0) if i % 6 else survey(i, i % 11, "c"))
+        apply_event(states["c"], net(i, "c", bad=i % 4 == 0) if i % 6 else survey(i, i % 11, "c") if i % 12 else
+                    AppEvent(event_id=f"f{i}", session_id="x", subscriber_id="c", ts_ms=T0 + i * MIN, kind="error",
+                             feature="network_check"))
         apply_event(states["d"], net(i, "d", bad=i % 2 == 0) if i % 4 else
                     ticket(i, "d") if i % 8 else survey(i, 3, "d"))
         apply_event(states["e"], net(i, "e", bad=i % 5 == 0) if i % 9 != 4 else
@@ -357,9 +362,11 @@ def test_feature_vector_without_care_or_app_is_the_full_table():
             seen.add((bool(st.care_ts), bool(st.app_ts), bool(st.since_ms)))
             for dt in (0, MIN, 5 * day, 30 * day):
                 now = st.last_ts + dt
+                at_session.add((bool(st.care_ts), bool(st.app_ts), now == st.net_ts))
                 assert struct.pack(f"<{n}d", *feature_vector(st, now)) == struct.pack(f"<{n}d", *full(st, now))
     assert seen == {(False, False, False), (True, False, False), (False, True, False), (True, True, False),
                     (False, True, True)}
+    assert len(at_session) == 8   # each case at and after the instant of the last session
     x = dict(zip(F.FEATURES, feature_vector(states["e"], states["e"].last_ts + 5 * day)))
     assert x["in_contract"] == 1.0 and x["renewal_due"] > 0 and x["new_customer"] > 0
 

@@ -680,38 +680,72 @@ class _ClampAtZero(ast.NodeTransformer):
         return node
 
 
-def _inline_max(expression: str) -> str:
-    return ast.unparse(_ClampAtZero().visit(ast.parse(expression, mode="eval")))
+class _AtLastSession(ast.NodeTransformer):
+    """An expression at the instant of the subscriber's last network session: the network factors
+    (:data:`_NET_DECAYS`) are exactly 1.0 and ``net`` is true, so ``E * 1.0`` is written ``E`` and
+    ``A if net else B`` is written ``A``. The same floats: every operand the table multiplies by a
+    factor is a float (a state's float field, or arithmetic on them), and ``x * 1.0`` is ``x``."""
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Mult):
+            if self._is_factor(node.right):
+                return node.left
+            if self._is_factor(node.left):
+                return node.right
+        return node
+
+    def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
+        self.generic_visit(node)
+        return node.body if isinstance(node.test, ast.Name) and node.test.id == "net" else node
+
+    @staticmethod
+    def _is_factor(node: ast.AST) -> bool:
+        return isinstance(node, ast.Name) and node.id in _NET_DECAYS
 
 
-#: the decay factors of the care counters and doses, and of the app ones (see :class:`Feature`)
-_CARE_DECAYS = ("kc", "kcd", "kcg")
-_APP_DECAYS = ("ka", "kad")
-#: what a feature reading the account's dates depends on (for :func:`_vector_source`)
+#: what a feature may depend on besides the network (see :func:`_vector_source`): the care decay
+#: factors and the fields only a ticket sets; the app's factors (the last survey's too) and the
+#: fields only an app event sets; the account's dates, which only an enriched ticket or app event sets
+_CARE = ("kc", "kcd", "kcg", "care")
+_APP = ("ka", "kad", "ks", "app")
 _ACCOUNT = ("account",)
-_ACCOUNT_FIELDS = frozenset(("since_ms", "contract_end_ms"))
+_FIELD_INPUTS = {"open_tickets": "care", "nps": "app", "since_ms": "account", "contract_end_ms": "account"}
+#: the network decay factors (1.0 at the instant of the last session)
+_NET_DECAYS = ("kn", "kr", "kb", "kg")
 
 
-def _vector_source(absent: tuple[str, ...]) -> str:
-    """The list's items, a feature that reads only decay factors in ``absent`` written as ``0.0``.
+def _vector_source(absent: tuple[str, ...], at_last_session: bool = False) -> str:
+    """The list's items: a feature whose inputs are all in ``absent`` written as ``0.0``, the rest
+    as their expressions (``at_last_session``: see :class:`_AtLastSession`).
 
-    A subscriber with no ticket yet (``care_ts`` 0: event times are positive) has every care field
-    at its default and the care factors at 0.0, so each such feature is ``0.0 * 0.0`` (or a clamp at
-    zero times 0.0): +0.0, the constant. The same for the app's. A feature reading the account's
-    dates depends on ``account`` (:data:`_ACCOUNT`): only an app or care record sets them, so with
-    neither both are 0 and each account feature is its ``else 0.0`` (``now_ms`` is an event time,
-    positive). A subscriber with only network events skips 18 of the 43 products."""
+    A feature's inputs are the decay factors it reads and what sets the fields it reads
+    (:data:`_FIELD_INPUTS`). A subscriber with no ticket yet (``care_ts`` 0: event times are
+    positive) has every care field at its default and the care factors at 0.0, so each such feature
+    is ``0.0 * 0.0``, a clamp at zero times 0.0 or ``float(0)``: +0.0, the constant. The same for the
+    app's (``nps`` -1, so the survey's factor is 0.0 and its features their ``else 0.0``). Only an
+    app or care record sets the account's dates, so with neither both are 0 and each account
+    feature is its ``else 0.0`` (``now_ms`` is an event time, positive). A subscriber with only
+    network sessions skips 21 of the 43 features."""
     items = []
     for f in FEATURE_TABLE:
-        nodes = list(ast.walk(ast.parse(f.extract, mode="eval")))
-        factors = {n.id for n in nodes if isinstance(n, ast.Name)} & set(_DECAY_NAMES)
-        if any(isinstance(n, ast.Attribute) and n.attr in _ACCOUNT_FIELDS for n in nodes):
-            factors.add(_ACCOUNT[0])
-        if factors and factors <= set(absent):
+        tree = ast.parse(f.extract, mode="eval")
+        nodes = list(ast.walk(tree))
+        inputs = {n.id for n in nodes if isinstance(n, ast.Name)} & set(_DECAY_NAMES)
+        inputs |= {_FIELD_INPUTS[n.attr] for n in nodes if isinstance(n, ast.Attribute) and n.attr in _FIELD_INPUTS}
+        if inputs and inputs <= set(absent):
             items.append("0.0")
         else:
-            items.append(f"({_inline_max(f.extract)})")
+            if at_last_session:
+                tree = _AtLastSession().visit(tree)
+            items.append(f"({ast.unparse(_ClampAtZero().visit(tree))})")
     return ", ".join(items)
+
+
+def _vector_returns(absent: tuple[str, ...], indent: str) -> str:
+    """:func:`feature_vector`'s two ``return`` statements for one set of absent inputs."""
+    return (f"if at_last_session:\n{indent}    return [{_vector_source(absent, True)}]\n"
+            f"{indent}return [{_vector_source(absent)}]")
 
 
 #: every decay factor (and ``net``) an extraction expression may read
@@ -724,6 +758,7 @@ _FEATURE_VECTOR_SOURCE = f"""
 def feature_vector(st, now_ms):
     net_ts = st.net_ts
     net = bool(net_ts)
+    at_last_session = False
     if net:
         dt = now_ms - net_ts
         if dt > 0:
@@ -733,6 +768,7 @@ def feature_vector(st, now_ms):
             kg = 0.5 ** (dt / GRUDGE_HALF_LIFE_MS)
         else:
             kn = kr = kb = kg = 1.0
+            at_last_session = True   # most calls: scoring the session just applied
     else:
         kn = kr = kb = kg = 0.0
     care_ts = st.care_ts
@@ -762,12 +798,12 @@ def feature_vector(st, now_ms):
     else:
         ks = 0.0
     if care_ts and app_ts:
-        return [{_vector_source(())}]
+        {_vector_returns((), "        ")}
     if care_ts:
-        return [{_vector_source(_APP_DECAYS)}]
+        {_vector_returns(_APP, "        ")}
     if app_ts:
-        return [{_vector_source(_CARE_DECAYS)}]
-    return [{_vector_source(_CARE_DECAYS + _APP_DECAYS + _ACCOUNT)}]
+        {_vector_returns(_CARE, "        ")}
+    {_vector_returns(_CARE + _APP + _ACCOUNT, "    ")}
 """
 exec(compile(_FEATURE_VECTOR_SOURCE, "<feature_vector>", "exec"))  # noqa: S102 -- the constant table above
 feature_vector: Callable[[SubscriberState, int], list[float]]
