@@ -426,3 +426,20 @@ def test_care_and_app_decays_are_the_plain_decay_of_every_counter():
         assert encode(st) == encode(want), (i, ev)
         checked += 1
     assert checked > 1000 and st.complaints and st.handling_g and st.app_d and st.bot_human
+
+
+def test_a_sessions_decays_are_each_half_life_even_down_to_zero():
+    """A bad session, then a good one 50 days later: the recent moments (1 h half-life) decay to
+    exactly 0.0 and are written so, the burden (8 h) and the grudge (14 days) by their own factors;
+    with no time passed a session decays nothing."""
+    st = SubscriberState(last_ts=T0)
+    apply_event(st, net(0, bad=True, ts=T0))
+    apply_event(st, net(1, bad=True, ts=T0))   # the same instant: the factors are 1.0
+    before = copy.copy(st)
+    assert before.recent_sev and before.burden and before.net_g
+    gap = 50 * 24 * HOUR
+    apply_event(st, net(2, ts=T0 + gap))
+    assert 0.5 ** (gap / HOUR) == 0.0 and st.recent_sev == 0.0
+    assert st.burden == before.burden * 0.5 ** (gap / (8 * HOUR)) > 0.0
+    assert st.net_g == before.net_g * 0.5 ** (gap / (14 * 24 * HOUR)) > 0.0
+    assert st.sessions == before.sessions * 0.5 ** (gap / (24 * HOUR)) + 1.0

@@ -271,15 +271,15 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         # floats with fewer attribute reads and no builtin calls (docs/WORKER.md, issue 22).
         net_ts = st.net_ts
         dt = ts - net_ts if net_ts else 0
-        if dt > 0:   # the decays of every half-life, inline (_decay's formula; a call each cost ~5 %)
+        # The decays inline (_decay's formula; a call each cost ~5 %). The grudge, burden and
+        # recent factors (kg, kb, kr) are computed below only for a value they decay that is not
+        # 0.0 (0.0 times any factor is 0.0): a power each, where most subscribers have nothing there.
+        if dt > 0:
             k = 0.5 ** (dt / NET_HALF_LIFE_MS)
             e = 0.5 ** (dt / EW_HALF_LIFE_MS)
             kd = k   # 0.5 ** (dt / DOSE_HALF_LIFE_MS): the same half-life (asserted below apply_event)
-            kg = 0.5 ** (dt / GRUDGE_HALF_LIFE_MS)
-            kr = 0.5 ** (dt / RECENT_HALF_LIFE_MS)
-            kb = 0.5 ** (dt / BURDEN_HALF_LIFE_MS)
         else:
-            k = e = kd = kg = kr = kb = 1.0
+            k = e = kd = 1.0
         a = 1.0 - e if net_ts else 1.0
         if 0.2 > a:
             a = 0.2  # every session moves the recent means
@@ -357,7 +357,9 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
             st.stall_d = v * kd + stall
         v = st.net_g
         if v or cov or late or slow or stall or call_drop:
-            st.net_g = v * kg + 0.2 * cov + late + 0.3 * slow + stall + 2.0 * call_drop
+            if v and dt > 0:
+                v *= 0.5 ** (dt / GRUDGE_HALF_LIFE_MS)
+            st.net_g = v + 0.2 * cov + late + 0.3 * slow + stall + 2.0 * call_drop
         v = st.stalls_s
         if v or stall_s:
             st.stalls_s = v * k + stall_s
@@ -368,23 +370,25 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         burden = st.burden
         if bad:
             sev, what = _graded_severity(ev)
-            st.burden = burden * kb + sev
+            if burden and dt > 0:
+                burden *= 0.5 ** (dt / BURDEN_HALF_LIFE_MS)
+            st.burden = burden + sev
         else:
             sev = 0.0
             if burden:
-                st.burden = burden * kb + 0.0
+                st.burden = (burden * 0.5 ** (dt / BURDEN_HALF_LIFE_MS) if dt > 0 else burden) + 0.0
         worst_sev = st.worst_sev
         if worst_sev:
             st.worst_sev = worst_sev = worst_sev * k
+        recent_sev = st.recent_sev
         if sev > 0.02:
-            recent_sev = st.recent_sev * kr
+            if recent_sev and dt > 0:
+                recent_sev *= 0.5 ** (dt / RECENT_HALF_LIFE_MS)
             st.recent_sev = recent_sev + (1.0 - recent_sev) * sev * 0.6
             if sev >= worst_sev:
                 st.worst_sev, st.worst_what = sev, what
-        else:
-            v = st.recent_sev
-            if v:
-                st.recent_sev = v * kr
+        elif recent_sev and dt > 0:
+            st.recent_sev = recent_sev * 0.5 ** (dt / RECENT_HALF_LIFE_MS)
     elif isinstance(ev, TicketEvent):
         # As for a session: decays inline, and a counter or dose at 0.0 is not written (0.0 * k
         # is 0.0). With no time passed (dt <= 0) every factor is 1.0 and nothing is decayed.
