@@ -714,7 +714,37 @@ class _AtLastSession(ast.NodeTransformer):
 _CARE = ("kc", "kcd", "kcg", "care")
 _APP = ("ka", "kad", "ks", "app")
 _ACCOUNT = ("account",)
-_FIELD_INPUTS = {"open_tickets": "care", "nps": "app", "since_ms": "account", "contract_end_ms": "account"}
+_FIELD_INPUTS = {
+    **dict.fromkeys(("complaints", "billing", "reopened", "escalated", "fcr_fail", "open_tickets",
+                     "last_resolution_min", "complaint_d", "billing_d", "handling_d", "handling_g"), "care"),
+    **dict.fromkeys(("app_fail", "bot_human", "checks_d", "app_d", "nps"), "app"),
+    **dict.fromkeys(("since_ms", "contract_end_ms"), "account"),
+}
+
+
+class _FoldAbsent(ast.NodeTransformer):
+    """Arithmetic reading only absent inputs (their decay factors, 0.0, and fields only their
+    records set, at their defaults: see :func:`_vector_source`) written as its value at those
+    defaults, computed here: in ``trouble_today``, the app's and care's doses of a subscriber
+    without an app event or a ticket."""
+
+    def __init__(self, absent: tuple[str, ...]) -> None:
+        self.absent = set(absent)
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        if not all(self._absent(n) for n in ast.walk(node)):
+            return self.generic_visit(node)
+        factors = {n: 0.0 for n in self.absent & set(_DECAY_NAMES)}
+        return ast.Constant(eval(compile(ast.Expression(node), "<fold>", "eval"),  # noqa: S307 -- the table's
+                                 {"st": _DEFAULT_STATE, **factors}))
+
+    def _absent(self, node: ast.AST) -> bool:
+        if isinstance(node, ast.Attribute):
+            return (isinstance(node.value, ast.Name) and node.value.id == "st"
+                    and _FIELD_INPUTS.get(node.attr) in self.absent)
+        if isinstance(node, ast.Name):
+            return node.id == "st" or node.id in self.absent
+        return isinstance(node, (ast.BinOp, ast.Constant, ast.operator, ast.expr_context))
 #: the network decay factors (1.0 at the instant of the last session)
 _NET_DECAYS = ("kn", "kr", "kb", "kg")
 
@@ -740,6 +770,7 @@ def _vector_source(absent: tuple[str, ...], at_last_session: bool = False) -> st
         if inputs and inputs <= set(absent):
             items.append("0.0")
         else:
+            tree = _FoldAbsent(absent).visit(tree)
             if at_last_session:
                 tree = _AtLastSession().visit(tree)
             items.append(f"({ast.unparse(_ClampAtZero().visit(tree))})")
@@ -754,6 +785,8 @@ def _vector_returns(absent: tuple[str, ...], indent: str) -> str:
 
 #: every decay factor (and ``net``) an extraction expression may read
 _DECAY_NAMES = ("kn", "kc", "ka", "ks", "kr", "kb", "net", "kg", "kcd", "kcg", "kad")
+#: every field at its default (what :class:`_FoldAbsent` evaluates at)
+_DEFAULT_STATE = SubscriberState(last_ts=0)
 
 
 # The table's extraction expressions as one compiled function (the table is code of this module),
