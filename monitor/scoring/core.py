@@ -64,6 +64,10 @@ STATE_CACHE_PER_PARTITION = 250_000
 EVICT_EVERY = 20_000
 
 _encode_state = msgspec.msgpack.Encoder().encode
+#: a new subscriber's state is a copy of this one (a struct's copy shares its field values; the
+#: constructor matches 56 defaults to keywords): equal to ``SubscriberState(last_ts=t)`` once
+#: ``last_ts`` is set
+_NEW_STATE = SubscriberState(last_ts=0)
 _decode_state = msgspec.msgpack.Decoder(SubscriberState).decode
 
 log = logging.getLogger(__name__)
@@ -224,7 +228,8 @@ class PartitionCore:
 
     def take_dirty(self) -> dict[str, bytes | None]:
         """Serialized states changed since the last call; ``None`` for evicted subscribers."""
-        out: dict[str, bytes | None] = {sid: _encode_state(self.states[sid]) for sid in self.dirty if sid in self.states}
+        states, encode = self.states, _encode_state
+        out: dict[str, bytes | None] = {sid: encode(st) for sid in self.dirty if (st := states.get(sid)) is not None}
         for sid in self.evicted:
             out[sid] = None
         self.dirty.clear()
@@ -299,6 +304,7 @@ class PartitionCore:
         model = self.model
         threshold = self.threshold
         share = MATERIAL_SHARE
+        new_state = _NEW_STATE.__copy__
         for event in events:
             sid = event.subscriber_id
             ts = event.ts_ms
@@ -306,7 +312,8 @@ class PartitionCore:
             if st is None:
                 st = self.state(sid)   # a cache miss: the state table, if any
                 if st is None:
-                    st = states[sid] = SubscriberState(last_ts=ts)
+                    st = states[sid] = new_state()   # every field at its default ...
+                    st.last_ts = ts                   # ... but the first event's time
             key = event_key(event.event_id)
             if key in st.recent_ids and seen_before(st, key):
                 self.duplicates += 1
