@@ -162,20 +162,20 @@ def test_partitioned_aggregation_equals_single_aggregator():
 def test_merger_waits_for_every_source_then_counts_late_partials():
     p0 = Partial(cell_id="c", region="r", start_ms=T0, width_ms=W, sessions=3)
     m = WindowMerger(sources=["0", "1"], max_skew_ms=3 * W)
-    m.add(WindowBatch(source="0", closed_before_ms=T0 + W, partials=[p0]))
+    m.add(WindowBatch.of("0", T0 + W, [p0]))
     assert m.pop_complete() == []
-    m.add(WindowBatch(source="1", closed_before_ms=T0 + W, partials=[]))   # nothing for c, says so
+    m.add(WindowBatch.of("1", T0 + W, []))   # nothing for c, says so
     [done] = m.pop_complete()
     assert done.sessions == 3
-    m.add(WindowBatch(source="1", closed_before_ms=T0 + W, partials=[p0]))  # too late now
+    m.add(WindowBatch.of("1", T0 + W, [p0]))  # too late now
     assert m.late_partials == 1 and m.pop_complete() == []
 
 
 def test_merger_does_not_wait_forever_for_a_silent_source():
     m = WindowMerger(sources=["0", "1"], max_skew_ms=2 * W)
     for k in range(4):
-        m.add(WindowBatch(source="0", closed_before_ms=T0 + (k + 1) * W,
-                          partials=[Partial(cell_id="c", region="r", start_ms=T0 + k * W, width_ms=W, sessions=1)]))
+        m.add(WindowBatch.of("0", T0 + (k + 1) * W,
+                             [Partial(cell_id="c", region="r", start_ms=T0 + k * W, width_ms=W, sessions=1)]))
     assert [p.start_ms for p in m.pop_complete()] == [T0, T0 + W]      # 2 windows behind the newest
 
 
@@ -183,19 +183,19 @@ def test_merger_waits_for_a_lagging_source_but_not_for_a_silent_one():
     """Event-time skew (a source catching up a backlog) is waited out; wall-clock silence is not."""
     now = [0.0]
     m = WindowMerger(sources=["0", "1"], max_silence_s=30.0, clock=lambda: now[0])
-    m.add(WindowBatch(source="1", closed_before_ms=T0 + W, partials=[]))
+    m.add(WindowBatch.of("1", T0 + W, []))
     for k in range(30):   # source 0 runs 30 windows ahead in event time
-        m.add(WindowBatch(source="0", closed_before_ms=T0 + (k + 1) * W,
-                          partials=[Partial(cell_id="c", region="r", start_ms=T0 + k * W, width_ms=W, sessions=1)]))
+        m.add(WindowBatch.of("0", T0 + (k + 1) * W,
+                             [Partial(cell_id="c", region="r", start_ms=T0 + k * W, width_ms=W, sessions=1)]))
     assert [p.start_ms for p in m.pop_complete()] == [T0]      # only what source 1 has closed too
     now[0] = 31.0                                               # source 1 silent for 31 s of wall clock
-    m.add(WindowBatch(source="0", closed_before_ms=T0 + 31 * W, partials=[]))
+    m.add(WindowBatch.of("0", T0 + 31 * W, []))
     assert len(m.pop_complete()) == 29 and m.late_partials == 0
 
 
 def test_partial_serialises_compactly_and_round_trips():
     [p] = [q for q in _random_partials(3, 1)]
-    raw = encode_batch(WindowBatch(source="0", closed_before_ms=T0 + W, partials=[p]))
+    raw = encode_batch(WindowBatch.of("0", T0 + W, [p]))
     assert decode_batch(raw).partials == [p]
     assert len(raw) < 200 + 9 * len(p.affected)   # ~170 bytes of counters + 9 per hash
 
@@ -208,8 +208,8 @@ def test_partials_built_by_position_are_the_keyword_built_ones():
     for p in parts:
         by_name = Partial(**{f: getattr(p, f) for f in Partial.__struct_fields__})
         assert Partial(*(getattr(p, f) for f in Partial.__struct_fields__)) == by_name == p
-        assert encode_batch(WindowBatch(source="0", closed_before_ms=0, partials=[p])) == \
-            encode_batch(WindowBatch(source="0", closed_before_ms=0, partials=[by_name]))
+        assert encode_batch(WindowBatch.of("0", 0, [p])) == \
+            encode_batch(WindowBatch.of("0", 0, [by_name]))
     same = [msgspec.structs.replace(p, start_ms=T0, width_ms=W, cell_id="c") for p in parts]
     folded = same[0]
     for p in same[1:]:

@@ -424,7 +424,7 @@ def test_cell_windows_ship_closed_windows_to_every_cell_windows_partition() -> N
     for (topic, p), recs in records.items():
         [(key, value)] = recs
         batch = decode_batch(value)
-        assert key == b"2" and batch.source == "2" and batch.closed_before_ms == t0 + 60_000
+        assert key == b"2" and batch.closed == {"2": t0 + 60_000}
         for part in batch.partials:
             assert p == (murmur2(part.region.encode()) & 0x7FFFFFFF) % PARTITIONS
             partials[part.cell_id] = part

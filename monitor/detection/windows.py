@@ -7,7 +7,10 @@ into a small :class:`Partial` (counts, sums, sums of squares, maxima, and the 64
 distinct affected subscribers). Partials are plain msgspec structs (``encode_batch`` /
 ``decode_batch``, ~170 bytes per cell plus 9 per affected subscriber) and :func:`merge` is associative and commutative, so the
 owner of a region can add up the partials of all input partitions in any order (see
-:class:`WindowMerger`, which also decides when every partition has reported a window).
+:class:`WindowMerger`, which also decides when every partition has reported a window). A worker
+adds up its own partitions' closed windows first (:class:`WindowCombiner`): one partial per cell and
+window per worker, in a :class:`WindowBatch` that announces several partitions' closes (format 2;
+format 1, one partition per batch, is still decoded).
 
 Affected-subscriber *ids* never leave the worker that saw them (partials carry hashes, enough for
 exact distinct counts); :meth:`WindowAggregator.affected` returns the ids for the outreach API.
@@ -268,12 +271,36 @@ def _union_sorted(a: list, b: list) -> list:
     return sorted(set(a).union(b))
 
 
-class WindowBatch(msgspec.Struct, array_like=True, kw_only=True):
-    """What one source sends to one partition of ``satmon-cell-windows`` when it closes windows.
+class WindowBatch(msgspec.Struct, array_like=True, kw_only=True, tag=2):
+    """What a worker sends to one partition of ``satmon-cell-windows`` when windows close (format 2).
 
-    ``closed_before_ms``: every window starting before it is closed at the source, so the receiver
-    knows the source has nothing more for them even when ``partials`` is empty (it is sent anyway).
+    ``closed``: per source (input partition) whose closing advanced, ``closed_before_ms``: every
+    window starting before it is closed at that source *and* its contributions to them are in this
+    batch or an earlier one, so the receiver knows the source has nothing more for them even when
+    ``partials`` is empty (it is sent anyway). One batch may speak for several sources: a worker
+    merges its partitions' partials of a cell and window into one (:class:`WindowCombiner`), whose
+    ``sources`` name the partitions it covers. On the wire a MessagePack array whose first element
+    is the format, 2 (format 1, :class:`WindowBatchV1`, began with the source's name); see
+    :func:`decode_batch`.
+
+    >>> b = WindowBatch.of("3", 120_000, [])
+    >>> b.closed, decode_batch(encode_batch(b)) == b
+    ({'3': 120000}, True)
     """
+
+    closed: dict[str, int]
+    partials: list[Partial]
+
+    @classmethod
+    def of(cls, source: str, closed_before_ms: int, partials: list[Partial]) -> "WindowBatch":
+        """A batch of one source (what format 1 could say)."""
+        return cls(closed={source: closed_before_ms}, partials=partials)
+
+
+class WindowBatchV1(msgspec.Struct, array_like=True, kw_only=True):
+    """Format 1 of a window batch (until 2026-12-07): one source per batch, an array beginning with
+    its name. Still decoded (:func:`decode_batch`), so records written by a worker of the previous
+    version before an upgrade are merged, not lost."""
 
     source: str
     closed_before_ms: int
@@ -282,6 +309,7 @@ class WindowBatch(msgspec.Struct, array_like=True, kw_only=True):
 
 _BATCH_ENCODER = msgspec.msgpack.Encoder()
 _BATCH_DECODER = msgspec.msgpack.Decoder(WindowBatch)
+_BATCH_DECODER_V1 = msgspec.msgpack.Decoder(WindowBatchV1)
 
 
 def encode_batch(batch: WindowBatch) -> bytes:
@@ -290,7 +318,33 @@ def encode_batch(batch: WindowBatch) -> bytes:
 
 
 def decode_batch(raw: bytes) -> WindowBatch:
-    return _BATCH_DECODER.decode(raw)
+    """A :class:`WindowBatch` from its bytes, format 2 or format 1 (converted: the source's close
+    becomes ``closed``, its name each partial's ``sources`` where it had none).
+
+    Raises :class:`msgspec.DecodeError` (a ``ValidationError`` for well-formed MessagePack of
+    neither format) naming both formats' complaints: the caller logs and counts it, a record that
+    is not a window batch is never merged silently.
+
+    >>> old = msgspec.msgpack.encode(WindowBatchV1(source="1", closed_before_ms=60_000, partials=[
+    ...     Partial(cell_id="c", region="r", start_ms=0, width_ms=60_000, sessions=2)]))
+    >>> b = decode_batch(old)
+    >>> b.closed, [(p.cell_id, p.sessions, p.sources) for p in b.partials]
+    ({'1': 60000}, [('c', 2, ['1'])])
+    >>> decode_batch(msgspec.msgpack.encode([7, {}, []]))   # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    msgspec.ValidationError: not a window batch of format 2 (Invalid value 7 - at `$[0]`) or 1 (Expected `str`, ...
+    """
+    try:
+        return _BATCH_DECODER.decode(raw)
+    except msgspec.ValidationError as v2_error:
+        try:
+            old = _BATCH_DECODER_V1.decode(raw)
+        except msgspec.ValidationError as v1_error:
+            raise msgspec.ValidationError(
+                f"not a window batch of format 2 ({v2_error}) or 1 ({v1_error})") from None
+    named = [p if p.sources else msgspec.structs.replace(p, sources=[old.source]) for p in old.partials]
+    return WindowBatch(closed={old.source: old.closed_before_ms}, partials=named)
 
 
 class _Session(NamedTuple):
@@ -334,15 +388,50 @@ class _Acc:
             affected = self.affected = set()
         affected.add(subscriber_id)
 
-    def to_partial(self, cell_id: str, start_ms: int, width_ms: int, source: str) -> Partial:
-        # the partial takes the KPI sums' list: an accumulator is closed once, then dropped;
-        # fields by position, in Partial's order
+    def to_partial(self, cell_id: str, start_ms: int, width_ms: int, sources: list[str]) -> Partial:
+        # the partial takes the KPI sums' list and ``sources``: an accumulator is closed once, then
+        # dropped; fields by position, in Partial's order
         affected = self.affected
         return Partial(
             cell_id, self.region, start_ms, width_ms, self.sessions, self.degraded, self.drops, self.stalls,
             self.kpi, self.lat_sq, self.lat_max, self.tickets, self.complaints, self.app_events,
             self.app_failures, self.risk_n, self.risk_sum, self.risk_sq, self.risk_max,
-            sorted({subscriber_hash(s) for s in affected}) if affected else [], [source])
+            sorted({subscriber_hash(s) for s in affected}) if affected else [], sources)
+
+    def absorb(self, other: "_Acc") -> None:
+        """Add ``other`` (the same cell and window at another source) into this one: the
+        arithmetic of :func:`merge_all` with this accumulator first, so the sums are the same
+        floats, added in the same order, as merging the two sources' partials. A group of fields
+        that ``other`` left at zero is skipped: ``x + 0`` is ``x`` (a sum that starts at 0.0 is
+        never -0.0) and a maximum that starts at 0.0 cannot rise by a zero."""
+        if not self.region:
+            self.region = other.region
+        if other.sessions:   # without sessions, every session field is zero
+            self.sessions += other.sessions
+            self.degraded += other.degraded
+            self.drops += other.drops
+            self.stalls += other.stalls
+            self.kpi = list(map(_add, self.kpi, other.kpi))
+            self.lat_sq += other.lat_sq
+            if other.lat_max > self.lat_max:
+                self.lat_max = other.lat_max
+        if other.affected:
+            if self.affected is None:
+                self.affected = other.affected   # the other accumulator is dropped
+            else:
+                self.affected |= other.affected
+        if other.tickets:
+            self.tickets += other.tickets
+            self.complaints += other.complaints
+        if other.app_events:
+            self.app_events += other.app_events
+            self.app_failures += other.app_failures
+        if other.risk_n:
+            self.risk_n += other.risk_n
+            self.risk_sum += other.risk_sum
+            self.risk_sq += other.risk_sq
+            if other.risk_max > self.risk_max:
+                self.risk_max = other.risk_max
 
 
 class WindowAggregator:
@@ -587,19 +676,33 @@ class WindowAggregator:
         >>> [(p.start_ms, p.sessions) for p in agg.close()]
         [(0, 2)]
         """
+        closed_before = self._advance(watermark_ms, hold_ms)
+        return [] if closed_before is None else self._partials(self._pop(closed_before))
+
+    def pop_closed(self, watermark_ms: int | None = None, *,
+                   hold_ms: float | None = None) -> list[tuple[int, str, _Acc]]:
+        """:meth:`close`, returning the closed windows' accumulators (``(start, cell, accumulator)``,
+        oldest first) instead of partials: :class:`WindowCombiner` adds up several sources'
+        before it makes one partial of them."""
+        closed_before = self._advance(watermark_ms, hold_ms)
+        return [] if closed_before is None else self._pop(closed_before)
+
+    def _advance(self, watermark_ms: int | None, hold_ms: float | None) -> int | None:
+        """Move the watermark (``watermark_ms``) and the close horizon; the new ``closed_before_ms``,
+        or None when no further window closes."""
         if watermark_ms is not None and (self.watermark_ms is None or watermark_ms > self.watermark_ms):
             self.watermark_ms = watermark_ms
         if self.watermark_ms is None:
-            return []
+            return None
         effective = self.watermark_ms if hold_ms is None else min(self.watermark_ms, hold_ms)
         if effective < 0:
-            return []
+            return None
         horizon = int(effective) - self.allowed_lateness_ms
         closed_before = horizon - horizon % self.width_ms
         if self.closed_before_ms is not None and closed_before <= self.closed_before_ms:
-            return []
+            return None
         self.closed_before_ms = closed_before
-        return self._pop(closed_before)
+        return closed_before
 
     def holds(self, backlogged: Iterable[str]) -> float | None:
         """The ``hold_ms`` for :meth:`close` given the streams that still have records waiting:
@@ -610,13 +713,21 @@ class WindowAggregator:
 
     def flush(self) -> list[Partial]:
         """Close every open window (end of a replay, or a partition being revoked)."""
+        return self._partials(self.pop_all())
+
+    def pop_all(self) -> list[tuple[int, str, _Acc]]:
+        """:meth:`flush`, returning accumulators as :meth:`pop_closed` does."""
         if self._open:
             last = max(self._open) + self.width_ms
             if self.closed_before_ms is None or last > self.closed_before_ms:
                 self.closed_before_ms = last
         return self._pop(None)
 
-    def _pop(self, before: int | None) -> list[Partial]:
+    def _partials(self, closed: list[tuple[int, str, _Acc]]) -> list[Partial]:
+        width, source = self.width_ms, self.source
+        return [acc.to_partial(cell_id, start, width, [source]) for start, cell_id, acc in closed]
+
+    def _pop(self, before: int | None) -> list[tuple[int, str, _Acc]]:
         # open windows are indexed by start: closing costs what it closes, not what stays open
         out = []
         expiry = self._expiry
@@ -625,7 +736,7 @@ class WindowAggregator:
             last = start + self.width_ms - 1
             for cell_id in sorted(cells):
                 acc = cells[cell_id]
-                out.append(acc.to_partial(cell_id, start, self.width_ms, self.source))
+                out.append((start, cell_id, acc))
                 if acc.affected:
                     recent = self._recent.setdefault(cell_id, {})
                     for sid in acc.affected:
@@ -652,8 +763,7 @@ class WindowAggregator:
 
     def batch_for(self, partials: Sequence[Partial]) -> WindowBatch:
         """The :class:`WindowBatch` announcing this source's closed windows (send even if empty)."""
-        return WindowBatch(source=self.source, closed_before_ms=self.closed_before_ms or 0,
-                           partials=list(partials))
+        return WindowBatch.of(self.source, self.closed_before_ms or 0, list(partials))
 
     # -- queries -------------------------------------------------------------------------------
     def affected(self, cell_id: str, since_ms: int | None = None) -> list[str]:
@@ -668,12 +778,140 @@ class WindowAggregator:
         return sum(len(cells) for cells in self._open.values())
 
 
+class WindowCombiner:
+    """One worker's closed windows of all its sources (input partitions), added up per cell and window
+    before they are shipped: one partial per cell and window instead of one per source.
+
+    A worker holds several input partitions, and each closes its windows on its own watermark
+    (:class:`WindowAggregator`). Shipped as they close, a cell's window left a worker as one partial
+    per partition -- about two events each at the benchmark's density -- and the region's owner
+    decoded and merged them all. Here the closed accumulators of a window wait until every source
+    still worth waiting for has closed it too, then leave as one partial whose ``sources`` name the
+    partitions it covers.
+
+    **Completeness.** A source's close is announced (:class:`WindowBatch` ``closed``) no further than
+    the oldest window still held, so the receiver never completes a window whose contributions are
+    still here: whatever a source has added to windows before its announced close has been sent.
+    **Each event counted once.** An accumulator is absorbed into exactly one held window and that
+    window is released exactly once; a source that adds to a window after it was released (one
+    that was not waited for) sends its own partial later, which the receiver adds like any other.
+    **Bounded.** A source is waited for only while the caller lists it (``waiting_for``: the
+    worker's active partitions) and only if it is at most ``max_wait_ms`` of event time behind the
+    window; a revoked partition releases everything (``everything=True``).
+
+    The sums are the floats :func:`merge_all` makes of the sources' partials in the order they
+    closed (:meth:`_Acc.absorb`), so the receiver, which merges in arrival order, sees the same values.
+
+    >>> from monitor.detection.windows import WindowAggregator as Agg
+    >>> a, b = Agg(allowed_lateness_ms=0, source="0"), Agg(allowed_lateness_ms=0, source="1")
+    >>> a.add_network_kpis("s1", 10_000, "c", "r"); b.add_network_kpis("s2", 20_000, "c", "r")
+    >>> comb = WindowCombiner()
+    >>> comb.add("1", 0, [])                        # source "1" has closed what came before
+    >>> comb.add("0", 60_000, a.pop_closed(60_000))
+    >>> comb.release(waiting_for=["0", "1"])        # ... but not this window yet: "0" is announced up to it
+    ([], {'1': 0, '0': 0})
+    >>> comb.add("1", 60_000, b.pop_closed(60_000))
+    >>> parts, closed = comb.release(waiting_for=["0", "1"])
+    >>> [(p.cell_id, p.sessions, p.sources) for p in parts], closed
+    ([('c', 2, ['0', '1'])], {'1': 60000, '0': 60000})
+    """
+
+    def __init__(self, *, width_ms: int = 60_000, max_wait_ms: int = 120_000) -> None:
+        self.width_ms = width_ms
+        self.max_wait_ms = max_wait_ms
+        # window start -> cell -> [(the first source's accumulator, absorbing the others; the sources)]
+        self._held: dict[int, dict[str, list[tuple[_Acc, list[str]]]]] = {}
+        # windows released while a source was not waited for: what comes for them later leaves one
+        # partial per source, so the receiver adds in the order the sources closed (the same floats
+        # as partials shipped one by one); forgotten ``max_wait_ms`` behind the newest close
+        self._released: set[int] = set()
+        self._closed: dict[str, int] = {}   # source -> its closed_before_ms
+        self._told: dict[str, int] = {}     # source -> the close last announced
+        self.accumulators = 0               # closed (cell, window, source) accumulators added
+        self.partials = 0                   # partials released
+
+    def add(self, source: str, closed_before_ms: int, closed: Iterable[tuple[int, str, _Acc]]) -> None:
+        """A source's close: its new ``closed_before_ms`` and the accumulators it closed
+        (:meth:`WindowAggregator.pop_closed`), which are absorbed and must not be used again."""
+        self._closed[source] = closed_before_ms
+        held, released = self._held, self._released
+        n = 0
+        at: int | None = None
+        cells: dict[str, list[tuple[_Acc, list[str]]]] = {}
+        for start, cell_id, acc in closed:   # oldest first: the window looked up once per run
+            n += 1
+            if start != at:
+                at = start
+                cells = held.get(start)  # type: ignore[assignment]
+                if cells is None:
+                    cells = held[start] = {}
+            groups = cells.get(cell_id)
+            if groups is None:
+                cells[cell_id] = [(acc, [source])]
+            elif start in released:
+                groups.append((acc, [source]))
+            else:
+                first, sources = groups[0]
+                first.absorb(acc)
+                sources.append(source)
+        self.accumulators += n
+
+    def release(self, waiting_for: Iterable[str] = (), *,
+                everything: bool = False) -> tuple[list[Partial], dict[str, int]]:
+        """The held windows no source in ``waiting_for`` may still add to (all of them with
+        ``everything``), as partials ordered by window then cell, and the closes to announce with
+        them: per source whose announcement advances, its close capped at the oldest window still
+        held (a source's close that a held window caps is announced once the window leaves)."""
+        held = self._held
+        out: list[Partial] = []
+        if held:
+            closed = self._closed
+            waits = [c for c in (closed.get(s) for s in waiting_for) if c is not None]
+            max_wait, width = self.max_wait_ms, self.width_ms
+            for start in sorted(held):
+                # a source waited for that has not closed this window and is not too far behind it
+                if not everything and any(start - max_wait <= c <= start for c in waits):
+                    continue
+                cells = held.pop(start)
+                self._released.add(start)
+                for cell_id in sorted(cells):
+                    for acc, sources in cells[cell_id]:
+                        out.append(acc.to_partial(cell_id, start, width,
+                                                  sources if len(sources) == 1 else sorted(set(sources))))
+            self.partials += len(out)
+            if len(self._released) > 16:   # a source further behind than max_wait is not waited for
+                oldest = max(closed.values()) - max_wait - width
+                self._released = {s for s in self._released if s >= oldest}
+        cap = min(held) if held else None
+        told = self._told
+        announce: dict[str, int] = {}
+        for src, c in self._closed.items():
+            if cap is not None and cap < c:
+                c = cap
+            prev = told.get(src)
+            if prev is None or c > prev:
+                announce[src] = told[src] = c
+        return out, announce
+
+    def forget(self, source: str) -> None:
+        """Stop announcing ``source`` (its partition was revoked; release everything first)."""
+        self._closed.pop(source, None)
+        self._told.pop(source, None)
+
+    @property
+    def open_windows(self) -> int:
+        """(cell, window) accumulators held for a source to close the window too."""
+        return sum(len(cells) for cells in self._held.values())
+
+
 class WindowMerger:
     """Adds up the partials of every source for the cells one region-owner is responsible for.
 
     A window is *complete* once every expected source has closed it (its ``closed_before_ms``
     passed the window's start) — sources send a :class:`WindowBatch` on every close even with no
-    partials, so a source without traffic for a cell still says so. A source that stops reporting
+    partials, so a source without traffic for a cell still says so; one batch may announce the
+    closes of several sources (a worker's partitions, :class:`WindowCombiner`) and carry partials
+    that cover several. A source that stops reporting
     (idle or lost partition) for ``max_silence_s`` of *wall-clock* time no longer holds windows
     back: they are completed without it. Event-time skew between sources is normal while a worker
     catches up a backlog (one partition's batch can be many minutes of event time ahead of
@@ -681,12 +919,10 @@ class WindowMerger:
     Partials arriving for an already completed window are counted in :attr:`late_partials`.
 
     >>> m = WindowMerger(sources=["0", "1"])
-    >>> m.add(WindowBatch(source="0", closed_before_ms=60_000,
-    ...       partials=[Partial(cell_id="c", region="r", start_ms=0, width_ms=60_000, sessions=3)]))
+    >>> m.add(WindowBatch.of("0", 60_000, [Partial(cell_id="c", region="r", start_ms=0, width_ms=60_000, sessions=3)]))
     >>> m.pop_complete()   # source "1" has not closed the window yet
     []
-    >>> m.add(WindowBatch(source="1", closed_before_ms=60_000,
-    ...       partials=[Partial(cell_id="c", region="r", start_ms=0, width_ms=60_000, sessions=2)]))
+    >>> m.add(WindowBatch.of("1", 60_000, [Partial(cell_id="c", region="r", start_ms=0, width_ms=60_000, sessions=2)]))
     >>> [(p.cell_id, p.sessions, p.sources) for p in m.pop_complete()]
     [('c', 5, ['0', '1'])]
     """
@@ -706,18 +942,22 @@ class WindowMerger:
         self.late_partials = 0
 
     def add(self, batch: WindowBatch) -> None:
-        self._heard[batch.source] = self.clock()
-        prev = self._closed.get(batch.source)
-        if prev is None or batch.closed_before_ms > prev:
-            self._closed[batch.source] = batch.closed_before_ms
+        now = self.clock()
+        heard, closed = self._heard, self._closed
+        for source, closed_before in batch.closed.items():
+            heard[source] = now
+            prev = closed.get(source)
+            if prev is None or closed_before > prev:
+                closed[source] = closed_before
         done = self.completed_before_ms
         pending = self._pending
+        only = next(iter(batch.closed)) if len(batch.closed) == 1 else None
         for p in batch.partials:
             if done is not None and p.start_ms < done:
                 self.late_partials += 1
                 continue
-            if not p.sources:
-                p = msgspec.structs.replace(p, sources=[batch.source])
+            if not p.sources and only is not None:
+                p = msgspec.structs.replace(p, sources=[only])
             key = (p.start_ms, p.cell_id)
             parts = pending.get(key)
             if parts is None:
