@@ -9,6 +9,7 @@ complaints were handled, billing surprises, app failures and bot-to-human bounce
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import struct
 import time
@@ -763,18 +764,29 @@ def _vector_source(absent: tuple[str, ...], at_last_session: bool = False) -> st
     network sessions skips 21 of the 43 features."""
     items = []
     for f in FEATURE_TABLE:
-        tree = ast.parse(f.extract, mode="eval")
-        nodes = list(ast.walk(tree))
-        inputs = {n.id for n in nodes if isinstance(n, ast.Name)} & set(_DECAY_NAMES)
-        inputs |= {_FIELD_INPUTS[n.attr] for n in nodes if isinstance(n, ast.Attribute) and n.attr in _FIELD_INPUTS}
+        names, inputs = _reads(f.extract)
         if inputs and inputs <= set(absent):
             items.append("0.0")
-        else:
+            continue
+        # each rewrite only where it can apply: generating the lists is most of importing the module
+        tree = ast.parse(f.extract, mode="eval")
+        if inputs & set(absent):
             tree = _FoldAbsent(absent).visit(tree)
-            if at_last_session:
-                tree = _AtLastSession().visit(tree)
-            items.append(f"({ast.unparse(_ClampAtZero().visit(tree))})")
+        if at_last_session and names & {"net", *_NET_DECAYS}:
+            tree = _AtLastSession().visit(tree)
+        if "max" in names:
+            tree = _ClampAtZero().visit(tree)
+        items.append(f"({ast.unparse(tree)})")
     return ", ".join(items)
+
+
+@functools.cache
+def _reads(extract: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The names an extraction expression reads, and its inputs (see :func:`_vector_source`)."""
+    nodes = list(ast.walk(ast.parse(extract, mode="eval")))
+    names = frozenset(n.id for n in nodes if isinstance(n, ast.Name))
+    fields = {_FIELD_INPUTS[n.attr] for n in nodes if isinstance(n, ast.Attribute) and n.attr in _FIELD_INPUTS}
+    return names, frozenset(names & set(_DECAY_NAMES) | fields)
 
 
 def _vector_returns(absent: tuple[str, ...], indent: str) -> str:
