@@ -36,7 +36,7 @@ from monitor.scoring.features import (
     fast_round,
     feature_vector,
     outcome_of,
-    pack,
+    pack_features,
     seen_before,
     unpack,
 )
@@ -335,7 +335,7 @@ class PartitionCore:
             if network and not st.snap_ts and not st.gone_ts:
                 # a label's snapshot: what the subscriber looked like at ts; it matures into a label
                 # (did each outcome follow within the learning horizon?) once the horizon has passed
-                st.snap_ts, st.snap_x, st.lab_y = ts, pack(x), 0
+                st.snap_ts, st.snap_x, st.lab_y = ts, pack_features(*x), 0
             mark_dirty(sid)
             if self.watermark_ms - self._swept_ms >= SWEEP_EVERY_MS:
                 self._swept_ms = self.watermark_ms

@@ -304,14 +304,15 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         st.sinr_ew = sinr_ew + a * (ev.sinr_db - sinr_ew)
         dl_ew = st.dl_ew
         st.dl_ew = dl_ew + a * (dl - dl_ew)
-        lat = latency * LATENCY_SENSITIVE.get(service, 1.0)
+        sensitivity, noticed, data_heavy = _SERVICE_TRAITS.get(service, _OTHER_SERVICE)
+        lat = latency * sensitivity
         lat_ew = st.lat_ew
         st.lat_ew = lat_ew + a * (lat - lat_ew)
         # the worst moment weighs most and fades only slowly back toward the recent mean
         worst_rsrp = st.worst_rsrp
         worst_rsrp = worst_rsrp + (rsrp_ew - worst_rsrp) * (1 - k)
         st.worst_rsrp = worst_rsrp if worst_rsrp < rsrp else rsrp
-        bad = DEGRADED.is_degraded(ev)
+        bad = _is_degraded(ev)
         # A counter or dose at 0.0 that gets nothing added stays 0.0 (0.0 * k + 0.0): its write is
         # skipped. Most of a healthy subscriber's are 0.0, and a write to a msgspec struct's field
         # takes CPython's generic setattr path. (Every value added below is +0.0 or positive, so no
@@ -322,14 +323,13 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
         cov = (WEAK_RSRP_DBM - rsrp) / 10.0
         cov = cov if cov > 0.0 else 0.0
         cov = cov if cov < 3.0 else 3.0
-        noticed = NOTICED_LATENCY_MS.get(service)
         if noticed and latency > 0:
             late = math.log2(latency / noticed)
             late = late if late > 0.0 else 0.0
             late = late if late < 3.0 else 3.0
         else:
             late = 0.0
-        if service in DATA_HEAVY:
+        if data_heavy:
             slow = math.log2(SLOW_DATA_MBPS / (0.01 if 0.01 > dl else dl))
             slow = slow if slow > 0.0 else 0.0
             slow = slow if slow < 4.0 else 4.0
@@ -502,6 +502,14 @@ def apply_event(st: SubscriberState, ev: NetworkEvent | TicketEvent | AppEvent, 
 assert DOSE_HALF_LIFE_MS == NET_HALF_LIFE_MS, "apply_event: kd = k"
 
 
+#: what apply_event reads of a service in the tables above, in one lookup: (LATENCY_SENSITIVE's
+#: factor, NOTICED_LATENCY_MS's latency or None, in DATA_HEAVY); any other service is _OTHER_SERVICE
+_SERVICE_TRAITS = {s: (LATENCY_SENSITIVE.get(s, 1.0), NOTICED_LATENCY_MS.get(s), s in DATA_HEAVY)
+                   for s in (*LATENCY_SENSITIVE, *NOTICED_LATENCY_MS, *DATA_HEAVY)}
+_OTHER_SERVICE = (1.0, None, False)
+_is_degraded = DEGRADED.is_degraded
+
+
 def _take_account(st: SubscriberState, ev: TicketEvent | AppEvent) -> None:
     """The account's dates of an enriched record (``customer_since_ms`` set); no contract end
     means no fixed-term contract. The latest record read wins (the CRM's dates change rarely)."""
@@ -665,6 +673,8 @@ FEATURE_TABLE: tuple[Feature, ...] = (
 #: feature names, in the order of :func:`feature_vector`
 FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURE_TABLE)
 FEATURE_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURE_TABLE}
+#: :func:`pack` of a :func:`feature_vector` (the table's length), called with the vector's items
+pack_features: Callable[..., bytes] = _packer(len(FEATURES)).pack
 # The transparent cold-start prior: the table's weights, and a bias for a ~5% base rate.
 PRIOR_BIAS = -3.0
 PRIOR_WEIGHTS: tuple[float, ...] = tuple(f.prior for f in FEATURE_TABLE)
