@@ -295,8 +295,9 @@ class PartitionCore:
         its arrival); the ``risk_score.v1`` records of the material changes, in order.
 
         One loop over the batch with the per-event steps inline: the state cache and the label
-        horizon are read once per batch, and the quiet majority of events (no material change)
-        leaves from here without a call to :meth:`_emit` (docs/WORKER.md, issue 22)."""
+        horizon are read once per batch, the watermark and the counters are locals written back
+        before a step that reads them and at the end, and the quiet majority of events (no material
+        change) leaves from here without a call to :meth:`_emit` (docs/WORKER.md, issue 22)."""
         out: list[RiskScore] = []
         states = self.states
         mark_dirty = self.dirty.add
@@ -305,57 +306,66 @@ class PartitionCore:
         threshold = self.threshold
         share = MATERIAL_SHARE
         new_state = _NEW_STATE.__copy__
-        for event in events:
-            sid = event.subscriber_id
-            ts = event.ts_ms
-            st = states.get(sid)
-            if st is None:
-                st = self.state(sid)   # a cache miss: the state table, if any
+        watermark, swept, since_evict = self.watermark_ms, self._swept_ms, self._since_evict
+        applied = duplicates = 0
+        try:
+            for event in events:
+                sid = event.subscriber_id
+                ts = event.ts_ms
+                st = states.get(sid)
                 if st is None:
-                    st = states[sid] = new_state()   # every field at its default ...
-                    st.last_ts = ts                   # ... but the first event's time
-            key = event_key(event.event_id)
-            if key in st.recent_ids and seen_before(st, key):
-                self.duplicates += 1
-                continue
-            self.events += 1
-            if ts > self.watermark_ms:
-                self.watermark_ms = ts
-            if st.snap_ts and ts > st.snap_ts + horizon:
-                self._mature(sid, st)
-            network = isinstance(event, NetworkEvent)
-            outcome = None if network else outcome_of(event)
-            if outcome is not None:
-                if st.snap_ts and ts > st.snap_ts:
-                    st.lab_y |= 1 << OUTCOMES.index(outcome)
-                if outcome == "churn":
-                    st.gone_ts = ts
-            apply_event(st, event, key)
-            x = feature_vector(st, st.last_ts)   # max(ts, last_ts): apply_event moved last_ts to it
-            if network and not st.snap_ts and not st.gone_ts:
-                # a label's snapshot: what the subscriber looked like at ts; it matures into a label
-                # (did each outcome follow within the learning horizon?) once the horizon has passed
-                st.snap_ts, st.snap_x, st.lab_y = ts, pack_features(*x), 0
-            mark_dirty(sid)
-            if self.watermark_ms - self._swept_ms >= SWEEP_EVERY_MS:
-                self._swept_ms = self.watermark_ms
-                self.sweep_labels()
-            if len(states) > self.cache_max:
-                self.shrink_cache()  # never drops ``sid``: it is dirty until the next take_dirty
-            self._since_evict += 1
-            if self._since_evict >= EVICT_EVERY:
-                self._since_evict = 0
-                self.evict_quiet()
-            # the headline score and each outcome's probability (RiskModel.score_probs: the floats
-            # of predict and score; looked up per event, a label learned above rebuilds it)
-            score, p0, p1, p2 = model.score_probs(x)
-            last = st.last_score
-            if st.at_risk_since <= 0 and last >= 0 and score < threshold and abs(score - last) < (
-                    share * (last if last > score else score)):   # max()'s value
-                continue   # most events: a subscriber well clear of the list stays quiet
-            emitted = self._emit(sid, st, x, ts, score, (p0, p1, p2))
-            if emitted is not None:
-                out.append(emitted)
+                    st = self.state(sid)   # a cache miss: the state table, if any
+                    if st is None:
+                        st = states[sid] = new_state()   # every field at its default ...
+                        st.last_ts = ts                   # ... but the first event's time
+                key = event_key(event.event_id)
+                if key in st.recent_ids and seen_before(st, key):
+                    duplicates += 1
+                    continue
+                applied += 1
+                if ts > watermark:
+                    watermark = ts
+                if st.snap_ts and ts > st.snap_ts + horizon:
+                    self._mature(sid, st)
+                network = isinstance(event, NetworkEvent)
+                outcome = None if network else outcome_of(event)
+                if outcome is not None:
+                    if st.snap_ts and ts > st.snap_ts:
+                        st.lab_y |= 1 << OUTCOMES.index(outcome)
+                    if outcome == "churn":
+                        st.gone_ts = ts
+                apply_event(st, event, key)
+                x = feature_vector(st, st.last_ts)   # max(ts, last_ts): apply_event moved last_ts to it
+                if network and not st.snap_ts and not st.gone_ts:
+                    # a label's snapshot: what the subscriber looked like at ts; it matures into a label
+                    # (did each outcome follow within the learning horizon?) once the horizon has passed
+                    st.snap_ts, st.snap_x, st.lab_y = ts, pack_features(*x), 0
+                mark_dirty(sid)
+                if watermark - swept >= SWEEP_EVERY_MS:
+                    self.watermark_ms = self._swept_ms = swept = watermark
+                    self.sweep_labels()
+                if len(states) > self.cache_max:
+                    self.shrink_cache()  # never drops ``sid``: it is dirty until the next take_dirty
+                since_evict += 1
+                if since_evict >= EVICT_EVERY:
+                    since_evict = 0
+                    self.watermark_ms = watermark
+                    self.evict_quiet()
+                # the headline score and each outcome's probability (RiskModel.score_probs: the floats
+                # of predict and score; looked up per event, a label learned above rebuilds it)
+                score, p0, p1, p2 = model.score_probs(x)
+                last = st.last_score
+                if st.at_risk_since <= 0 and last >= 0 and score < threshold:
+                    limit = share * (last if last > score else score)   # max()'s value
+                    if -limit < score - last < limit:   # abs(score - last) < limit, NaN included
+                        continue   # most events: a subscriber well clear of the list stays quiet
+                emitted = self._emit(sid, st, x, ts, score, (p0, p1, p2))
+                if emitted is not None:
+                    out.append(emitted)
+        finally:
+            self.watermark_ms, self._swept_ms, self._since_evict = watermark, swept, since_evict
+            self.events += applied
+            self.duplicates += duplicates
         return out
 
     def process(self, event: NetworkEvent | TicketEvent | AppEvent) -> RiskScore | None:
