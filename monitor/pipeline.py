@@ -262,8 +262,8 @@ class CellWindows:
     **One partial per cell and window per worker.** The partitions' closed windows meet in a
     :class:`~monitor.detection.windows.WindowCombiner` and leave as one partial per cell and window
     once every other partition of this worker has closed the window too: on a batch, each one
-    that has closed something and is at most ``max_wait_ms`` of event time behind the window is
-    waited for; the tick stops waiting for the ones no longer *active* (the test below). A batch
+    that has closed something and is at most ``max_wait_ms`` (``max_hold_ms``) of event time behind
+    the window is waited for; the tick stops waiting for the ones no longer *active* (the test below). A batch
     announces each partition's close no further than the oldest window still held, so the owner
     never completes a window whose contributions are still here; a revoked partition releases
     every held window. (Shipped per partition, the benchmark's cells left as ~2 events a partial,
@@ -313,7 +313,8 @@ class CellWindows:
         self._region_partition = Partitioner(partitions)
         #: the partitions' closed windows, one partial per cell and window. A partition is waited
         #: for while it is at most ``max_wait_ms`` of event time behind a window (default
-        #: ``max_hold_ms``: what the owner's merger would hold for it otherwise, ``HotspotStage``)
+        #: ``max_hold_ms``: a worker draining a backlog reads its partitions at paces up to an hour of
+        #: event time apart, and the owner's merger would hold their partials as long otherwise)
         self.combiner = WindowCombiner(width_ms=width_ms,
                                        max_wait_ms=max_hold_ms if max_wait_ms is None else max_wait_ms)
 

@@ -63,7 +63,7 @@ def test_the_owner_completes_only_whole_windows_while_a_partition_lags():
     windows early and their partials arrive late (this test fails)."""
     events = _events(1, 3000, 12)
     by_part = {p: [e for e in events if hash(e.subscriber_id) % 4 == p] for p in range(4)}
-    cw = CellWindows(partitions=2, width_ms=W, allowed_lateness_ms=0, idle_s=0)
+    cw = CellWindows(partitions=2, width_ms=W, allowed_lateness_ms=0, idle_s=0, max_wait_ms=6 * W)
     mergers = {d: WindowMerger(sources=["0", "1", "2", "3"], max_skew_ms=W) for d in range(2)}
     merged: dict[tuple[int, str], Partial] = {}
     out = Outputs()

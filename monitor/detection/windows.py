@@ -680,10 +680,10 @@ class WindowAggregator:
         return [] if closed_before is None else self._partials(self._pop(closed_before))
 
     def pop_closed(self, watermark_ms: int | None = None, *,
-                   hold_ms: float | None = None) -> list[tuple[int, str, _Acc]]:
-        """:meth:`close`, returning the closed windows' accumulators (``(start, cell, accumulator)``,
-        oldest first) instead of partials: :class:`WindowCombiner` adds up several sources'
-        before it makes one partial of them."""
+                   hold_ms: float | None = None) -> list[tuple[int, dict[str, _Acc]]]:
+        """:meth:`close`, returning the closed windows' accumulators (``(start, {cell:
+        accumulator})``, oldest first) instead of partials: :class:`WindowCombiner` adds up
+        several sources' before it makes one partial of them."""
         closed_before = self._advance(watermark_ms, hold_ms)
         return [] if closed_before is None else self._pop(closed_before)
 
@@ -715,7 +715,7 @@ class WindowAggregator:
         """Close every open window (end of a replay, or a partition being revoked)."""
         return self._partials(self.pop_all())
 
-    def pop_all(self) -> list[tuple[int, str, _Acc]]:
+    def pop_all(self) -> list[tuple[int, dict[str, _Acc]]]:
         """:meth:`flush`, returning accumulators as :meth:`pop_closed` does."""
         if self._open:
             last = max(self._open) + self.width_ms
@@ -723,20 +723,20 @@ class WindowAggregator:
                 self.closed_before_ms = last
         return self._pop(None)
 
-    def _partials(self, closed: list[tuple[int, str, _Acc]]) -> list[Partial]:
+    def _partials(self, closed: list[tuple[int, dict[str, _Acc]]]) -> list[Partial]:
         width, source = self.width_ms, self.source
-        return [acc.to_partial(cell_id, start, width, [source]) for start, cell_id, acc in closed]
+        return [cells[cell_id].to_partial(cell_id, start, width, [source])
+                for start, cells in closed for cell_id in sorted(cells)]
 
-    def _pop(self, before: int | None) -> list[tuple[int, str, _Acc]]:
+    def _pop(self, before: int | None) -> list[tuple[int, dict[str, _Acc]]]:
         # open windows are indexed by start: closing costs what it closes, not what stays open
         out = []
         expiry = self._expiry
         for start in sorted(st for st in self._open if before is None or st < before):
             cells = self._open.pop(start)
+            out.append((start, cells))
             last = start + self.width_ms - 1
-            for cell_id in sorted(cells):
-                acc = cells[cell_id]
-                out.append((start, cell_id, acc))
+            for cell_id, acc in cells.items():
                 if acc.affected:
                     recent = self._recent.setdefault(cell_id, {})
                     for sid in acc.affected:
@@ -776,6 +776,47 @@ class WindowAggregator:
     def open_windows(self) -> int:
         """(cell, window) accumulators still open: what a held-back close keeps in memory."""
         return sum(len(cells) for cells in self._open.values())
+
+
+def _window_partials(start: int, width: int, parts: list[tuple[str, dict[str, _Acc]]],
+                     separate: bool) -> list[Partial]:
+    """The partials of one window's accumulators at one or more sources (``(source, {cell: acc})``
+    in the order the sources closed it), ordered by cell: one per cell, its accumulators added up in
+    that order (:meth:`_Acc.absorb`), or with ``separate`` (the window left before) one per cell
+    and source, in that order."""
+    if len(parts) == 1:
+        source, cells = parts[0]
+        sources = [source]
+        return [cells[cell_id].to_partial(cell_id, start, width, sources) for cell_id in sorted(cells)]
+    if separate:
+        found: dict[str, list[tuple[str, _Acc]]] = {}
+        for source, cells in parts:
+            for cell_id, acc in cells.items():
+                found.setdefault(cell_id, []).append((source, acc))
+        return [acc.to_partial(cell_id, start, width, [source])
+                for cell_id in sorted(found) for source, acc in found[cell_id]]
+    first, base = parts[0]   # the first source's accumulators take in the others'
+    more: dict[str, list[str]] = {}   # cell -> its sources, for the cells not the first source's alone
+    for source, cells in parts[1:]:
+        for cell_id, acc in cells.items():
+            into = base.get(cell_id)
+            if into is None:
+                base[cell_id] = acc
+                more[cell_id] = [source]
+            else:
+                into.absorb(acc)
+                sources = more.get(cell_id)
+                if sources is None:
+                    more[cell_id] = [first, source]
+                else:
+                    sources.append(source)
+    out = []
+    alone = [first]
+    for cell_id in sorted(base):
+        sources = more.get(cell_id, alone)
+        out.append(base[cell_id].to_partial(cell_id, start, width,
+                                            sources if len(sources) == 1 else sorted(set(sources))))
+    return out
 
 
 class WindowCombiner:
@@ -819,41 +860,32 @@ class WindowCombiner:
     def __init__(self, *, width_ms: int = 60_000, max_wait_ms: int = 120_000) -> None:
         self.width_ms = width_ms
         self.max_wait_ms = max_wait_ms
-        # window start -> cell -> [(the first source's accumulator, absorbing the others; the sources)]
-        self._held: dict[int, dict[str, list[tuple[_Acc, list[str]]]]] = {}
+        # window start -> [(source, {cell: accumulator})] in the order the sources closed it: nothing
+        # per accumulator until the window leaves (most windows of a worker in step, and every one
+        # of a worker whose partitions are not, leave with one source)
+        self._held: dict[int, list[tuple[str, dict[str, _Acc]]]] = {}
         # windows released while a source was not waited for: what comes for them later leaves one
         # partial per source, so the receiver adds in the order the sources closed (the same floats
-        # as partials shipped one by one); forgotten ``max_wait_ms`` behind the newest close
+        # as partials shipped one by one); forgotten once every source has closed them
         self._released: set[int] = set()
         self._closed: dict[str, int] = {}   # source -> its closed_before_ms
         self._told: dict[str, int] = {}     # source -> the close last announced
         self.accumulators = 0               # closed (cell, window, source) accumulators added
         self.partials = 0                   # partials released
 
-    def add(self, source: str, closed_before_ms: int, closed: Iterable[tuple[int, str, _Acc]]) -> None:
-        """A source's close: its new ``closed_before_ms`` and the accumulators it closed
-        (:meth:`WindowAggregator.pop_closed`), which are absorbed and must not be used again."""
+    def add(self, source: str, closed_before_ms: int, closed: Iterable[tuple[int, dict[str, _Acc]]]) -> None:
+        """A source's close: its new ``closed_before_ms`` and the windows it closed
+        (:meth:`WindowAggregator.pop_closed`), whose accumulators are taken over."""
         self._closed[source] = closed_before_ms
-        held, released = self._held, self._released
+        held = self._held
         n = 0
-        at: int | None = None
-        cells: dict[str, list[tuple[_Acc, list[str]]]] = {}
-        for start, cell_id, acc in closed:   # oldest first: the window looked up once per run
-            n += 1
-            if start != at:
-                at = start
-                cells = held.get(start)  # type: ignore[assignment]
-                if cells is None:
-                    cells = held[start] = {}
-            groups = cells.get(cell_id)
-            if groups is None:
-                cells[cell_id] = [(acc, [source])]
-            elif start in released:
-                groups.append((acc, [source]))
+        for start, cells in closed:
+            n += len(cells)
+            parts = held.get(start)
+            if parts is None:
+                held[start] = [(source, cells)]
             else:
-                first, sources = groups[0]
-                first.absorb(acc)
-                sources.append(source)
+                parts.append((source, cells))
         self.accumulators += n
 
     def release(self, waiting_for: Iterable[str] = (), *,
@@ -868,20 +900,19 @@ class WindowCombiner:
             closed = self._closed
             waits = [c for c in (closed.get(s) for s in waiting_for) if c is not None]
             max_wait, width = self.max_wait_ms, self.width_ms
+            released = self._released
             for start in sorted(held):
                 # a source waited for that has not closed this window and is not too far behind it
                 if not everything and any(start - max_wait <= c <= start for c in waits):
                     continue
-                cells = held.pop(start)
-                self._released.add(start)
-                for cell_id in sorted(cells):
-                    for acc, sources in cells[cell_id]:
-                        out.append(acc.to_partial(cell_id, start, width,
-                                                  sources if len(sources) == 1 else sorted(set(sources))))
+                out.extend(_window_partials(start, width, held.pop(start), start in released))
+                released.add(start)
             self.partials += len(out)
-            if len(self._released) > 16:   # a source further behind than max_wait is not waited for
-                oldest = max(closed.values()) - max_wait - width
-                self._released = {s for s in self._released if s >= oldest}
+            if len(released) > 64:   # no source of this worker adds to a window before its close
+                lo = min(closed.values())
+                released = self._released = {s for s in released if s >= lo}
+                if len(released) > 4096:   # a source long quiet: bounded all the same
+                    self._released = set(sorted(released)[-4096:])
         cap = min(held) if held else None
         told = self._told
         announce: dict[str, int] = {}
@@ -900,8 +931,8 @@ class WindowCombiner:
 
     @property
     def open_windows(self) -> int:
-        """(cell, window) accumulators held for a source to close the window too."""
-        return sum(len(cells) for cells in self._held.values())
+        """(cell, window, source) accumulators held for another source to close the window too."""
+        return sum(len(cells) for parts in self._held.values() for _s, cells in parts)
 
 
 class WindowMerger:
