@@ -8,20 +8,14 @@ import random
 import msgspec
 import pytest
 
-from monitor.records.events import AppEvent, NetworkEvent, TicketEvent
+from monitor.records.events import AppEvent, TicketEvent
 from monitor.detection.windows import (Partial, WindowAggregator, WindowBatch, WindowMerger, decode_batch,
                              encode_batch, merge, merge_all, rollup, subscriber_hash)
 
+from support.records import net
+
 W = 60_000
 T0 = 1_700_000_040_000 - 1_700_000_040_000 % W
-
-
-def net(sid, ts, cell="c1", region="north", **kw):
-    base = dict(event_id=f"e-{sid}-{ts}", subscriber_id=sid, ts_ms=ts, cell_id=cell, region=region,
-                radio="5G", service="video", rsrp_dbm=-95, sinr_db=12, dl_mbps=80, ul_mbps=10,
-                latency_ms=30, jitter_ms=4, packet_loss_pct=0.1, call_drop=False, video_stall_s=0)
-    base.update(kw)
-    return NetworkEvent(**base)
 
 
 def test_watermark_closes_after_allowed_lateness():

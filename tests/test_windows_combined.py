@@ -12,19 +12,12 @@ import pytest
 from monitor.detection.windows import (Partial, WindowAggregator, WindowBatch, WindowBatchV1, WindowCombiner,
                                        WindowMerger, decode_batch, merge_all)
 from monitor.pipeline import CellWindows, DictStore, HotspotStage, Outputs, RiskPipeline, default_core_factory
-from monitor.records.events import NetworkEvent
 from monitor.records.topics import CELL_WINDOWS, INPUT_TOPICS
+
+from support.records import net
 
 W = 60_000
 T0 = 1_700_000_040_000 - 1_700_000_040_000 % W
-
-
-def net(sid, ts, cell="c1", region="north", **kw):
-    base = dict(event_id=f"e-{sid}-{ts}", subscriber_id=sid, ts_ms=ts, cell_id=cell, region=region,
-                radio="5G", service="video", rsrp_dbm=-95, sinr_db=12, dl_mbps=80, ul_mbps=10,
-                latency_ms=30, jitter_ms=4, packet_loss_pct=0.1, call_drop=False, video_stall_s=0)
-    base.update(kw)
-    return NetworkEvent(**base)
 
 
 def _events(seed, n, minutes, cells=6):

@@ -14,6 +14,19 @@ import orjson
 
 # -- events ---------------------------------------------------------------------------------------
 
+
+def net(sid: str, ts: int, cell: str = "c1", region: str = "north", **kw: Any) -> Any:
+    """A healthy 5G video session of ``sid`` at ``ts`` as the decoder builds it
+    (:class:`monitor.records.events.NetworkEvent`); ``kw`` overrides any field."""
+    from monitor.records.events import NetworkEvent
+
+    base = dict(event_id=f"e-{sid}-{ts}", subscriber_id=sid, ts_ms=ts, cell_id=cell, region=region,
+                radio="5G", service="video", rsrp_dbm=-95, sinr_db=12, dl_mbps=80, ul_mbps=10,
+                latency_ms=30, jitter_ms=4, packet_loss_pct=0.1, call_drop=False, video_stall_s=0)
+    base.update(kw)
+    return NetworkEvent(**base)
+
+
 def network_event(i: int, sub: str, **over: Any) -> dict:
     rec = {"event_id": f"n{i}", "subscriber_id": sub, "ts_ms": 1_700_000_000_000 + i * 1000, "cell_id": f"c{i % 7}",
            "region": "north", "radio": "5G", "service": "video", "rsrp_dbm": -95.0, "sinr_db": 12.0,
