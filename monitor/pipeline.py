@@ -452,6 +452,8 @@ class HotspotStage:
         self.stages: dict[int, tuple[Any, Any]] = {}
         self.windows_in = 0
         self.alerts_out = 0
+        #: records of ``satmon-cell-windows`` that were no window batch (sent to the dead letters)
+        self.windows_rejected = 0
         #: ``(window end ms, alerts)`` each time a complete window produced alerts (evaluation)
         self.on_detected: Callable[[int, list[ev.Alert]], None] | None = None
         #: per partition, the :class:`monitor.detection.incidents.IncidentTracker` fed the engine's alerts
@@ -474,6 +476,27 @@ class HotspotStage:
 
         lifecycle = AlertLifecycle(runbook_base=self.runbook_base) if self.runbook_base else None
         return HotspotEngine(lifecycle=lifecycle, drift=DataDriftMonitor() if self.data_drift else None)
+
+    def reject(self, partition: int, offset: int | None, key: bytes | None, raw: bytes, reason: str,
+               out: Outputs, *, worker: str | None = None, now_ms: int | None = None) -> ev.DeadLetter:
+        """A ``satmon-cell-windows`` record that :meth:`on_window_batch` could not read (not a window
+        batch of a format this version knows): to the dead-letter topic with the reason and its
+        bytes, never merged and never lost silently.
+
+        >>> stage, out = HotspotStage(partitions=1), Outputs()
+        >>> letter = stage.reject(0, 7, None, b"junk", "not a window batch", out, now_ms=1)
+        >>> letter.source_topic, letter.offset, letter.original_value(), stage.windows_rejected
+        ('satmon-cell-windows', 7, b'junk', 1)
+        """
+        from monitor.records.errors import InvalidEventError
+
+        self.windows_rejected += 1
+        letter = ev.dead_letter(source_topic=CELL_WINDOWS, partition=partition, offset=offset, key=key,
+                                value=raw, error=InvalidEventError(reason, None, "wrong_type"),
+                                schema="satmon-cell-windows", worker=worker,
+                                received_at_ms=int(time.time() * 1000) if now_ms is None else now_ms)
+        out.add(DEAD_LETTER, 0, key, ev.encode(letter))
+        return letter
 
     def on_window_batch(self, partition: int, raw: bytes) -> list[ev.Alert]:
         from monitor.detection.windows import WindowMerger, decode_batch, group_by_window

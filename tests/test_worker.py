@@ -88,6 +88,15 @@ def test_invalid_events_are_dead_lettered_and_valid_ones_processed(broker: Broke
     # The events span several one-minute windows: closed windows reached the hot-spot stage.
     w.wait_for(lambda: w.total("satmon_worker_window_batches_total") > 0, timeout_s=30,
                what="cell windows merged by the hot-spot stage")
+    # A record on satmon-cell-windows that is no window batch goes to the dead letters too, with
+    # the reason and its bytes; the hot-spot stage goes on.
+    junk = b"\x93\x07\x80\x90"   # well-formed MessagePack of neither window format
+    [(junk_partition, junk_offset)] = run(produce(broker.bootstrap, [("satmon-cell-windows", b"junk", junk)]))
+    letters = run(read_topic(broker.bootstrap, "satmon-dead-letter", expect=len(invalid) + 1))
+    [window_letter] = [d for d in map(lambda r: decode("dead_letter.v1", r.value), letters)
+                       if d.source_topic == "satmon-cell-windows"]
+    assert window_letter.original_value() == junk and "not a window batch" in window_letter.reason
+    assert (window_letter.partition, window_letter.offset) == (junk_partition, junk_offset)
 
     # HTTP: liveness, readiness (really assigned + broker reachable), Prometheus exposition.
     status, _, body = w.get("/healthz")

@@ -322,7 +322,7 @@ def decode_batch(raw: bytes) -> WindowBatch:
     becomes ``closed``, its name each partial's ``sources`` where it had none).
 
     Raises :class:`msgspec.DecodeError` (a ``ValidationError`` for well-formed MessagePack of
-    neither format) naming both formats' complaints: the caller logs and counts it, a record that
+    neither format) naming both formats' complaints: the worker dead-letters it (HotspotStage.reject), a record that
     is not a window batch is never merged silently.
 
     >>> old = msgspec.msgpack.encode(WindowBatchV1(source="1", closed_before_ms=60_000, partials=[

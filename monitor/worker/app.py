@@ -298,9 +298,11 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
             for record in records:
                 try:
                     alerts = hotspots.on_window_batch(partition, record.value)
-                except msgspec.DecodeError as exc:   # not a window batch this version wrote: skip it
-                    log.error("%s[%d]@%d is not a window batch (%s): skipped", CELL_WINDOWS_TOPIC, partition,
-                              record.offset, exc)
+                except msgspec.DecodeError as exc:   # not a window batch this version reads: dead letter
+                    log.error("%s[%d]@%d is not a window batch (%s): sent to %s", CELL_WINDOWS_TOPIC, partition,
+                              record.offset, exc, DEAD_LETTER_TOPIC)
+                    hotspots.reject(partition, record.offset, record.key, record.value, str(exc), out,
+                                    worker=worker.worker_id)
                     continue
                 for alert in alerts:
                     out.add(ALERTS_TOPIC, 0, alert.alert_id.encode(), encode(alert))
