@@ -376,7 +376,7 @@ def test_open_hot_spot_windows_are_exported(tmp_path: Path) -> None:
         return decode("network_event.v1", orjson.dumps(network_event(i, f"s{i}", ts_ms=ts, cell_id=cell)))
 
     t0 = 1_700_000_040_000 - 1_700_000_040_000 % 60_000
-    assert open_cells("aggregator") == 0 and open_cells("merger") == 0
+    assert open_cells("aggregator") == 0 and open_cells("merger") == 0 and open_cells("combiner") == 0
     cw.on_batch(1, [net(1, t0 + 1_000, "cA"), net(2, t0 + 2_000, "cB"), net(3, t0 + 61_000, "cA")], [], [], Outputs())
     assert open_cells("aggregator") == 3          # two cells in the first window, one in the second
     out = Outputs()

@@ -618,7 +618,8 @@ _SCRAPED: dict[str, tuple[type, str, tuple[str, ...]]] = {
         ("stream",)),
     "satmon_worker_window_cells_open": (
         GaugeMetricFamily, "(cell, window) accumulators open: per input partition before closing (aggregator), "
-        "per region owner before all sources closed (merger)", ("side",)),
+        "closed and held for the worker's other partitions (combiner), per region owner before all sources "
+        "closed (merger)", ("side",)),
     "satmon_worker_window_hold_capped_batches": (
         CounterMetricFamily, "Batches whose window hold was cut at max_hold_ms behind the newest event "
         "(a stream further behind turns late)", ()),
@@ -711,7 +712,8 @@ class PipelineCollector:
         if cw is not None:
             yield _family("satmon_worker_window_late_events",
                           samples=(((s,), n) for s, n in sorted(cw.late_events().items())))
-            sides = [(("aggregator",), sum(a.open_windows for a in list(cw.aggregators.values())))]
+            sides = [(("aggregator",), sum(a.open_windows for a in list(cw.aggregators.values()))),
+                     (("combiner",), cw.combiner.open_windows)]
             if h is not None:
                 sides.append((("merger",), sum(m.open_windows for m, _e in list(h.stages.values()))))
             yield _family("satmon_worker_window_cells_open", samples=sides)
