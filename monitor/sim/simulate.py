@@ -203,6 +203,10 @@ class SimConfig:
     #: v3: share of active subscribers offered an outreach contact each day at 10:00 local (half of
     #: them held out at random; ``ground_truth/treatment.jsonl`` records both arms)
     treatment_share: float = 0.0
+    #: v3: hours the world runs silently before ``start_ms`` (no records, outcomes or incidents) to
+    #: settle each person's accumulators at the steady state of their own experience (simulator
+    #: v3.5, :meth:`monitor.sim.world.People.settle`); 0 = a cold start (a small grudge only)
+    prehistory_hours: float = 48.0
     #: v3: app and care records carry the account's dates from the operator's CRM
     #: (``customer_since_ms``, ``contract_end_ms``: tenure and contract, which drive churn)
     account_fields: bool = True
@@ -211,7 +215,7 @@ class SimConfig:
         problems = []
         if self.world not in ("v2", "v3"):
             problems.append(f"world: expected v2 or v3, got {self.world!r}")
-        for name in ("burn_in_hours", "followup_hours"):
+        for name in ("burn_in_hours", "followup_hours", "prehistory_hours"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):
                 problems.append(f"{name}: expected >= 0, got {v}")
@@ -662,6 +666,8 @@ class Simulator:
         # v3 oracle instants: every full hour of the evaluated period
         hourly = -(-self.eval_start_ms // HOUR_MS) * HOUR_MS
         treat_at = self._next_treatment(self.start_ms)
+        if v3 and self.config.prehistory_hours > 0:
+            self._prehistory(self.config.prehistory_hours)
         while self.end_ms is None or t < self.end_ms:
             t_end = t + self.step_ms if self.end_ms is None else min(t + self.step_ms, self.end_ms)
             if v3 and treat_at is not None and t >= treat_at:
@@ -695,6 +701,30 @@ class Simulator:
             self.emitted[t] += len(rest.lines[t])
         if any(rest.lines):
             yield rest
+
+    def _prehistory(self, hours: float) -> None:
+        """v3.5: run the world silently for ``hours`` before ``start_ms`` -- sessions, app interactions
+        and bill surprises, but no records, outcomes or incidents -- and start every person at the
+        steady state of what they experienced (:meth:`monitor.sim.world.People.settle`)."""
+        people = self.people
+        t0 = self.start_ms - int(hours * HOUR_MS)
+        half = t0 + int(hours * HOUR_MS / 2)
+        step = max(self.step_ms, 5 * MINUTE_MS)
+        self.emitting = False
+        t = t0
+        while t < self.start_ms:
+            people.record(0 if t < half else 1)
+            t_end = min(t + step, half if t < half else self.start_ms)
+            span = t_end - t
+            load = _diurnal(((t + span / 2) / HOUR_MS + self.config.utc_offset_h) % 24)
+            self._move(span)
+            self._network(t, span, load, (), [], [], [])
+            self._app_events(t, span, load, (), [], [], [])
+            self._billing(t, span, (), [], [], [])
+            t = t_end
+        self._pending_checks = None   # the pre-history's network checks are not records
+        self.emitting = True
+        people.settle(hours)
 
     def _next_treatment(self, after_ms: int) -> int | None:
         """The next 10:00 local at or after ``after_ms`` (None without treatment)."""
@@ -1424,7 +1454,7 @@ def write_ground_truth(sim: Simulator, out_dir: str | Path) -> dict[str, Any]:
 
 def _write_v3_truth(sim: Simulator, gt: Path) -> None:
     """v3's ground truth: the oracle, outcomes with their drivers, the world, the hidden attributes."""
-    from monitor.sim.world import HORIZONS_H, OUTCOMES
+    from monitor.sim.world import HORIZONS_H, OUTCOMES, SIM_VERSION
 
     p = sim.people
     if sim.oracle:
@@ -1446,7 +1476,8 @@ def _write_v3_truth(sim: Simulator, gt: Path) -> None:
     hidden = p.hidden()
     np.savez_compressed(gt / "subscribers.npz", **hidden)
     (gt / "world.json").write_text(json.dumps({
-        "version": 3, "seed": sim.config.seed, "params": p.params.to_json(),
+        "version": 3, "sim_version": SIM_VERSION, "seed": sim.config.seed, "params": p.params.to_json(),
+        "prehistory_hours": sim.config.prehistory_hours, "grudge_ref": p.grudge_ref,
         "eval_start_ms": sim.eval_start_ms, "end_ms": sim.end_ms, "world_end_ms": sim.world_end_ms,
         "utc_offset_h": sim.config.utc_offset_h, "horizons_h": list(HORIZONS_H)}, indent=1) + "\n")
     if sim.treatments:

@@ -40,6 +40,11 @@ import numpy as np
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
+#: the simulator's version (docs/SIMULATOR.md): 3.5 settles each person's history before the streams
+SIM_VERSION = "3.5"
+#: the everyday amount of experience per subscriber-hour at weight 1 that the session and app
+#: constants below are scaled to (the nominal settled grudge, :attr:`WorldParams.grudge_ref`, uses it)
+EVERYDAY_PER_H = 0.002
 
 #: the drivers of dissatisfaction the world knows (ground-truth codes)
 DRIVERS: tuple[str, ...] = (
@@ -78,7 +83,7 @@ class WorldParams:
     complaint_per_h: float       # complaint hazard per unit of irritation ** complaint_power
     complaint_power: float
     churn_base_per_h: float
-    churn_gain: float            # log-hazard per unit of grudge
+    churn_gain: float            # log-hazard per unit of grudge, in units of the nominal settled grudge
     survey_per_h: float          # relationship-survey invitations per subscriber and hour
     survey_after_ticket: float   # share of closed tickets followed by a survey invitation
     nps_noise: float
@@ -105,17 +110,28 @@ class WorldParams:
             complaint_base_per_h=float(rng.uniform(0.25e-4, 0.5e-4)),
             complaint_per_h=float(rng.uniform(3.0e-3, 6.0e-3)),
             complaint_power=float(rng.uniform(1.5, 2.0)),
-            churn_base_per_h=float(rng.uniform(4.0e-5, 8.0e-5)),
-            churn_gain=float(rng.uniform(4.0, 5.0)),
+            churn_base_per_h=float(rng.uniform(2.5e-5, 5.0e-5)),
+            churn_gain=float(rng.uniform(1.2, 2.0)),
             survey_per_h=float(rng.uniform(0.002, 0.004)),
             survey_after_ticket=float(rng.uniform(0.15, 0.35)),
             nps_noise=float(rng.uniform(1.0, 1.6)),
             treatment_effect=float(rng.uniform(0.2, 0.5)),
         )
 
+    @property
+    def nominal_grudge(self) -> float:
+        """The grudge an everyday experience rate would settle at in this world (:data:`EVERYDAY_PER_H`
+        per unit of weight, over the network and app drivers, which every subscriber meets): the
+        steady state ``grudge_gain × irritation_h × grudge_h × rate`` of :meth:`People.advance`'s
+        accumulators. Churn counts a person's grudge against it until :meth:`People.settle`
+        measures the population's own."""
+        everyday = EVERYDAY_PER_H * float(self.weight[(GROUP == 0) | (GROUP == 3)].sum())
+        return self.grudge_gain * self.irritation_h * self.grudge_days * 24.0 * everyday
+
     def to_json(self) -> dict[str, Any]:
         out = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in dataclasses.asdict(self).items()}
         out["weight"] = dict(zip(DRIVERS, [round(float(x), 4) for x in self.weight]))
+        out["nominal_grudge"] = self.nominal_grudge
         return out
 
 
@@ -140,7 +156,9 @@ class People:
     seed
         The world's seed: world parameters and every hidden attribute derive from it.
     start_ms
-        Event time the world starts at (the hidden history before it is drawn at its steady state).
+        Event time the world starts at. The hidden history before it is a small grudge, or, after
+        :meth:`record` and :meth:`settle` (the simulator's silent pre-history), each person's own
+        steady state.
     utc_offset_h
         Local time minus UTC (opening hours follow local time).
     """
@@ -177,9 +195,82 @@ class People:
         level = rng.gamma(0.6, 0.1, n).astype(np.float32)
         self.grudge = (level[:, None] * share[None, :]).astype(np.float32)
         self._start_ms = int(start_ms)
-        self._grudge0 = self.grudge.copy()      # the pre-history part, for the person-blind oracle
+        # the pre-history part of each accumulator at the start (fresh, irritation, grudge), for the
+        # person-blind oracle; :meth:`settle` replaces it
+        self._pre0 = (np.zeros_like(self.fresh), np.zeros_like(self.irritation), self.grudge.copy())
         self.active = np.ones(n, bool)
         self.left_ms = np.full(n, -1, np.int64)
+        #: while the silent pre-history runs: what each person experienced per driver, per half
+        self._recorded: list[np.ndarray] | None = None
+        self._half = 0
+        #: the grudge churn counts a person's against: what is normal in this world (the population's
+        #: mean settled grudge after :meth:`settle`; the world's nominal one before)
+        self.grudge_ref = self.params.nominal_grudge
+
+    # -- the pre-history (v3.5) -----------------------------------------------------------------------
+
+    def record(self, half: int) -> None:
+        """From now on, experiences are recorded (into the pre-history's ``half`` 0 or 1), not felt."""
+        if self._recorded is None:
+            self._recorded = [np.zeros(self.fresh.shape), np.zeros(self.fresh.shape)]
+        self._half = half
+
+    def settle(self, hours: float) -> None:
+        """Start everyone at the steady state of their own accumulators, from what :meth:`record`
+        saw over ``hours`` (two equal halves); recording stops.
+
+        A constant rate ``r`` per hour sustains ``fresh = r·lag_h``, ``irritation = r·irritation_h``
+        and ``grudge = grudge_gain·irritation_h·grudge_h·r``. Fresh and irritation take the raw rate
+        (their windows, hours to two days, are as noisy as the record). The grudge averages weeks:
+        per driver, each person's deviation from the mean rate is scaled so that its variance across
+        people is the persistent part (the two halves' covariance) plus the noise a grudge-long
+        window keeps, not the record's two days of luck.
+
+        >>> p = People(np.zeros(400, np.uint8), seed=1, start_ms=0)
+        >>> p.record(0); p.bills(np.arange(200), np.ones(200)); p.record(1); p.bills(np.arange(200), np.ones(200))
+        >>> p.settle(48.0)
+        >>> bool(p.grudge[:200].sum() > 0 and p.grudge[200:].sum() == 0 and p.fresh[200:].sum() == 0)
+        True
+        """
+        assert self._recorded is not None, "record() first"
+        p = self.params
+        half_h = hours / 2.0
+        a, b = (x / half_h for x in self._recorded)
+        self._recorded = None
+        rate = 0.5 * (a + b)
+        mean = rate.mean(axis=0)
+        da, db = a - a.mean(axis=0), b - b.mean(axis=0)
+        persistent = np.maximum((da * db).mean(axis=0), 0.0)
+        noise = np.maximum(0.5 * ((da ** 2).mean(axis=0) + (db ** 2).mean(axis=0)) - persistent, 0.0)   # per half
+        grudge_h = p.grudge_days * 24.0
+        want = persistent + noise * half_h / (2.0 * grudge_h)
+        have = rate.var(axis=0)
+        scale = np.where(have > 0, np.sqrt(want / np.where(have > 0, have, 1.0)), 0.0)
+        slow = np.maximum(mean + scale * (rate - mean), 0.0)
+        self.fresh = (rate * p.lag_h).astype(np.float32)
+        self.irritation = (rate * p.irritation_h).astype(np.float32)
+        self.grudge = (slow * p.grudge_gain * p.irritation_h * grudge_h).astype(np.float32)
+        self._pre0 = (self.fresh.copy(), self.irritation.copy(), self.grudge.copy())
+        total = float(self.grudge.sum(axis=1).mean())
+        if total > 0:
+            self.grudge_ref = total
+
+    def _pre_at(self, t_ms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What is left at ``t_ms`` of the state the world started with (its free decay: the same
+        linear chain as :meth:`advance`, without new experience)."""
+        p = self.params
+        u = max(0.0, (t_ms - self._start_ms) / HOUR_MS)
+        lag, tau, tg = p.lag_h, p.irritation_h, p.grudge_days * 24.0
+        f0, i0, g0 = self._pre0
+        c = tau / (tau - lag)
+        ef, ei, eg = math.exp(-u / lag), math.exp(-u / tau), math.exp(-u / tg)
+
+        def conv(a: float) -> float:   # integral of exp(-s/a) exp(-(u-s)/tg) over s in [0, u]
+            return (math.exp(-u / a) - eg) / (1.0 / tg - 1.0 / a)
+        fresh = f0 * ef
+        irritation = i0 * ei + f0 * (c * (ei - ef))
+        grudge = g0 * eg + p.grudge_gain * ((i0 + c * f0) * conv(tau) - c * f0 * conv(lag))
+        return fresh, irritation, grudge
 
     # -- experiences ------------------------------------------------------------------------------
 
@@ -188,6 +279,9 @@ class People:
             return
         g = GROUP[driver]
         k = self.params.weight[driver] * self.sensitivity[subs, g] * amount
+        if self._recorded is not None:
+            np.add.at(self._recorded[self._half], (subs, driver), k)
+            return
         np.add.at(self.fresh, (subs, driver), k.astype(np.float32))
 
     def sessions(self, subs: np.ndarray, service: np.ndarray, rsrp: np.ndarray, dl: np.ndarray,
@@ -260,8 +354,9 @@ class People:
         return out
 
     def _grudge_log(self, grudge_total: Any) -> Any:
-        """The grudge's term of the churn log-hazard; its effect saturates (at most x e^4)."""
-        return 4.0 * np.tanh(self.params.churn_gain * grudge_total / 4.0)
+        """The grudge's term of the churn log-hazard, the grudge counted against what is normal in this
+        world (:attr:`grudge_ref`); its effect saturates (at most x e^4)."""
+        return 4.0 * np.tanh(self.params.churn_gain * grudge_total / (4.0 * self.grudge_ref))
 
     def _churn_rate(self, grudge_total: np.ndarray, t_ms: float) -> np.ndarray:
         p = self.params
@@ -312,7 +407,7 @@ class People:
         churns = []
         for s in fire_ch.tolist():
             # share of the hazard the grudge is responsible for: 1 - exp(-its log-hazard term)
-            none = math.exp(-4.0 * math.tanh(p.churn_gain * float(gr_total[s]) / 4.0))
+            none = math.exp(-float(self._grudge_log(float(gr_total[s]))))
             churns.append((s, int(t0 + rng.integers(0, t1 - t0)), self._pick_driver(self.grudge[s], none)))
         return complaints, churns
 
@@ -339,9 +434,10 @@ class People:
         """The person's side replaced by what the world's population says of someone of their
         segment: what a perfect model of the world that sees only the streams' exposures could know.
 
-        Per driver, the state the streams caused is the state less the decayed pre-history grudge
-        (nobody saw that history), divided by the person's sensitivity to the driver's group and
-        multiplied by the population's mean sensitivity; the pre-history grudge becomes its mean.
+        Per driver and accumulator (fresh, irritation, grudge), the state the streams caused is the
+        state less what is left of the pre-history (:meth:`_pre_at`; nobody saw that history),
+        divided by the person's sensitivity to the driver's group and multiplied by the population's
+        mean sensitivity; what is left of the pre-history becomes its population mean.
         Propensity, base satisfaction, survey responsiveness become their segment means; loyalty,
         tenure and the contract enter the churn hazard as the segment's mean of their factor
         (``crm``: the contract and tenure as they are, as an operator's CRM knows them; loyalty
@@ -358,17 +454,18 @@ class People:
 
         sens = self.sensitivity[:, GROUP]                       # n x drivers
         mean_sens = float(np.exp(0.5 * 0.5 ** 2))               # E[exp(N(0, 0.5^2))]
-        decay = math.exp(-(t_ms - self._start_ms) / HOUR_MS / (p.grudge_days * 24))
-        pre = self._grudge0 * decay
-        mean_pre = pre.mean(axis=0)[None, :]
+        pre_f, pre_i, pre_g = self._pre_at(t_ms)
+
+        def seen(state: np.ndarray, pre: np.ndarray) -> np.ndarray:
+            return np.maximum(state - pre, 0.0) / sens * mean_sens + pre.mean(axis=0)[None, :]
         known = self._contract_term(t_ms) - 0.3 * np.log1p(self.tenure_months / 12.0)
         person = known - self.loyalty
         churn_log = (known + np.log(seg_mean(np.exp(-self.loyalty))) if crm
                      else np.log(seg_mean(np.exp(person))))
         return {"propensity": seg_mean(self.propensity),
-                "fresh": self.fresh / sens * mean_sens,
-                "irritation": self.irritation / sens * mean_sens,
-                "grudge": np.maximum(self.grudge - pre, 0.0) / sens * mean_sens + mean_pre,
+                "fresh": seen(self.fresh, pre_f),
+                "irritation": seen(self.irritation, pre_i),
+                "grudge": seen(self.grudge, pre_g),
                 "base_satisfaction": seg_mean(self.base_satisfaction),
                 "survey_responsiveness": seg_mean(self.survey_responsiveness),
                 "churn_person_log": churn_log}
