@@ -8,7 +8,10 @@ that partition's :class:`~monitor.scoring.core.PartitionCore`, and queues, in an
 * ``risk_score.v1`` records on ``risk-scores`` (only the scores the core emits: material changes);
 * the per-subscriber states the core reports dirty, written to the subscriber-state store
   (one record per changed subscriber per batch, not per event);
-* every ``checkpoint_interval_s``, the partition's model checkpoint, to the model store.
+* every ``checkpoint_interval_s``, the partition's model checkpoint, to the model store;
+* with ``labels_topic``, the labels the cores matured (``monitor.scoring.risk.LabelRecord``) on
+  ``satmon-labels``, which every worker's :class:`monitor.worker.labelfeed.LabelFeed` teaches its
+  model from (without it, the cores teach the process's model directly: replay, evaluation).
 
 Observers (:class:`BatchObserver`) get every processed batch: :class:`CellWindows` folds it into
 per-(cell, window) partials for ``satmon-cell-windows``, whose owner runs :class:`HotspotStage`;
@@ -46,7 +49,7 @@ import msgspec
 
 from monitor.records import events as ev
 from monitor.records.ingest import Ingest
-from monitor.records.topics import CELL_WINDOWS, DEAD_LETTER, RISK_SCORES, TOPIC_STREAMS, Partitioner
+from monitor.records.topics import CELL_WINDOWS, DEAD_LETTER, LABELS, RISK_SCORES, TOPIC_STREAMS, Partitioner
 
 log = logging.getLogger(__name__)
 
@@ -540,30 +543,51 @@ class HotspotStage:
         return out
 
 
-def default_core_factory(settings: Any) -> Callable[..., Any]:
+class CoreFactory:
     """``make(partition, state_loader)`` building the real :class:`monitor.scoring.core.PartitionCore`.
 
-    Every core it makes scores with one :class:`monitor.scoring.risk.RiskModel` (the process's), which
-    every partition's labels teach (docs/MODEL.md); a warm start (``model_checkpoint``) seeds it."""
-    from monitor.scoring.core import PartitionCore, core_options, model_options
+    Every core it makes scores with one :class:`monitor.scoring.risk.RiskModel`, :attr:`model` (the
+    process's), which every partition's labels teach (docs/MODEL.md); a warm start
+    (``model_checkpoint``) seeds it.
 
-    shared: list[Any] = []
-    options = core_options(settings)
+    >>> make = CoreFactory(None)
+    >>> make(0, lambda sid: None).model is make(1, lambda sid: None).model is make.model
+    True
+    """
 
-    def make(partition: int, state_loader: Callable[[str], bytes | None]) -> Any:
-        if not shared:
-            start = options.get("model_checkpoint")
+    def __init__(self, settings: Any) -> None:
+        from monitor.scoring.core import core_options
+
+        self.settings = settings
+        self.options = core_options(settings)
+        self._model: Any = None
+
+    @property
+    def model(self) -> Any:
+        """The one model of the process (made at first use: a warm start reads its file)."""
+        if self._model is None:
+            from monitor.scoring.core import model_options
+
+            start = self.options.get("model_checkpoint")
             if start:
                 from monitor.scoring.warmstart import load_model
 
-                shared.append(load_model(start))   # its label horizon is the file's
+                self._model = load_model(start)   # its label horizon is the file's
             else:
                 from monitor.scoring.risk import RiskModel
 
-                shared.append(RiskModel(**model_options(settings)))
-        return PartitionCore(partition, **options, state_loader=state_loader, model=shared[0])
+                self._model = RiskModel(**model_options(self.settings))
+        return self._model
 
-    return make
+    def __call__(self, partition: int, state_loader: Callable[[str], bytes | None]) -> Any:
+        from monitor.scoring.core import PartitionCore
+
+        return PartitionCore(partition, **self.options, state_loader=state_loader, model=self.model)
+
+
+def default_core_factory(settings: Any) -> CoreFactory:
+    """The :class:`CoreFactory` of ``settings``: what the worker, replay and evaluation build cores with."""
+    return CoreFactory(settings)
 
 
 class RiskPipeline:
@@ -578,6 +602,10 @@ class RiskPipeline:
         ``make_core(partition, state_loader) -> PartitionCore``.
     checkpoint_interval_s:
         How often each partition's model is checkpointed (also on revocation and shutdown).
+    labels_topic:
+        Send the labels the cores mature to ``satmon-labels`` (with the batch's other records)
+        instead of teaching the model in process: a deployment of several workers, where a
+        worker's model must not depend on which partitions it owns (docs/MODEL.md).
     """
 
     topics = frozenset(ev.INPUT_TOPICS)
@@ -587,8 +615,12 @@ class RiskPipeline:
                  worker_id: str | None = None, observers: Iterable[BatchObserver] = (),
                  score_partitioner: Callable[[bytes], int] | None = None,
                  pseudonymise: Callable[[str], str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, labels_topic: bool = False) -> None:
         self.state_table = state_table
+        self.labels_topic = labels_topic
+        #: labels matured by the core of the partition in hand, sent after its scores
+        self._labels: list[Any] = []
+        self.labels_sent = 0
         self.model_table = model_table
         self.make_core = make_core
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -656,6 +688,8 @@ class RiskPipeline:
             core = self.make_core(partition, load)
             if self.on_label is not None and hasattr(core, "on_label"):
                 core.on_label = self.on_label
+            if self.labels_topic:
+                core.label_sink = self._labels.append
             blob = self.model_table.get(partition, str(partition).encode())
             if blob is not None:
                 if core.restore(blob) is not False:   # False: refused (an old pickle), logged by the core
@@ -763,6 +797,8 @@ class RiskPipeline:
                 p = self.score_partitioner(key) if self.score_partitioner else partition
                 out.add(RISK_SCORES, p, key, ev.encode(score))
             self.scores_emitted += len(scores)
+            if self._labels:
+                self._send_labels(out)
             letters = dead.get(partition, ())
             for letter in letters:
                 key = None if letter.key_b64 is None else base64.b64decode(letter.key_b64)
@@ -777,6 +813,14 @@ class RiskPipeline:
         self.batches += 1
         if self.on_batch_done is not None:
             self.on_batch_done(t - started, sum(len(records) for records in batch.values()))
+
+    def _send_labels(self, out: Outputs) -> None:
+        from monitor.scoring.risk import encode_label
+
+        for label in self._labels:
+            out.add(LABELS, 0, None, encode_label(label))
+        self.labels_sent += len(self._labels)
+        self._labels.clear()
 
     def _pseudonymised(self, events: list[Any]) -> list[Any]:
         # The keyed hash costs ~2 µs; a subscriber's pseudonym is cached (bounded) instead.

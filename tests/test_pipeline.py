@@ -160,3 +160,38 @@ def test_the_topic_registry_names_the_stream_each_record_type_carries():
 
     assert TOPIC_STREAMS == {t: ev.RECORD_TYPES[s].stream for t, s in ev.INPUT_TOPICS.items()}
     assert all(TOPIC_STREAMS[t] == s for s, t in STREAM_TOPICS.items())
+
+
+@functools.lru_cache(maxsize=1)
+def produced_over_a_day() -> tuple[tuple[str, bytes, bytes], ...]:
+    """26 simulated hours: the first hours' snapshots mature into labels (24 h horizon)."""
+    config = simulate.SimConfig(subscribers=60, hours=26, seed=8, malformed_share=0.0,
+                                duplicate_share=0.0, late_share=0.0)
+    return tuple(simulate.generate(config, simulate.Simulator(config)))
+
+
+def test_with_the_labels_topic_the_cores_send_their_labels_instead_of_learning():
+    """The worker's configuration: every matured label goes out on satmon-labels with the batch,
+    the process's model learns none by itself; fed those records in order, a model ends exactly
+    where the in-process pipeline's model (the cores teaching it directly) ends."""
+    from monitor.records.topics import LABELS
+    from monitor.scoring.risk import RiskModel, decode_label
+
+    records = produced_over_a_day()
+    sending = pipeline_over(DictStore("s"), DictStore("m"), Clock(), labels_topic=True)
+    learning = pipeline_over(DictStore("s"), DictStore("m"), Clock())
+    sent: list[bytes] = []
+    for batch in batches(records):
+        out = Outputs()
+        sending.handle(batch, out)
+        learning.handle(batch, Outputs())
+        sent += [v for (topic, p), recs in out.records().items() if topic == LABELS for _k, v in recs]
+        assert all(p == 0 for (topic, p) in out.records() if topic == LABELS)
+    model = next(iter(sending.cores.values())).model
+    assert model.n_labels == 0 and len(sent) == sending.labels_sent > 40
+    topic = RiskModel()
+    for offset, blob in enumerate(sent):
+        topic.learn(decode_label(blob), offset=offset)
+    reference = next(iter(learning.cores.values())).model.to_state()
+    assert topic.labels_offset == len(sent)
+    assert {**topic.to_state(), "labels_offset": None} == reference

@@ -522,6 +522,71 @@ def test_labels_feed_model_quality_metrics(broker: Broker, workers: Any, tmp_pat
     assert w.stop() == 0
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.skipif(not real_core_available(), reason="monitor.scoring.core not present")
+def test_every_worker_learns_every_partitions_labels_and_resumes_at_its_checkpoint(broker: Broker, workers: Any,
+                                                                                    tmp_path: Path) -> None:
+    """Two workers in one group, each owning half the partitions, both learn every label either one
+    matured (from satmon-labels) and end with the same model: exactly the model that reads the
+    labels topic in order. The checkpoints carry the topic's offset, so a restarted worker resumes
+    there and learns no label twice."""
+    import msgspec
+    from monitor.scoring.risk import RiskModel, decode_label
+    from monitor.sim import simulate
+
+    # 26 simulated hours: snapshots of the first hours mature into labels after their 24 h horizon
+    config = simulate.SimConfig(subscribers=300, hours=26, seed=8, malformed_share=0, duplicate_share=0,
+                                late_share=0)
+    records = list(simulate.generate(config))
+    run(produce(broker.bootstrap, records))
+    ws = [workers(broker, app_id="t-labels", core="real", worker_id=f"w{i}") for i in range(2)]
+
+    def sent() -> float:
+        return sum(w.total("satmon_worker_labels_sent_total") for w in ws)
+
+    def settled() -> bool:
+        n = sent()
+        return (sum(w.total("satmon_ingest_events_decoded_total") for w in ws) >= len(records) and n > 0
+                and all(w.total("satmon_worker_labels_learned_total") == n and
+                        w.metrics().get("satmon_worker_labels_lag") == 0 for w in ws))
+
+    ws[0].wait_for(settled, timeout_s=150, what="both workers learned every label")
+    owned = [w.total("satmon_worker_cores") for w in ws]
+    assert all(owned) and sum(owned) == PARTITIONS, owned   # each worker matured labels of its half only
+    assert all(0 < w.total("satmon_worker_labels_sent_total") < sent() for w in ws)
+    n_labels = int(sent())
+    # SIGTERM checkpoints every partition's model: w1's on leaving, then w0's once it owns them all
+    # (one at a time: on Tansu, a member leaving in the middle of the rebalance the other's leave
+    # started left the group unable to sync a new member for over a minute)
+    assert ws[1].stop() == 0
+    ws[0].wait_for(lambda: ws[0].total("satmon_worker_partitions_assigned") == PARTITIONS
+                   and ws[0].get("/readyz")[0] == 200, timeout_s=60, what="w0 owns every partition")
+    assert ws[0].stop() == 0
+
+    labels = run(read_topic(broker.bootstrap, "satmon-labels"))
+    assert len(labels) == n_labels
+    offline = RiskModel()
+    for rec in sorted(labels, key=lambda r: r.offset):
+        offline.learn(decode_label(rec.value), offset=rec.offset)
+    checkpoints: dict[bytes, bytes] = {}
+    for r in sorted(run(read_topic(broker.bootstrap, "t-labels-risk-model-changelog")), key=lambda r: r.offset):
+        if not r.key.startswith(b"offsets:"):
+            checkpoints[r.key] = r.value
+    assert len(checkpoints) == PARTITIONS
+    for blob in checkpoints.values():
+        model = msgspec.msgpack.decode(blob)["model"]
+        assert model["labels_offset"] == n_labels
+        assert model == offline.to_state()   # every partition's model: the topic's, in its order
+
+    back = workers(broker, app_id="t-labels", core="real", worker_id="w0")
+    back.wait_for(lambda: back.metrics().get("satmon_worker_labels_lag") == 0, timeout_s=60,
+                  what="the restarted worker's label feed")
+    assert back.total("satmon_worker_labels_learned_total") == 0   # resumed at its checkpoint's offset
+    assert f"learning from satmon-labels from offset {n_labels}" in back.tail(400)
+    assert back.stop() == 0
+
+
 def test_the_batch_bound_is_the_max_poll_records_setting(tmp_path: Path) -> None:
     """``max_poll_records`` bounds what one getmany hands the fast path (Faust passes it to aiokafka's
     consumer): the soak pins it below what arrives per fetch so that batches keep one size."""

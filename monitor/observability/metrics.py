@@ -650,6 +650,17 @@ _SCRAPED: dict[str, tuple[type, str, tuple[str, ...]]] = {
     "satmon_worker_checkpoints_refused": (
         CounterMetricFamily, "Model checkpoints refused at restore (not the data-only format, e.g. an old pickle): "
         "the partition started from a fresh model", ()),
+    "satmon_worker_labels_sent": (
+        CounterMetricFamily, "Labels this worker's cores matured and sent to satmon-labels (every worker learns them)",
+        ()),
+    "satmon_worker_labels_learned": (
+        CounterMetricFamily, "Labels read from satmon-labels and taught to this worker's risk model", ()),
+    "satmon_worker_labels_lag": (
+        GaugeMetricFamily, "Labels on satmon-labels this worker's model has not learned yet", ()),
+    "satmon_worker_labels_lost": (
+        CounterMetricFamily, "Labels gone from satmon-labels (retention) before this worker's model learned them", ()),
+    "satmon_worker_labels_rejected": (
+        CounterMetricFamily, "Records on satmon-labels that were no label: sent to satmon-dead-letter", ()),
     "satmon_outreach_records_trimmed": (
         CounterMetricFamily, "Outreach contacts and outcomes dropped as older than the newest kept per "
         "subscriber (bounded memory)", ()),
@@ -735,6 +746,13 @@ class PipelineCollector:
                           samples=(((stage,), s) for stage, s in sorted(clock.seconds.items())))
         yield _family("satmon_worker_checkpoints_refused",
                       sum(getattr(c, "checkpoints_refused", 0) for c in list(p.cores.values())))
+        yield _family("satmon_worker_labels_sent", getattr(p, "labels_sent", 0))
+        feed = getattr(w, "label_feed", None)
+        if feed is not None:
+            yield _family("satmon_worker_labels_learned", feed.learned)
+            yield _family("satmon_worker_labels_lag", feed.lag)   # no sample before the feed's first fetch
+            yield _family("satmon_worker_labels_lost", feed.lost)
+            yield _family("satmon_worker_labels_rejected", feed.rejected)
 
 
 class ViewCollector:

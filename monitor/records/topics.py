@@ -5,7 +5,8 @@ and the tests all take topic names and partitions from here, so a name or a plac
 defined once.
 
 Inputs are keyed by subscriber id and co-partitioned (partition *p* of every input topic belongs to
-one worker); ``satmon-cell-windows`` is keyed by region, so a region's cells meet at one owner.
+one worker); ``satmon-cell-windows`` is keyed by region, so a region's cells meet at one owner;
+``satmon-labels`` has one partition that every worker reads in full.
 
 >>> NETWORK_EVENTS in INPUT_TOPICS, TOPIC_STREAMS[CARE_TICKETS]
 (True, 'tickets')
@@ -26,6 +27,9 @@ ALERTS = "alerts"
 DEAD_LETTER = "satmon-dead-letter"
 OUTREACH = "satmon-outreach"
 INCIDENTS = "incidents"
+#: matured risk-model labels (``monitor.scoring.risk.LabelRecord``, no subscriber id); one partition,
+#: so every worker learns them in one order and ends with the same model (docs/MODEL.md)
+LABELS = "satmon-labels"
 
 #: the three input topics, in the order the simulator writes its files
 INPUT_TOPICS: tuple[str, ...] = (NETWORK_EVENTS, CARE_TICKETS, APP_INTERACTIONS)
@@ -42,6 +46,7 @@ TOPICS: dict[str, int | None] = {
     DEAD_LETTER: 1,
     OUTREACH: 1,
     INCIDENTS: 1,
+    LABELS: 1,
 }
 
 _M = 0x5BD1E995

@@ -96,6 +96,17 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _further(model: RiskModel, than: RiskModel) -> bool:
+    """Whether ``model`` has learned more than ``than``: further along the labels topic when both
+    learn from it (a model read from offset 0 and one restored at a later offset hold the same
+    labels below their offsets), else more labels."""
+    if model.labels_offset is not None and than.labels_offset is not None:
+        return model.labels_offset > than.labels_offset
+    if model.labels_offset is not None and than.n_labels == 0:
+        return True
+    return model.n_labels > than.n_labels
+
+
 class LabelJoin(NamedTuple):
     """One outcome label learned: where, whose, which outcome (``complaint``/``detractor``/
     ``churn``), the snapshot's features, the model's probability of the outcome within the learning
@@ -277,7 +288,7 @@ class PartitionCore:
             return False
         if not self.shared_model:
             self.model = model
-        elif model.n_labels > self.model.n_labels:
+        elif _further(model, self.model):
             # one model per process: a partition's checkpoint brings it forward, never back
             self.model.__setstate__(model.to_state())
         limit = self.clock_ms() + self.max_skew_ms

@@ -374,6 +374,11 @@ class RiskModel:
         #: per outcome (count, mean, sum of squared deviations) of the head's log-odds at its labels
         self.zstats: dict[str, list[float]] = {o: [0.0, 0.0, 0.0] for o in OUTCOMES}
         self.n_labels = 0
+        #: the next offset of the labels topic (``satmon-labels``) once this model learns from it:
+        #: the model is the prior plus that topic's labels below it, in order (None: it learns in
+        #: process, from the cores directly). Carried in every checkpoint, so a restarted worker
+        #: resumes reading where its model stands.
+        self.labels_offset: int | None = None
         self.n_positive: dict[str, int] = {o: 0 for o in OUTCOMES}
         self.logloss_sum: dict[str, float] = {o: 0.0 for o in OUTCOMES}
         self._powers = [OUTCOME_HORIZON_H[o] / learn_horizon_hours for o in OUTCOMES]
@@ -465,9 +470,10 @@ class RiskModel:
 
     # -- learning -------------------------------------------------------------------------------------
 
-    def learn(self, label: LabelRecord, *, only: str | None = None) -> None:
+    def learn(self, label: LabelRecord, *, only: str | None = None, offset: int | None = None) -> None:
         """Test-then-train on one matured label (``label`` is not modified); ``only``: teach that
-        outcome's head alone (a label file about one outcome)."""
+        outcome's head alone (a label file about one outcome); ``offset``: the label's offset on the
+        labels topic (:attr:`labels_offset` becomes the next one)."""
         x = dict(zip(FEATURES, label.x))
         for o, y in zip(OUTCOMES, label.y):
             if only is not None and o != only:
@@ -481,6 +487,8 @@ class RiskModel:
             head.learn(x, bool(y))
             self.n_positive[o] += int(y)
         self.n_labels += 1
+        if offset is not None:
+            self.labels_offset = offset + 1
         self._refresh()
 
     def _platt_step(self, o: str, z: float, a: float, c: float, g: float) -> list[float]:
@@ -523,7 +531,7 @@ class RiskModel:
                 "features": list(FEATURES), "heads": {o: h.to_state() for o, h in self.heads.items()},
                 "calib": {o: list(v) for o, v in self.calib.items()},
                 "zstats": {o: list(v) for o, v in self.zstats.items()}, "n_labels": self.n_labels,
-                "n_positive": dict(self.n_positive), "logloss_sum": dict(self.logloss_sum)}
+                "labels_offset": self.labels_offset, "n_positive": dict(self.n_positive), "logloss_sum": dict(self.logloss_sum)}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "RiskModel":
@@ -538,6 +546,8 @@ class RiskModel:
         model.calib = {o: [float(a), float(c)] for o, (a, c) in state["calib"].items()}
         model.zstats = {o: [float(v) for v in zs] for o, zs in state.get("zstats", model.zstats).items()}
         model.n_labels = int(state["n_labels"])
+        offset = state.get("labels_offset")   # absent in checkpoints from before the labels topic
+        model.labels_offset = None if offset is None else int(offset)
         model.n_positive = {o: int(v) for o, v in state["n_positive"].items()}
         model.logloss_sum = {o: float(v) for o, v in state["logloss_sum"].items()}
         model._refresh()

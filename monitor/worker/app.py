@@ -39,6 +39,7 @@ from monitor.worker.tablestore import TableStore
 from monitor.records.topics import ALERTS as ALERTS_TOPIC
 from monitor.records.topics import CELL_WINDOWS as CELL_WINDOWS_TOPIC
 from monitor.records.topics import DEAD_LETTER as DEAD_LETTER_TOPIC
+from monitor.records.topics import LABELS as LABELS_TOPIC
 from monitor.records.topics import RISK_SCORES as RISK_SCORES_TOPIC
 from monitor.records.topics import Partitioner
 from monitor.tuning import MMAP_THRESHOLD
@@ -190,6 +191,8 @@ class Worker:
     broker_watch: Any = None
     #: :class:`monitor.observability.alertmanager.AlertmanagerClient` when ``alertmanager_url`` is set
     alertmanager: Any = None
+    #: :class:`monitor.worker.labelfeed.LabelFeed`: teaches the model every worker's labels (real cores)
+    label_feed: Any = None
 
     def assigned_partitions(self) -> list[int]:
         """Input partitions this worker owns (active, not standby)."""
@@ -332,11 +335,16 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
     pseudonymise = None if isinstance(pseudonymiser, NoPseudonyms) else pseudonymiser
 
     windows_obs = CellWindows(partitions=n, backlog=_backlog_of(app)) if cell_windows else None
+    make_core = make_core or default_core_factory(settings)
+    # The real cores' one model (CoreFactory.model) learns from satmon-labels, which every worker
+    # reads in full: the cores send the labels they mature there instead of learning them.
+    model = getattr(make_core, "model", None)
     pipeline = RiskPipeline(
         state_table=TableStore(state_table),
         model_table=TableStore(model_table),
-        make_core=make_core or default_core_factory(settings),
+        make_core=make_core,
         checkpoint_interval_s=settings.checkpoint_interval_s,
+        labels_topic=model is not None,
         worker_id=worker_id,
         observers=[windows_obs, *observers] if windows_obs is not None else list(observers),
         score_partitioner=Partitioner(n),   # risk-scores is keyed by subscriber id
@@ -387,6 +395,10 @@ def build_worker(settings: Settings, *, app_id: str = APP_ID,
             await topic.maybe_declare()
 
     pipeline.prepare = declare_outputs
+    if model is not None:
+        outputs.append(app.topic(LABELS_TOPIC, partitions=1, internal=True, key_serializer="raw",
+                                 value_serializer="raw"))
+        _add_label_feed(worker, model)
 
     _add_broker_watch(worker)
     if settings.alertmanager_url:
@@ -595,6 +607,48 @@ class OutcomeObserver:
                 record = outcome_for_event(event)
                 if record is not None:
                     out.add(OUTREACH_TOPIC, 0, record.subscriber_id.encode(), encode_record(record))
+
+
+def _add_label_feed(worker: Worker, model: Any) -> None:
+    """Teach ``model`` every label on ``satmon-labels`` (``monitor.worker.labelfeed``), starting
+    where the checkpoints of the worker's partitions stand."""
+    from monitor.worker.labelfeed import LabelFeed, dead_letter_sender
+
+    app, pipeline = worker.app, worker.pipeline
+    dead_letters = app.topic(DEAD_LETTER_TOPIC, partitions=1, internal=True, key_serializer="raw",
+                             value_serializer="raw")
+
+    async def send(key: bytes | None, value: bytes) -> None:
+        await (await dead_letters.send(key=key, value=value))
+
+    def restore() -> None:
+        # the checkpoints of the partitions this worker owns; the furthest along the topic wins
+        for partition in worker.assigned_partitions():
+            pipeline.core_for(partition)
+
+    feed = worker.label_feed = LabelFeed(
+        worker.settings.bootstrap_servers, model, ready=lambda: worker.ready()[0], restore=restore,
+        dead_letter=dead_letter_sender(send, worker=worker.worker_id), client_id=f"labels-{worker.worker_id}")
+    feed.stage_clock = pipeline.stage_clock
+
+    @app.task
+    async def start_label_feed() -> None:
+        # like the view: a broker hiccup at start is retried loudly, never fatal to the stream
+        await app.topic(LABELS_TOPIC, partitions=1, internal=True, key_serializer="raw",
+                        value_serializer="raw").maybe_declare()
+        while not app.should_stop:
+            try:
+                await feed.start()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - reported and retried
+                log.error("label feed could not start (retrying in 5 s): %r", err)
+                await asyncio.sleep(5)
+
+    @app.on_before_shutdown.connect
+    async def stop_label_feed(_app: Any, **kwargs: Any) -> None:
+        await feed.stop()
 
 
 def _add_alertmanager(worker: Worker, url: str, on_alert: list[Callable[[Any], None]]) -> None:
