@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from monitor.records.errors import BrokerError
 
@@ -50,3 +51,51 @@ async def create_topics_async(url: str, partitions: int, *, timeout_s: float = 3
 def create_topics(url: str, partitions: int, *, timeout_s: float = 30.0) -> list[str]:
     """Synchronous :func:`create_topics_async` (for the CLI and the demo)."""
     return asyncio.run(create_topics_async(url, partitions, timeout_s=timeout_s))
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Whether ``event`` was set within ``timeout`` seconds (None: wait for ever)."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+async def partitions_of(consumer: Any, topics: Any, *, timeout_s: float) -> dict[str, set[int]]:
+    """``{topic: partitions}`` once metadata lists every one of ``topics`` (refreshed every 0.2 s),
+    or :class:`MonitorError` after ``timeout_s``."""
+    from monitor.records.errors import MonitorError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        await consumer.topics()   # refreshes metadata
+        parts = {t: consumer.partitions_for_topic(t) for t in topics}
+        missing = [t for t, p in parts.items() if not p]
+        if not missing:
+            return parts
+        if loop.time() > deadline:
+            raise MonitorError(f"topics not found on the broker: {', '.join(missing)}")
+        await asyncio.sleep(0.2)
+
+
+class BackgroundReader:
+    """A consumer without a group read by a background task: the view feeder and the label feed
+    (``monitor.worker.viewfeed``, ``monitor.worker.labelfeed``). :meth:`stop` cancels the task and
+    closes the consumer."""
+
+    _consumer: Any = None
+    _task: asyncio.Task | None = None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None

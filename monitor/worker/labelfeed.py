@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from monitor.records.topics import LABELS
+from monitor.worker.kafka import BackgroundReader, partitions_of, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 READY_POLL_S = 0.2
 
 
-class LabelFeed:
+class LabelFeed(BackgroundReader):
     """Reads ``satmon-labels`` (no consumer group: every worker reads all of it) into ``model``.
 
     Parameters
@@ -104,15 +105,7 @@ class LabelFeed:
         )
         await consumer.start()
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + topic_timeout_s
-            while not consumer.partitions_for_topic(LABELS):
-                await consumer.topics()   # refreshes metadata
-                if loop.time() > deadline:
-                    from monitor.records.errors import MonitorError
-
-                    raise MonitorError(f"topic not found on the broker: {LABELS}")
-                await asyncio.sleep(0.2)
+            await partitions_of(consumer, (LABELS,), timeout_s=topic_timeout_s)
             tp = TopicPartition(LABELS, 0)
             consumer.assign([tp])
             self._seek(tp)
@@ -200,23 +193,7 @@ class LabelFeed:
         return letters
 
     async def wait_started(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._started.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        return await wait_event(self._started, timeout)
 
 
 def dead_letter_sender(send: Callable[[bytes | None, bytes], Awaitable[Any]], *,

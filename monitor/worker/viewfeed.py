@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from monitor.outreach.view import ALERTS_TOPIC, RISK_SCORES_TOPIC, HotspotBoard, RiskView
-from monitor.records.errors import InvalidEventError, MonitorError
+from monitor.records.errors import InvalidEventError
+from monitor.worker.kafka import BackgroundReader, partitions_of, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[bytes, int, int], Any]
 
 
-class ViewFeeder:
+class ViewFeeder(BackgroundReader):
     """Reads whole topics into in-memory views: one aiokafka consumer, **no consumer group**,
     manual assignment of every partition of every topic in ``handlers``, from the beginning.
 
@@ -73,17 +74,7 @@ class ViewFeeder:
         )
         await consumer.start()
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + topic_timeout_s
-            while True:
-                await self._consumer.topics()  # refreshes metadata
-                parts = {t: self._consumer.partitions_for_topic(t) for t in self.handlers}
-                missing = [t for t, p in parts.items() if not p]
-                if not missing:
-                    break
-                if loop.time() > deadline:
-                    raise MonitorError(f"topics not found on the broker: {', '.join(missing)}")
-                await asyncio.sleep(0.2)
+            parts = await partitions_of(consumer, self.handlers, timeout_s=topic_timeout_s)
             tps = [TopicPartition(t, p) for t, ps in parts.items() for p in sorted(ps)]
             self._consumer.assign(tps)
             await self._consumer.seek_to_beginning(*tps)
@@ -135,23 +126,7 @@ class ViewFeeder:
         return True
 
     async def wait_caught_up(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._caught_up.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        return await wait_event(self._caught_up, timeout)
 
 
 def feeder_for(bootstrap_servers: str | list[str], view: RiskView, hotspots: HotspotBoard,
