@@ -706,3 +706,26 @@ def test_a_settled_world_has_steady_hazards_over_the_evaluated_period():
     # a simulated operator that loses ~0.1-1 % of its base a day: ten times a real one, so that a
     # week holds enough port-outs to grade, but no exodus
     assert 0.001 < np.mean(daily["churn"]) < 0.01, daily
+
+
+def test_the_pre_history_is_silent_and_leaves_the_streamed_network_as_a_cold_start_draws_it(monkeypatch):
+    """The pre-history draws from its own random stream, emits nothing and puts everyone back in the
+    cell they started in: the first streamed step's sessions are a cold start's, byte for byte, and
+    only the people's hidden state differs (settled, with churn measured against its mean). A world
+    larger than the session budget samples, and the sample stands for the whole."""
+    cfg = simulate.SimConfig(subscribers=300, hours=1, seed=5, scenario="quiet", malformed_share=0,
+                             duplicate_share=0, late_share=0)
+    cold = simulate.Simulator(dataclasses.replace(cfg, prehistory_hours=0))
+    settled = simulate.Simulator(cfg)
+    first_cold, first_settled = next(cold.steps()), next(settled.steps())
+    assert first_settled.ts_ms == simulate.DEFAULT_START_MS   # nothing before the start is emitted
+    assert first_settled.lines[0] == first_cold.lines[0] and first_settled.lines[0]
+    assert settled._volume == 1.0 and np.array_equal(settled.world.cell, cold.world.cell)
+    p = settled.people
+    assert p.grudge.sum() > 10 * cold.people.grudge.sum() and p.irritation.sum() > 0
+    assert p.grudge_ref == pytest.approx(float(p._pre0[2].sum(axis=1).mean()))
+    # over the budget: a quarter of the sessions, each counted four times -- the same level
+    monkeypatch.setattr(simulate, "PREHISTORY_MAX_SESSIONS", 300 * 10 * 48 // 4)
+    sampled = simulate.Simulator(cfg)
+    next(sampled.steps())
+    assert sampled.people.grudge_ref == pytest.approx(p.grudge_ref, rel=0.35)

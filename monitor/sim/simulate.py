@@ -134,6 +134,10 @@ VIDEO_NEED_MBPS = 3.0  # below this a video stream rebuffers
 SESSIONS_PER_HOUR = 10.0
 APP_PER_HOUR = 0.55
 BILL_SURPRISE_PER_HOUR = 0.0004
+#: v3.5's silent pre-history simulates at most this many sessions; a larger population (or a longer
+#: pre-history) draws a proportional sample of sessions, app interactions and bills and counts each
+#: for the ones it stands for (noisier rates per person: the grudge's shrinkage absorbs it)
+PREHISTORY_MAX_SESSIONS = 2_000_000
 RELATIONSHIP_SURVEY_PER_HOUR = 0.003  # share answering an unsolicited NPS survey per hour
 MOVES_PER_HOUR = 0.15
 
@@ -598,6 +602,9 @@ class Simulator:
         self.kind_counts: dict[str, int] = {}
         self.last_ts_ms = self.start_ms
         self.tickets: dict[int, dict[str, Any]] = {}   # open tickets by subscriber
+        #: share of the usual volume of sessions, app interactions and bills drawn (below 1 only in a
+        #: large world's pre-history)
+        self._volume = 1.0
         # constants for the vectorised path
         self._region_names = np.array(REGION_NAMES, dtype=object)
         self._radio_names = np.array(RADIOS, dtype=object)
@@ -705,15 +712,23 @@ class Simulator:
     def _prehistory(self, hours: float) -> None:
         """v3.5: run the world silently for ``hours`` before ``start_ms`` -- sessions, app interactions
         and bill surprises, but no records, outcomes or incidents -- and start every person at the
-        steady state of what they experienced (:meth:`monitor.sim.world.People.settle`)."""
-        people = self.people
+        steady state of what they experienced (:meth:`monitor.sim.world.People.settle`).
+
+        It draws from its own random stream and puts the subscribers back in the cells they started
+        in, so the streamed world's network and mobility draw exactly what a cold start would; above
+        :data:`PREHISTORY_MAX_SESSIONS` it samples (``_volume``) and counts each experience for the
+        ones it stands for."""
+        people, w = self.people, self.world
         t0 = self.start_ms - int(hours * HOUR_MS)
         half = t0 + int(hours * HOUR_MS / 2)
         step = max(self.step_ms, 5 * MINUTE_MS)
+        main_rng, serving = self.rng, w.cell.copy()
+        self.rng = np.random.default_rng([self.config.seed, 0x9E5])
+        self._volume = min(1.0, PREHISTORY_MAX_SESSIONS / max(1.0, w.n * self.config.sessions_per_hour * hours))
         self.emitting = False
         t = t0
         while t < self.start_ms:
-            people.record(0 if t < half else 1)
+            people.record(0 if t < half else 1, 1.0 / self._volume)
             t_end = min(t + step, half if t < half else self.start_ms)
             span = t_end - t
             load = _diurnal(((t + span / 2) / HOUR_MS + self.config.utc_offset_h) % 24)
@@ -724,6 +739,8 @@ class Simulator:
             t = t_end
         self._pending_checks = None   # the pre-history's network checks are not records
         self.emitting = True
+        self.rng, self._volume = main_rng, 1.0
+        w.cell[:] = serving
         people.settle(hours)
 
     def _next_treatment(self, after_ms: int) -> int | None:
@@ -811,7 +828,7 @@ class Simulator:
 
     def _network(self, t0, span, load, active, ts_, tb_, tc_):
         rng, w = self.rng, self.world
-        k = rng.poisson(w.n * self.config.sessions_per_hour * load * span / HOUR_MS)
+        k = rng.poisson(w.n * self.config.sessions_per_hour * load * span / HOUR_MS * self._volume)
         subs = self._draw_subscribers(k)
         k = len(subs)
         if not k:
@@ -920,7 +937,7 @@ class Simulator:
 
     def _app_events(self, t0, span, load, active, ts_, tb_, tc_):
         rng, w = self.rng, self.world
-        k = rng.poisson(w.n * self.config.app_per_hour * load * span / HOUR_MS)
+        k = rng.poisson(w.n * self.config.app_per_hour * load * span / HOUR_MS * self._volume)
         subs = rng.integers(0, w.n, k)
         ts = t0 + rng.integers(0, span, k)
         feature = _pick(rng, APP_FEATURE_SHARE, k).astype(np.int64)
@@ -987,7 +1004,7 @@ class Simulator:
     def _billing(self, t0, span, active, ts_, tb_, tc_):
         """Bill shocks: invisible in the streams except through what the customer does next."""
         rng, w = self.rng, self.world
-        k = rng.poisson(w.n * BILL_SURPRISE_PER_HOUR * span / HOUR_MS)
+        k = rng.poisson(w.n * BILL_SURPRISE_PER_HOUR * span / HOUR_MS * self._volume)
         subs = [rng.integers(0, w.n, k)]
         bad = [rng.uniform(0.4, 0.9, k)]
         for inc in active:

@@ -203,17 +203,20 @@ class People:
         #: while the silent pre-history runs: what each person experienced per driver, per half
         self._recorded: list[np.ndarray] | None = None
         self._half = 0
+        self._scale = 1.0
         #: the grudge churn counts a person's against: what is normal in this world (the population's
         #: mean settled grudge after :meth:`settle`; the world's nominal one before)
         self.grudge_ref = self.params.nominal_grudge
 
     # -- the pre-history (v3.5) -----------------------------------------------------------------------
 
-    def record(self, half: int) -> None:
-        """From now on, experiences are recorded (into the pre-history's ``half`` 0 or 1), not felt."""
+    def record(self, half: int, scale: float = 1.0) -> None:
+        """From now on, experiences are recorded (into the pre-history's ``half`` 0 or 1, each counted
+        ``scale`` times: a sample of the experiences stands for all), not felt."""
         if self._recorded is None:
             self._recorded = [np.zeros(self.fresh.shape), np.zeros(self.fresh.shape)]
         self._half = half
+        self._scale = scale
 
     def settle(self, hours: float) -> None:
         """Start everyone at the steady state of their own accumulators, from what :meth:`record`
@@ -280,7 +283,7 @@ class People:
         g = GROUP[driver]
         k = self.params.weight[driver] * self.sensitivity[subs, g] * amount
         if self._recorded is not None:
-            np.add.at(self._recorded[self._half], (subs, driver), k)
+            np.add.at(self._recorded[self._half], (subs, driver), k * self._scale)
             return
         np.add.at(self.fresh, (subs, driver), k.astype(np.float32))
 
