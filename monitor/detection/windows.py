@@ -34,7 +34,6 @@ Late events (older than the windows already closed) are counted per stream in
 from __future__ import annotations
 
 import hashlib
-import heapq
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from operator import add as _add
@@ -86,7 +85,7 @@ class Partial(msgspec.Struct, array_like=True):
     degraded session, a complaint or an app failure on this cell in this window.
 
     Fields may be given by position, in the order of the wire format (``array_like``): the hot
-    paths (:meth:`_Acc.to_partial`, :func:`merge_all`) build one per cell, window and source, and
+    paths (:func:`_to_partial`, :func:`merge_all`) build one per cell, window and source, and
     msgspec matches 21 keywords name by name (~5x the cost of positions).
     """
 
@@ -366,72 +365,85 @@ class _Session(NamedTuple):
     video_stall_s: float
 
 
-class _Acc:
-    """Mutable accumulator of one (cell, window) at one source (cheap attribute increments)."""
+# An accumulator of one (cell, window) at one source is a flat list, not an object: making one is
+# a copy of ``_BLANK`` (a C call; a class's ``__init__`` setting 17 slots cost ~3x as much, and at
+# the benchmark's density -- ~1.4 sessions per cell, window and partition -- most sessions make a
+# new one), and its fields are read and added to in place by these indices (the hot loops write
+# them as literals, with the name beside).
+A_SESSIONS, A_DEGRADED, A_DROPS, A_STALLS = 0, 1, 2, 3
+A_KPI = 4                               # NETWORK_KPIS' sums, in their order: indices 4 .. 11
+A_LAT_SQ, A_LAT_MAX = 12, 13
+A_TICKETS, A_COMPLAINTS, A_APP_EVENTS, A_APP_FAILURES = 14, 15, 16, 17
+A_RISK_N, A_RISK_SUM, A_RISK_SQ, A_RISK_MAX = 18, 19, 20, 21
+A_AFFECTED = 22                         # set of subscriber ids, None until the first (most cells have none)
+A_REGION = 23
+_BLANK: list[Any] = [0, 0, 0, 0, *([0.0] * len(NETWORK_KPIS)), 0.0, 0.0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, None, ""]
+_new_acc = _BLANK.copy
+assert len(_BLANK) == A_REGION + 1 and A_KPI + len(NETWORK_KPIS) == A_LAT_SQ
 
-    __slots__ = ("region", "sessions", "degraded", "drops", "stalls", "kpi", "lat_sq", "lat_max",
-                 "tickets", "complaints", "app_events", "app_failures", "risk_n", "risk_sum",
-                 "risk_sq", "risk_max", "affected")
 
-    def __init__(self, region: str) -> None:
-        self.region = region
-        self.sessions = self.degraded = self.drops = self.stalls = 0
-        self.kpi = [0.0] * len(NETWORK_KPIS)
-        self.lat_sq = self.lat_max = 0.0
-        self.tickets = self.complaints = self.app_events = self.app_failures = self.risk_n = 0
-        self.risk_sum = self.risk_sq = self.risk_max = 0.0
-        self.affected: set[str] | None = None   # made on the first affected subscriber (most cells have none)
+def _affect(acc: list[Any], subscriber_id: str) -> None:
+    affected = acc[22]   # A_AFFECTED
+    if affected is None:
+        affected = acc[22] = set()
+    affected.add(subscriber_id)
 
-    def affect(self, subscriber_id: str) -> None:
-        affected = self.affected
-        if affected is None:
-            affected = self.affected = set()
-        affected.add(subscriber_id)
 
-    def to_partial(self, cell_id: str, start_ms: int, width_ms: int, sources: list[str]) -> Partial:
-        # the partial takes the KPI sums' list and ``sources``: an accumulator is closed once, then
-        # dropped; fields by position, in Partial's order
-        affected = self.affected
-        return Partial(
-            cell_id, self.region, start_ms, width_ms, self.sessions, self.degraded, self.drops, self.stalls,
-            self.kpi, self.lat_sq, self.lat_max, self.tickets, self.complaints, self.app_events,
-            self.app_failures, self.risk_n, self.risk_sum, self.risk_sq, self.risk_max,
-            sorted({subscriber_hash(s) for s in affected}) if affected else [], sources)
+def _to_partial(acc: list[Any], cell_id: str, start_ms: int, width_ms: int, sources: list[str]) -> Partial:
+    """The :class:`Partial` of an accumulator (fields by position, in Partial's order); ``sources``
+    is taken, not copied (an accumulator is closed once, then dropped)."""
+    affected = acc[22]   # A_AFFECTED
+    if affected:
+        get = _HASHES.get   # subscriber_hash's cache, read inline: one call per id saved
+        hashes = sorted({h if (h := get(s)) is not None else subscriber_hash(s) for s in affected})
+    else:
+        hashes = []
+    return Partial(cell_id, acc[23], start_ms, width_ms, acc[0], acc[1], acc[2], acc[3], acc[4:12], acc[12],
+                   acc[13], acc[14], acc[15], acc[16], acc[17], acc[18], acc[19], acc[20], acc[21], hashes, sources)
 
-    def absorb(self, other: "_Acc") -> None:
-        """Add ``other`` (the same cell and window at another source) into this one: the
-        arithmetic of :func:`merge_all` with this accumulator first, so the sums are the same
-        floats, added in the same order, as merging the two sources' partials. A group of fields
-        that ``other`` left at zero is skipped: ``x + 0`` is ``x`` (a sum that starts at 0.0 is
-        never -0.0) and a maximum that starts at 0.0 cannot rise by a zero."""
-        if not self.region:
-            self.region = other.region
-        if other.sessions:   # without sessions, every session field is zero
-            self.sessions += other.sessions
-            self.degraded += other.degraded
-            self.drops += other.drops
-            self.stalls += other.stalls
-            self.kpi = list(map(_add, self.kpi, other.kpi))
-            self.lat_sq += other.lat_sq
-            if other.lat_max > self.lat_max:
-                self.lat_max = other.lat_max
-        if other.affected:
-            if self.affected is None:
-                self.affected = other.affected   # the other accumulator is dropped
-            else:
-                self.affected |= other.affected
-        if other.tickets:
-            self.tickets += other.tickets
-            self.complaints += other.complaints
-        if other.app_events:
-            self.app_events += other.app_events
-            self.app_failures += other.app_failures
-        if other.risk_n:
-            self.risk_n += other.risk_n
-            self.risk_sum += other.risk_sum
-            self.risk_sq += other.risk_sq
-            if other.risk_max > self.risk_max:
-                self.risk_max = other.risk_max
+
+def _absorb(into: list[Any], other: list[Any]) -> None:
+    """Add ``other`` (the same cell and window at another source) into ``into``: the arithmetic of
+    :func:`merge_all` with ``into`` first, so the sums are the same floats, added in the same
+    order, as merging the two sources' partials (its pairwise KPI sums are ``into[i] + other[i]``
+    here). A group of fields that ``other`` left at zero is skipped: ``x + 0`` is ``x`` (a sum that
+    starts at 0.0 is never -0.0) and a maximum that starts at 0.0 cannot rise by a zero."""
+    if not into[23]:   # A_REGION
+        into[23] = other[23]
+    if other[0]:   # sessions: without them, every session field is zero
+        into[0] += other[0]
+        into[1] += other[1]
+        into[2] += other[2]
+        into[3] += other[3]
+        into[4] += other[4]   # the KPI sums, A_KPI ..
+        into[5] += other[5]
+        into[6] += other[6]
+        into[7] += other[7]
+        into[8] += other[8]
+        into[9] += other[9]
+        into[10] += other[10]
+        into[11] += other[11]
+        into[12] += other[12]   # A_LAT_SQ
+        if other[13] > into[13]:   # A_LAT_MAX
+            into[13] = other[13]
+    affected = other[22]
+    if affected:
+        if into[22] is None:
+            into[22] = affected   # the other accumulator is dropped
+        else:
+            into[22] |= affected
+    if other[14]:   # tickets, complaints
+        into[14] += other[14]
+        into[15] += other[15]
+    if other[16]:   # app events, failures
+        into[16] += other[16]
+        into[17] += other[17]
+    if other[18]:   # risk: n, sum, sum of squares, max
+        into[18] += other[18]
+        into[19] += other[19]
+        into[20] += other[20]
+        if other[21] > into[21]:
+            into[21] = other[21]
 
 
 class WindowAggregator:
@@ -464,7 +476,7 @@ class WindowAggregator:
         self.source = source
         self.retention_ms = retention_ms
         self.degraded = degraded
-        self._open: dict[int, dict[str, _Acc]] = {}   # window start -> cell -> accumulator
+        self._open: dict[int, dict[str, list[Any]]] = {}   # window start -> cell -> accumulator
         self.watermark_ms: int | None = None
         # largest event time per stream: a stream with a backlog holds windows back (see close)
         self.stream_watermarks: dict[str, int] = {}
@@ -475,12 +487,14 @@ class WindowAggregator:
         # cell -> subscriber id -> last event time it was affected (for the outreach API)
         self._recent: dict[str, dict[str, int]] = {}
         self._pruned_at = -(1 << 62)
-        # (time, cell, subscriber) each time _recent took a new time: a heap, so pruning pops what
-        # expired instead of scanning every retained id (entries a later time replaced are skipped)
-        self._expiry: list[tuple[int, str, str]] = []
+        # time -> the (cell, subscriber) pairs that took it in _recent (one time per closed window),
+        # so pruning drops what expired instead of scanning every retained id (a pair a later time
+        # replaced is skipped). Buckets, not a heap: a window's ids all share its time, and popping
+        # a heap of (time, cell, id) compared the strings of every entry of a window on the way down
+        self._expiry: dict[int, list[tuple[str, str]]] = {}
 
     # -- feeding -------------------------------------------------------------------------------
-    def _acc(self, stream: str, ts_ms: int, cell_id: str, region: str) -> _Acc | None:
+    def _acc(self, stream: str, ts_ms: int, cell_id: str, region: str) -> list[Any] | None:
         wm = self.watermark_ms
         if wm is None or ts_ms > wm:
             self.watermark_ms = wm = ts_ms
@@ -498,7 +512,8 @@ class WindowAggregator:
             cells = self._open[start] = {}
         acc = cells.get(cell_id)
         if acc is None:
-            acc = cells[cell_id] = _Acc(region)
+            acc = cells[cell_id] = _new_acc()
+            acc[23] = region   # A_REGION
         return acc
 
     def add_network(self, ev: Any) -> None:
@@ -531,7 +546,8 @@ class WindowAggregator:
         net_wm = self.stream_watermarks.get("network")
         n_net = late_net = 0
         cur_start: int | None = None
-        cells: dict[str, _Acc] = {}
+        cells: dict[str, list[Any]] = {}
+        new_acc = _new_acc
         for ev in sessions:
             ts = ev.ts_ms
             if net_wm is None or ts > net_wm:
@@ -551,34 +567,38 @@ class WindowAggregator:
                     cells = opened[start] = {}
             acc = cells.get(cell)
             if acc is None:
-                acc = cells[cell] = _Acc(ev.region)
-            latency, loss, dl, sinr, stall = ev.latency_ms, ev.packet_loss_pct, ev.dl_mbps, ev.sinr_db, ev.video_stall_s
-            acc.sessions += 1
-            k = acc.kpi
-            k[0] += latency
-            k[1] += ev.jitter_ms
-            k[2] += loss
-            k[3] += dl
-            k[4] += ev.ul_mbps
-            k[5] += ev.rsrp_dbm
-            k[6] += sinr
-            k[7] += stall
-            acc.lat_sq += latency * latency
-            if latency > acc.lat_max:
-                acc.lat_max = latency
+                acc = cells[cell] = new_acc()
+                acc[23] = ev.region          # A_REGION
+            latency = ev.latency_ms
+            loss = ev.packet_loss_pct
+            dl = ev.dl_mbps
+            sinr = ev.sinr_db
+            stall = ev.video_stall_s
+            acc[0] += 1                      # A_SESSIONS
+            acc[4] += latency                # A_KPI .. in NETWORK_KPIS' order
+            acc[5] += ev.jitter_ms
+            acc[6] += loss
+            acc[7] += dl
+            acc[8] += ev.ul_mbps
+            acc[9] += ev.rsrp_dbm
+            acc[10] += sinr
+            acc[11] += stall
+            acc[12] += latency * latency     # A_LAT_SQ
+            if latency > acc[13]:            # A_LAT_MAX
+                acc[13] = latency
             degraded = False
             if ev.call_drop:
-                acc.drops += 1
+                acc[2] += 1                  # A_DROPS
                 degraded = True
             if stall > 0:
-                acc.stalls += 1
+                acc[3] += 1                  # A_STALLS
                 degraded = True
             if degraded or latency > lat_lim or loss > loss_lim or sinr < sinr_lim or (
                     dl < dl_lim and ev.service in thru):
-                acc.degraded += 1
-                affected = acc.affected   # _Acc.affect, inline
+                acc[1] += 1                  # A_DEGRADED
+                affected = acc[22]           # A_AFFECTED (_affect, inline)
                 if affected is None:
-                    affected = acc.affected = set()
+                    affected = acc[22] = set()
                 affected.add(ev.subscriber_id)
         if n_net or late_net:
             self.stream_watermarks["network"] = net_wm  # type: ignore[assignment]
@@ -594,31 +614,31 @@ class WindowAggregator:
         acc = self._acc("tickets", ev.ts_ms, cell_id, region)
         if acc is None:
             return
-        acc.tickets += 1
+        acc[A_TICKETS] += 1
         if ev.action in COMPLAINT_ACTIONS:
-            acc.complaints += 1
-            acc.affect(ev.subscriber_id)
+            acc[A_COMPLAINTS] += 1
+            _affect(acc, ev.subscriber_id)
 
     def add_app(self, ev: Any, cell_id: str, region: str) -> None:
         """Fold an ``AppEvent`` into the window of the cell the caller attributes it to."""
         acc = self._acc("app", ev.ts_ms, cell_id, region)
         if acc is None:
             return
-        acc.app_events += 1
+        acc[A_APP_EVENTS] += 1
         if ev.kind in APP_FAILURE_KINDS:
-            acc.app_failures += 1
-            acc.affect(ev.subscriber_id)
+            acc[A_APP_FAILURES] += 1
+            _affect(acc, ev.subscriber_id)
 
     def add_risk(self, subscriber_id: str, ts_ms: int, score: float, cell_id: str, region: str) -> None:
         """Fold a risk score (``RiskScore.score``) of a subscriber on ``cell_id``."""
         acc = self._acc("risk", ts_ms, cell_id, region)
         if acc is None:
             return
-        acc.risk_n += 1
-        acc.risk_sum += score
-        acc.risk_sq += score * score
-        if score > acc.risk_max:
-            acc.risk_max = score
+        acc[A_RISK_N] += 1
+        acc[A_RISK_SUM] += score
+        acc[A_RISK_SQ] += score * score
+        if score > acc[A_RISK_MAX]:
+            acc[A_RISK_MAX] = score
 
     def add_batch(self, events: Iterable[Any], scores: Iterable[Any] = (),
                   cell_of: Callable[[str], tuple[str, str] | None] | None = None,
@@ -680,7 +700,7 @@ class WindowAggregator:
         return [] if closed_before is None else self._partials(self._pop(closed_before))
 
     def pop_closed(self, watermark_ms: int | None = None, *,
-                   hold_ms: float | None = None) -> list[tuple[int, dict[str, _Acc]]]:
+                   hold_ms: float | None = None) -> list[tuple[int, dict[str, list[Any]]]]:
         """:meth:`close`, returning the closed windows' accumulators (``(start, {cell:
         accumulator})``, oldest first) instead of partials: :class:`WindowCombiner` adds up
         several sources' before it makes one partial of them."""
@@ -715,7 +735,7 @@ class WindowAggregator:
         """Close every open window (end of a replay, or a partition being revoked)."""
         return self._partials(self.pop_all())
 
-    def pop_all(self) -> list[tuple[int, dict[str, _Acc]]]:
+    def pop_all(self) -> list[tuple[int, dict[str, list[Any]]]]:
         """:meth:`flush`, returning accumulators as :meth:`pop_closed` does."""
         if self._open:
             last = max(self._open) + self.width_ms
@@ -723,12 +743,12 @@ class WindowAggregator:
                 self.closed_before_ms = last
         return self._pop(None)
 
-    def _partials(self, closed: list[tuple[int, dict[str, _Acc]]]) -> list[Partial]:
+    def _partials(self, closed: list[tuple[int, dict[str, list[Any]]]]) -> list[Partial]:
         width, source = self.width_ms, self.source
-        return [cells[cell_id].to_partial(cell_id, start, width, [source])
+        return [_to_partial(cells[cell_id], cell_id, start, width, [source])
                 for start, cells in closed for cell_id in sorted(cells)]
 
-    def _pop(self, before: int | None) -> list[tuple[int, dict[str, _Acc]]]:
+    def _pop(self, before: int | None) -> list[tuple[int, dict[str, list[Any]]]]:
         # open windows are indexed by start: closing costs what it closes, not what stays open
         out = []
         expiry = self._expiry
@@ -736,13 +756,17 @@ class WindowAggregator:
             cells = self._open.pop(start)
             out.append((start, cells))
             last = start + self.width_ms - 1
+            bucket = None
             for cell_id, acc in cells.items():
-                if acc.affected:
+                affected = acc[22]   # A_AFFECTED
+                if affected:
                     recent = self._recent.setdefault(cell_id, {})
-                    for sid in acc.affected:
+                    for sid in affected:
                         if recent.get(sid, -1) < last:
                             recent[sid] = last
-                            heapq.heappush(expiry, (last, cell_id, sid))
+                            if bucket is None:
+                                bucket = expiry.setdefault(last, [])
+                            bucket.append((cell_id, sid))
         self._prune()
         return out
 
@@ -753,13 +777,13 @@ class WindowAggregator:
         self._pruned_at = self.watermark_ms
         cutoff = self.watermark_ms - self.retention_ms
         expiry, recent = self._expiry, self._recent
-        while expiry and expiry[0][0] < cutoff:
-            t, cell, sid = heapq.heappop(expiry)
-            subs = recent.get(cell)
-            if subs is not None and subs.get(sid) == t:   # not affected again since
-                del subs[sid]
-                if not subs:
-                    del recent[cell]
+        for t in sorted(t for t in expiry if t < cutoff):
+            for cell, sid in expiry.pop(t):
+                subs = recent.get(cell)
+                if subs is not None and subs.get(sid) == t:   # not affected again since
+                    del subs[sid]
+                    if not subs:
+                        del recent[cell]
 
     def batch_for(self, partials: Sequence[Partial]) -> WindowBatch:
         """The :class:`WindowBatch` announcing this source's closed windows (send even if empty)."""
@@ -778,22 +802,22 @@ class WindowAggregator:
         return sum(len(cells) for cells in self._open.values())
 
 
-def _window_partials(start: int, width: int, parts: list[tuple[str, dict[str, _Acc]]],
+def _window_partials(start: int, width: int, parts: list[tuple[str, dict[str, list[Any]]]],
                      separate: bool) -> list[Partial]:
     """The partials of one window's accumulators at one or more sources (``(source, {cell: acc})``
     in the order the sources closed it), ordered by cell: one per cell, its accumulators added up in
-    that order (:meth:`_Acc.absorb`), or with ``separate`` (the window left before) one per cell
+    that order (:func:`_absorb`), or with ``separate`` (the window left before) one per cell
     and source, in that order."""
     if len(parts) == 1:
         source, cells = parts[0]
         sources = [source]
-        return [cells[cell_id].to_partial(cell_id, start, width, sources) for cell_id in sorted(cells)]
+        return [_to_partial(cells[cell_id], cell_id, start, width, sources) for cell_id in sorted(cells)]
     if separate:
-        found: dict[str, list[tuple[str, _Acc]]] = {}
+        found: dict[str, list[tuple[str, list[Any]]]] = {}
         for source, cells in parts:
             for cell_id, acc in cells.items():
                 found.setdefault(cell_id, []).append((source, acc))
-        return [acc.to_partial(cell_id, start, width, [source])
+        return [_to_partial(acc, cell_id, start, width, [source])
                 for cell_id in sorted(found) for source, acc in found[cell_id]]
     first, base = parts[0]   # the first source's accumulators take in the others'
     more: dict[str, list[str]] = {}   # cell -> its sources, for the cells not the first source's alone
@@ -804,7 +828,7 @@ def _window_partials(start: int, width: int, parts: list[tuple[str, dict[str, _A
                 base[cell_id] = acc
                 more[cell_id] = [source]
             else:
-                into.absorb(acc)
+                _absorb(into, acc)
                 sources = more.get(cell_id)
                 if sources is None:
                     more[cell_id] = [first, source]
@@ -814,8 +838,8 @@ def _window_partials(start: int, width: int, parts: list[tuple[str, dict[str, _A
     alone = [first]
     for cell_id in sorted(base):
         sources = more.get(cell_id, alone)
-        out.append(base[cell_id].to_partial(cell_id, start, width,
-                                            sources if len(sources) == 1 else sorted(set(sources))))
+        out.append(_to_partial(base[cell_id], cell_id, start, width,
+                               sources if len(sources) == 1 else sorted(set(sources))))
     return out
 
 
@@ -841,7 +865,7 @@ class WindowCombiner:
     window; a revoked partition releases everything (``everything=True``).
 
     The sums are the floats :func:`merge_all` makes of the sources' partials in the order they
-    closed (:meth:`_Acc.absorb`), so the receiver, which merges in arrival order, sees the same values.
+    closed (:func:`_absorb`), so the receiver, which merges in arrival order, sees the same values.
 
     >>> from monitor.detection.windows import WindowAggregator as Agg
     >>> a, b = Agg(allowed_lateness_ms=0, source="0"), Agg(allowed_lateness_ms=0, source="1")
@@ -863,7 +887,7 @@ class WindowCombiner:
         # window start -> [(source, {cell: accumulator})] in the order the sources closed it: nothing
         # per accumulator until the window leaves (most windows of a worker in step, and every one
         # of a worker whose partitions are not, leave with one source)
-        self._held: dict[int, list[tuple[str, dict[str, _Acc]]]] = {}
+        self._held: dict[int, list[tuple[str, dict[str, list[Any]]]]] = {}
         # windows released while a source was not waited for: what comes for them later leaves one
         # partial per source, so the receiver adds in the order the sources closed (the same floats
         # as partials shipped one by one); forgotten once every source has closed them
@@ -873,7 +897,7 @@ class WindowCombiner:
         self.accumulators = 0               # closed (cell, window, source) accumulators added
         self.partials = 0                   # partials released
 
-    def add(self, source: str, closed_before_ms: int, closed: Iterable[tuple[int, dict[str, _Acc]]]) -> None:
+    def add(self, source: str, closed_before_ms: int, closed: Iterable[tuple[int, dict[str, list[Any]]]]) -> None:
         """A source's close: its new ``closed_before_ms`` and the windows it closed
         (:meth:`WindowAggregator.pop_closed`), whose accumulators are taken over."""
         self._closed[source] = closed_before_ms
@@ -898,15 +922,19 @@ class WindowCombiner:
         out: list[Partial] = []
         if held:
             closed = self._closed
-            waits = [c for c in (closed.get(s) for s in waiting_for) if c is not None]
             max_wait, width = self.max_wait_ms, self.width_ms
+            # (close, close + max_wait) of each source waited for: a window starting in one of these
+            # spans waits (that source has not closed it and is not too far behind it)
+            spans = [] if everything else [
+                (c, c + max_wait) for c in (closed.get(s) for s in waiting_for) if c is not None]
             released = self._released
             for start in sorted(held):
-                # a source waited for that has not closed this window and is not too far behind it
-                if not everything and any(start - max_wait <= c <= start for c in waits):
-                    continue
-                out.extend(_window_partials(start, width, held.pop(start), start in released))
-                released.add(start)
+                for since, until in spans:
+                    if since <= start <= until:
+                        break
+                else:
+                    out.extend(_window_partials(start, width, held.pop(start), start in released))
+                    released.add(start)
             self.partials += len(out)
             if len(released) > 64:   # no source of this worker adds to a window before its close
                 lo = min(closed.values())
