@@ -272,3 +272,31 @@ def test_a_record_of_neither_format_is_refused_with_the_reason():
         decode_batch(msgspec.msgpack.encode([3, {"0": 1}, []]))
     with pytest.raises(msgspec.DecodeError):
         decode_batch(b"\xc1not msgpack")
+
+
+def test_the_combiner_gauge_counts_the_windows_a_worker_holds_for_its_other_partitions(tmp_path):
+    """``satmon_worker_window_cells_open{side="combiner"}`` of a built worker, scraped through its
+    registry: non-zero while partition 0's closed window waits for partition 1 (which has closed
+    an earlier one, so it is waited for), back to zero once partition 1 closes it too and the
+    window's partials leave."""
+    from monitor.config import load
+    from monitor.worker.app import build_worker
+
+    worker = build_worker(load({}, broker="kafka://127.0.0.1:9", data_dir=str(tmp_path), pseudonymise="false"))
+    cw = worker.cell_windows
+    cw.idle_s = 0                      # no stream holds a partition's closing back here
+
+    def held() -> float | None:
+        return worker.registry.get_sample_value("satmon_worker_window_cells_open", {"side": "combiner"})
+
+    out = Outputs()
+    cw.on_batch(1, [net("s1", T0 - 5 * W), net("s1", T0 - 2 * W)], [], [], out)   # closes windows before T0 - 3W
+    assert held() == 0
+    cw.on_batch(0, [net("s2", T0 + 1_000, cell="cA"), net("s3", T0 + 2_000, cell="cB"),
+                    net("s2", T0 + 4 * W, cell="cA")], [], [], out)                # closes T0's window
+    assert held() == 2 == cw.combiner.open_windows      # cA and cB of window T0, waiting for partition 1
+    out.clear()
+    cw.on_batch(1, [net("s1", T0 + 5 * W, cell="cA")], [], [], out)               # partition 1 closes it too
+    assert held() == 0
+    shipped = [p for _dest, batch in _window_batches(out) for p in batch.partials if p.start_ms == T0]
+    assert sorted((p.cell_id, p.sessions, p.sources) for p in shipped) == [("cA", 1, ["0"]), ("cB", 1, ["0"])]
