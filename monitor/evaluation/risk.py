@@ -510,11 +510,17 @@ def _batch_and_single_feature(per_t: dict[int, dict[str, Any]], valid: list[int]
     # the same subscribers ranked complaints at 0.74-0.77, on others at 0.49-0.59 (docs/MODEL.md)
     fold1 = np.concatenate([per_t[t]["subs"] for t in first]) % 2
     fitted: dict[str, list[Any]] = {"batch_reference": [], "batch_logistic": []}
-    for k in (0, 1):
-        xk, yk = x1[fold1 == k], y1[fold1 == k]
-        if 5 <= yk.sum() < len(yk):
-            fitted["batch_reference"].append(_hgb().fit(xk, yk))
-            fitted["batch_logistic"].append(_logistic().fit(xk, yk))
+    from threadpoolctl import threadpool_limits   # scikit-learn's own dependency
+
+    # One OpenMP thread: HGB's threads fought the replay and everything else on a busy 2-core
+    # machine (a small world's grading took > 300 s, 11.5 s with one thread), and the figures
+    # should not depend on how many cores the machine that made them had.
+    with threadpool_limits(limits=1):
+        for k in (0, 1):
+            xk, yk = x1[fold1 == k], y1[fold1 == k]
+            if 5 <= yk.sum() < len(yk):
+                fitted["batch_reference"].append(_hgb().fit(xk, yk))
+                fitted["batch_logistic"].append(_logistic().fit(xk, yk))
     for t in second:
         if best is not None:
             per_t[t]["scores"]["best_single_feature"] = best_sign * per_t[t]["x"][:, best].astype(np.float64)
