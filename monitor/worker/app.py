@@ -493,23 +493,13 @@ def _add_api(worker: Worker) -> None:
 
     @app.task
     async def start_view() -> None:
-        # The API answers 503 until the view has caught up; a broker hiccup here must not take
-        # the stream processing down with it, so retry (loudly) instead of crashing the app.
+        # The API answers 503 until the view has caught up
         from monitor.records.topics import ALERTS, RISK_SCORES
-        import asyncio
 
         for name in (OUTREACH_TOPIC, ALERTS, INCIDENTS_TOPIC, RISK_SCORES):
             await app.topic(name, internal=True, partitions=1 if name != RISK_SCORES else settings.partitions,
                             key_serializer="raw", value_serializer="raw").maybe_declare()
-        while not app.should_stop:
-            try:
-                await feeder.start()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # noqa: BLE001 - reported and retried
-                log.error("risk view could not start (retrying in 5 s): %r", err)
-                await asyncio.sleep(5)
+        await _start_retrying(app, feeder.start, "risk view")
 
     from monitor.observability.metrics import ViewCollector
 
@@ -609,6 +599,20 @@ class OutcomeObserver:
                     out.add(OUTREACH_TOPIC, 0, record.subscriber_id.encode(), encode_record(record))
 
 
+async def _start_retrying(app: Any, start: Callable[[], Any], what: str, retry_s: float = 5.0) -> None:
+    """Await ``start()`` until it succeeds or the app stops: a broker hiccup while a reader of whole
+    topics starts is logged and retried, never fatal to the stream processing."""
+    while not app.should_stop:
+        try:
+            await start()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - reported and retried
+            log.error("%s could not start (retrying in %.0f s): %r", what, retry_s, err)
+            await asyncio.sleep(retry_s)
+
+
 def _add_label_feed(worker: Worker, model: Any) -> None:
     """Teach ``model`` every label on ``satmon-labels`` (``monitor.worker.labelfeed``), starting
     where the checkpoints of the worker's partitions stand."""
@@ -633,18 +637,9 @@ def _add_label_feed(worker: Worker, model: Any) -> None:
 
     @app.task
     async def start_label_feed() -> None:
-        # like the view: a broker hiccup at start is retried loudly, never fatal to the stream
         await app.topic(LABELS_TOPIC, partitions=1, internal=True, key_serializer="raw",
                         value_serializer="raw").maybe_declare()
-        while not app.should_stop:
-            try:
-                await feed.start()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # noqa: BLE001 - reported and retried
-                log.error("label feed could not start (retrying in 5 s): %r", err)
-                await asyncio.sleep(5)
+        await _start_retrying(app, feed.start, "label feed")
 
     @app.on_before_shutdown.connect
     async def stop_label_feed(_app: Any, **kwargs: Any) -> None:
