@@ -83,6 +83,8 @@ class LabelFeed(BackgroundReader):
         self._consumer: Any = None
         self._task: asyncio.Task | None = None
         self._started = asyncio.Event()
+        #: the offset the next fetched label should have; a model moved past it was restored further
+        self._next = 0
 
     @property
     def lag(self) -> int | None:
